@@ -1,0 +1,87 @@
+//! What the kernel programs and the agent's loader must agree on: program, map
+//! and global names, map sizes, and the layout of the statistics array.
+//!
+//! Every name here is used on both sides; a bare string in either crate is a bug.
+#![no_std]
+
+/// `tp_btf/sched_switch`: charges the switching-out task's run time to its cgroup.
+pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+/// Same program body for kernels without BTF tracepoints (`raw_tp/sched_switch`).
+pub const PROG_SCHED_SWITCH_RAW: &str = "sched_switch_raw";
+/// Never attached: userspace runs it on each CPU (BPF_PROG_TEST_RUN pinned to the
+/// CPU) right before reading, so a task that never leaves its CPU is charged too.
+pub const PROG_FLUSH: &str = "flush_cpu";
+/// Per-CPU software clock event: the same charge at a fixed rate, used where the
+/// kernel cannot test-run raw tracepoint programs on a chosen CPU.
+pub const PROG_TICK: &str = "tick";
+
+/// The tracepoint both switch programs attach to.
+pub const TRACEPOINT_SCHED_SWITCH: &str = "sched_switch";
+
+/// `PerCpuHashMap<u64 cgroup v2 id, u64 ns>`: on-CPU time charged to each cgroup.
+pub const MAP_CGROUP_CPU: &str = "CGROUP_CPU";
+/// `LruHashMap<u32 tid, u64 ns>`: each thread's `se.sum_exec_runtime` when last charged.
+pub const MAP_THREADS: &str = "THREADS";
+/// `PerCpuArray<u64>` indexed by [`Stat`].
+pub const MAP_STATS: &str = "STATS";
+
+/// Default capacity of [`MAP_CGROUP_CPU`]; the loader may raise it.
+pub const CGROUP_CPU_MAX_ENTRIES: u32 = 16_384;
+/// Default capacity of [`MAP_THREADS`] (LRU: the least recently charged thread is evicted).
+pub const THREADS_MAX_ENTRIES: u32 = 65_536;
+
+/// Global: byte offset of `se.sum_exec_runtime` inside `struct task_struct`, from BTF.
+pub const GLOBAL_SUM_EXEC_OFFSET: &str = "SUM_EXEC_OFFSET";
+/// Global: byte offset of `start_time` (CLOCK_MONOTONIC ns) inside `struct task_struct`.
+pub const GLOBAL_START_TIME_OFFSET: &str = "START_TIME_OFFSET";
+/// Global: CLOCK_MONOTONIC ns when the programs were loaded. A thread first seen
+/// that started after this is charged its whole run time; one that started before
+/// only from the first time it is seen (userspace seeds those from procfs).
+pub const GLOBAL_LOADED_AT_NS: &str = "LOADED_AT_NS";
+
+/// `task_struct.__state` bit for a task that has exited and switches out for the last time.
+pub const TASK_DEAD: u32 = 0x80;
+
+/// Counters in [`MAP_STATS`], one slot each, summed over CPUs by userspace.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Context switches seen.
+    Switches = 0,
+    /// Charges made by the flush or tick program.
+    Flushes = 1,
+    /// A cgroup could not be added because [`MAP_CGROUP_CPU`] is full: time lost.
+    CgroupMapFull = 2,
+    /// `bpf_probe_read_kernel` of a task field failed: time lost.
+    ReadErrors = 3,
+    /// A thread's run time went backwards (tid reuse after LRU eviction): re-baselined.
+    Rebaselined = 4,
+    /// Nanoseconds charged in total (all cgroups).
+    ChargedNs = 5,
+}
+
+impl Stat {
+    /// Number of slots in [`MAP_STATS`].
+    pub const COUNT: u32 = 6;
+    /// Every statistic, in slot order.
+    pub const ALL: [Stat; Self::COUNT as usize] = [
+        Stat::Switches,
+        Stat::Flushes,
+        Stat::CgroupMapFull,
+        Stat::ReadErrors,
+        Stat::Rebaselined,
+        Stat::ChargedNs,
+    ];
+
+    /// A stable name for logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::Switches => "switches",
+            Stat::Flushes => "flushes",
+            Stat::CgroupMapFull => "cgroup_map_full",
+            Stat::ReadErrors => "read_errors",
+            Stat::Rebaselined => "rebaselined",
+            Stat::ChargedNs => "charged_ns",
+        }
+    }
+}

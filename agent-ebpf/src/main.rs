@@ -1,0 +1,215 @@
+//! Kernel side of the node agent: charges on-CPU time to cgroup v2 ids.
+//!
+//! The method: every time a thread leaves a CPU, read its `se.sum_exec_runtime`
+//! (the scheduler's own cumulative run time, the same clock cgroup `cpu.stat`
+//! accumulates) and charge the change since we last saw it to the cgroup it runs
+//! in. That is exact where timestamp arithmetic at switches is not (the kernel
+//! emits switch events that do not chain). A thread that never leaves its CPU
+//! would never be charged, so userspace runs [`flush_cpu`] on each CPU right
+//! before it reads (or, where the kernel cannot do that, [`tick`] runs from a
+//! per-CPU clock), charging whatever is running there the same way.
+//!
+//! There is no CO-RE for Rust programs: struct offsets come from the kernel's BTF
+//! in userspace and arrive as read-only globals.
+#![no_std]
+#![no_main]
+
+use agent_common::{CGROUP_CPU_MAX_ENTRIES, Stat, TASK_DEAD, THREADS_MAX_ENTRIES};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+    },
+    macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
+};
+use aya_log_ebpf::error;
+
+// Globals, named as `agent_common::GLOBAL_*` (identifiers cannot come from a
+// constant); the loader fails when one is missing, so a rename cannot go unnoticed.
+#[unsafe(no_mangle)]
+static SUM_EXEC_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static START_TIME_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static LOADED_AT_NS: u64 = 0;
+
+#[map(name = "CGROUP_CPU")]
+static CGROUP_CPU: PerCpuHashMap<u64, u64> =
+    PerCpuHashMap::with_max_entries(CGROUP_CPU_MAX_ENTRIES, 0);
+
+#[map(name = "THREADS")]
+static THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(THREADS_MAX_ENTRIES, 0);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+#[inline(always)]
+fn global(g: &u64) -> u64 {
+    // SAFETY: a plain read of a global in the program's read-only data; volatile so
+    // the compiler does not fold the zero the object file carries.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+fn bump(stat: Stat, by: u64) {
+    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, and programs on one CPU do not interleave here
+        // (sched_switch runs with interrupts off; flush/tick do not nest with it).
+        unsafe { *slot += by };
+    }
+}
+
+#[inline(always)]
+fn read_u64(task: *const u8, offset: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    match unsafe { bpf_probe_read_kernel(task.wrapping_add(offset as usize) as *const u64) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(Stat::ReadErrors, 1);
+            None
+        }
+    }
+}
+
+/// Charges the current task of this CPU (`task`, thread id `tid`) for the run
+/// time it accrued since it was last charged. `dead`: it is switching out for the
+/// last time, so its state is dropped.
+#[inline(always)]
+fn charge(task: *const u8, tid: u32, dead: bool) {
+    if tid == 0 {
+        // The per-CPU idle tasks: not charged to any cgroup.
+        return;
+    }
+    let Some(now) = read_u64(task, global(&SUM_EXEC_OFFSET)) else {
+        return;
+    };
+    let delta = match THREADS.get_ptr_mut(&tid) {
+        Some(last) => {
+            // SAFETY: the entry belongs to `tid`, which runs on this CPU only now.
+            let before = unsafe { *last };
+            if dead {
+                let _ = THREADS.remove(&tid);
+            } else {
+                // SAFETY: as above; updated in place, no new allocation.
+                unsafe { *last = now };
+            }
+            if now < before {
+                // tid reused after its entry was evicted and re-created: start over.
+                bump(Stat::Rebaselined, 1);
+                0
+            } else {
+                now - before
+            }
+        }
+        None => {
+            let Some(started) = read_u64(task, global(&START_TIME_OFFSET)) else {
+                return;
+            };
+            if !dead {
+                let _ = THREADS.insert(&tid, &now, 0);
+            }
+            // Started after we loaded: all of its run time is ours to charge.
+            // Started before: from here on (userspace seeded live threads).
+            if started >= global(&LOADED_AT_NS) {
+                now
+            } else {
+                0
+            }
+        }
+    };
+    if delta == 0 {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    add_to_cgroup(cgroup, delta);
+}
+
+#[inline(always)]
+fn add_to_cgroup(cgroup: u64, delta: u64) {
+    if let Some(total) = CGROUP_CPU.get_ptr_mut(&cgroup) {
+        // SAFETY: this CPU's slot of a per-CPU value.
+        unsafe { *total += delta };
+        return;
+    }
+    if CGROUP_CPU
+        .insert(&cgroup, &delta, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        return;
+    }
+    // Lost a race with our own insert on another CPU, or the map is full.
+    match CGROUP_CPU.get_ptr_mut(&cgroup) {
+        // SAFETY: as above.
+        Some(total) => unsafe { *total += delta },
+        None => bump(Stat::CgroupMapFull, 1),
+    }
+}
+
+#[inline(always)]
+fn on_switch(prev: *const u8, prev_state: u32) -> u32 {
+    bump(Stat::Switches, 1);
+    // At sched_switch `current` is still `prev`: its tid and cgroup come from helpers.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    charge(prev, tid, prev_state & TASK_DEAD != 0);
+    0
+}
+
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state)`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let prev: *const u8 = ctx.arg(1);
+    let prev_state: u32 = ctx.arg(3);
+    on_switch(prev, prev_state) as i32
+}
+
+/// The same, for kernels without BTF tracepoints.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
+    let prev: *const u8 = ctx.arg(1);
+    let prev_state: u64 = ctx.arg(3);
+    on_switch(prev, prev_state as u32) as i32
+}
+
+#[inline(always)]
+fn charge_current() -> u32 {
+    bump(Stat::Flushes, 1);
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    charge(task, bpf_get_current_pid_tgid() as u32, false);
+    0
+}
+
+/// Run by userspace with BPF_PROG_TEST_RUN pinned to each CPU before a read.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn flush_cpu(ctx: RawTracePointContext) -> i32 {
+    if global(&SUM_EXEC_OFFSET) == 0 {
+        // Not on the hot path: only when the loader failed to set the offsets.
+        error!(
+            &ctx,
+            "task_struct offsets not set by the loader: nothing is charged"
+        );
+        return 1;
+    }
+    charge_current() as i32
+}
+
+/// Per-CPU software clock, where [`flush_cpu`] cannot be test-run on a CPU.
+#[perf_event]
+pub fn tick(_ctx: PerfEventContext) -> u32 {
+    charge_current()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

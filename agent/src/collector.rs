@@ -1,0 +1,393 @@
+//! One sample of the node: every pod's containers with cumulative CPU time,
+//! memory working set and swap, and the node's totals.
+//!
+//! CPU comes from the eBPF programs when they load and the pods live in the v2
+//! tree (their cgroup ids are what the kernel charges); otherwise from cgroupfs
+//! counters. The reason for a fallback is logged once and kept in
+//! [`Collector::fallback_reason`]; the active source is in every [`Snapshot`].
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+    path::PathBuf,
+    time::SystemTime,
+};
+
+use tracing::warn;
+
+use crate::{
+    cgroup::{self, Hierarchy, Identity, QosClass, Runtime, Tree, stats::Memory},
+    ebpf::{self, CpuAccounting},
+};
+
+/// Errors that stop a collection (a single unreadable container does not).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    #[error("eBPF was required (--cpu-source=ebpf) but is unavailable: {0}")]
+    EbpfRequired(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where CPU time comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuSourceChoice {
+    /// eBPF when it loads and identifies pods, else cgroupfs.
+    Auto,
+    /// eBPF or fail.
+    Ebpf,
+    /// cgroupfs counters only.
+    Cgroupfs,
+}
+
+/// The source a snapshot's CPU figures came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuSource {
+    Ebpf,
+    Cgroupfs,
+}
+
+impl fmt::Display for CpuSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CpuSource::Ebpf => "ebpf",
+            CpuSource::Cgroupfs => "cgroupfs",
+        })
+    }
+}
+
+/// Where the collector reads from.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub cgroup_root: PathBuf,
+    pub proc_root: PathBuf,
+    pub btf_path: PathBuf,
+    pub cpu_source: CpuSourceChoice,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cgroup_root: "/sys/fs/cgroup".into(),
+            proc_root: "/proc".into(),
+            btf_path: "/sys/kernel/btf/vmlinux".into(),
+            cpu_source: CpuSourceChoice::Auto,
+        }
+    }
+}
+
+/// One container at one instant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerSample {
+    pub id: String,
+    pub runtime: Runtime,
+    /// The container's cgroup path, relative to the tree root.
+    pub cgroup: String,
+    /// Cumulative on-CPU ns. From eBPF: since the agent first saw the container;
+    /// from cgroupfs: since the cgroup was created. Only differences mean anything.
+    pub cpu_ns: u64,
+    pub memory: Memory,
+    /// Approximate start: when its cgroup was created.
+    pub started: Option<SystemTime>,
+}
+
+/// One pod: its containers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodSample {
+    pub uid: String,
+    pub qos: QosClass,
+    pub containers: Vec<ContainerSample>,
+}
+
+impl PodSample {
+    /// The pod's CPU: the sum of its containers'.
+    pub fn cpu_ns(&self) -> u64 {
+        self.containers.iter().map(|c| c.cpu_ns).sum()
+    }
+
+    /// The pod's working set: the sum of its containers'.
+    pub fn working_set(&self) -> u64 {
+        self.containers.iter().map(|c| c.memory.working_set).sum()
+    }
+}
+
+/// The node's totals.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeSample {
+    pub cpu_ns: u64,
+    pub memory: Memory,
+}
+
+/// Everything read in one collection.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// When the CPU counters were read.
+    pub timestamp: SystemTime,
+    pub source: CpuSource,
+    pub node: NodeSample,
+    /// By pod UID.
+    pub pods: BTreeMap<String, PodSample>,
+    /// Cgroups that could not be read or parsed this time (skipped, not fatal).
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Charge {
+    Node,
+    Container(String),
+}
+
+/// Reads samples; keeps what eBPF attribution needs between collections.
+pub struct Collector {
+    hierarchy: Hierarchy,
+    opts: Options,
+    ebpf: Option<CpuAccounting>,
+    fallback_reason: Option<String>,
+    /// Last raw counter per cgroup id, to turn the kernel's per-cgroup totals
+    /// into deltas that survive cgroups going away.
+    last_raw: HashMap<u64, u64>,
+    /// Identity of each cgroup id seen in the previous scan.
+    known: HashMap<u64, Option<Identity>>,
+    /// Cumulative ns per container id and for the node.
+    charged: HashMap<Charge, u64>,
+}
+
+impl Collector {
+    /// Detects the hierarchy and, unless told otherwise, loads the eBPF programs.
+    pub fn new(opts: Options) -> Result<Self> {
+        let hierarchy = Hierarchy::detect(&opts.cgroup_root)?;
+        let mut this = Self {
+            hierarchy,
+            opts,
+            ebpf: None,
+            fallback_reason: None,
+            last_raw: HashMap::new(),
+            known: HashMap::new(),
+            charged: HashMap::new(),
+        };
+        match this.opts.cpu_source {
+            CpuSourceChoice::Cgroupfs => {
+                this.fall_back("cgroupfs counters requested (--cpu-source=cgroupfs)".into());
+            }
+            CpuSourceChoice::Auto | CpuSourceChoice::Ebpf => {
+                let reason = if this.hierarchy.v2.is_none() {
+                    Some("no cgroup v2 hierarchy: eBPF cgroup ids cannot identify pods".into())
+                } else {
+                    let ebpf_opts = ebpf::Options {
+                        btf_path: this.opts.btf_path.clone(),
+                        proc_root: this.opts.proc_root.clone(),
+                        force_tick: false,
+                    };
+                    match CpuAccounting::load(&ebpf_opts) {
+                        Ok(acc) => {
+                            this.ebpf = Some(acc);
+                            None
+                        }
+                        Err(e) => Some(format!("eBPF unavailable: {e}")),
+                    }
+                };
+                if let Some(reason) = reason {
+                    if this.opts.cpu_source == CpuSourceChoice::Ebpf {
+                        return Err(Error::EbpfRequired(reason));
+                    }
+                    this.fall_back(reason);
+                }
+            }
+        }
+        Ok(this)
+    }
+
+    fn fall_back(&mut self, reason: String) {
+        if self.ebpf.take().is_some() || self.fallback_reason.is_none() {
+            warn!(%reason, "CPU from cgroupfs counters");
+        }
+        self.fallback_reason = Some(reason);
+    }
+
+    /// The active CPU source.
+    pub fn source(&self) -> CpuSource {
+        if self.ebpf.is_some() {
+            CpuSource::Ebpf
+        } else {
+            CpuSource::Cgroupfs
+        }
+    }
+
+    /// Why CPU comes from cgroupfs, when it does.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// The eBPF accounting, when active (for its statistics).
+    pub fn ebpf(&self) -> Option<&CpuAccounting> {
+        self.ebpf.as_ref()
+    }
+
+    /// The detected hierarchy.
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
+    /// Reads one snapshot.
+    pub fn collect(&mut self) -> Result<Snapshot> {
+        let mut errors = Vec::new();
+        // Read counters first, then scan: every id read then either appears in the
+        // scan or was removed before it, so nothing is forgotten too early.
+        let raw = match self.ebpf.as_mut().map(CpuAccounting::read) {
+            Some(Ok(raw)) => Some(raw),
+            Some(Err(e)) => {
+                self.fall_back(format!("reading eBPF counters failed: {e}"));
+                None
+            }
+            None => None,
+        };
+        let timestamp = SystemTime::now();
+        let scan = self.hierarchy.scan()?;
+        let tree = scan.tree.unwrap_or(Tree::V2);
+        errors.extend(scan.errors.iter().map(ToString::to_string));
+
+        let raw = if raw.is_some() && tree != Tree::V2 {
+            self.fall_back(
+                "pods are only in v1 cgroups here: v2 cgroup ids do not identify them".into(),
+            );
+            None
+        } else {
+            raw
+        };
+        if let Some(raw) = raw {
+            self.attribute(raw, &scan);
+        }
+
+        let ebpf = self.ebpf.is_some();
+        let mut pods: BTreeMap<String, PodSample> = BTreeMap::new();
+        for cg in &scan.cgroups {
+            let Some(Identity::Container {
+                pod_uid,
+                qos,
+                id,
+                runtime,
+                nested: false,
+            }) = &cg.identity
+            else {
+                continue;
+            };
+            let cpu = if ebpf {
+                Ok(self
+                    .charged
+                    .get(&Charge::Container(id.clone()))
+                    .copied()
+                    .unwrap_or(0))
+            } else {
+                self.hierarchy.cpu_usage_ns(tree, &cg.path)
+            };
+            let memory = self.hierarchy.memory(tree, &cg.path);
+            let (cpu_ns, memory) = match (cpu, memory) {
+                (Ok(c), Ok(m)) => (c, m),
+                (Err(e), _) | (_, Err(e)) => {
+                    // Most often: the container went away between scan and read.
+                    errors.push(format!("{}: {e}", cg.path));
+                    continue;
+                }
+            };
+            pods.entry(pod_uid.clone())
+                .or_insert_with(|| PodSample {
+                    uid: pod_uid.clone(),
+                    qos: *qos,
+                    containers: Vec::new(),
+                })
+                .containers
+                .push(ContainerSample {
+                    id: id.clone(),
+                    runtime: *runtime,
+                    cgroup: cg.path.clone(),
+                    cpu_ns,
+                    memory,
+                    started: cg.modified,
+                });
+        }
+        for pod in pods.values_mut() {
+            pod.containers.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+
+        let node_cpu = if ebpf {
+            self.charged.get(&Charge::Node).copied().unwrap_or(0)
+        } else {
+            self.hierarchy.cpu_usage_ns(tree, "/").unwrap_or_else(|e| {
+                errors.push(format!("node cpu: {e}"));
+                0
+            })
+        };
+        let node_memory = self
+            .hierarchy
+            .node_memory(&self.opts.proc_root)
+            .unwrap_or_else(|e| {
+                errors.push(format!("node memory: {e}"));
+                Memory::default()
+            });
+        Ok(Snapshot {
+            timestamp,
+            source: self.source(),
+            node: NodeSample {
+                cpu_ns: node_cpu,
+                memory: node_memory,
+            },
+            pods,
+            errors,
+        })
+    }
+
+    /// Turns the kernel's per-cgroup totals into per-container and node totals.
+    fn attribute(&mut self, raw: HashMap<u64, u64>, scan: &cgroup::Scan) {
+        let current: HashMap<u64, &Option<Identity>> =
+            scan.cgroups.iter().map(|c| (c.id, &c.identity)).collect();
+        for (&cgroup, &value) in &raw {
+            let last = self.last_raw.insert(cgroup, value).unwrap_or(0);
+            // A smaller value: the id was reused by a new cgroup after we forgot it.
+            let delta = if value >= last { value - last } else { value };
+            if delta == 0 {
+                continue;
+            }
+            *self.charged.entry(Charge::Node).or_default() += delta;
+            let identity = current
+                .get(&cgroup)
+                .copied()
+                .or_else(|| self.known.get(&cgroup));
+            if let Some(Some(Identity::Container { id, .. })) = identity {
+                *self
+                    .charged
+                    .entry(Charge::Container(id.clone()))
+                    .or_default() += delta;
+            }
+        }
+        // Cgroups gone since the read: their last counts are in; drop their state.
+        let gone: Vec<u64> = raw
+            .keys()
+            .copied()
+            .filter(|id| !current.contains_key(id))
+            .collect();
+        for id in &gone {
+            self.last_raw.remove(id);
+        }
+        if let Some(acc) = self.ebpf.as_mut() {
+            acc.forget(gone);
+        }
+        let live: HashSet<&String> = scan
+            .cgroups
+            .iter()
+            .filter_map(|c| match &c.identity {
+                Some(Identity::Container { id, .. }) => Some(id),
+                _ => None,
+            })
+            .collect();
+        self.charged.retain(|k, _| match k {
+            Charge::Node => true,
+            Charge::Container(id) => live.contains(id),
+        });
+        self.known = scan
+            .cgroups
+            .iter()
+            .map(|c| (c.id, c.identity.clone()))
+            .collect();
+    }
+}

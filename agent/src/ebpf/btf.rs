@@ -1,0 +1,339 @@
+//! Struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! Rust eBPF programs get no CO-RE relocations, so the loader reads the two
+//! offsets the programs need and passes them in as globals. Only what that needs
+//! is parsed: the type section is walked once, structs are looked up by name, and
+//! anonymous struct/union members are searched through as the C compiler would.
+use std::{collections::HashMap, path::Path};
+
+/// Errors reading offsets from BTF.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    #[error("BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("struct {strukt} has no member {member} in this kernel's BTF")]
+    NoMember { strukt: String, member: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The `task_struct` offsets the kernel programs read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.se.sum_exec_runtime`, bytes.
+    pub sum_exec_runtime: u64,
+    /// `task_struct.start_time`, bytes.
+    pub start_time: u64,
+}
+
+impl TaskOffsets {
+    /// Reads the offsets from a vmlinux BTF file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_btf(&Btf::parse(&data)?)
+    }
+
+    fn from_btf(btf: &Btf<'_>) -> Result<Self> {
+        let se = btf.member_offset("task_struct", "se")?;
+        let sum = btf.member_offset("sched_entity", "sum_exec_runtime")?;
+        let start = btf.member_offset("task_struct", "start_time")?;
+        Ok(Self {
+            sum_exec_runtime: (se.bits + sum.bits) / 8,
+            start_time: start.bits / 8,
+        })
+    }
+}
+
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Clone, Copy)]
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    bits: u64,
+}
+
+struct Composite {
+    name_off: u32,
+    members: Vec<Member>,
+}
+
+/// The parts of a BTF blob needed to find member offsets.
+pub struct Btf<'a> {
+    strings: &'a [u8],
+    /// Type id → composite (struct/union), for ids that are one.
+    composites: HashMap<u32, Composite>,
+    /// Type id → (kind, referenced type) for modifiers and typedefs, to see through them.
+    refs: HashMap<u32, u32>,
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn u32(&mut self) -> Result<u32> {
+        let bytes = self
+            .data
+            .get(self.pos..self.pos + 4)
+            .ok_or(Error::Malformed("type section truncated"))?;
+        self.pos += 4;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+    fn skip(&mut self, n: usize) -> Result<()> {
+        if self.pos + n > self.data.len() {
+            return Err(Error::Malformed("type section truncated"));
+        }
+        self.pos += n;
+        Ok(())
+    }
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32> {
+    data.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(Error::Malformed("header truncated"))
+}
+
+impl<'a> Btf<'a> {
+    /// Parses a little-endian BTF blob (vmlinux BTF is native-endian; this agent
+    /// runs on little-endian hosts only, as does its eBPF target).
+    pub fn parse(data: &'a [u8]) -> Result<Self> {
+        if data.get(0..2) != Some(&[0x9f, 0xeb]) {
+            return Err(Error::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let types = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(Error::Malformed("type section out of bounds"))?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(Error::Malformed("string section out of bounds"))?;
+
+        let mut composites = HashMap::new();
+        let mut refs = HashMap::new();
+        let mut cur = Cursor {
+            data: types,
+            pos: 0,
+        };
+        let mut id = 0u32;
+        while cur.pos < types.len() {
+            id += 1;
+            let name_off = cur.u32()?;
+            let info = cur.u32()?;
+            let size_or_type = cur.u32()?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31 == 1;
+            match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => cur.skip(4)?,
+                KIND_ARRAY => cur.skip(12)?,
+                KIND_STRUCT | KIND_UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let m_name = cur.u32()?;
+                        let m_type = cur.u32()?;
+                        let offset = cur.u32()?;
+                        // With kind_flag the top 8 bits are a bitfield size.
+                        let bits = if kind_flag {
+                            offset & 0x00ff_ffff
+                        } else {
+                            offset
+                        };
+                        members.push(Member {
+                            name_off: m_name,
+                            type_id: m_type,
+                            bits: u64::from(bits),
+                        });
+                    }
+                    composites.insert(id, Composite { name_off, members });
+                }
+                KIND_ENUM | KIND_FUNC_PROTO => cur.skip(8 * vlen)?,
+                KIND_DATASEC | KIND_ENUM64 => cur.skip(12 * vlen)?,
+                // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG:
+                // no trailing data. Modifiers/typedefs refer to another type.
+                8..=11 | 18 => {
+                    refs.insert(id, size_or_type);
+                }
+                2 | 7 | 12 | 16 => {}
+                _ => return Err(Error::Malformed("unknown type kind")),
+            }
+        }
+        Ok(Self {
+            strings,
+            composites,
+            refs,
+        })
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    fn resolve(&self, mut id: u32) -> u32 {
+        // Bounded: a malformed cycle must not hang the loader.
+        for _ in 0..32 {
+            match self.refs.get(&id) {
+                Some(&next) => id = next,
+                None => break,
+            }
+        }
+        id
+    }
+
+    /// Offset of `member` in the struct named `strukt`, looking inside anonymous
+    /// members. Several structs may share a name in BTF; the first with the member wins.
+    fn member_offset(&self, strukt: &str, member: &str) -> Result<MemberOffset> {
+        let mut found_struct = false;
+        let mut ids: Vec<_> = self.composites.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(c) = self.composites.get(&id) else {
+                continue;
+            };
+            if self.name(c.name_off) != strukt.as_bytes() {
+                continue;
+            }
+            found_struct = true;
+            if let Some(bits) = self.find_in(id, member.as_bytes(), 0) {
+                return Ok(MemberOffset { bits });
+            }
+        }
+        Err(if found_struct {
+            Error::NoMember {
+                strukt: strukt.into(),
+                member: member.into(),
+            }
+        } else {
+            Error::NoStruct(strukt.into())
+        })
+    }
+
+    fn find_in(&self, id: u32, member: &[u8], depth: u32) -> Option<u64> {
+        let c = self.composites.get(&id)?;
+        for m in &c.members {
+            let name = self.name(m.name_off);
+            if name == member {
+                return Some(m.bits);
+            }
+            if name.is_empty() && depth < 8 {
+                let inner = self.resolve(m.type_id);
+                if let Some(bits) = self.find_in(inner, member, depth + 1) {
+                    return Some(m.bits + bits);
+                }
+            }
+        }
+        None
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MemberOffset {
+    bits: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob: types as (name, info, size_or_type, trailing u32s).
+    fn blob(strings: &[&str], types: &[(u32, u32, u32, Vec<u32>)]) -> Vec<u8> {
+        let mut strs = vec![0u8];
+        for s in strings {
+            strs.extend_from_slice(s.as_bytes());
+            strs.push(0);
+        }
+        let mut ty = Vec::new();
+        for (name, info, sz, extra) in types {
+            for v in [*name, *info, *sz].iter().chain(extra) {
+                ty.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let mut out = vec![0x9f, 0xeb, 1, 0];
+        for v in [
+            24u32,
+            0,
+            ty.len() as u32,
+            ty.len() as u32,
+            strs.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend(ty);
+        out.extend(strs);
+        out
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        // strings: 1 "int", 5 "outer", 11 "a", 13 "b"
+        let data = blob(
+            &["int", "outer", "a", "b"],
+            &[
+                (1, KIND_INT << 24, 8, vec![64]),               // 1: int
+                (0, (KIND_UNION << 24) | 1, 8, vec![13, 1, 0]), // 2: union { b }
+                (5, (KIND_STRUCT << 24) | 2, 24, vec![11, 1, 0, 0, 2, 128]), // 3: outer { a; union {b} at 16 }
+            ],
+        );
+        let btf = Btf::parse(&data).expect("parses");
+        assert_eq!(btf.member_offset("outer", "a").expect("a").bits, 0);
+        assert_eq!(btf.member_offset("outer", "b").expect("b").bits, 128);
+        assert!(matches!(
+            btf.member_offset("outer", "c"),
+            Err(Error::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("nope", "a"),
+            Err(Error::NoStruct(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        assert!(Btf::parse(b"").is_err());
+        assert!(Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0]).is_err());
+        let mut data = blob(&["x"], &[(1, (KIND_STRUCT << 24) | 5, 8, vec![])]);
+        data.truncate(data.len() - 1);
+        assert!(Btf::parse(&data).is_err());
+    }
+
+    #[test]
+    fn reads_this_kernels_task_struct() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!(
+                "skipped: {} not present (kernel without BTF)",
+                path.display()
+            );
+            return;
+        }
+        let offsets = TaskOffsets::from_file(path).expect("task_struct offsets");
+        assert!(offsets.sum_exec_runtime > 0 && offsets.sum_exec_runtime.is_multiple_of(8));
+        assert!(offsets.start_time > 0 && offsets.start_time.is_multiple_of(8));
+    }
+}

@@ -1,0 +1,388 @@
+//! Loads and drives the kernel programs of `agent-ebpf`: exact on-CPU time per
+//! cgroup v2 id, charged at every context switch.
+//!
+//! Reading is flush-then-read: before each read the never-attached `flush_cpu`
+//! program is test-run on every CPU, charging whatever runs there (a busy loop
+//! that never switches is otherwise invisible). Where the kernel cannot test-run
+//! a raw tracepoint on a chosen CPU, a per-CPU software clock runs the same
+//! charge instead, at [`TICK_HZ`].
+pub mod btf;
+
+use std::{collections::HashMap, fs, path::Path};
+
+use agent_common::{
+    GLOBAL_LOADED_AT_NS, GLOBAL_START_TIME_OFFSET, GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU,
+    MAP_STATS, MAP_THREADS, PROG_FLUSH, PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat,
+    TRACEPOINT_SCHED_SWITCH,
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{
+        BtfTracePoint, PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use tracing::{debug, info, warn};
+
+pub use btf::TaskOffsets;
+
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENT_EBPF_OBJECT"));
+
+/// Rate of the fallback per-CPU clock: ≥ 100 Hz bounds a lone busy loop's
+/// per-second error to 1 %.
+pub const TICK_HZ: u64 = 100;
+
+/// Errors loading or reading the programs. Any of them makes the agent fall back
+/// to cgroupfs counters.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading task_struct offsets from BTF: {0}")]
+    Btf(#[from] btf::Error),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("listing online CPUs ({0}): {1}")]
+    Cpus(&'static str, #[source] std::io::Error),
+    #[error("attaching sched_switch: BTF tracepoint failed ({btf}); raw tracepoint failed ({raw})")]
+    Attach {
+        btf: Box<aya::programs::ProgramError>,
+        raw: Box<aya::programs::ProgramError>,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the running tasks are charged before a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushMode {
+    /// `flush_cpu` test-run on each CPU right before reading: exact at read time.
+    TestRun,
+    /// Per-CPU software clock at this many Hz.
+    Tick(u64),
+}
+
+/// Where to find kernel interfaces; overridable so a DaemonSet can use host mounts.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The kernel's BTF (`/sys/kernel/btf/vmlinux`).
+    pub btf_path: std::path::PathBuf,
+    /// procfs, to seed the baseline of threads that exist before loading.
+    pub proc_root: std::path::PathBuf,
+    /// Force the per-CPU clock instead of flush-on-read (tests, benchmarks).
+    pub force_tick: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            btf_path: "/sys/kernel/btf/vmlinux".into(),
+            proc_root: "/proc".into(),
+            force_tick: false,
+        }
+    }
+}
+
+/// Which program charges at context switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchHook {
+    BtfTracepoint,
+    RawTracepoint,
+}
+
+/// The loaded, attached programs and their maps.
+pub struct CpuAccounting {
+    ebpf: Ebpf,
+    cgroup_cpu: PerCpuHashMap<MapData, u64, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Kept open for the programs' lifetime (and for inspection).
+    #[allow(dead_code)]
+    threads: BpfHashMap<MapData, u32, u64>,
+    cpus: Vec<u32>,
+    flush: FlushMode,
+    hook: SwitchHook,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+impl CpuAccounting {
+    /// Loads the programs, attaches the switch hook, seeds live threads and picks
+    /// a flush mode. Needs CAP_BPF + CAP_PERFMON (or root) and kernel BTF.
+    pub fn load(opts: &Options) -> Result<Self> {
+        let offsets = TaskOffsets::from_file(&opts.btf_path)?;
+        debug!(?offsets, "task_struct offsets from BTF");
+        let loaded_at = monotonic_ns();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_SUM_EXEC_OFFSET, &offsets.sum_exec_runtime, true)
+            .override_global(GLOBAL_START_TIME_OFFSET, &offsets.start_time, true)
+            .override_global(GLOBAL_LOADED_AT_NS, &loaded_at, true)
+            .load(OBJECT)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                warn!(error = %e, "eBPF load-time diagnostics unavailable");
+                None
+            }
+        };
+
+        let hook = attach_switch(&mut ebpf, &opts.btf_path)?;
+        let cpus = online_cpus().map_err(|(what, e)| Error::Cpus(what, e))?;
+        // Load every program before taking maps out of `ebpf`: a program loads
+        // against the map fds the object still holds.
+        for name in [PROG_FLUSH, PROG_TICK] {
+            let loaded = match name {
+                PROG_FLUSH => program::<RawTracePoint>(&mut ebpf, name)?.load(),
+                _ => program::<PerfEvent>(&mut ebpf, name)?.load(),
+            };
+            loaded.map_err(|source| Error::Program { name, source })?;
+        }
+
+        let mut threads: BpfHashMap<MapData, u32, u64> = take(&mut ebpf, MAP_THREADS)?;
+        let seeded = seed_threads(&mut threads, &opts.proc_root);
+        debug!(seeded, "seeded thread baselines from procfs");
+
+        let cgroup_cpu = take(&mut ebpf, MAP_CGROUP_CPU)?;
+        let stats = take(&mut ebpf, MAP_STATS)?;
+        let mut this = Self {
+            ebpf,
+            cgroup_cpu,
+            stats,
+            cpus,
+            threads,
+            flush: FlushMode::TestRun,
+            hook,
+            logger,
+        };
+        this.flush = this.choose_flush(opts.force_tick)?;
+        info!(hook = ?this.hook, flush = ?this.flush, cpus = this.cpus.len(), "eBPF CPU accounting attached");
+        Ok(this)
+    }
+
+    fn choose_flush(&mut self, force_tick: bool) -> Result<FlushMode> {
+        if !force_tick {
+            match self.run_flush() {
+                Ok(()) => return Ok(FlushMode::TestRun),
+                Err(e) => warn!(error = %e, "flush-on-read unavailable; using a per-CPU clock"),
+            }
+        }
+        let tick: &mut PerfEvent = program(&mut self.ebpf, PROG_TICK)?;
+        let err = |source| Error::Program {
+            name: PROG_TICK,
+            source,
+        };
+        for &cpu in &self.cpus {
+            tick.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(TICK_HZ),
+                false,
+            )
+            .map_err(err)?;
+        }
+        Ok(FlushMode::Tick(TICK_HZ))
+    }
+
+    fn run_flush(&mut self) -> Result<()> {
+        let prog: &RawTracePoint = self
+            .ebpf
+            .program(PROG_FLUSH)
+            .ok_or(Error::MissingProgram(PROG_FLUSH))?
+            .try_into()
+            .map_err(|source| Error::Program {
+                name: PROG_FLUSH,
+                source,
+            })?;
+        for &cpu in &self.cpus {
+            let mut opts = RawTracePointRunOptions::new();
+            opts.cpu = Some(cpu);
+            prog.test_run(opts).map_err(|source| Error::Program {
+                name: PROG_FLUSH,
+                source,
+            })?;
+        }
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+        Ok(())
+    }
+
+    /// The hook charging at context switches.
+    pub fn hook(&self) -> SwitchHook {
+        self.hook
+    }
+
+    /// How running tasks are charged before a read.
+    pub fn flush_mode(&self) -> FlushMode {
+        self.flush
+    }
+
+    /// Cumulative on-CPU nanoseconds per cgroup v2 id since loading, exact up to
+    /// this call (in [`FlushMode::TestRun`]) or to the last clock tick.
+    pub fn read(&mut self) -> Result<HashMap<u64, u64>> {
+        if self.flush == FlushMode::TestRun {
+            self.run_flush()?;
+        }
+        let mut out = HashMap::with_capacity(256);
+        for entry in self.cgroup_cpu.iter() {
+            let (cgroup, per_cpu) = entry.map_err(|source| Error::Map {
+                name: MAP_CGROUP_CPU,
+                source,
+            })?;
+            out.insert(
+                cgroup,
+                per_cpu.iter().copied().fold(0u64, u64::wrapping_add),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Drops the counters of cgroups that no longer exist, after their last read.
+    pub fn forget(&mut self, cgroups: impl IntoIterator<Item = u64>) {
+        for cgroup in cgroups {
+            if let Err(e) = self.cgroup_cpu.remove(&cgroup) {
+                debug!(cgroup, error = %e, "removing a gone cgroup's counter");
+            }
+        }
+    }
+
+    /// The kernel programs' own counters, summed over CPUs.
+    pub fn stats(&self) -> Vec<(Stat, u64)> {
+        Stat::ALL
+            .iter()
+            .map(|&s| {
+                let v = self
+                    .stats
+                    .get(&(s as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
+                    .unwrap_or(0);
+                (s, v)
+            })
+            .collect()
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+fn attach_switch(ebpf: &mut Ebpf, btf_path: &Path) -> Result<SwitchHook> {
+    let btf_err = match attach_btf(ebpf, btf_path) {
+        Ok(()) => return Ok(SwitchHook::BtfTracepoint),
+        Err(e) => e,
+    };
+    warn!(error = %btf_err, "BTF tracepoint unavailable; trying the raw tracepoint");
+    let raw: &mut RawTracePoint = program(ebpf, PROG_SCHED_SWITCH_RAW)?;
+    match raw
+        .load()
+        .and_then(|()| raw.attach(TRACEPOINT_SCHED_SWITCH))
+    {
+        Ok(_) => Ok(SwitchHook::RawTracepoint),
+        Err(raw) => Err(Error::Attach {
+            btf: Box::new(btf_err),
+            raw: Box::new(raw),
+        }),
+    }
+}
+
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf_path: &Path,
+) -> std::result::Result<(), aya::programs::ProgramError> {
+    let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
+        .map_err(aya::programs::ProgramError::Btf)?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(PROG_SCHED_SWITCH)
+        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    prog.load(TRACEPOINT_SCHED_SWITCH, &btf)?;
+    prog.attach()?;
+    Ok(())
+}
+
+/// Seeds each live thread's current `sum_exec_runtime` (first field of
+/// `/proc/<pid>/task/<tid>/schedstat`) so its next switch is charged from now
+/// rather than only from its first sighting. Existing entries win (BPF_NOEXIST):
+/// the kernel's own value is newer than ours. Best effort: returns how many were seeded.
+fn seed_threads(threads: &mut BpfHashMap<MapData, u32, u64>, proc_root: &Path) -> usize {
+    const BPF_NOEXIST: u64 = 1;
+    let Ok(procs) = fs::read_dir(proc_root) else {
+        return 0;
+    };
+    let mut seeded = 0;
+    for proc in procs.flatten() {
+        if !proc
+            .file_name()
+            .as_encoded_bytes()
+            .iter()
+            .all(u8::is_ascii_digit)
+        {
+            continue;
+        }
+        let Ok(tasks) = fs::read_dir(proc.path().join("task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) = fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let Some(ns) = text
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if threads.insert(&tid, &ns, BPF_NOEXIST).is_ok() {
+                seeded += 1;
+            }
+        }
+    }
+    seeded
+}

@@ -1,0 +1,1 @@
+//! Kubelet stats source (in progress).
