@@ -64,6 +64,8 @@ pub struct Options {
     pub proc_root: PathBuf,
     pub btf_path: PathBuf,
     pub cpu_source: CpuSourceChoice,
+    /// Charge running tasks from a per-CPU clock instead of flush-on-read.
+    pub force_tick: bool,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             proc_root: "/proc".into(),
             btf_path: "/sys/kernel/btf/vmlinux".into(),
             cpu_source: CpuSourceChoice::Auto,
+            force_tick: false,
         }
     }
 }
@@ -177,7 +180,7 @@ impl Collector {
                     let ebpf_opts = ebpf::Options {
                         btf_path: this.opts.btf_path.clone(),
                         proc_root: this.opts.proc_root.clone(),
-                        force_tick: false,
+                        force_tick: this.opts.force_tick,
                     };
                     match CpuAccounting::load(&ebpf_opts) {
                         Ok(acc) => {

@@ -74,6 +74,7 @@ fn main() -> Result<()> {
         proc_root: args.proc_root,
         btf_path: args.btf,
         cpu_source: args.cpu_source,
+        force_tick: false,
     };
     match args.command {
         Command::Top { interval, count } => run_top(opts, interval, count),

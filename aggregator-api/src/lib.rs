@@ -1,3 +1,5 @@
 //! The aggregator: ingest of agent streams, the store of last/previous points,
 //! the metrics.k8s.io API server and the consumer watch stream.
 #![forbid(unsafe_code)]
+
+pub mod api;

@@ -7,6 +7,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+mod demo;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,6 +28,17 @@ enum Cmd {
     },
     /// rustfmt --check and clippy -D warnings over every crate, host and eBPF.
     Lint,
+    /// A simulated node (kubelet-style cgroups, processes burning known CPU and
+    /// holding memory) watched by `nodepulse-agent top`. Needs root. Ctrl-C ends it
+    /// and removes everything it made.
+    Demo {
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Internal: the body of the demo's burner processes.
+    #[command(hide = true)]
+    Burn,
 }
 
 fn main() -> Result<()> {
@@ -34,6 +47,11 @@ fn main() -> Result<()> {
             eprintln!("eBPF object: {}", path.display());
         }),
         Cmd::Lint => lint(),
+        Cmd::Demo { seconds } => demo::run(&workspace_root(), seconds),
+        Cmd::Burn => {
+            testkit::burner_main();
+            Ok(())
+        }
     }
 }
 

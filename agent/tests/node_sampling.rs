@@ -1,0 +1,278 @@
+//! The agent against real cgroups on this kernel: a simulated node (cgroups
+//! named as the kubelet and containerd name them, processes burning known CPU
+//! and holding known memory), sampled every second, checked against the
+//! kernel's own per-cgroup counters over the same windows.
+//!
+//! Needs root, BTF and cgroup v2; skips with a message elsewhere (fails instead
+//! under NODEPULSE_REQUIRE_PRIVILEGED=1, as in CI).
+
+use std::{sync::Mutex, time::Duration};
+
+use agent::collector::{Collector, CpuSource, CpuSourceChoice, Options, Snapshot};
+use testkit::{self as support, Burn, CgroupTree, Launcher};
+
+/// The CPU tests measure load: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Not a test: the body of burner processes the tests spawn (see support).
+#[test]
+#[ignore = "entry point of burner child processes"]
+fn burner_entry() {
+    support::burner_main();
+}
+
+fn collector(source: CpuSourceChoice, force_tick: bool) -> Collector {
+    let c = Collector::new(Options {
+        cpu_source: source,
+        force_tick,
+        ..Options::default()
+    })
+    .expect("collector");
+    let want = match source {
+        CpuSourceChoice::Cgroupfs => CpuSource::Cgroupfs,
+        _ => CpuSource::Ebpf,
+    };
+    assert_eq!(c.source(), want, "fallback: {:?}", c.fallback_reason());
+    c
+}
+
+fn container_cpu(s: &Snapshot, cid: &str) -> u64 {
+    s.pods
+        .values()
+        .flat_map(|p| &p.containers)
+        .find(|c| c.id == cid)
+        .unwrap_or_else(|| panic!("container {cid} not in snapshot"))
+        .cpu_ns
+}
+
+fn pod_cpu(s: &Snapshot, uid: &str) -> u64 {
+    s.pods
+        .get(uid)
+        .unwrap_or_else(|| panic!("pod {uid} not in snapshot"))
+        .cpu_ns()
+}
+
+/// The kernel's counter read just before and just after one of our reads: its
+/// value at the instant we read lies between the two.
+#[derive(Clone, Copy)]
+struct Bracket {
+    before: u64,
+    after: u64,
+}
+
+/// Our Δ over a window must equal the kernel's Δ over the same window within
+/// `pct` %. The kernel's Δ over exactly our window is only known to lie in
+/// [before₁ − after₀, after₁ − before₀] (the reads cannot be simultaneous), so
+/// ours must fall in that range widened by `pct` % (1 ms floor for idle cgroups).
+fn assert_close(what: &str, ours: u64, k0: Bracket, k1: Bracket, pct: f64) {
+    let low = k1.before.saturating_sub(k0.after) as f64;
+    let high = (k1.after - k0.before) as f64;
+    let slack = (high * pct / 100.0).max(1e6);
+    let ours_f = ours as f64;
+    assert!(
+        ours_f >= low - slack && ours_f <= high + slack,
+        "{what}: ours {:.3} ms, kernel {:.3}..{:.3} ms over the same window (allowed ±{pct} %)",
+        ours_f / 1e6,
+        low / 1e6,
+        high / 1e6,
+    );
+}
+
+#[test]
+fn cpu_per_container_and_pod_matches_the_kernels_cpu_stat() {
+    let Some(h) = support::privileged("cpu_per_container_and_pod") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tree = CgroupTree::new(&h, "cpu");
+    let base = tree.base.clone();
+    // Pod A, systemd driver, burstable: one spinning container, one at 50 % duty.
+    let (pod_a, a1, a2) = (
+        support::uid(1),
+        support::container_id(1),
+        support::container_id(2),
+    );
+    let a1_path = support::systemd_container(&base, "burstable", &pod_a, &a1);
+    let a2_path = support::systemd_container(&base, "burstable", &pod_a, &a2);
+    // Pod B, cgroupfs driver, best effort: one container with two spinning threads.
+    let (pod_b, b1) = (support::uid(2), support::container_id(3));
+    let b1_path = support::cgroupfs_container(&base, "besteffort", &pod_b, &b1);
+    let pod_a_path = a1_path.rsplit_once('/').expect("parent").0.to_string();
+    let pod_b_path = b1_path.rsplit_once('/').expect("parent").0.to_string();
+
+    let mut ebpf = collector(CpuSourceChoice::Ebpf, false);
+    let mut cgfs = collector(CpuSourceChoice::Cgroupfs, false);
+    let burner = Launcher::test_binary("burner_entry");
+    let _burners = [
+        tree.spawn(
+            &a1_path,
+            &Burn::Spin {
+                threads: 1,
+                cpu: None,
+            },
+            &burner,
+        ),
+        tree.spawn(
+            &a2_path,
+            &Burn::Duty {
+                fraction: 0.5,
+                period_ms: 20,
+            },
+            &burner,
+        ),
+        tree.spawn(
+            &b1_path,
+            &Burn::Spin {
+                threads: 2,
+                cpu: None,
+            },
+            &burner,
+        ),
+    ];
+    let paths = [&a1_path, &a2_path, &b1_path, &pod_a_path, &pod_b_path];
+    // Both paths read between the kernel's `before` and `after` readings.
+    let sample = |ebpf: &mut Collector, cgfs: &mut Collector| {
+        let before = paths.map(|p| tree.cpu_stat_ns(p));
+        let snapshot = ebpf.collect().expect("collect");
+        let fallback = cgfs.collect().expect("collect");
+        let after = paths.map(|p| tree.cpu_stat_ns(p));
+        let brackets: Vec<Bracket> = before
+            .iter()
+            .zip(after)
+            .map(|(&before, after)| Bracket { before, after })
+            .collect();
+        (snapshot, fallback, brackets)
+    };
+
+    let (mut e0, mut f0, mut k0) = sample(&mut ebpf, &mut cgfs);
+    for second in 1..=3 {
+        std::thread::sleep(Duration::from_secs(1));
+        let (e1, f1, k1) = sample(&mut ebpf, &mut cgfs);
+        let de = |s1: &Snapshot, s0: &Snapshot, cid: &str| {
+            container_cpu(s1, cid) - container_cpu(s0, cid)
+        };
+        for (i, cid) in [&a1, &a2, &b1].into_iter().enumerate() {
+            let what = format!("second {second}: container {cid}");
+            assert_close(&what, de(&e1, &e0, cid), k0[i], k1[i], 1.0);
+        }
+        for (i, uid) in [(3, &pod_a), (4, &pod_b)] {
+            let ours = pod_cpu(&e1, uid) - pod_cpu(&e0, uid);
+            assert_close(
+                &format!("second {second}: pod {uid}"),
+                ours,
+                k0[i],
+                k1[i],
+                1.0,
+            );
+        }
+        // The no-eBPF path: the same numbers within 2 %, beyond what the paths
+        // cannot share (they read at different instants inside the brackets).
+        for (i, cid) in [&a1, &a2, &b1].into_iter().enumerate() {
+            let (e, f) = (de(&e1, &e0, cid) as f64, de(&f1, &f0, cid) as f64);
+            let apart = (k0[i].after - k0[i].before + k1[i].after - k1[i].before) as f64;
+            assert!(
+                (e - f).abs() <= f * 0.02 + apart + 1e6,
+                "second {second}: container {cid}: eBPF {:.3} ms vs cgroupfs {:.3} ms \
+                 (reads up to {:.3} ms apart)",
+                e / 1e6,
+                f / 1e6,
+                apart / 1e6
+            );
+        }
+        assert_eq!(e1.pods[&pod_b].containers.len(), 1);
+        assert_eq!(e1.pods[&pod_a].containers.len(), 2);
+        (e0, f0, k0) = (e1, f1, k1);
+    }
+}
+
+fn lone_busy_loop(force_tick: bool) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(h) = support::privileged("lone_busy_loop") else {
+        return;
+    };
+    let mut tree = CgroupTree::new(&h, "loop");
+    let (pod, cid) = (support::uid(9), support::container_id(9));
+    let path = support::systemd_container(&tree.base.clone(), "guaranteed", &pod, &cid);
+    let mut ebpf = collector(CpuSourceChoice::Ebpf, force_tick);
+    let last_cpu = std::thread::available_parallelism().map_or(0, |n| n.get() as u32 - 1);
+    tree.mkdir(&path);
+    // The first sample sees the container idle; the loop starts right after.
+    let bracket = |tree: &CgroupTree, ebpf: &mut Collector| {
+        let before = tree.cpu_stat_ns(&path);
+        let s = ebpf.collect().expect("collect");
+        let after = tree.cpu_stat_ns(&path);
+        (s, Bracket { before, after })
+    };
+    let (e0, k0) = bracket(&tree, &mut ebpf);
+    let burner = Launcher::test_binary("burner_entry");
+    let _loop = tree.spawn(
+        &path,
+        &Burn::Spin {
+            threads: 1,
+            cpu: Some(last_cpu),
+        },
+        &burner,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (e1, k1) = bracket(&tree, &mut ebpf);
+    let ours = container_cpu(&e1, &cid) - container_cpu(&e0, &cid);
+    // It competes with whatever else runs on that CPU; it must have run for real.
+    assert!(
+        k1.before - k0.after > 100_000_000,
+        "the loop barely ran: {} ms",
+        (k1.before - k0.after) / 1_000_000
+    );
+    // With a tick the running task is charged up to the last tick: ≤ 1/100 s behind.
+    let pct = if force_tick { 1.5 } else { 1.0 };
+    assert_close("busy loop, first interval", ours, k0, k1, pct);
+}
+
+#[test]
+fn lone_busy_loop_is_charged_in_the_first_interval() {
+    lone_busy_loop(false);
+}
+
+#[test]
+fn lone_busy_loop_is_charged_by_the_tick_fallback() {
+    lone_busy_loop(true);
+}
+
+#[test]
+fn working_set_excludes_page_cache() {
+    let Some(h) = support::privileged("working_set") else {
+        return;
+    };
+    let mut tree = CgroupTree::new(&h, "mem");
+    let (pod, cid) = (support::uid(5), support::container_id(5));
+    let path = support::cgroupfs_container(&tree.base.clone(), "burstable", &pod, &cid);
+    let cache_file = std::env::temp_dir().join(format!("nodepulse-cache-{}", std::process::id()));
+    const MIB: u64 = 1 << 20;
+    let (held, cache) = (200u64, 100u64);
+    let burner = Launcher::test_binary("burner_entry");
+    let _holder = tree.spawn(
+        &path,
+        &Burn::Memory {
+            mib: held,
+            cache_mib: cache,
+            file: cache_file.clone(),
+        },
+        &burner,
+    );
+    let mut c = collector(CpuSourceChoice::Cgroupfs, false);
+    let s = c.collect().expect("collect");
+    let _ = std::fs::remove_file(&cache_file);
+    let m = s.pods[&pod].containers[0].memory;
+    let ws = m.working_set as f64 / MIB as f64;
+    assert!(
+        (ws - held as f64).abs() <= held as f64 * 0.05,
+        "working set {ws:.1} MiB, held {held} MiB (usage {:.1} MiB)",
+        m.usage as f64 / MIB as f64
+    );
+    assert!(
+        m.usage - m.working_set >= (cache * MIB) * 9 / 10,
+        "page cache should be in usage but not in the working set: usage {} ws {}",
+        m.usage,
+        m.working_set
+    );
+    assert_eq!(s.pods[&pod].working_set(), m.working_set);
+}

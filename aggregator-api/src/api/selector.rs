@@ -1,0 +1,1399 @@
+//! `labelSelector` and `fieldSelector` query parameters: parsing, validation
+//! and matching, with apimachinery's semantics and error messages.
+//!
+//! The HPA and `kubectl top -l` send label selectors, and a 400 message is the
+//! only thing a user sees when one is wrong, so the parser is a port of
+//! apimachinery `pkg/labels/selector.go` (its lexer, its recursive descent, the
+//! `validation.IsQualifiedName` / `IsValidLabelValue` checks and their texts).
+//! Field selectors follow `pkg/fields/selector.go` plus the field-label
+//! conversion every metrics resource uses
+//! (`runtime.DefaultMetaV1FieldSelectorConversion`): only `metadata.name` and
+//! `metadata.namespace` are known.
+//!
+//! Matching is against the Node's / Pod's own labels and metadata; the caller
+//! passes those in, this module holds no state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::go_quote;
+
+/// A selector the client sent that cannot be used. `Display` is the exact text
+/// apimachinery produces, which becomes the message of the 400 `Status`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The label selector is malformed or names an invalid key or value.
+    #[error("{message}")]
+    Label {
+        /// apimachinery's message, e.g. `found ')', expected: !, identifier, or 'end of string'`.
+        message: String,
+    },
+    /// The field selector is malformed (bad term or escape sequence).
+    #[error("{message}")]
+    FieldSyntax {
+        /// apimachinery's message.
+        message: String,
+    },
+    /// The field selector names a field the metrics resources do not have.
+    #[error(
+        "{} is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+        go_quote(.field)
+    )]
+    UnknownField {
+        /// The field as written, untrimmed (apimachinery does not trim it either).
+        field: String,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn label_error(message: impl Into<String>) -> Error {
+    Error::Label {
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation (apimachinery pkg/util/validation), reproduced for its messages.
+// ---------------------------------------------------------------------------
+
+const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+const QUALIFIED_NAME_ERR: &str = "must consist of alphanumeric characters, '-', '_' or '.', \
+                                  and must start and end with an alphanumeric character";
+const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
+const LABEL_VALUE_ERR: &str = "a valid label must be an empty string or consist of alphanumeric \
+                               characters, '-', '_' or '.', and must start and end with an \
+                               alphanumeric character";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_ERR: &str = "a lowercase RFC 1123 subdomain must consist of lower case \
+                                     alphanumeric characters, '-' or '.', and must start and end \
+                                     with an alphanumeric character";
+const QUALIFIED_NAME_MAX: usize = 63;
+const LABEL_VALUE_MAX: usize = 63;
+const DNS1123_SUBDOMAIN_MAX: usize = 253;
+
+/// apimachinery `RegexError`, including its quirky double space before "or".
+fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
+    if examples.is_empty() {
+        return format!("{msg} (regex used for validation is '{fmt}')");
+    }
+    let mut out = format!("{msg} (e.g. ");
+    for (i, example) in examples.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" or ");
+        }
+        out.push('\'');
+        out.push_str(example);
+        out.push_str("', ");
+    }
+    out.push_str("regex used for validation is '");
+    out.push_str(fmt);
+    out.push_str("')");
+    out
+}
+
+fn max_len_error(length: usize) -> String {
+    format!("must be no more than {length} characters")
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, anchored.
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        }
+        _ => false,
+    }
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`, anchored.
+fn is_dns1123_subdomain_syntax(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+            match (b.first(), b.last()) {
+                (Some(first), Some(last)) => {
+                    edge(first) && edge(last) && b.iter().all(|c| edge(c) || *c == b'-')
+                }
+                _ => false,
+            }
+        })
+}
+
+fn is_dns1123_subdomain(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > DNS1123_SUBDOMAIN_MAX {
+        errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
+    }
+    if !is_dns1123_subdomain_syntax(value) {
+        errs.push(regex_error(
+            DNS1123_SUBDOMAIN_ERR,
+            DNS1123_SUBDOMAIN_FMT,
+            &["example.com"],
+        ));
+    }
+    errs
+}
+
+/// apimachinery `IsQualifiedName`: what a label key must be.
+fn is_qualified_name(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    let parts: Vec<&str> = value.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_owned());
+            } else {
+                errs.extend(
+                    is_dns1123_subdomain(prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
+            }
+            *name
+        }
+        _ => {
+            errs.push(format!(
+                "a qualified name {} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')",
+                regex_error(
+                    QUALIFIED_NAME_ERR,
+                    QUALIFIED_NAME_FMT,
+                    &["MyName", "my.name", "123-abc"]
+                )
+            ));
+            return errs;
+        }
+    };
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_owned());
+    } else if name.len() > QUALIFIED_NAME_MAX {
+        errs.push(format!("name part {}", max_len_error(QUALIFIED_NAME_MAX)));
+    }
+    if !is_qualified_name_part(name) {
+        errs.push(format!(
+            "name part {}",
+            regex_error(
+                QUALIFIED_NAME_ERR,
+                QUALIFIED_NAME_FMT,
+                &["MyName", "my.name", "123-abc"]
+            )
+        ));
+    }
+    errs
+}
+
+/// apimachinery `IsValidLabelValue`.
+fn is_valid_label_value(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > LABEL_VALUE_MAX {
+        errs.push(max_len_error(LABEL_VALUE_MAX));
+    }
+    if !(value.is_empty() || is_qualified_name_part(value)) {
+        errs.push(regex_error(
+            LABEL_VALUE_ERR,
+            LABEL_VALUE_FMT,
+            &["MyValue", "my_value", "12345"],
+        ));
+    }
+    errs
+}
+
+/// A `field.Invalid` error rendered as `field.Error.Error()` does.
+fn field_invalid(path: &str, value: &str, detail: &str) -> String {
+    format!("{path}: Invalid value: {}: {detail}", go_quote(value))
+}
+
+// ---------------------------------------------------------------------------
+// Label selectors
+// ---------------------------------------------------------------------------
+
+/// How a [`Requirement`] relates its key to its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operator {
+    /// `key in (a,b)`.
+    In,
+    /// `key notin (a,b)`.
+    NotIn,
+    /// `key=a`.
+    Equals,
+    /// `key==a`.
+    DoubleEquals,
+    /// `key!=a`.
+    NotEquals,
+    /// `key`.
+    Exists,
+    /// `!key`.
+    DoesNotExist,
+    /// `key>1` (integer comparison).
+    GreaterThan,
+    /// `key<1` (integer comparison).
+    LessThan,
+}
+
+/// One condition of a label selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    key: String,
+    operator: Operator,
+    /// Sorted and deduplicated, as apimachinery's `sets.String.List()`.
+    values: Vec<String>,
+}
+
+impl Requirement {
+    /// The label key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The operator.
+    pub fn operator(&self) -> Operator {
+        self.operator
+    }
+
+    /// The values, sorted.
+    pub fn values(&self) -> &[String] {
+        &self.values
+    }
+
+    /// apimachinery `Requirement.Matches`.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match self.operator {
+            Operator::In | Operator::Equals | Operator::DoubleEquals => {
+                value.is_some_and(|v| self.values.contains(v))
+            }
+            Operator::NotIn | Operator::NotEquals => value.is_none_or(|v| !self.values.contains(v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+            Operator::GreaterThan | Operator::LessThan => {
+                let (Some(have), [want]) = (value, self.values.as_slice()) else {
+                    return false;
+                };
+                let (Ok(have), Ok(want)) = (have.parse::<i64>(), want.parse::<i64>()) else {
+                    return false;
+                };
+                match self.operator {
+                    Operator::GreaterThan => have > want,
+                    _ => have < want,
+                }
+            }
+        }
+    }
+
+    /// apimachinery `NewRequirement` as the parser calls it: the key was already
+    /// validated, the values are checked and every problem is reported.
+    fn new(key: String, operator: Operator, values: Vec<String>) -> Result<Self> {
+        let mut errs: Vec<String> = Vec::new();
+        if matches!(operator, Operator::GreaterThan | Operator::LessThan) {
+            for (i, v) in values.iter().enumerate() {
+                if v.parse::<i64>().is_err() {
+                    errs.push(field_invalid(
+                        &format!("values[{i}]"),
+                        v,
+                        "for 'Gt', 'Lt' operators, the value must be an integer",
+                    ));
+                }
+            }
+        }
+        for (i, v) in values.iter().enumerate() {
+            let problems = is_valid_label_value(v);
+            if !problems.is_empty() {
+                errs.push(field_invalid(
+                    &format!("values[{i}][{key}]"),
+                    v,
+                    &problems.join("; "),
+                ));
+            }
+        }
+        // utilerrors aggregate: one message alone, several deduplicated in brackets.
+        let mut unique: Vec<String> = Vec::new();
+        for e in errs {
+            if !unique.contains(&e) {
+                unique.push(e);
+            }
+        }
+        match unique.len() {
+            0 => Ok(Requirement {
+                key,
+                operator,
+                values,
+            }),
+            1 => Err(label_error(unique.remove(0))),
+            _ => Err(label_error(format!("[{}]", unique.join(", ")))),
+        }
+    }
+}
+
+impl fmt::Display for Requirement {
+    /// apimachinery `Requirement.String()`, handy for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.operator == Operator::DoesNotExist {
+            f.write_str("!")?;
+        }
+        f.write_str(&self.key)?;
+        let op = match self.operator {
+            Operator::Equals => "=",
+            Operator::DoubleEquals => "==",
+            Operator::NotEquals => "!=",
+            Operator::In => " in ",
+            Operator::NotIn => " notin ",
+            Operator::GreaterThan => ">",
+            Operator::LessThan => "<",
+            Operator::Exists | Operator::DoesNotExist => return Ok(()),
+        };
+        f.write_str(op)?;
+        let set = matches!(self.operator, Operator::In | Operator::NotIn);
+        if set {
+            f.write_str("(")?;
+        }
+        f.write_str(&self.values.join(","))?;
+        if set {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed `labelSelector`: all requirements must hold. The empty selector
+/// matches everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LabelSelector {
+    /// Sorted by key (stable), as apimachinery sorts them.
+    requirements: Vec<Requirement>,
+}
+
+impl LabelSelector {
+    /// The selector that matches every object (an absent or empty parameter).
+    pub fn everything() -> Self {
+        Self::default()
+    }
+
+    /// Parses the `labelSelector` parameter (apimachinery `labels.Parse`).
+    pub fn parse(selector: &str) -> Result<Self> {
+        let mut parser = Parser::new(selector);
+        let mut requirements = parser.parse()?;
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(LabelSelector { requirements })
+    }
+
+    /// Whether this selector restricts nothing.
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
+    /// The requirements, sorted by key.
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
+    /// Whether an object with these labels is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|r| r.matches(labels))
+    }
+}
+
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.requirements.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for LabelSelector {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    EndOfString,
+    ClosedPar,
+    Comma,
+    DoesNotExist,
+    DoubleEquals,
+    Equals,
+    GreaterThan,
+    Identifier,
+    In,
+    LessThan,
+    NotEquals,
+    NotIn,
+    OpenPar,
+}
+
+fn keyword(literal: &[u8]) -> Option<Token> {
+    Some(match literal {
+        b")" => Token::ClosedPar,
+        b"," => Token::Comma,
+        b"!" => Token::DoesNotExist,
+        b"==" => Token::DoubleEquals,
+        b"=" => Token::Equals,
+        b">" => Token::GreaterThan,
+        b"in" => Token::In,
+        b"<" => Token::LessThan,
+        b"!=" => Token::NotEquals,
+        b"notin" => Token::NotIn,
+        b"(" => Token::OpenPar,
+        _ => return None,
+    })
+}
+
+fn is_whitespace(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn is_special_symbol(c: u8) -> bool {
+    matches!(c, b'=' | b'!' | b'(' | b')' | b',' | b'>' | b'<')
+}
+
+/// apimachinery's byte lexer, kept state-machine for state-machine so odd
+/// inputs (a NUL byte ends a token just as Go's `read()` returning 0 does)
+/// tokenise identically.
+struct Lexer<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl Lexer<'_> {
+    fn read(&mut self) -> u8 {
+        match self.s.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn unread(&mut self) {
+        self.pos = self.pos.saturating_sub(1);
+    }
+
+    fn scan_id_or_keyword(&mut self) -> (Token, String) {
+        let mut buffer = Vec::new();
+        loop {
+            let ch = self.read();
+            if ch == 0 {
+                break;
+            }
+            if is_special_symbol(ch) || is_whitespace(ch) {
+                self.unread();
+                break;
+            }
+            buffer.push(ch);
+        }
+        let literal = String::from_utf8_lossy(&buffer).into_owned();
+        (keyword(&buffer).unwrap_or(Token::Identifier), literal)
+    }
+
+    fn scan_special_symbol(&mut self) -> (Token, String) {
+        let mut buffer = Vec::new();
+        let mut last: Option<(Token, usize)> = None;
+        loop {
+            let ch = self.read();
+            if ch == 0 {
+                break;
+            }
+            if !is_special_symbol(ch) {
+                self.unread();
+                break;
+            }
+            buffer.push(ch);
+            if let Some(token) = keyword(&buffer) {
+                last = Some((token, buffer.len()));
+            } else if last.is_some() {
+                self.unread();
+                break;
+            }
+        }
+        match last {
+            Some((token, len)) => (token, String::from_utf8_lossy(&buffer[..len]).into_owned()),
+            // Every single special symbol is a token, so Go's ErrorToken cannot
+            // occur; an identifier keeps the parser's error paths sound anyway.
+            None => (
+                Token::Identifier,
+                String::from_utf8_lossy(&buffer).into_owned(),
+            ),
+        }
+    }
+
+    fn lex(&mut self) -> (Token, String) {
+        let mut ch = self.read();
+        while is_whitespace(ch) {
+            ch = self.read();
+        }
+        if ch == 0 {
+            return (Token::EndOfString, String::new());
+        }
+        self.unread();
+        if is_special_symbol(ch) {
+            self.scan_special_symbol()
+        } else {
+            self.scan_id_or_keyword()
+        }
+    }
+}
+
+/// Whether `in`/`notin` are operators (after a key) or plain words (as values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Context {
+    KeyAndOperator,
+    Values,
+}
+
+/// apimachinery's recursive-descent parser over the scanned tokens.
+struct Parser {
+    items: Vec<(Token, String)>,
+    position: usize,
+}
+
+impl Parser {
+    fn new(selector: &str) -> Self {
+        let mut lexer = Lexer {
+            s: selector.as_bytes(),
+            pos: 0,
+        };
+        let mut items = Vec::new();
+        loop {
+            let item = lexer.lex();
+            let end = item.0 == Token::EndOfString;
+            items.push(item);
+            if end {
+                break;
+            }
+        }
+        Parser { items, position: 0 }
+    }
+
+    fn item(&self, index: usize, context: Context) -> (Token, String) {
+        // The token list always ends with EndOfString; never read past it.
+        let (tok, lit) = self
+            .items
+            .get(index)
+            .or(self.items.last())
+            .cloned()
+            .unwrap_or((Token::EndOfString, String::new()));
+        let tok = match (context, tok) {
+            (Context::Values, Token::In | Token::NotIn) => Token::Identifier,
+            (_, tok) => tok,
+        };
+        (tok, lit)
+    }
+
+    fn lookahead(&self, context: Context) -> (Token, String) {
+        self.item(self.position, context)
+    }
+
+    fn consume(&mut self, context: Context) -> (Token, String) {
+        let item = self.item(self.position, context);
+        self.position += 1;
+        item
+    }
+
+    fn parse(&mut self) -> Result<Vec<Requirement>> {
+        let mut requirements = Vec::new();
+        loop {
+            let (tok, lit) = self.lookahead(Context::Values);
+            match tok {
+                Token::Identifier | Token::DoesNotExist => {
+                    let requirement = self
+                        .parse_requirement()
+                        .map_err(|e| label_error(format!("unable to parse requirement: {e}")))?;
+                    requirements.push(requirement);
+                    let (t, l) = self.consume(Context::Values);
+                    match t {
+                        Token::EndOfString => return Ok(requirements),
+                        Token::Comma => {
+                            let (t2, l2) = self.lookahead(Context::Values);
+                            if t2 != Token::Identifier && t2 != Token::DoesNotExist {
+                                return Err(label_error(format!(
+                                    "found '{l2}', expected: identifier after ','"
+                                )));
+                            }
+                        }
+                        _ => {
+                            return Err(label_error(format!(
+                                "found '{l}', expected: ',' or 'end of string'"
+                            )));
+                        }
+                    }
+                }
+                Token::EndOfString => return Ok(requirements),
+                _ => {
+                    return Err(label_error(format!(
+                        "found '{lit}', expected: !, identifier, or 'end of string'"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn parse_requirement(&mut self) -> Result<Requirement> {
+        let (key, inferred) = self.parse_key_and_infer_operator()?;
+        if let Some(op @ (Operator::Exists | Operator::DoesNotExist)) = inferred {
+            return Requirement::new(key, op, Vec::new());
+        }
+        let operator = self.parse_operator()?;
+        let values = match operator {
+            Operator::In | Operator::NotIn => self.parse_values()?,
+            _ => self.parse_exact_value()?,
+        };
+        Requirement::new(key, operator, values)
+    }
+
+    /// Reads `[!]key`; infers `Exists`/`DoesNotExist` when no operator follows.
+    fn parse_key_and_infer_operator(&mut self) -> Result<(String, Option<Operator>)> {
+        let mut operator = None;
+        let (mut tok, mut literal) = self.consume(Context::Values);
+        if tok == Token::DoesNotExist {
+            operator = Some(Operator::DoesNotExist);
+            (tok, literal) = self.consume(Context::Values);
+        }
+        if tok != Token::Identifier {
+            return Err(label_error(format!(
+                "found '{literal}', expected: identifier"
+            )));
+        }
+        let problems = is_qualified_name(&literal);
+        if !problems.is_empty() {
+            // The parser validates with a nil field path, which Go prints as "<nil>".
+            return Err(label_error(field_invalid(
+                "<nil>",
+                &literal,
+                &problems.join("; "),
+            )));
+        }
+        let (next, _) = self.lookahead(Context::Values);
+        if matches!(next, Token::EndOfString | Token::Comma) && operator.is_none() {
+            operator = Some(Operator::Exists);
+        }
+        Ok((literal, operator))
+    }
+
+    fn parse_operator(&mut self) -> Result<Operator> {
+        let (tok, lit) = self.consume(Context::KeyAndOperator);
+        Ok(match tok {
+            Token::In => Operator::In,
+            Token::Equals => Operator::Equals,
+            Token::DoubleEquals => Operator::DoubleEquals,
+            Token::GreaterThan => Operator::GreaterThan,
+            Token::LessThan => Operator::LessThan,
+            Token::NotIn => Operator::NotIn,
+            Token::NotEquals => Operator::NotEquals,
+            _ => {
+                return Err(label_error(format!(
+                    "found '{lit}', expected: in, notin, =, ==, !=, gt, lt"
+                )));
+            }
+        })
+    }
+
+    /// `(a,b,…)`; empty entries are the empty value, as upstream.
+    fn parse_values(&mut self) -> Result<Vec<String>> {
+        let (tok, lit) = self.consume(Context::Values);
+        if tok != Token::OpenPar {
+            return Err(label_error(format!("found '{lit}' expected: '('")));
+        }
+        let (tok, lit) = self.lookahead(Context::Values);
+        match tok {
+            Token::Identifier | Token::Comma => {
+                let values = self.parse_identifiers_list()?;
+                let (closing, _) = self.consume(Context::Values);
+                if closing != Token::ClosedPar {
+                    // Upstream reports the list's first token here, not the offending one.
+                    return Err(label_error(format!("found '{lit}', expected: ')'")));
+                }
+                Ok(values)
+            }
+            Token::ClosedPar => {
+                self.consume(Context::Values);
+                Ok(vec![String::new()])
+            }
+            _ => Err(label_error(format!(
+                "found '{lit}', expected: ',', ')' or identifier"
+            ))),
+        }
+    }
+
+    fn parse_identifiers_list(&mut self) -> Result<Vec<String>> {
+        let mut set: Vec<String> = Vec::new();
+        let insert = |set: &mut Vec<String>, v: String| {
+            if let Err(at) = set.binary_search(&v) {
+                set.insert(at, v);
+            }
+        };
+        loop {
+            let (tok, lit) = self.consume(Context::Values);
+            match tok {
+                Token::Identifier => {
+                    insert(&mut set, lit);
+                    let (tok2, lit2) = self.lookahead(Context::Values);
+                    match tok2 {
+                        Token::Comma => continue,
+                        Token::ClosedPar => return Ok(set),
+                        _ => {
+                            return Err(label_error(format!(
+                                "found '{lit2}', expected: ',' or ')'"
+                            )));
+                        }
+                    }
+                }
+                Token::Comma => {
+                    if set.is_empty() {
+                        insert(&mut set, String::new());
+                    }
+                    let (tok2, _) = self.lookahead(Context::Values);
+                    if tok2 == Token::ClosedPar {
+                        insert(&mut set, String::new());
+                        return Ok(set);
+                    }
+                    if tok2 == Token::Comma {
+                        self.consume(Context::Values);
+                        insert(&mut set, String::new());
+                    }
+                }
+                _ => {
+                    return Err(label_error(format!(
+                        "found '{lit}', expected: ',', or identifier"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn parse_exact_value(&mut self) -> Result<Vec<String>> {
+        let (tok, _) = self.lookahead(Context::Values);
+        if matches!(tok, Token::EndOfString | Token::Comma) {
+            return Ok(vec![String::new()]);
+        }
+        let (tok, lit) = self.consume(Context::Values);
+        if tok == Token::Identifier {
+            return Ok(vec![lit]);
+        }
+        Err(label_error(format!("found '{lit}', expected: identifier")))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Field selectors
+// ---------------------------------------------------------------------------
+
+/// A metadata field a metrics field selector may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetaField {
+    /// `metadata.name`.
+    Name,
+    /// `metadata.namespace`.
+    Namespace,
+}
+
+/// Field selector comparison (`=` and `==` are the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldOp {
+    /// `=` or `==`.
+    Equals,
+    /// `!=`.
+    NotEquals,
+}
+
+/// One `field op value` term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldTerm {
+    /// The field compared.
+    pub field: MetaField,
+    /// The comparison.
+    pub op: FieldOp,
+    /// The unescaped value.
+    pub value: String,
+}
+
+/// A parsed `fieldSelector`: all terms must hold. Empty matches everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FieldSelector {
+    terms: Vec<FieldTerm>,
+}
+
+impl FieldSelector {
+    /// The selector that matches every object.
+    pub fn everything() -> Self {
+        Self::default()
+    }
+
+    /// Parses the `fieldSelector` parameter and checks its fields, in
+    /// apimachinery's order: every term's syntax first (terms sorted as text),
+    /// then the field names, so the reported error is the one upstream reports.
+    pub fn parse(selector: &str) -> Result<Self> {
+        let mut parts = split_terms(selector);
+        parts.sort_unstable();
+        let mut raw = Vec::new();
+        for part in parts.into_iter().filter(|p| !p.is_empty()) {
+            let Some((lhs, op, rhs)) = split_term(part) else {
+                return Err(Error::FieldSyntax {
+                    message: format!("invalid selector: '{selector}'; can't understand '{part}'"),
+                });
+            };
+            raw.push((lhs, op, unescape_value(rhs)?));
+        }
+        let mut terms = Vec::with_capacity(raw.len());
+        for (lhs, op, value) in raw {
+            let field = match lhs {
+                "metadata.name" => MetaField::Name,
+                "metadata.namespace" => MetaField::Namespace,
+                other => {
+                    return Err(Error::UnknownField {
+                        field: other.to_owned(),
+                    });
+                }
+            };
+            terms.push(FieldTerm { field, op, value });
+        }
+        Ok(FieldSelector { terms })
+    }
+
+    /// Whether this selector restricts nothing.
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    /// The terms, in apimachinery's (sorted) order.
+    pub fn terms(&self) -> &[FieldTerm] {
+        &self.terms
+    }
+
+    /// Whether an object with this name and namespace is selected. Pass `""` as
+    /// the namespace of a node: like metrics-server, a node's field set has no
+    /// `metadata.namespace`, which then reads as empty (`metadata.namespace=`
+    /// matches every node, `metadata.namespace=x` none).
+    pub fn matches(&self, name: &str, namespace: &str) -> bool {
+        self.terms.iter().all(|t| {
+            let have = match t.field {
+                MetaField::Name => name,
+                MetaField::Namespace => namespace,
+            };
+            match t.op {
+                FieldOp::Equals => have == t.value,
+                FieldOp::NotEquals => have != t.value,
+            }
+        })
+    }
+}
+
+impl std::str::FromStr for FieldSelector {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+/// Splits on commas not escaped by a backslash (the backslash stays).
+fn split_terms(selector: &str) -> Vec<&str> {
+    if selector.is_empty() {
+        return Vec::new();
+    }
+    let mut terms = Vec::new();
+    let mut start = 0;
+    let mut in_slash = false;
+    for (i, c) in selector.char_indices() {
+        if in_slash {
+            in_slash = false;
+        } else if c == '\\' {
+            in_slash = true;
+        } else if c == ',' {
+            terms.push(&selector[start..i]);
+            start = i + 1;
+        }
+    }
+    terms.push(&selector[start..]);
+    terms
+}
+
+/// Splits at the first operator; `!=` and `==` win over `=` at the same place.
+fn split_term(term: &str) -> Option<(&str, FieldOp, &str)> {
+    for (i, _) in term.char_indices() {
+        let rest = &term[i..];
+        for (token, op) in [
+            ("!=", FieldOp::NotEquals),
+            ("==", FieldOp::Equals),
+            ("=", FieldOp::Equals),
+        ] {
+            if let Some(rhs) = rest.strip_prefix(token) {
+                return Some((&term[..i], op, rhs));
+            }
+        }
+    }
+    None
+}
+
+/// apimachinery `fields.UnescapeValue`: only `\\`, `\,` and `\=` are escapes,
+/// and `,`/`=` must be escaped. Go prints the offending rune with `%v`, i.e.
+/// as its number, and the messages keep that.
+fn unescape_value(s: &str) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut in_slash = false;
+    for c in s.chars() {
+        if in_slash {
+            match c {
+                '\\' | ',' | '=' => out.push(c),
+                other => {
+                    return Err(Error::FieldSyntax {
+                        message: format!(
+                            "invalid field selector: invalid escape sequence: \\{other}"
+                        ),
+                    });
+                }
+            }
+            in_slash = false;
+            continue;
+        }
+        match c {
+            '\\' => in_slash = true,
+            ',' | '=' => {
+                return Err(Error::FieldSyntax {
+                    message: format!(
+                        "invalid field selector: unescaped character in value: {}",
+                        c as u32
+                    ),
+                });
+            }
+            other => out.push(other),
+        }
+    }
+    if in_slash {
+        return Err(Error::FieldSyntax {
+            message: "invalid field selector: invalid escape sequence: \\".to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn parse(s: &str) -> LabelSelector {
+        LabelSelector::parse(s).expect(s)
+    }
+
+    fn err(s: &str) -> String {
+        match LabelSelector::parse(s) {
+            Ok(sel) => panic!("{s:?} parsed as {sel}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_selector_matches_everything() {
+        for s in ["", "   ", "\t\n"] {
+            let sel = parse(s);
+            assert!(sel.is_empty());
+            assert!(sel.matches(&labels(&[])));
+            assert!(sel.matches(&labels(&[("a", "b")])));
+        }
+        assert!(LabelSelector::everything().matches(&labels(&[("x", "y")])));
+    }
+
+    #[test]
+    fn equality_operators() {
+        let l = labels(&[("app", "web"), ("tier", "front")]);
+        assert!(parse("app=web").matches(&l));
+        assert!(parse("app==web").matches(&l));
+        assert!(!parse("app=db").matches(&l));
+        assert!(parse("app!=db").matches(&l));
+        assert!(!parse("app!=web").matches(&l));
+        assert!(
+            parse("missing!=x").matches(&l),
+            "!= holds when the key is absent"
+        );
+        assert!(!parse("missing=x").matches(&l));
+        assert!(parse("app=web,tier=front").matches(&l));
+        assert!(!parse("app=web,tier=back").matches(&l));
+    }
+
+    #[test]
+    fn set_operators() {
+        let l = labels(&[("env", "prod")]);
+        assert!(parse("env in (prod,staging)").matches(&l));
+        assert!(!parse("env in (dev)").matches(&l));
+        assert!(parse("env notin (dev)").matches(&l));
+        assert!(!parse("env notin (prod, dev)").matches(&l));
+        assert!(
+            parse("other notin (x)").matches(&l),
+            "notin holds when absent"
+        );
+        assert!(!parse("other in (x)").matches(&l));
+        assert!(
+            parse("env in (in,prod)").matches(&l),
+            "'in' is a value inside ()"
+        );
+    }
+
+    #[test]
+    fn existence_operators() {
+        let l = labels(&[("gpu", "")]);
+        assert!(parse("gpu").matches(&l));
+        assert!(!parse("!gpu").matches(&l));
+        assert!(parse("!cpu").matches(&l));
+        assert!(!parse("cpu").matches(&l));
+        assert!(parse("gpu=").matches(&l), "empty value equality");
+        assert!(parse("gpu in ()").matches(&l), "() is the empty value");
+    }
+
+    #[test]
+    fn integer_comparisons() {
+        let l = labels(&[("rank", "5"), ("name", "x")]);
+        assert!(parse("rank>3").matches(&l));
+        assert!(!parse("rank>5").matches(&l));
+        assert!(parse("rank<6").matches(&l));
+        assert!(!parse("missing<6").matches(&l));
+        assert!(
+            !parse("name>1").matches(&l),
+            "non-integer label never matches"
+        );
+    }
+
+    #[test]
+    fn whitespace_is_insignificant_between_tokens() {
+        let l = labels(&[("a", "1"), ("b", "2")]);
+        assert!(parse("  a = 1 ,\tb in ( 2 , 3 )\n").matches(&l));
+        assert!(parse("a==1 , !c").matches(&l));
+        assert!(parse("a,b").matches(&l));
+    }
+
+    #[test]
+    fn requirements_are_sorted_and_printable() {
+        let sel = parse("z=1,a in (c,b,b),!m,k");
+        let keys: Vec<_> = sel.requirements().iter().map(|r| r.key()).collect();
+        assert_eq!(keys, ["a", "k", "m", "z"]);
+        assert_eq!(sel.to_string(), "a in (b,c),k,!m,z=1");
+        assert_eq!(sel.requirements()[0].values(), ["b", "c"]);
+        assert_eq!(sel.requirements()[0].operator(), Operator::In);
+        assert_eq!(parse("x in (,)").requirements()[0].values(), [""]);
+        assert_eq!(
+            parse("x in (a,,b)").requirements()[0].values(),
+            ["", "a", "b"]
+        );
+        assert_eq!(parse("x in (a,)").requirements()[0].values(), ["", "a"]);
+        assert_eq!(parse("x notin (,a)").requirements()[0].values(), ["", "a"]);
+        assert_eq!(parse("k.io/x!=y").to_string(), "k.io/x!=y");
+        assert_eq!(parse("r<4").to_string(), "r<4");
+    }
+
+    #[test]
+    fn prefixed_keys_are_accepted() {
+        let l = labels(&[("kubernetes.io/hostname", "n1")]);
+        assert!(parse("kubernetes.io/hostname=n1").matches(&l));
+        assert!(
+            parse("app.kubernetes.io/name").matches(&labels(&[("app.kubernetes.io/name", "x")]))
+        );
+    }
+
+    #[test]
+    fn syntax_errors_match_upstream() {
+        assert_eq!(err("a=b,"), "found '', expected: identifier after ','");
+        assert_eq!(err("a=b c"), "found 'c', expected: ',' or 'end of string'");
+        assert_eq!(
+            err(",a"),
+            "found ',', expected: !, identifier, or 'end of string'"
+        );
+        assert_eq!(
+            err("=a"),
+            "found '=', expected: !, identifier, or 'end of string'"
+        );
+        assert_eq!(
+            err("a b"),
+            "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt"
+        );
+        assert_eq!(
+            err("!"),
+            "unable to parse requirement: found '', expected: identifier"
+        );
+        assert_eq!(
+            err("!="),
+            "found '!=', expected: !, identifier, or 'end of string'"
+        );
+        assert_eq!(
+            err("a in"),
+            "unable to parse requirement: found '' expected: '('"
+        );
+        assert_eq!(
+            err("a in b"),
+            "unable to parse requirement: found 'b' expected: '('"
+        );
+        assert_eq!(
+            err("a in ("),
+            "unable to parse requirement: found '', expected: ',', ')' or identifier"
+        );
+        assert_eq!(
+            err("a in (b"),
+            "unable to parse requirement: found '', expected: ',' or ')'"
+        );
+        assert_eq!(
+            err("a in (b c)"),
+            "unable to parse requirement: found 'c', expected: ',' or ')'"
+        );
+        assert_eq!(
+            err("a in (,="),
+            "unable to parse requirement: found '=', expected: ',', or identifier"
+        );
+        assert!(
+            parse("a==").matches(&labels(&[("a", "")])),
+            "missing value is empty"
+        );
+        assert_eq!(
+            err("x in (,,)"),
+            "unable to parse requirement: found ')', expected: ',', or identifier",
+            "upstream rejects a doubled comma before ')'"
+        );
+        assert_eq!(
+            err("a=(b)"),
+            "unable to parse requirement: found '(', expected: identifier"
+        );
+        assert_eq!(
+            err("a in (b)="),
+            "found '=', expected: ',' or 'end of string'"
+        );
+    }
+
+    #[test]
+    fn key_validation_errors_match_upstream() {
+        assert_eq!(
+            err("-a"),
+            "unable to parse requirement: <nil>: Invalid value: \"-a\": name part must consist of \
+             alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric \
+             character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is \
+             '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+        );
+        assert_eq!(
+            err("/a"),
+            "unable to parse requirement: <nil>: Invalid value: \"/a\": prefix part must be non-empty"
+        );
+        assert_eq!(
+            err("a/"),
+            "unable to parse requirement: <nil>: Invalid value: \"a/\": name part must be non-empty; \
+             name part must consist of alphanumeric characters, '-', '_' or '.', and must start and \
+             end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex \
+             used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+        );
+        assert_eq!(
+            err("Example.com/a"),
+            "unable to parse requirement: <nil>: Invalid value: \"Example.com/a\": prefix part a \
+             lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' \
+             or '.', and must start and end with an alphanumeric character (e.g. 'example.com', \
+             regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        );
+        assert_eq!(
+            err("a/b/c"),
+            "unable to parse requirement: <nil>: Invalid value: \"a/b/c\": a qualified name must \
+             consist of alphanumeric characters, '-', '_' or '.', and must start and end with an \
+             alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for \
+             validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS \
+             subdomain prefix and '/' (e.g. 'example.com/MyName')"
+        );
+        let long = "k".repeat(64);
+        assert_eq!(
+            err(&long),
+            format!(
+                "unable to parse requirement: <nil>: Invalid value: \"{long}\": name part must be \
+                 no more than 63 characters"
+            )
+        );
+        assert!(LabelSelector::parse(&"k".repeat(63)).is_ok());
+        let long_prefix = format!("{}/a", "p".repeat(254));
+        assert!(err(&long_prefix).contains("prefix part must be no more than 253 characters"));
+    }
+
+    #[test]
+    fn value_validation_errors_match_upstream() {
+        let value_rule = "a valid label must be an empty string or consist of alphanumeric \
+                          characters, '-', '_' or '.', and must start and end with an alphanumeric \
+                          character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for \
+                          validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+        assert_eq!(
+            err("a=-b"),
+            format!(
+                "unable to parse requirement: values[0][a]: Invalid value: \"-b\": {value_rule}"
+            )
+        );
+        assert_eq!(
+            err("a in (ok,-b,_c)"),
+            format!(
+                "unable to parse requirement: [values[0][a]: Invalid value: \"-b\": {value_rule}, \
+                 values[1][a]: Invalid value: \"_c\": {value_rule}]"
+            )
+        );
+        assert_eq!(
+            err("a>b"),
+            "unable to parse requirement: values[0]: Invalid value: \"b\": for 'Gt', 'Lt' \
+             operators, the value must be an integer"
+        );
+        let long = "v".repeat(64);
+        assert_eq!(
+            err(&format!("a={long}")),
+            format!(
+                "unable to parse requirement: values[0][a]: Invalid value: \"{long}\": must be no \
+                 more than 63 characters"
+            )
+        );
+        assert!(LabelSelector::parse(&format!("a={}", "v".repeat(63))).is_ok());
+    }
+
+    #[test]
+    fn operators_are_lexed_greedily() {
+        // "!==" is "!=" then "=", so the value is missing an identifier.
+        assert_eq!(
+            err("a!==b"),
+            "unable to parse requirement: found '=', expected: identifier"
+        );
+        assert_eq!(
+            err("a===b"),
+            "unable to parse requirement: found '=', expected: identifier"
+        );
+        assert!(parse("a!=b").matches(&labels(&[("a", "c")])));
+    }
+
+    #[test]
+    fn nul_byte_behaves_like_upstream_lexer() {
+        // Go's read() returns 0 for a NUL byte as for the end: a token ends there
+        // and the byte is consumed; a NUL where a token starts ends the input.
+        assert!(parse("a\0").matches(&labels(&[("a", "x")])));
+        assert!(parse("a \0 junk").matches(&labels(&[("a", "x")])));
+        assert_eq!(
+            err("a\0b"),
+            "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt"
+        );
+    }
+
+    #[test]
+    fn field_selectors_parse_and_match() {
+        let sel = FieldSelector::parse("metadata.name=web-1").expect("valid");
+        assert!(sel.matches("web-1", "default"));
+        assert!(!sel.matches("web-2", "default"));
+
+        let sel = FieldSelector::parse("metadata.namespace==kube-system,metadata.name!=x")
+            .expect("valid");
+        assert!(sel.matches("y", "kube-system"));
+        assert!(!sel.matches("x", "kube-system"));
+        assert!(!sel.matches("y", "default"));
+        assert_eq!(sel.terms().len(), 2);
+        assert_eq!(
+            sel.terms()[0].field,
+            MetaField::Name,
+            "terms are sorted as text"
+        );
+
+        for empty in ["", ",", ",,"] {
+            let sel = FieldSelector::parse(empty).expect("empty");
+            assert!(sel.is_empty());
+            assert!(sel.matches("anything", "anywhere"));
+        }
+        assert!(FieldSelector::everything().matches("a", "b"));
+    }
+
+    #[test]
+    fn nodes_have_no_namespace_field() {
+        // Accepted (upstream's conversion knows the field) but reads as empty.
+        let any = FieldSelector::parse("metadata.namespace=").expect("valid");
+        assert!(any.matches("node-1", ""));
+        let none = FieldSelector::parse("metadata.namespace=default").expect("valid");
+        assert!(!none.matches("node-1", ""));
+        let all = FieldSelector::parse("metadata.namespace!=default").expect("valid");
+        assert!(all.matches("node-1", ""));
+    }
+
+    #[test]
+    fn field_values_unescape() {
+        let sel = FieldSelector::parse(r"metadata.name=a\,b\=c\\d").expect("valid");
+        assert_eq!(sel.terms()[0].value, r"a,b=c\d");
+        assert!(sel.matches(r"a,b=c\d", ""));
+        let sel = FieldSelector::parse("metadata.name=!x").expect("leftmost operator");
+        assert_eq!(sel.terms()[0].value, "!x");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_upstream_message() {
+        let e = FieldSelector::parse("spec.nodeName=node-1").expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "\"spec.nodeName\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+        );
+        // Not trimmed, like upstream.
+        let e = FieldSelector::parse("metadata.name=a, metadata.namespace=b").expect_err("space");
+        assert_eq!(
+            e,
+            Error::UnknownField {
+                field: " metadata.namespace".to_owned()
+            }
+        );
+        // Sorted terms: the first unknown in text order is reported.
+        let e = FieldSelector::parse("zz=1,status.phase=Running").expect_err("unknown");
+        assert_eq!(
+            e,
+            Error::UnknownField {
+                field: "status.phase".to_owned()
+            }
+        );
+        let e = FieldSelector::parse("=x").expect_err("empty field");
+        assert_eq!(
+            e.to_string(),
+            "\"\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+        );
+    }
+
+    #[test]
+    fn field_syntax_errors_match_upstream() {
+        let msg = |s: &str| FieldSelector::parse(s).expect_err(s).to_string();
+        assert_eq!(
+            msg("metadata.name"),
+            "invalid selector: 'metadata.name'; can't understand 'metadata.name'"
+        );
+        assert_eq!(
+            msg("spec.x=1,bogus"),
+            "invalid selector: 'spec.x=1,bogus'; can't understand 'bogus'",
+            "syntax is checked before field names"
+        );
+        assert_eq!(
+            msg("metadata.name!==x"),
+            "invalid field selector: unescaped character in value: 61"
+        );
+        assert_eq!(
+            msg(r"metadata.name=a\x"),
+            r"invalid field selector: invalid escape sequence: \x"
+        );
+        assert_eq!(
+            msg(r"metadata.name=a\"),
+            r"invalid field selector: invalid escape sequence: \"
+        );
+    }
+
+    #[test]
+    fn escaped_commas_do_not_split_terms() {
+        assert_eq!(split_terms(r"a=b\,c,d=e"), vec![r"a=b\,c", "d=e"]);
+        assert_eq!(split_terms(r"a=b\\,d=e"), vec![r"a=b\\", "d=e"]);
+        assert!(split_terms("").is_empty());
+    }
+}

@@ -1,0 +1,1016 @@
+//! Wire types of metrics.k8s.io and of the discovery documents, and the
+//! functions that render store data into them.
+//!
+//! Field order, omitted-when-empty rules and string formats follow what
+//! metrics-server's Go types produce (`k8s.io/metrics/pkg/apis/metrics/v1beta1`,
+//! `metav1.ObjectMeta`, `metav1.Time`, `metav1.Duration`), because consumers
+//! parse them with Go: `window` must be Go `time.Duration` text and timestamps
+//! RFC 3339 in whole seconds. Items of a list carry no `kind`/`apiVersion`, the
+//! single objects do.
+//!
+//! Discovery documents: `APIResourceList` (`/apis/metrics.k8s.io/{v}`, the
+//! aggregator's availability probe), the legacy `APIGroupList` and the
+//! aggregated `APIGroupDiscoveryList` (apidiscovery.k8s.io/v2) for `/apis`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::quantity::{format_bytes, format_cpu_nanocores};
+use super::{ApiVersion, GROUP, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
+
+/// What can go wrong turning values into wire bytes or reading Go text back.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// JSON encoding failed (not expected for these types; kept so callers
+    /// never have to unwrap).
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Text that is not a Go duration; the message mirrors Go's `time` package.
+    #[error("time: {reason} {}", super::go_quote(.input))]
+    Duration {
+        /// Go's wording: `invalid duration`, `missing unit in duration`, …
+        reason: String,
+        /// The text given.
+        input: String,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Serialises a wire value to the exact JSON bytes sent.
+pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+// ---------------------------------------------------------------------------
+// Time formats
+// ---------------------------------------------------------------------------
+
+/// Formats like Go's `time.Duration.String()`: `"15.002s"`, `"1m0s"`,
+/// `"500ms"`, `"1h2m3s"`, `"1.5µs"`, `"0s"`.
+///
+/// Go durations are int64 nanoseconds; longer values saturate at Go's maximum
+/// (`2562047h47m16.854775807s`) so every output parses in Go.
+pub fn go_duration(duration: Duration) -> String {
+    let nanos = u64::try_from(duration.as_nanos())
+        .unwrap_or(u64::MAX)
+        .min(i64::MAX as u64);
+    if nanos < 1_000_000_000 {
+        // Below a second Go switches to the largest fitting smaller unit.
+        let (precision, unit) = match nanos {
+            0 => return "0s".to_owned(),
+            1..1_000 => (0, "ns"),
+            1_000..1_000_000 => (3, "µs"),
+            _ => (6, "ms"),
+        };
+        let (whole, fraction) = split_fraction(nanos, precision);
+        return format!("{whole}{fraction}{unit}");
+    }
+    let (seconds, fraction) = split_fraction(nanos, 9);
+    let mut out = String::new();
+    let minutes = seconds / 60;
+    if minutes > 0 {
+        let hours = minutes / 60;
+        if hours > 0 {
+            out.push_str(&format!("{hours}h"));
+        }
+        out.push_str(&format!("{}m", minutes % 60));
+    }
+    out.push_str(&format!("{}{fraction}s", seconds % 60));
+    out
+}
+
+/// Go's `fmtFrac`: `value / 10^precision` and its fraction as `.ddd` without
+/// trailing zeros (empty when the fraction is zero).
+fn split_fraction(value: u64, precision: u32) -> (u64, String) {
+    let mut value = value;
+    let mut digits = Vec::new();
+    let mut significant = false;
+    for _ in 0..precision {
+        let digit = value % 10;
+        significant = significant || digit != 0;
+        if significant {
+            digits.push(char::from(b'0' + digit as u8));
+        }
+        value /= 10;
+    }
+    if digits.is_empty() {
+        return (value, String::new());
+    }
+    digits.push('.');
+    (value, digits.into_iter().rev().collect())
+}
+
+/// Parses Go `time.ParseDuration` text (`"15s"`, `"1m30s"`, `"1.5h"`,
+/// `"500ms"`, `"2µs"`), for configuration values written the way
+/// metrics-server's flags are and to prove [`go_duration`] round-trips.
+/// Negative durations are rejected (a `std::time::Duration` cannot hold them).
+pub fn parse_go_duration(text: &str) -> Result<Duration> {
+    let fail = |reason: &str| Error::Duration {
+        reason: reason.to_owned(),
+        input: text.to_owned(),
+    };
+    let mut s = text;
+    if let Some(rest) = s.strip_prefix('-') {
+        if rest == "0" {
+            return Ok(Duration::ZERO);
+        }
+        return Err(fail("negative duration"));
+    }
+    s = s.strip_prefix('+').unwrap_or(s);
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err(fail("invalid duration"));
+    }
+    let mut total: u64 = 0;
+    while !s.is_empty() {
+        let int_len = s.bytes().take_while(u8::is_ascii_digit).count();
+        let (int_part, rest) = s.split_at(int_len);
+        let mut rest = rest;
+        let mut frac_part = "";
+        if let Some(after_dot) = rest.strip_prefix('.') {
+            let frac_len = after_dot.bytes().take_while(u8::is_ascii_digit).count();
+            (frac_part, rest) = after_dot.split_at(frac_len);
+        }
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(fail("invalid duration"));
+        }
+        let unit_len = rest
+            .char_indices()
+            .find(|(_, c)| *c == '.' || c.is_ascii_digit())
+            .map_or(rest.len(), |(i, _)| i);
+        let (unit, remainder) = rest.split_at(unit_len);
+        let unit_nanos: u64 = match unit {
+            "" => return Err(fail("missing unit in duration")),
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            other => {
+                return Err(Error::Duration {
+                    reason: format!("unknown unit {} in duration", super::go_quote(other)),
+                    input: text.to_owned(),
+                });
+            }
+        };
+        let whole: u64 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| fail("invalid duration"))?
+        };
+        let mut value = whole
+            .checked_mul(unit_nanos)
+            .ok_or_else(|| fail("invalid duration"))?;
+        // Fractions are exact up to the nanosecond; extra digits are dropped
+        // like Go drops those that would overflow.
+        let mut numerator: u128 = 0;
+        let mut denominator: u128 = 1;
+        for digit in frac_part.bytes().take(30) {
+            numerator = numerator * 10 + u128::from(digit - b'0');
+            denominator *= 10;
+        }
+        let fraction = numerator * u128::from(unit_nanos) / denominator;
+        value = u64::try_from(fraction)
+            .ok()
+            .and_then(|f| value.checked_add(f))
+            .ok_or_else(|| fail("invalid duration"))?;
+        total = total
+            .checked_add(value)
+            .filter(|t| *t <= i64::MAX as u64)
+            .ok_or_else(|| fail("invalid duration"))?;
+        s = remainder;
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+/// Formats a time as RFC 3339 UTC with whole seconds, like `metav1.Time`
+/// (`"2021-12-17T17:57:42Z"`). Sub-second parts are truncated, as Go does.
+pub fn rfc3339_seconds(time: SystemTime) -> String {
+    let seconds: i64 = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => {
+            let before = before.duration();
+            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            // Floor, so 0.5 s before the epoch is 23:59:59 of the previous day.
+            -whole - i64::from(before.subsec_nanos() > 0)
+        }
+    };
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days`), so no date crate is needed for one format.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days.saturating_add(719_468);
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+// ---------------------------------------------------------------------------
+// Metrics objects
+// ---------------------------------------------------------------------------
+
+/// `metav1.ObjectMeta` as metrics-server fills it: name, namespace (pods),
+/// creation time, labels. Field order is Go's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ObjectMeta {
+    /// Object name.
+    pub name: String,
+    /// Namespace; omitted for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// RFC 3339; metrics-server sets the time the response was built. `None`
+    /// renders as `null`, as Go renders a zero `metav1.Time`.
+    #[serde(rename = "creationTimestamp")]
+    pub creation_timestamp: Option<String>,
+    /// The live object's labels; omitted when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `metav1.ListMeta` of a response built on the fly: always `{}` (no
+/// resourceVersion, no continue token; `limit`/`continue` are ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ListMeta {}
+
+/// Resource name → canonical quantity (`cpu`, `memory`, optional `swap`).
+/// A `BTreeMap` so keys come out sorted, as Go's map encoding sorts them.
+pub type Usage = BTreeMap<String, String>;
+
+/// A `NodeMetrics` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    /// `NodeMetrics` on a single object; absent on list items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `metrics.k8s.io/<version>` on a single object; absent on list items.
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// End of the sampling window, RFC 3339 whole seconds.
+    pub timestamp: String,
+    /// Length of the sampling window, Go duration text.
+    pub window: String,
+    /// Usage quantities.
+    pub usage: Usage,
+}
+
+/// A container inside [`PodMetrics`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMetrics {
+    /// Container name.
+    pub name: String,
+    /// Usage quantities.
+    pub usage: Usage,
+}
+
+/// A `PodMetrics` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodMetrics {
+    /// `PodMetrics` on a single object; absent on list items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `metrics.k8s.io/<version>` on a single object; absent on list items.
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// End of the sampling window.
+    pub timestamp: String,
+    /// Length of the sampling window.
+    pub window: String,
+    /// Per-container usage.
+    pub containers: Vec<ContainerMetrics>,
+}
+
+/// A `NodeMetricsList`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMetricsList {
+    /// `NodeMetricsList`.
+    pub kind: String,
+    /// `metrics.k8s.io/<version>`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Always `{}`.
+    pub metadata: ListMeta,
+    /// Items sorted by name; `[]` when empty.
+    pub items: Vec<NodeMetrics>,
+}
+
+/// A `PodMetricsList`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodMetricsList {
+    /// `PodMetricsList`.
+    pub kind: String,
+    /// `metrics.k8s.io/<version>`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Always `{}`.
+    pub metadata: ListMeta,
+    /// Items sorted by namespace then name; `[]` when empty.
+    pub items: Vec<PodMetrics>,
+}
+
+/// The usage map for one set of numbers; `swap` only when known.
+pub fn usage(cpu_nanocores: u64, memory_bytes: u64, swap_bytes: Option<u64>) -> Usage {
+    let mut out = Usage::new();
+    out.insert("cpu".to_owned(), format_cpu_nanocores(cpu_nanocores));
+    out.insert("memory".to_owned(), format_bytes(memory_bytes));
+    if let Some(swap) = swap_bytes {
+        out.insert("swap".to_owned(), format_bytes(swap));
+    }
+    out
+}
+
+fn node_item(node: &NodeUsage, now: SystemTime) -> NodeMetrics {
+    NodeMetrics {
+        kind: None,
+        api_version: None,
+        metadata: ObjectMeta {
+            name: node.name.clone(),
+            namespace: String::new(),
+            creation_timestamp: Some(rfc3339_seconds(now)),
+            labels: node.labels.clone(),
+        },
+        timestamp: rfc3339_seconds(node.timestamp),
+        window: go_duration(node.window),
+        usage: usage(node.cpu_nanocores, node.memory_bytes, node.swap_bytes),
+    }
+}
+
+fn pod_item(pod: &PodUsage, now: SystemTime) -> PodMetrics {
+    PodMetrics {
+        kind: None,
+        api_version: None,
+        metadata: ObjectMeta {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            creation_timestamp: Some(rfc3339_seconds(now)),
+            labels: pod.labels.clone(),
+        },
+        timestamp: rfc3339_seconds(pod.timestamp),
+        window: go_duration(pod.window),
+        containers: pod
+            .containers
+            .iter()
+            .map(|c| ContainerMetrics {
+                name: c.name.clone(),
+                usage: usage(c.cpu_nanocores, c.memory_bytes, c.swap_bytes),
+            })
+            .collect(),
+    }
+}
+
+/// The answer to `GET …/nodes/{name}`: one object with `kind`/`apiVersion`.
+/// `now` becomes `creationTimestamp`.
+pub fn node_metrics(node: &NodeUsage, version: ApiVersion, now: SystemTime) -> NodeMetrics {
+    NodeMetrics {
+        kind: Some(Resource::Nodes.kind().to_owned()),
+        api_version: Some(version.group_version().to_owned()),
+        ..node_item(node, now)
+    }
+}
+
+/// The answer to `GET …/namespaces/{ns}/pods/{name}`.
+pub fn pod_metrics(pod: &PodUsage, version: ApiVersion, now: SystemTime) -> PodMetrics {
+    PodMetrics {
+        kind: Some(Resource::Pods.kind().to_owned()),
+        api_version: Some(version.group_version().to_owned()),
+        ..pod_item(pod, now)
+    }
+}
+
+/// The answer to `GET …/nodes`: items sorted by name. Filtering by selectors
+/// happens before, on the caller's side.
+pub fn node_metrics_list(
+    nodes: &[NodeUsage],
+    version: ApiVersion,
+    now: SystemTime,
+) -> NodeMetricsList {
+    NodeMetricsList {
+        kind: Resource::Nodes.list_kind().to_owned(),
+        api_version: version.group_version().to_owned(),
+        metadata: ListMeta {},
+        items: sorted_nodes(nodes)
+            .into_iter()
+            .map(|n| node_item(n, now))
+            .collect(),
+    }
+}
+
+/// The answer to `GET …/pods` and `…/namespaces/{ns}/pods`: items sorted by
+/// namespace, then name.
+pub fn pod_metrics_list(pods: &[PodUsage], version: ApiVersion, now: SystemTime) -> PodMetricsList {
+    PodMetricsList {
+        kind: Resource::Pods.list_kind().to_owned(),
+        api_version: version.group_version().to_owned(),
+        metadata: ListMeta {},
+        items: sorted_pods(pods)
+            .into_iter()
+            .map(|p| pod_item(p, now))
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Discovery
+// ---------------------------------------------------------------------------
+
+/// The verbs served for both resources, sorted as discovery lists them.
+/// `watch` is absent: a watch request is answered 405 (see `status`).
+pub const VERBS: [&str; 2] = ["get", "list"];
+
+/// One entry of an [`ApiResourceList`] (`metav1.APIResource`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiResource {
+    /// Plural resource name.
+    pub name: String,
+    /// Always present, empty like metrics-server's (its storage returns "").
+    #[serde(rename = "singularName")]
+    pub singular_name: String,
+    /// Whether the resource is namespaced.
+    pub namespaced: bool,
+    /// Kind of one object.
+    pub kind: String,
+    /// Supported verbs, sorted.
+    pub verbs: Vec<String>,
+}
+
+/// `APIResourceList`, the body of `/apis/metrics.k8s.io/{version}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiResourceList {
+    /// `APIResourceList`.
+    pub kind: String,
+    /// `v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `metrics.k8s.io/<version>`.
+    #[serde(rename = "groupVersion")]
+    pub group_version: String,
+    /// `nodes`, then `pods`.
+    pub resources: Vec<ApiResource>,
+}
+
+fn api_resource(resource: Resource) -> ApiResource {
+    ApiResource {
+        name: resource.as_str().to_owned(),
+        singular_name: String::new(),
+        namespaced: resource.namespaced(),
+        kind: resource.kind().to_owned(),
+        verbs: VERBS.iter().map(|v| (*v).to_owned()).collect(),
+    }
+}
+
+/// The aggregator's availability probe answer for one version.
+pub fn api_resource_list(version: ApiVersion) -> ApiResourceList {
+    ApiResourceList {
+        kind: "APIResourceList".to_owned(),
+        api_version: "v1".to_owned(),
+        group_version: version.group_version().to_owned(),
+        resources: vec![api_resource(Resource::Nodes), api_resource(Resource::Pods)],
+    }
+}
+
+/// `GroupVersionForDiscovery`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupVersionForDiscovery {
+    /// `metrics.k8s.io/<version>`.
+    #[serde(rename = "groupVersion")]
+    pub group_version: String,
+    /// `<version>`.
+    pub version: String,
+}
+
+/// `APIGroup`. `kind`/`apiVersion` appear only when served on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiGroup {
+    /// `APIGroup` when standalone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `v1` when standalone.
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    /// `metrics.k8s.io`.
+    pub name: String,
+    /// Served versions, preferred first.
+    pub versions: Vec<GroupVersionForDiscovery>,
+    /// The first of `versions`.
+    #[serde(rename = "preferredVersion")]
+    pub preferred_version: GroupVersionForDiscovery,
+}
+
+/// `APIGroupList`, the legacy answer to `/apis`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiGroupList {
+    /// `APIGroupList`.
+    pub kind: String,
+    /// `v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// The one group served.
+    pub groups: Vec<ApiGroup>,
+}
+
+fn group_version_for_discovery(version: ApiVersion) -> GroupVersionForDiscovery {
+    GroupVersionForDiscovery {
+        group_version: version.group_version().to_owned(),
+        version: version.as_str().to_owned(),
+    }
+}
+
+/// The `APIGroup` for the served versions, most preferred first (pass
+/// [`ApiVersion::ALL`] to serve both). An empty slice falls back to all.
+pub fn api_group(versions: &[ApiVersion]) -> ApiGroup {
+    let versions = if versions.is_empty() {
+        &ApiVersion::ALL[..]
+    } else {
+        versions
+    };
+    let preferred = versions.first().copied().unwrap_or(ApiVersion::V1);
+    ApiGroup {
+        kind: None,
+        api_version: None,
+        name: GROUP.to_owned(),
+        versions: versions
+            .iter()
+            .map(|v| group_version_for_discovery(*v))
+            .collect(),
+        preferred_version: group_version_for_discovery(preferred),
+    }
+}
+
+/// The legacy `/apis` answer.
+pub fn api_group_list(versions: &[ApiVersion]) -> ApiGroupList {
+    ApiGroupList {
+        kind: "APIGroupList".to_owned(),
+        api_version: "v1".to_owned(),
+        groups: vec![api_group(versions)],
+    }
+}
+
+/// `metav1.GroupVersionKind` as used in aggregated discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupVersionKind {
+    /// Empty for metrics resources, as the generic apiserver emits it.
+    pub group: String,
+    /// Empty for metrics resources.
+    pub version: String,
+    /// `NodeMetrics` / `PodMetrics`.
+    pub kind: String,
+}
+
+/// `apidiscovery.k8s.io/v2` `APIResourceDiscovery`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiResourceDiscovery {
+    /// Plural resource name.
+    pub resource: String,
+    /// Kind returned.
+    #[serde(rename = "responseKind")]
+    pub response_kind: GroupVersionKind,
+    /// `Cluster` or `Namespaced`.
+    pub scope: String,
+    /// Empty, as in the `APIResourceList`.
+    #[serde(rename = "singularResource")]
+    pub singular_resource: String,
+    /// Supported verbs.
+    pub verbs: Vec<String>,
+}
+
+/// `apidiscovery.k8s.io/v2` `APIVersionDiscovery`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiVersionDiscovery {
+    /// `v1` / `v1beta1`.
+    pub version: String,
+    /// `nodes`, `pods`.
+    pub resources: Vec<ApiResourceDiscovery>,
+    /// `Current`: this server's own document is never stale.
+    pub freshness: String,
+}
+
+/// `apidiscovery.k8s.io/v2` `APIGroupDiscovery`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiGroupDiscovery {
+    /// Only `name` (and a `null` creationTimestamp, as Go prints a zero time).
+    pub metadata: ObjectMeta,
+    /// Versions, preferred first.
+    pub versions: Vec<ApiVersionDiscovery>,
+}
+
+/// `apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`, the aggregated `/apis`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiGroupDiscoveryList {
+    /// `APIGroupDiscoveryList`.
+    pub kind: String,
+    /// `apidiscovery.k8s.io/v2`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Always `{}`.
+    pub metadata: ListMeta,
+    /// The one group served.
+    pub items: Vec<ApiGroupDiscovery>,
+}
+
+/// The media type of an aggregated discovery response; client-go recognises
+/// aggregated discovery by this `Content-Type`, so it must be exact.
+pub const AGGREGATED_DISCOVERY_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+fn resource_discovery(resource: Resource) -> ApiResourceDiscovery {
+    ApiResourceDiscovery {
+        resource: resource.as_str().to_owned(),
+        response_kind: GroupVersionKind {
+            group: String::new(),
+            version: String::new(),
+            kind: resource.kind().to_owned(),
+        },
+        scope: if resource.namespaced() {
+            "Namespaced"
+        } else {
+            "Cluster"
+        }
+        .to_owned(),
+        singular_resource: String::new(),
+        verbs: VERBS.iter().map(|v| (*v).to_owned()).collect(),
+    }
+}
+
+/// The aggregated discovery answer to `/apis` for the served versions,
+/// preferred first. An empty slice falls back to all.
+pub fn api_group_discovery_list(versions: &[ApiVersion]) -> ApiGroupDiscoveryList {
+    let versions = if versions.is_empty() {
+        &ApiVersion::ALL[..]
+    } else {
+        versions
+    };
+    ApiGroupDiscoveryList {
+        kind: "APIGroupDiscoveryList".to_owned(),
+        api_version: "apidiscovery.k8s.io/v2".to_owned(),
+        metadata: ListMeta {},
+        items: vec![ApiGroupDiscovery {
+            metadata: ObjectMeta {
+                name: GROUP.to_owned(),
+                ..ObjectMeta::default()
+            },
+            versions: versions
+                .iter()
+                .map(|v| ApiVersionDiscovery {
+                    version: v.as_str().to_owned(),
+                    resources: vec![
+                        resource_discovery(Resource::Nodes),
+                        resource_discovery(Resource::Pods),
+                    ],
+                    freshness: "Current".to_owned(),
+                })
+                .collect(),
+        }],
+    }
+}
+
+/// A strong `ETag` for a discovery body (quoted, ready for the header), so the
+/// aggregator's 1-minute refresh can be answered with 304 via `If-None-Match`.
+/// Clients treat it as opaque; FNV-1a 64 of the bytes is enough to change
+/// whenever the body does (upstream uses SHA-512, which needs a crate).
+pub fn discovery_etag(body: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in body {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("\"{hash:016X}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ContainerUsage;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn json<T: Serialize>(v: &T) -> String {
+        String::from_utf8(to_json(v).expect("serialises")).expect("utf-8")
+    }
+
+    #[test]
+    fn go_duration_matches_go() {
+        let cases: &[(Duration, &str)] = &[
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(1), "1ns"),
+            (Duration::from_nanos(999), "999ns"),
+            (Duration::from_nanos(1_500), "1.5µs"),
+            (Duration::from_micros(1), "1µs"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_micros(1_500), "1.5ms"),
+            (Duration::from_nanos(1_000_001), "1.000001ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_millis(15_002), "15.002s"),
+            (Duration::from_secs(15), "15s"),
+            (Duration::from_secs(60), "1m0s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+            (Duration::from_secs(3723), "1h2m3s"),
+            (Duration::from_nanos(3_723_000_000_001), "1h2m3.000000001s"),
+            (Duration::from_secs(100 * 3600), "100h0m0s"),
+            (
+                Duration::from_nanos(i64::MAX as u64),
+                "2562047h47m16.854775807s",
+            ),
+            (Duration::MAX, "2562047h47m16.854775807s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(go_duration(*d), *want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn parse_go_duration_accepts_go_syntax() {
+        let ok = |s: &str| parse_go_duration(s).expect(s);
+        assert_eq!(ok("0"), Duration::ZERO);
+        assert_eq!(ok("-0"), Duration::ZERO);
+        assert_eq!(ok("15s"), Duration::from_secs(15));
+        assert_eq!(ok("+15s"), Duration::from_secs(15));
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
+        assert_eq!(ok("15.002s"), Duration::from_millis(15_002));
+        assert_eq!(ok("1.5µs"), Duration::from_nanos(1_500));
+        assert_eq!(ok("2μs"), Duration::from_micros(2), "Greek mu too");
+        assert_eq!(ok("3us"), Duration::from_micros(3));
+        assert_eq!(ok(".5s"), Duration::from_millis(500));
+        assert_eq!(ok("1.s"), Duration::from_secs(1));
+        assert_eq!(ok("1h2m3.5s"), Duration::from_millis(3_723_500));
+        assert_eq!(ok("1ns1ns"), Duration::from_nanos(2));
+    }
+
+    #[test]
+    fn parse_go_duration_rejects_like_go() {
+        let msg = |s: &str| parse_go_duration(s).expect_err(s).to_string();
+        assert_eq!(msg(""), "time: invalid duration \"\"");
+        assert_eq!(msg("1"), "time: missing unit in duration \"1\"");
+        assert_eq!(msg("1x"), "time: unknown unit \"x\" in duration \"1x\"");
+        assert_eq!(msg("s"), "time: invalid duration \"s\"");
+        assert_eq!(msg("."), "time: invalid duration \".\"");
+        assert_eq!(msg("-1s"), "time: negative duration \"-1s\"");
+        assert_eq!(
+            msg("9999999999999999999h"),
+            "time: invalid duration \"9999999999999999999h\""
+        );
+        assert_eq!(msg("2562048h"), "time: invalid duration \"2562048h\"");
+    }
+
+    proptest! {
+        #[test]
+        fn go_duration_round_trips(n in 0u64..=(i64::MAX as u64)) {
+            let d = Duration::from_nanos(n);
+            prop_assert_eq!(parse_go_duration(&go_duration(d)).ok(), Some(d));
+        }
+
+        #[test]
+        fn rfc3339_is_well_formed(secs in 0u64..253_402_300_800) {
+            let text = rfc3339_seconds(at(secs));
+            prop_assert_eq!(text.len(), 20);
+            prop_assert!(text.ends_with('Z'));
+        }
+    }
+
+    #[test]
+    fn rfc3339_matches_go() {
+        assert_eq!(rfc3339_seconds(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_seconds(at(1_639_763_862)), "2021-12-17T17:57:42Z");
+        assert_eq!(
+            rfc3339_seconds(at(1_639_763_862) + Duration::from_millis(999)),
+            "2021-12-17T17:57:42Z",
+            "truncated, not rounded"
+        );
+        assert_eq!(rfc3339_seconds(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_seconds(at(4_107_542_399)), "2100-02-28T23:59:59Z");
+        assert_eq!(rfc3339_seconds(at(253_402_300_799)), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            rfc3339_seconds(UNIX_EPOCH - Duration::from_millis(500)),
+            "1969-12-31T23:59:59Z"
+        );
+        assert_eq!(
+            rfc3339_seconds(UNIX_EPOCH - Duration::from_secs(86_400 * 365)),
+            "1969-01-01T00:00:00Z"
+        );
+    }
+
+    fn node() -> NodeUsage {
+        NodeUsage {
+            name: "node-1".to_owned(),
+            labels: BTreeMap::from([("kubernetes.io/os".to_owned(), "linux".to_owned())]),
+            timestamp: at(1_639_763_862),
+            window: Duration::from_millis(15_002),
+            cpu_nanocores: 13_000_000,
+            memory_bytes: 14_868_480,
+            swap_bytes: None,
+        }
+    }
+
+    fn pod(ns: &str, name: &str) -> PodUsage {
+        PodUsage {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            labels: BTreeMap::new(),
+            timestamp: at(1_639_763_862),
+            window: Duration::from_secs(15),
+            containers: vec![ContainerUsage {
+                name: "app".to_owned(),
+                cpu_nanocores: 7_338_891,
+                memory_bytes: 4_194_304,
+                swap_bytes: Some(0),
+            }],
+        }
+    }
+
+    #[test]
+    fn single_node_has_kind_and_go_field_order() {
+        let got = json(&node_metrics(
+            &node(),
+            ApiVersion::V1Beta1,
+            at(1_639_763_900),
+        ));
+        assert_eq!(
+            got,
+            r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"node-1","creationTimestamp":"2021-12-17T17:58:20Z","labels":{"kubernetes.io/os":"linux"}},"timestamp":"2021-12-17T17:57:42Z","window":"15.002s","usage":{"cpu":"13m","memory":"14520Ki"}}"#
+        );
+    }
+
+    #[test]
+    fn swap_is_reported_only_when_known() {
+        let mut n = node();
+        n.swap_bytes = Some(1024 * 1024);
+        let got = node_metrics(&n, ApiVersion::V1, at(0));
+        assert_eq!(got.usage.get("swap").map(String::as_str), Some("1Mi"));
+        assert_eq!(got.api_version.as_deref(), Some("metrics.k8s.io/v1"));
+        let keys: Vec<_> = got.usage.keys().cloned().collect();
+        assert_eq!(keys, ["cpu", "memory", "swap"]);
+        assert!(
+            !node_metrics(&node(), ApiVersion::V1, at(0))
+                .usage
+                .contains_key("swap")
+        );
+    }
+
+    #[test]
+    fn empty_labels_are_omitted() {
+        let mut n = node();
+        n.labels.clear();
+        let got = json(&node_metrics(&n, ApiVersion::V1Beta1, at(0)));
+        assert!(
+            got.contains(
+                r#""metadata":{"name":"node-1","creationTimestamp":"1970-01-01T00:00:00Z"}"#
+            ),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn single_pod_renders_containers() {
+        let got = json(&pod_metrics(
+            &pod("default", "web"),
+            ApiVersion::V1Beta1,
+            at(0),
+        ));
+        assert_eq!(
+            got,
+            r#"{"kind":"PodMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"web","namespace":"default","creationTimestamp":"1970-01-01T00:00:00Z"},"timestamp":"2021-12-17T17:57:42Z","window":"15s","containers":[{"name":"app","usage":{"cpu":"7338891n","memory":"4Mi","swap":"0"}}]}"#
+        );
+    }
+
+    #[test]
+    fn lists_sort_and_drop_item_kinds() {
+        let mut b = node();
+        b.name = "b".to_owned();
+        let mut a = node();
+        a.name = "a".to_owned();
+        let list = node_metrics_list(&[b, a], ApiVersion::V1Beta1, at(0));
+        let names: Vec<_> = list
+            .items
+            .iter()
+            .map(|i| i.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let text = json(&list);
+        assert!(text.starts_with(r#"{"kind":"NodeMetricsList","apiVersion":"metrics.k8s.io/v1beta1","metadata":{},"items":[{"metadata":{"name":"a""#), "{text}");
+
+        let pods = pod_metrics_list(
+            &[pod("b", "x"), pod("a", "z"), pod("a", "y")],
+            ApiVersion::V1,
+            at(0),
+        );
+        let keys: Vec<_> = pods
+            .items
+            .iter()
+            .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
+            .collect();
+        assert_eq!(keys, ["a/y", "a/z", "b/x"]);
+        assert!(
+            pods.items
+                .iter()
+                .all(|p| p.kind.is_none() && p.api_version.is_none())
+        );
+        assert_eq!(pods.kind, "PodMetricsList");
+    }
+
+    #[test]
+    fn empty_lists_have_empty_items() {
+        assert_eq!(
+            json(&node_metrics_list(&[], ApiVersion::V1Beta1, at(0))),
+            r#"{"kind":"NodeMetricsList","apiVersion":"metrics.k8s.io/v1beta1","metadata":{},"items":[]}"#
+        );
+        assert_eq!(
+            json(&pod_metrics_list(&[], ApiVersion::V1, at(0))),
+            r#"{"kind":"PodMetricsList","apiVersion":"metrics.k8s.io/v1","metadata":{},"items":[]}"#
+        );
+    }
+
+    #[test]
+    fn objects_round_trip_through_json() {
+        let original = pod_metrics(&pod("ns", "p"), ApiVersion::V1, at(5));
+        let bytes = to_json(&original).expect("serialises");
+        let back: PodMetrics = serde_json::from_slice(&bytes).expect("parses");
+        assert_eq!(back, original);
+    }
+
+    #[test]
+    fn api_resource_list_matches_contract_bytes() {
+        assert_eq!(
+            json(&api_resource_list(ApiVersion::V1Beta1)),
+            r#"{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"metrics.k8s.io/v1beta1","resources":[{"name":"nodes","singularName":"","namespaced":false,"kind":"NodeMetrics","verbs":["get","list"]},{"name":"pods","singularName":"","namespaced":true,"kind":"PodMetrics","verbs":["get","list"]}]}"#
+        );
+        assert_eq!(
+            api_resource_list(ApiVersion::V1).group_version,
+            "metrics.k8s.io/v1"
+        );
+    }
+
+    #[test]
+    fn api_group_list_prefers_v1() {
+        assert_eq!(
+            json(&api_group_list(&ApiVersion::ALL)),
+            r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[{"name":"metrics.k8s.io","versions":[{"groupVersion":"metrics.k8s.io/v1","version":"v1"},{"groupVersion":"metrics.k8s.io/v1beta1","version":"v1beta1"}],"preferredVersion":{"groupVersion":"metrics.k8s.io/v1","version":"v1"}}]}"#
+        );
+        let only_beta = api_group(&[ApiVersion::V1Beta1]);
+        assert_eq!(only_beta.preferred_version.version, "v1beta1");
+        assert_eq!(api_group(&[]).versions.len(), 2);
+    }
+
+    #[test]
+    fn aggregated_discovery_has_v2_shape() {
+        assert_eq!(
+            json(&api_group_discovery_list(&ApiVersion::ALL)),
+            concat!(
+                r#"{"kind":"APIGroupDiscoveryList","apiVersion":"apidiscovery.k8s.io/v2","metadata":{},"items":[{"metadata":{"name":"metrics.k8s.io","creationTimestamp":null},"versions":["#,
+                r#"{"version":"v1","resources":[{"resource":"nodes","responseKind":{"group":"","version":"","kind":"NodeMetrics"},"scope":"Cluster","singularResource":"","verbs":["get","list"]},{"resource":"pods","responseKind":{"group":"","version":"","kind":"PodMetrics"},"scope":"Namespaced","singularResource":"","verbs":["get","list"]}],"freshness":"Current"},"#,
+                r#"{"version":"v1beta1","resources":[{"resource":"nodes","responseKind":{"group":"","version":"","kind":"NodeMetrics"},"scope":"Cluster","singularResource":"","verbs":["get","list"]},{"resource":"pods","responseKind":{"group":"","version":"","kind":"PodMetrics"},"scope":"Namespaced","singularResource":"","verbs":["get","list"]}],"freshness":"Current"}"#,
+                r#"]}]}"#
+            )
+        );
+    }
+
+    #[test]
+    fn etag_is_quoted_and_tracks_the_body() {
+        let a = discovery_etag(b"one");
+        let b = discovery_etag(b"two");
+        assert_ne!(a, b);
+        assert_eq!(a, discovery_etag(b"one"));
+        assert!(a.starts_with('"') && a.ends_with('"') && a.len() == 18);
+    }
+}

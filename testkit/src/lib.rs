@@ -1,0 +1,400 @@
+//! A simulated node for tests and the demo: cgroups laid out as the kubelet
+//! lays them, and burner processes with known loads placed in them from birth.
+//!
+//! Directories are named exactly as a kubelet (systemd or cgroupfs driver) and
+//! containerd name them, on the real cgroup hierarchy of this kernel, with real
+//! processes burning CPU or holding memory. Nothing is a mock: the agent reads
+//! the same kernel interfaces it reads on a node.
+//!
+//! Burners are this crate's [`burner_main`] run in a child process; the caller
+//! says how to start one (a test binary re-running itself, a CLI's hidden
+//! subcommand) with a [`Launcher`].
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use agent::cgroup::Hierarchy;
+
+/// Skips (returns `None` after saying why) unless this process can create
+/// cgroups and load eBPF; under `NODEPULSE_REQUIRE_PRIVILEGED=1` (CI) it fails instead.
+pub fn privileged(test: &str) -> Option<Hierarchy> {
+    let why = if unsafe_geteuid() != 0 {
+        Some("not running as root".to_string())
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("kernel has no BTF (/sys/kernel/btf/vmlinux)".to_string())
+    } else {
+        match Hierarchy::detect(Path::new("/sys/fs/cgroup")) {
+            Ok(h) if h.v2.is_some() => return Some(h),
+            Ok(_) => Some("no cgroup v2 hierarchy on this host".to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+    };
+    let why = why.unwrap_or_default();
+    if std::env::var("NODEPULSE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: needs root, BTF and cgroup v2 here: {why}");
+    }
+    eprintln!("skipped {test}: {why} (run as root on a BTF kernel to run it)");
+    None
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The environment variable that carries a burner's [`Burn`] spec.
+pub const BURN_ENV: &str = "NODEPULSE_BURN";
+
+/// How to start a process that calls [`burner_main`].
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Launcher {
+    /// The running test binary re-run for one `#[ignore]`d test named `entry`
+    /// whose body calls [`burner_main`].
+    pub fn test_binary(entry: &str) -> Self {
+        Self {
+            program: std::env::current_exe().expect("test binary path"),
+            args: [
+                entry,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64: distinct, random-looking ids from (process, n).
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn seed(n: u32, salt: u64) -> u64 {
+    mix((u64::from(std::process::id()) << 32 | u64::from(n)) ^ salt)
+}
+
+/// A UUID for simulated pod `n`, unique to this process.
+pub fn uid(n: u32) -> String {
+    let (a, b) = (seed(n, 1), seed(n, 2));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// A 64-hex container id for simulated container `n`, unique to this process.
+pub fn container_id(n: u32) -> String {
+    (3..7)
+        .map(|salt| format!("{:016x}", seed(n, salt)))
+        .collect()
+}
+
+/// The kubelet's path for a container, relative to the tree root.
+pub fn systemd_container(base: &str, qos: &str, pod_uid: &str, cid: &str) -> String {
+    let pod = pod_uid.replace('-', "_");
+    if qos == "guaranteed" {
+        format!("{base}/kubepods.slice/kubepods-pod{pod}.slice/cri-containerd-{cid}.scope")
+    } else {
+        format!(
+            "{base}/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{pod}.slice/cri-containerd-{cid}.scope"
+        )
+    }
+}
+
+pub fn cgroupfs_container(base: &str, qos: &str, pod_uid: &str, cid: &str) -> String {
+    if qos == "guaranteed" {
+        format!("{base}/kubepods/pod{pod_uid}/{cid}")
+    } else {
+        format!("{base}/kubepods/{qos}/pod{pod_uid}/{cid}")
+    }
+}
+
+/// Cgroups made by one test, in the v2 tree and (on hybrid/v1 hosts) the v1
+/// memory and cpuacct controllers; all removed on drop, processes killed first.
+pub struct CgroupTree {
+    roots: Vec<PathBuf>,
+    v2: PathBuf,
+    /// A unique top directory, so parallel tests never collide.
+    pub base: String,
+    made: Vec<String>,
+}
+
+impl CgroupTree {
+    pub fn new(h: &Hierarchy, test: &str) -> Self {
+        let v2 = h.v2.clone().expect("checked by privileged()");
+        let mut roots = vec![v2.clone()];
+        roots.extend(h.v1_memory.clone());
+        roots.extend(h.v1_cpuacct.clone());
+        let base = format!(
+            "/nodepulse-test-{}-{}-{}",
+            test,
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut tree = Self {
+            roots,
+            v2,
+            base: base.clone(),
+            made: Vec::new(),
+        };
+        tree.mkdir(&base);
+        tree
+    }
+
+    /// Creates `rel` and its parents in every hierarchy.
+    pub fn mkdir(&mut self, rel: &str) {
+        let mut path = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            path.push('/');
+            path.push_str(part);
+            if self.made.contains(&path) {
+                continue;
+            }
+            for root in &self.roots {
+                let dir = root.join(path.trim_start_matches('/'));
+                if !dir.exists() {
+                    fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                }
+            }
+            self.made.push(path.clone());
+        }
+    }
+
+    /// The v2 directory of `rel`.
+    pub fn v2_dir(&self, rel: &str) -> PathBuf {
+        self.v2.join(rel.trim_start_matches('/'))
+    }
+
+    /// Cumulative CPU of `rel` as the kernel's own `cpu.stat` says, ns.
+    pub fn cpu_stat_ns(&self, rel: &str) -> u64 {
+        let text = fs::read_to_string(self.v2_dir(rel).join("cpu.stat")).expect("cpu.stat");
+        text.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("usage_usec")
+            * 1000
+    }
+
+    /// Starts a burner (see [`Burn`]) inside `rel` (created if needed): the child
+    /// joins the cgroups before it execs, so every cycle it burns is theirs.
+    /// Returns once the burner says it is running.
+    pub fn spawn(&mut self, rel: &str, burn: &Burn, launcher: &Launcher) -> Burner {
+        self.mkdir(rel);
+        let procs: Vec<CString> = self
+            .roots
+            .iter()
+            .map(|r| {
+                let p = r.join(rel.trim_start_matches('/')).join("cgroup.procs");
+                CString::new(p.into_os_string().into_encoded_bytes()).expect("no NUL in path")
+            })
+            .collect();
+        let mut cmd = Command::new(&launcher.program);
+        cmd.args(&launcher.args)
+            .env(BURN_ENV, burn.spec())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: the hook only calls async-signal-safe functions (open, write,
+        // close) on buffers prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut burner = Burner {
+            child: cmd.spawn().expect("spawn burner"),
+        };
+        let stdout = burner.child.stdout.take().expect("piped stdout");
+        // libtest prints its own lines first; the burner's comes after them.
+        let mut seen = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("burner output");
+            if line.contains("burner ready") {
+                return burner;
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        drop(burner);
+        panic!("burner exited before it was ready; it printed:\n{seen}");
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        for rel in self.made.iter().rev() {
+            // Kill whatever is left (v2 cgroup.kill, 5.14+), then remove, waiting
+            // boundedly for the killed to exit.
+            let _ = fs::write(self.v2_dir(rel).join("cgroup.kill"), "1");
+            for root in &self.roots {
+                let dir = root.join(rel.trim_start_matches('/'));
+                for _ in 0..200 {
+                    match fs::remove_dir(&dir) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A running burner; killed and reaped on drop.
+pub struct Burner {
+    child: Child,
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a burner does.
+pub enum Burn {
+    /// `threads` threads spinning without pause.
+    Spin { threads: u32, cpu: Option<u32> },
+    /// Busy `fraction` of every `period_ms`, asleep the rest.
+    Duty { fraction: f64, period_ms: u64 },
+    /// Touch `mib` MiB of anonymous memory, write `cache_mib` MiB to `file`
+    /// (page cache), then idle.
+    Memory {
+        mib: u64,
+        cache_mib: u64,
+        file: PathBuf,
+    },
+}
+
+impl Burn {
+    fn spec(&self) -> String {
+        match self {
+            Burn::Spin { threads, cpu } => {
+                format!("spin:{threads}:{}", cpu.map_or(-1, i64::from))
+            }
+            Burn::Duty {
+                fraction,
+                period_ms,
+            } => format!("duty:{fraction}:{period_ms}"),
+            Burn::Memory {
+                mib,
+                cache_mib,
+                file,
+            } => format!("mem:{mib}:{cache_mib}:{}", file.display()),
+        }
+    }
+}
+
+/// The burner's body; runs in the child when `NODEPULSE_BURN` is set.
+pub fn burner_main() {
+    use std::{hint::black_box, io::Write, time::Instant};
+    let Ok(spec) = std::env::var(BURN_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let ready = || {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "burner ready");
+        let _ = out.flush();
+    };
+    match parts.as_slice() {
+        ["spin", threads, cpu] => {
+            let cpu: i64 = cpu.parse().expect("cpu");
+            if cpu >= 0 {
+                pin(cpu as usize);
+            }
+            let threads: u32 = threads.parse().expect("threads");
+            for _ in 1..threads {
+                std::thread::spawn(|| {
+                    let mut x = 0u64;
+                    loop {
+                        x = black_box(x.wrapping_add(1));
+                    }
+                });
+            }
+            ready();
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
+        ["duty", fraction, period] => {
+            let fraction: f64 = fraction.parse().expect("fraction");
+            let period = std::time::Duration::from_millis(period.parse().expect("period"));
+            ready();
+            loop {
+                let start = Instant::now();
+                while start.elapsed() < period.mul_f64(fraction) {
+                    black_box(());
+                }
+                std::thread::sleep(period.mul_f64(1.0 - fraction));
+            }
+        }
+        ["mem", mib, cache, file] => {
+            let mib: usize = mib.parse().expect("mib");
+            let cache: usize = cache.parse().expect("cache");
+            let mut held = vec![0u8; mib << 20];
+            for page in held.chunks_mut(4096) {
+                page[0] = 1;
+            }
+            black_box(&held);
+            let mut f = fs::File::create(file).expect("cache file");
+            let chunk = vec![7u8; 1 << 20];
+            for _ in 0..cache {
+                f.write_all(&chunk).expect("write");
+            }
+            f.sync_all().expect("fsync");
+            ready();
+            loop {
+                std::thread::park();
+                black_box(&held);
+            }
+        }
+        _ => panic!("bad {BURN_ENV} {spec:?}"),
+    }
+}
+
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
