@@ -24,6 +24,7 @@ pub mod selector;
 pub mod status;
 pub mod table;
 pub mod types;
+pub mod view;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

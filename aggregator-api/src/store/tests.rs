@@ -1,0 +1,308 @@
+use std::time::{Duration, SystemTime};
+
+use proto::v1::{
+    ContainerName, ContainerSample, NodeMetadata, NodeReport, PodMetadata, PodSample, Usage,
+};
+
+use super::*;
+use crate::api::view::{Lookup, MetricsView};
+
+const T0: u64 = 1_800_000_000;
+
+fn at(ms: u64) -> i64 {
+    ((T0 * 1000 + ms) * 1_000_000) as i64
+}
+
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 10)
+}
+
+fn usage(cpu_ms: u64, mem: u64) -> Option<Usage> {
+    Some(Usage {
+        cpu_ns: cpu_ms * 1_000_000,
+        memory_working_set_bytes: mem,
+        swap_bytes: None,
+    })
+}
+
+/// (uid, namespace, name, [(container id, container name)])
+type PodSpec<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+fn meta(pods: &[PodSpec<'_>]) -> NodeMetadata {
+    NodeMetadata {
+        labels: [("zone".to_string(), "a".to_string())].into(),
+        pods: pods
+            .iter()
+            .map(|(uid, ns, name, containers)| PodMetadata {
+                uid: uid.to_string(),
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                labels: [("app".to_string(), name.to_string())].into(),
+                running: true,
+                containers: containers
+                    .iter()
+                    .map(|(id, n)| ContainerName {
+                        id: id.to_string(),
+                        name: n.to_string(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn report(node: &str, ms: u64, cpu_ms: u64, containers: &[(&str, &str, u64)]) -> NodeReport {
+    let mut pods: Vec<PodSample> = Vec::new();
+    for (pod, id, cpu) in containers {
+        let sample = ContainerSample {
+            id: id.to_string(),
+            usage: usage(*cpu, 1 << 20),
+            start_unix_nanos: 1,
+        };
+        match pods.iter_mut().find(|p| p.uid == *pod) {
+            Some(p) => p.containers.push(sample),
+            None => pods.push(PodSample {
+                uid: pod.to_string(),
+                containers: vec![sample],
+            }),
+        }
+    }
+    NodeReport {
+        node: node.into(),
+        sample_unix_nanos: at(ms),
+        node_usage: usage(cpu_ms, 8 << 30),
+        pods,
+        metadata: None,
+        cpu_source: 1,
+        seq: ms,
+    }
+}
+
+#[test]
+fn node_and_pod_rates_after_two_points() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0), ("u1", "c2", 0)]);
+    first.metadata = Some(meta(&[(
+        "u1",
+        "default",
+        "web",
+        &[("c1", "app"), ("c2", "side")],
+    )]));
+    store.apply(&first, now()).expect("applies");
+    assert_eq!(store.node("n1"), Lookup::NoMetrics);
+    assert_eq!(store.pod("default", "web"), Lookup::NoMetrics);
+    assert!(!store.has_data());
+
+    store
+        .apply(
+            &report("n1", 1000, 2000, &[("u1", "c1", 500), ("u1", "c2", 250)]),
+            now(),
+        )
+        .expect("applies");
+    let Lookup::Found(node) = store.node("n1") else {
+        panic!("node metrics");
+    };
+    assert_eq!(node.cpu_nanocores, 2_000_000_000);
+    assert_eq!(node.window, Duration::from_secs(1));
+    assert_eq!(node.labels["zone"], "a");
+    let Lookup::Found(pod) = store.pod("default", "web") else {
+        panic!("pod metrics");
+    };
+    assert_eq!(
+        pod.containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.cpu_nanocores))
+            .collect::<Vec<_>>(),
+        [("app", 500_000_000), ("side", 250_000_000)]
+    );
+    assert_eq!(store.pods(Some("default")).len(), 1);
+    assert_eq!(store.pods(Some("other")).len(), 0);
+    assert_eq!(store.pods(None).len(), 1);
+    assert!(store.has_data());
+    assert_eq!(store.pod("default", "nope"), Lookup::Unknown);
+    assert_eq!(store.node("n2"), Lookup::Unknown);
+}
+
+#[test]
+fn a_pod_is_complete_only_when_every_container_is() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a"), ("c2", "b")])]));
+    store.apply(&first, now()).expect("applies");
+    store
+        .apply(
+            &report("n1", 1000, 10, &[("u1", "c1", 5), ("u1", "c2", 0)]),
+            now(),
+        )
+        .expect("applies");
+    // c2 has one point only.
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+    assert!(store.pods(None).is_empty());
+    store
+        .apply(
+            &report("n1", 2000, 20, &[("u1", "c1", 10), ("u1", "c2", 1)]),
+            now(),
+        )
+        .expect("applies");
+    assert!(matches!(store.pod("ns", "p"), Lookup::Found(_)));
+}
+
+#[test]
+fn pods_not_running_are_unknown() {
+    let store = Store::default();
+    let mut m = meta(&[("u1", "ns", "p", &[("c1", "a")])]);
+    m.pods[0].running = false;
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    first.metadata = Some(m);
+    store.apply(&first, now()).expect("applies");
+    store
+        .apply(&report("n1", 1000, 10, &[("u1", "c1", 5)]), now())
+        .expect("applies");
+    assert_eq!(store.pod("ns", "p"), Lookup::Unknown);
+    assert!(store.pods(None).is_empty());
+}
+
+#[test]
+fn restarted_container_gives_no_rate_until_its_second_point() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 900)]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&first, now()).expect("applies");
+    store
+        .apply(&report("n1", 1000, 10, &[("u1", "c1", 1000)]), now())
+        .expect("applies");
+    assert!(matches!(store.pod("ns", "p"), Lookup::Found(_)));
+    // Counter back to near zero: a restart.
+    store
+        .apply(&report("n1", 2000, 20, &[("u1", "c1", 3)]), now())
+        .expect("applies");
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+    assert_eq!(store.stats().resets.load(Ordering::Relaxed), 1);
+    store
+        .apply(&report("n1", 3000, 30, &[("u1", "c1", 503)]), now())
+        .expect("applies");
+    let Lookup::Found(p) = store.pod("ns", "p") else {
+        panic!("rate again");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 500_000_000);
+}
+
+#[test]
+fn bad_reports_are_refused_whole_and_counted() {
+    let store = Store::default();
+    let mut good = report("n1", 0, 0, &[]);
+    good.metadata = Some(meta(&[]));
+    store.apply(&good, now()).expect("applies");
+
+    let mut r = report("", 1000, 0, &[]);
+    assert_eq!(store.apply(&r, now()), Err(Reject::NoNode));
+    r.node = "Bad_Name".into();
+    assert!(matches!(
+        store.apply(&r, now()),
+        Err(Reject::BadNodeName(_))
+    ));
+    let mut r = report("n1", 0, 0, &[]);
+    r.sample_unix_nanos = -5;
+    assert_eq!(store.apply(&r, now()), Err(Reject::NoTime(-5)));
+    let r = report("n1", 60_000, 0, &[]);
+    assert!(matches!(store.apply(&r, now()), Err(Reject::Future { .. })));
+    let mut r = report("n1", 1000, 0, &[]);
+    r.node_usage = None;
+    assert_eq!(store.apply(&r, now()), Err(Reject::NoUsage));
+    let many: Vec<(String, String)> = (0..2001)
+        .map(|i| (format!("u{i}"), format!("c{i}")))
+        .collect();
+    let refs: Vec<(&str, &str, u64)> = many
+        .iter()
+        .map(|(u, c)| (u.as_str(), c.as_str(), 0))
+        .collect();
+    assert!(matches!(
+        store.apply(&report("n1", 1000, 0, &refs), now()),
+        Err(Reject::TooManyPods { .. })
+    ));
+    assert_eq!(store.stats().rejected.load(Ordering::Relaxed), 6);
+    // Nothing of them was applied: still one point.
+    assert_eq!(store.node("n1"), Lookup::NoMetrics);
+}
+
+#[test]
+fn duplicates_are_counted_and_the_first_kept() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0), ("u1", "c1", 999)]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&first, now()).expect("applies");
+    store
+        .apply(&report("n1", 1000, 0, &[("u1", "c1", 100)]), now())
+        .expect("applies");
+    let Lookup::Found(p) = store.pod("ns", "p") else {
+        panic!("metrics");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 100_000_000);
+    assert_eq!(store.stats().duplicates.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn containers_gone_from_a_report_are_dropped() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&first, now()).expect("applies");
+    store
+        .apply(&report("n1", 1000, 0, &[]), now())
+        .expect("applies");
+    store
+        .apply(&report("n1", 2000, 0, &[("u1", "c1", 100)]), now())
+        .expect("applies");
+    // Came back: one point again, no rate from a stale point.
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+}
+
+#[test]
+fn a_pod_moved_to_another_node_is_found_there() {
+    let store = Store::default();
+    let mut a = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    a.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&a, now()).expect("applies");
+    // Recreated on n2 with a new uid; n1 then reports it gone.
+    let mut b = report("n2", 0, 0, &[("u2", "c9", 0)]);
+    b.metadata = Some(meta(&[("u2", "ns", "p", &[("c9", "a")])]));
+    store.apply(&b, now()).expect("applies");
+    let mut a2 = report("n1", 1000, 0, &[]);
+    a2.metadata = Some(meta(&[]));
+    store.apply(&a2, now()).expect("applies");
+    store
+        .apply(&report("n2", 1000, 0, &[("u2", "c9", 300)]), now())
+        .expect("applies");
+    let Lookup::Found(p) = store.pod("ns", "p") else {
+        panic!("found on n2");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 300_000_000);
+}
+
+#[test]
+fn silent_nodes_are_evicted() {
+    let store = Store::default();
+    let mut r = report("n1", 0, 0, &[]);
+    r.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&r, now()).expect("applies");
+    assert_eq!(store.evict(Duration::from_secs(60)), 0);
+    assert_eq!(store.evict(Duration::ZERO), 1);
+    assert_eq!(store.node("n1"), Lookup::Unknown);
+    assert_eq!(store.pod("ns", "p"), Lookup::Unknown);
+}
+
+#[test]
+fn watchers_see_every_applied_report() {
+    let store = Store::default();
+    let mut rx = store.subscribe();
+    let mut r = report("n1", 0, 0, &[]);
+    r.metadata = Some(meta(&[]));
+    store.apply(&r, now()).expect("applies");
+    assert!(rx.has_changed().expect("open"));
+    rx.borrow_and_update();
+    let _ = store.apply(&report("", 0, 0, &[]), now());
+    assert!(
+        !rx.has_changed().expect("open"),
+        "a refused report changes nothing"
+    );
+}
