@@ -66,6 +66,11 @@ pub struct Options {
     pub cpu_source: CpuSourceChoice,
     /// Charge running tasks from a per-CPU clock instead of flush-on-read.
     pub force_tick: bool,
+    /// The node's own cgroup, relative to the hierarchy root: `/` for a whole
+    /// host; a subtree where the node is nested in a larger hierarchy (a
+    /// kubelet `--cgroup-root`, a simulated node). Pods are looked for below
+    /// it and the node's totals are its totals.
+    pub node_cgroup: String,
 }
 
 impl Default for Options {
@@ -76,6 +81,7 @@ impl Default for Options {
             btf_path: "/sys/kernel/btf/vmlinux".into(),
             cpu_source: CpuSourceChoice::Auto,
             force_tick: false,
+            node_cgroup: "/".into(),
         }
     }
 }
@@ -91,7 +97,8 @@ pub struct ContainerSample {
     /// from cgroupfs: since the cgroup was created. Only differences mean anything.
     pub cpu_ns: u64,
     pub memory: Memory,
-    /// Approximate start: when its cgroup was created.
+    /// Approximate start: its cgroup's mtime when first seen (cgroupfs sets it
+    /// at creation); constant while the container lives.
     pub started: Option<SystemTime>,
 }
 
@@ -154,6 +161,9 @@ pub struct Collector {
     known: HashMap<u64, Option<Identity>>,
     /// Cumulative ns per container id and for the node.
     charged: HashMap<Charge, u64>,
+    /// When each live container was first seen (its cgroup's mtime then): a
+    /// start time that stays put while the container lives.
+    started: HashMap<String, SystemTime>,
 }
 
 impl Collector {
@@ -168,6 +178,7 @@ impl Collector {
             last_raw: HashMap::new(),
             known: HashMap::new(),
             charged: HashMap::new(),
+            started: HashMap::new(),
         };
         match this.opts.cpu_source {
             CpuSourceChoice::Cgroupfs => {
@@ -246,7 +257,7 @@ impl Collector {
             None => None,
         };
         let timestamp = SystemTime::now();
-        let scan = self.hierarchy.scan()?;
+        let scan = self.hierarchy.scan(&self.opts.node_cgroup)?;
         let tree = scan.tree.unwrap_or(Tree::V2);
         errors.extend(scan.errors.iter().map(ToString::to_string));
 
@@ -306,28 +317,42 @@ impl Collector {
                     cgroup: cg.path.clone(),
                     cpu_ns,
                     memory,
-                    started: cg.modified,
+                    started: Some(
+                        *self
+                            .started
+                            .entry(id.clone())
+                            .or_insert_with(|| cg.modified.unwrap_or(timestamp)),
+                    ),
                 });
         }
         for pod in pods.values_mut() {
             pod.containers.sort_by(|a, b| a.id.cmp(&b.id));
         }
+        let live: HashSet<&str> = pods
+            .values()
+            .flat_map(|p| p.containers.iter().map(|c| c.id.as_str()))
+            .collect();
+        self.started.retain(|id, _| live.contains(id.as_str()));
 
         let node_cpu = if ebpf {
             self.charged.get(&Charge::Node).copied().unwrap_or(0)
         } else {
-            self.hierarchy.cpu_usage_ns(tree, "/").unwrap_or_else(|e| {
-                errors.push(format!("node cpu: {e}"));
-                0
-            })
+            self.hierarchy
+                .cpu_usage_ns(tree, &self.opts.node_cgroup)
+                .unwrap_or_else(|e| {
+                    errors.push(format!("node cpu: {e}"));
+                    0
+                })
         };
-        let node_memory = self
-            .hierarchy
-            .node_memory(&self.opts.proc_root)
-            .unwrap_or_else(|e| {
-                errors.push(format!("node memory: {e}"));
-                Memory::default()
-            });
+        let node_memory = if self.whole_host() {
+            self.hierarchy.node_memory(&self.opts.proc_root)
+        } else {
+            self.hierarchy.memory(tree, &self.opts.node_cgroup)
+        }
+        .unwrap_or_else(|e| {
+            errors.push(format!("node memory: {e}"));
+            Memory::default()
+        });
         Ok(Snapshot {
             timestamp,
             source: self.source(),
@@ -340,8 +365,13 @@ impl Collector {
         })
     }
 
+    fn whole_host(&self) -> bool {
+        self.opts.node_cgroup.trim_matches('/').is_empty()
+    }
+
     /// Turns the kernel's per-cgroup totals into per-container and node totals.
     fn attribute(&mut self, raw: HashMap<u64, u64>, scan: &cgroup::Scan) {
+        let whole_host = self.whole_host();
         let current: HashMap<u64, &Option<Identity>> =
             scan.cgroups.iter().map(|c| (c.id, &c.identity)).collect();
         for (&cgroup, &value) in &raw {
@@ -351,11 +381,15 @@ impl Collector {
             if delta == 0 {
                 continue;
             }
-            *self.charged.entry(Charge::Node).or_default() += delta;
             let identity = current
                 .get(&cgroup)
                 .copied()
                 .or_else(|| self.known.get(&cgroup));
+            // On a whole host every cgroup is the node's, even one that came and
+            // went between two scans; in a subtree only those seen in it.
+            if whole_host || identity.is_some() {
+                *self.charged.entry(Charge::Node).or_default() += delta;
+            }
             if let Some(Some(Identity::Container { id, .. })) = identity {
                 *self
                     .charged

@@ -3,5 +3,8 @@
 pub mod cgroup;
 pub mod collector;
 pub mod ebpf;
+pub mod export;
 pub mod kubelet;
+pub mod report;
+pub mod run;
 pub mod top;

@@ -44,6 +44,14 @@ struct Args {
         global = true
     )]
     cpu_source: CpuSourceChoice,
+    /// The node's own cgroup below the hierarchy root (`/`: the whole host).
+    #[arg(
+        long,
+        env = "NODEPULSE_NODE_CGROUP",
+        default_value = "/",
+        global = true
+    )]
+    node_cgroup: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +83,7 @@ fn main() -> Result<()> {
         btf_path: args.btf,
         cpu_source: args.cpu_source,
         force_tick: false,
+        node_cgroup: args.node_cgroup,
     };
     match args.command {
         Command::Top { interval, count } => run_top(opts, interval, count),

@@ -141,17 +141,20 @@ impl Hierarchy {
     /// Walks the tree that holds the kubelet's pods: the v2 tree when it has a
     /// pods root (or has no v1 alternative), else the v1 tree (a cgroupfs-driver
     /// kubelet on a hybrid host creates pods only in the v1 controllers).
-    pub fn scan(&self) -> Result<Scan> {
+    ///
+    /// `base` limits the walk to one subtree (`/` for the whole host): the
+    /// node's own cgroup where a node is nested in a larger hierarchy.
+    pub fn scan(&self, base: &str) -> Result<Scan> {
         let v2 = self
             .tree_root(Tree::V2)
-            .map(|r| walk(r, Tree::V2))
+            .map(|r| walk(r, base, Tree::V2))
             .transpose()?;
         if v2.as_ref().is_some_and(has_pods) {
             return Ok(v2.unwrap_or_default());
         }
         let v1 = self
             .tree_root(Tree::V1)
-            .map(|r| walk(r, Tree::V1))
+            .map(|r| walk(r, base, Tree::V1))
             .transpose()?;
         Ok(match (v2, v1) {
             (_, Some(v1)) if has_pods(&v1) => v1,
@@ -174,22 +177,24 @@ fn has_pods(scan: &Scan) -> bool {
         .any(|c| matches!(c.identity, Some(Identity::Pod { .. })))
 }
 
-fn walk(root: &Path, tree: Tree) -> Result<Scan> {
-    let meta = fs::metadata(root).map_err(|source| Error::Io {
-        path: root.to_path_buf(),
+fn walk(root: &Path, base: &str, tree: Tree) -> Result<Scan> {
+    let base = base.trim_end_matches('/');
+    let start = root.join(base.trim_start_matches('/'));
+    let meta = fs::metadata(&start).map_err(|source| Error::Io {
+        path: start.clone(),
         source,
     })?;
     let mut scan = Scan {
         tree: Some(tree),
         cgroups: vec![Cgroup {
             id: meta.ino(),
-            path: "/".into(),
+            path: if base.is_empty() { "/".into() } else { base.to_string() },
             identity: None,
             modified: meta.modified().ok(),
         }],
         errors: Vec::new(),
     };
-    let mut stack = vec![(root.to_path_buf(), String::new(), 0usize)];
+    let mut stack = vec![(start, base.to_string(), 0usize)];
     while let Some((dir, rel, depth)) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,

@@ -1,0 +1,324 @@
+//! Streams this node's samples to every aggregator replica.
+//!
+//! One task per replica holds a long-lived client stream. Samples reach the
+//! tasks through a `watch` channel: a buffer of one where the newest sample
+//! wins, so a slow or absent replica never grows memory — and since counters
+//! are cumulative, a skipped sample costs resolution, never correctness. A
+//! broken stream is re-opened with exponential backoff and jitter; the first
+//! report of every stream carries the full metadata.
+pub mod backoff;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::Stream;
+use proto::v1::{NodeMetadata, NodeReport, ReportSummary, ingest_client::IngestClient};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Uri};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use backoff::Backoff;
+
+/// Errors of one stream attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to {uri}: {source}")]
+    Connect {
+        uri: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("stream to {uri} ended: {status}")]
+    Stream { uri: String, status: tonic::Status },
+    #[error("reading the token file {path}: {source}")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token in {0} is not a valid header value")]
+    BadToken(PathBuf),
+    #[error("reading the CA file {path}: {source}")]
+    Ca {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid aggregator address {0:?}: {1}")]
+    BadUri(String, String),
+    #[error("resolving {0}: {1}")]
+    Resolve(String, #[source] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the collector hands to the exporter: a report without metadata, and
+/// the node's current metadata with a version that changes when it does.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub report: NodeReport,
+    pub metadata: Arc<NodeMetadata>,
+    pub metadata_version: u64,
+}
+
+/// Where the aggregator replicas are.
+#[derive(Clone, Debug)]
+pub enum Targets {
+    /// Fixed addresses (`https://host:port`).
+    Static(Vec<String>),
+    /// A headless Service's DNS name, resolved to every replica's address and
+    /// re-resolved every `refresh`.
+    Dns {
+        host: String,
+        port: u16,
+        refresh: Duration,
+    },
+}
+
+/// How to reach and authenticate to the aggregators.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub targets: Targets,
+    /// CA bundle for the aggregators' serving certificates; `None`: plain HTTP/2
+    /// (tests and the local demo only).
+    pub ca_file: Option<PathBuf>,
+    /// Server name to verify in the aggregators' certificates (default: the host).
+    pub tls_server_name: Option<String>,
+    /// The projected ServiceAccount token, re-read for every stream (it rotates).
+    pub token_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub keepalive: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            targets: Targets::Static(Vec::new()),
+            ca_file: None,
+            tls_server_name: None,
+            token_file: None,
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(20),
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Runs the exporter until `cancel`: keeps one stream task per replica.
+pub async fn run(
+    config: Config,
+    samples: watch::Receiver<Option<Arc<Outgoing>>>,
+    cancel: CancellationToken,
+) {
+    let config = Arc::new(config);
+    let mut tasks: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
+    loop {
+        let (wanted, refresh) = match resolve(&config.targets).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "resolving aggregators; keeping the current set");
+                (tasks.keys().cloned().collect(), Duration::from_secs(5))
+            }
+        };
+        for uri in &wanted {
+            if !tasks.contains_key(uri) {
+                let child = cancel.child_token();
+                let handle = tokio::spawn(
+                    endpoint_loop(
+                        Arc::clone(&config),
+                        uri.clone(),
+                        samples.clone(),
+                        child.clone(),
+                    )
+                    .instrument(info_span!("aggregator", %uri)),
+                );
+                tasks.insert(uri.clone(), (child, handle));
+            }
+        }
+        let gone: Vec<String> = tasks
+            .keys()
+            .filter(|u| !wanted.contains(u))
+            .cloned()
+            .collect();
+        for uri in gone {
+            if let Some((token, handle)) = tasks.remove(&uri) {
+                info!(%uri, "aggregator replica gone");
+                token.cancel();
+                let _ = handle.await;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(refresh) => {}
+        }
+    }
+    for (_, (token, handle)) in tasks {
+        token.cancel();
+        let _ = handle.await;
+    }
+}
+
+async fn resolve(targets: &Targets) -> Result<(Vec<String>, Duration)> {
+    match targets {
+        // Static targets never change: look again rarely.
+        Targets::Static(uris) => Ok((uris.clone(), Duration::from_secs(3600))),
+        Targets::Dns {
+            host,
+            port,
+            refresh,
+        } => {
+            let addrs = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(|e| Error::Resolve(host.clone(), e))?;
+            let mut uris: Vec<String> = addrs.map(|a| format!("https://{a}")).collect();
+            uris.sort();
+            uris.dedup();
+            Ok((uris, *refresh))
+        }
+    }
+}
+
+async fn endpoint_loop(
+    config: Arc<Config>,
+    uri: String,
+    samples: watch::Receiver<Option<Arc<Outgoing>>>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        let started = Instant::now();
+        let attempt = stream_once(&config, &uri, samples.clone(), cancel.clone());
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = cancel.cancelled() => return,
+        };
+        match result {
+            Ok(summary) => info!(
+                accepted = summary.accepted,
+                "stream closed by the aggregator"
+            ),
+            Err(e) => warn!(error = %e, "stream failed"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        debug!(?delay, "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn channel(config: &Config, uri: &str) -> Result<tonic::transport::Channel> {
+    let parsed: Uri = uri
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| Error::BadUri(uri.into(), e.to_string()))?;
+    let mut endpoint = Endpoint::from(parsed.clone())
+        .connect_timeout(config.connect_timeout)
+        .http2_keep_alive_interval(config.keepalive)
+        .keep_alive_timeout(config.keepalive)
+        .keep_alive_while_idle(true);
+    if let Some(ca) = &config.ca_file {
+        let pem = tokio::fs::read(ca).await.map_err(|source| Error::Ca {
+            path: ca.clone(),
+            source,
+        })?;
+        let name = config
+            .tls_server_name
+            .clone()
+            .or_else(|| parsed.host().map(str::to_string))
+            .unwrap_or_default();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pem))
+            .domain_name(name);
+        endpoint = endpoint.tls_config(tls).map_err(|source| Error::Connect {
+            uri: uri.into(),
+            source,
+        })?;
+    }
+    endpoint.connect().await.map_err(|source| Error::Connect {
+        uri: uri.into(),
+        source,
+    })
+}
+
+async fn stream_once(
+    config: &Config,
+    uri: &str,
+    samples: watch::Receiver<Option<Arc<Outgoing>>>,
+    cancel: CancellationToken,
+) -> Result<ReportSummary> {
+    let channel = channel(config, uri).await?;
+    let mut client = IngestClient::new(channel).max_encoding_message_size(config.max_message_bytes);
+    let mut request = tonic::Request::new(outbound(samples, cancel));
+    if let Some(path) = &config.token_file {
+        let token = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|source| Error::Token {
+                path: path.clone(),
+                source,
+            })?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| Error::BadToken(path.clone()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    info!("stream open");
+    client
+        .report(request)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| Error::Stream {
+            uri: uri.into(),
+            status,
+        })
+}
+
+/// The reports of one stream: the current sample at once (with metadata),
+/// then each newer one, with metadata whenever its version changed.
+pub fn outbound(
+    samples: watch::Receiver<Option<Arc<Outgoing>>>,
+    cancel: CancellationToken,
+) -> impl Stream<Item = NodeReport> + Send + 'static {
+    struct State {
+        rx: watch::Receiver<Option<Arc<Outgoing>>>,
+        cancel: CancellationToken,
+        sent_metadata: Option<u64>,
+        first: bool,
+    }
+    let state = State {
+        rx: samples,
+        cancel,
+        sent_metadata: None,
+        first: true,
+    };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if !s.first {
+                tokio::select! {
+                    changed = s.rx.changed() => changed.ok()?,
+                    _ = s.cancel.cancelled() => return None,
+                }
+            }
+            s.first = false;
+            let Some(out) = s.rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let mut report = out.report.clone();
+            if s.sent_metadata != Some(out.metadata_version) {
+                report.metadata = Some((*out.metadata).clone());
+                s.sent_metadata = Some(out.metadata_version);
+            }
+            return Some((report, s));
+        }
+    })
+}

@@ -1,0 +1,54 @@
+//! A [`Snapshot`] as the wire's [`NodeReport`] (without metadata, which the
+//! exporter attaches when it changed).
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::v1::{ContainerSample, CpuSource as WireSource, NodeReport, PodSample, Usage};
+
+use crate::{
+    cgroup::stats::Memory,
+    collector::{CpuSource, Snapshot},
+};
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn usage(cpu_ns: u64, m: &Memory) -> Usage {
+    Usage {
+        cpu_ns,
+        memory_working_set_bytes: m.working_set,
+        swap_bytes: m.swap,
+    }
+}
+
+/// Builds report number `seq` of `node` from a snapshot.
+pub fn build(node: &str, seq: u64, s: &Snapshot) -> NodeReport {
+    NodeReport {
+        node: node.to_string(),
+        sample_unix_nanos: unix_nanos(s.timestamp),
+        node_usage: Some(usage(s.node.cpu_ns, &s.node.memory)),
+        pods: s
+            .pods
+            .values()
+            .map(|p| PodSample {
+                uid: p.uid.clone(),
+                containers: p
+                    .containers
+                    .iter()
+                    .map(|c| ContainerSample {
+                        id: c.id.clone(),
+                        usage: Some(usage(c.cpu_ns, &c.memory)),
+                        start_unix_nanos: c.started.map_or(0, unix_nanos),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        metadata: None,
+        cpu_source: match s.source {
+            CpuSource::Ebpf => WireSource::Ebpf,
+            CpuSource::Cgroupfs => WireSource::Cgroupfs,
+        } as i32,
+        seq,
+    }
+}

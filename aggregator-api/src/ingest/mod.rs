@@ -1,0 +1,191 @@
+//! The gRPC ingest service: agents' report streams into the store.
+//!
+//! One stream reports one node. The caller is authenticated once per stream
+//! ([`IngestAuth`]); when its credential names a node, every report must be
+//! about that node — a node can only report itself. A refused report is
+//! counted and logged (rate-limited) and the stream goes on; a stream that
+//! breaks the rules is ended with a clear status, and no other stream notices.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use proto::v1::{NodeReport, ReportSummary, ingest_server::Ingest};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
+use tracing::{info, warn};
+
+use crate::store::Store;
+
+/// Who is on the other end of a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The authenticated user (for logs).
+    pub user: String,
+    /// The node the credential is bound to; `None` for credentials that may
+    /// report any node (only with authentication switched off).
+    pub node: Option<String>,
+}
+
+/// Authenticates a stream from its request metadata.
+#[tonic::async_trait]
+pub trait IngestAuth: Send + Sync + 'static {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status>;
+}
+
+/// Accepts every stream, for any node. Only for development and tests:
+/// `--ingest-auth=none` says so loudly at start.
+pub struct Unauthenticated;
+
+#[tonic::async_trait]
+impl IngestAuth for Unauthenticated {
+    async fn authenticate(&self, _: &MetadataMap) -> Result<Caller, Status> {
+        Ok(Caller {
+            user: "anonymous".into(),
+            node: None,
+        })
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub streams: AtomicU64,
+    pub streams_rejected: AtomicU64,
+    pub spoofed: AtomicU64,
+}
+
+/// Logs at most once per `every`, counting what it suppressed.
+struct RateLimited {
+    every: Duration,
+    last: std::sync::Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl RateLimited {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: std::sync::Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(suppressed since the last log)` when it is time to log.
+    fn allow(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|l| now.duration_since(l) < self.every) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// The `nodepulse.v1.Ingest` service.
+pub struct IngestService {
+    store: Arc<Store>,
+    auth: Arc<dyn IngestAuth>,
+    stats: Arc<IngestStats>,
+    reject_log: Arc<RateLimited>,
+    shutdown: CancellationToken,
+}
+
+impl IngestService {
+    /// `shutdown` ends every open stream (agents reconnect to another replica
+    /// or to this one restarted); a graceful server shutdown would otherwise
+    /// wait for streams that never end on their own.
+    pub fn new(store: Arc<Store>, auth: Arc<dyn IngestAuth>, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            auth,
+            stats: Arc::default(),
+            reject_log: Arc::new(RateLimited::new(Duration::from_secs(10))),
+            shutdown,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<IngestStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The tonic server for this service, with limits set explicitly.
+    pub fn into_server(
+        self,
+        max_message_bytes: usize,
+    ) -> proto::v1::ingest_server::IngestServer<Self> {
+        proto::v1::ingest_server::IngestServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn report(
+        &self,
+        request: Request<Streaming<NodeReport>>,
+    ) -> Result<Response<ReportSummary>, Status> {
+        let caller = match self.auth.authenticate(request.metadata()).await {
+            Ok(c) => c,
+            Err(status) => {
+                self.stats.streams_rejected.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.reject_log.allow() {
+                    warn!(code = ?status.code(), message = status.message(), suppressed, "ingest stream refused");
+                }
+                return Err(status);
+            }
+        };
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        let mut stream = request.into_inner();
+        let mut node: Option<String> = None;
+        let mut accepted = 0u64;
+        loop {
+            let report = tokio::select! {
+                next = stream.message() => match next? {
+                    Some(report) => report,
+                    None => break,
+                },
+                _ = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("aggregator shutting down; reconnect"));
+                }
+            };
+            if let Some(bound) = &caller.node
+                && &report.node != bound
+            {
+                self.stats.spoofed.fetch_add(1, Ordering::Relaxed);
+                warn!(user = %caller.user, bound, claimed = %report.node, "stream reported another node");
+                return Err(Status::permission_denied(format!(
+                    "credential is bound to node {bound:?}; a node can only report itself (got {:?})",
+                    report.node
+                )));
+            }
+            match &node {
+                None => {
+                    info!(node = %report.node, user = %caller.user, "agent stream opened");
+                    node = Some(report.node.clone());
+                }
+                Some(n) if n != &report.node => {
+                    return Err(Status::invalid_argument(format!(
+                        "a stream reports one node: started with {n:?}, got {:?}",
+                        report.node
+                    )));
+                }
+                Some(_) => {}
+            }
+            match self.store.apply(&report, SystemTime::now()) {
+                Ok(()) => accepted += 1,
+                Err(reject) => {
+                    if let Some(suppressed) = self.reject_log.allow() {
+                        warn!(node = %report.node, %reject, suppressed, "report refused");
+                    }
+                }
+            }
+        }
+        Ok(Response::new(ReportSummary { accepted }))
+    }
+}

@@ -1,0 +1,364 @@
+//! Agents' exporters streaming to two aggregator replicas, in process over
+//! real loopback sockets: every replica holds the full view, a replica
+//! restarted mid-stream is whole again within two intervals with correct
+//! rates, and unauthenticated or spoofed-node streams are refused.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use agent::export::{self, Outgoing, Targets};
+use aggregator_api::{
+    api::view::{Lookup, MetricsView},
+    ingest::{Caller, IngestAuth, IngestService, Unauthenticated},
+    store::Store,
+};
+use proto::v1::{
+    ContainerName, ContainerSample, NodeMetadata, NodeReport, PodMetadata, PodSample, Usage,
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, metadata::MetadataMap};
+
+const INTERVAL: Duration = Duration::from_millis(300);
+
+/// One aggregator replica: a store behind the ingest service on a loopback port.
+struct Replica {
+    store: Arc<Store>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+async fn replica(listener: TcpListener, auth: Arc<dyn IngestAuth>) -> Replica {
+    let store = Arc::new(Store::default());
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let service = IngestService::new(Arc::clone(&store), auth, stop.clone()).into_server(16 << 20);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let shutdown = stop.clone();
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+            .expect("serve");
+    });
+    Replica {
+        store,
+        addr,
+        stop,
+        task,
+    }
+}
+
+impl Replica {
+    async fn stop(self) -> SocketAddr {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.addr
+    }
+}
+
+/// A simulated node: `pods` pods of one container each; container `i` burns
+/// `(i + 1) × 100` millicores, exactly.
+struct SimNode {
+    name: String,
+    tx: watch::Sender<Option<Arc<Outgoing>>>,
+    metadata: Arc<NodeMetadata>,
+    pods: usize,
+    seq: u64,
+    start: SystemTime,
+}
+
+impl SimNode {
+    fn new(name: &str, pods: usize) -> (Self, watch::Receiver<Option<Arc<Outgoing>>>) {
+        let (tx, rx) = watch::channel(None);
+        let metadata = Arc::new(NodeMetadata {
+            labels: [("kubernetes.io/hostname".to_string(), name.to_string())].into(),
+            pods: (0..pods)
+                .map(|i| PodMetadata {
+                    uid: format!("{name}-uid-{i}"),
+                    namespace: "team".into(),
+                    name: format!("{name}-pod-{i}"),
+                    labels: [("app".to_string(), "sim".to_string())].into(),
+                    running: true,
+                    containers: vec![ContainerName {
+                        id: format!("{name}-c{i}"),
+                        name: "main".into(),
+                    }],
+                })
+                .collect(),
+        });
+        let node = Self {
+            name: name.into(),
+            tx,
+            metadata,
+            pods,
+            seq: 0,
+            start: SystemTime::now(),
+        };
+        (node, rx)
+    }
+
+    /// Publishes the sample for "now".
+    fn tick(&mut self) {
+        self.seq += 1;
+        let now = SystemTime::now();
+        let elapsed = now.duration_since(self.start).expect("clock").as_nanos() as u64;
+        let usage = |millicores: u64| Usage {
+            cpu_ns: elapsed * millicores / 1000,
+            memory_working_set_bytes: 64 << 20,
+            swap_bytes: None,
+        };
+        let report = NodeReport {
+            node: self.name.clone(),
+            sample_unix_nanos: now.duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i64,
+            node_usage: Some(usage(2000)),
+            pods: (0..self.pods)
+                .map(|i| PodSample {
+                    uid: format!("{}-uid-{i}", self.name),
+                    containers: vec![ContainerSample {
+                        id: format!("{}-c{i}", self.name),
+                        usage: Some(usage((i as u64 + 1) * 100)),
+                        start_unix_nanos: 1,
+                    }],
+                })
+                .collect(),
+            metadata: None,
+            cpu_source: 1,
+            seq: self.seq,
+        };
+        self.tx.send_replace(Some(Arc::new(Outgoing {
+            report,
+            metadata: Arc::clone(&self.metadata),
+            metadata_version: 1,
+        })));
+    }
+}
+
+fn exporter(
+    targets: Vec<SocketAddr>,
+    rx: watch::Receiver<Option<Arc<Outgoing>>>,
+    token: Option<std::path::PathBuf>,
+    cancel: &CancellationToken,
+) -> JoinHandle<()> {
+    let config = export::Config {
+        targets: Targets::Static(targets.iter().map(|a| format!("http://{a}")).collect()),
+        token_file: token,
+        ..export::Config::default()
+    };
+    tokio::spawn(export::run(config, rx, cancel.clone()))
+}
+
+/// Waits (bounded) until `check` holds, re-checking whenever the store changes.
+async fn until(store: &Store, what: &str, deadline: Duration, check: impl Fn(&Store) -> bool) {
+    let mut changes = store.subscribe();
+    let wait = async {
+        while !check(store) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(deadline, wait).await.is_err() {
+        panic!("{what}: not within {deadline:?}");
+    }
+}
+
+/// Every simulated pod has metrics, with the exact rate it burns (±1 %).
+fn full_and_correct(store: &Store, nodes: &[(&str, usize)]) -> bool {
+    nodes.iter().all(|(node, pods)| {
+        matches!(store.node(node), Lookup::Found(_))
+            && (0..*pods).all(|i| match store.pod("team", &format!("{node}-pod-{i}")) {
+                Lookup::Found(p) => {
+                    let want = (i as f64 + 1.0) * 100e6;
+                    let got = p.containers[0].cpu_nanocores as f64;
+                    assert!(
+                        (got - want).abs() <= want * 0.01,
+                        "{node} pod {i}: {got} nanocores, want {want}"
+                    );
+                    true
+                }
+                _ => false,
+            })
+    })
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_holds_the_full_view_and_a_restarted_one_recovers() {
+    let a = replica(bind().await, Arc::new(Unauthenticated)).await;
+    let b = replica(bind().await, Arc::new(Unauthenticated)).await;
+    let targets = vec![a.addr, b.addr];
+    let cancel = CancellationToken::new();
+    let layout = [("node-1", 3usize), ("node-2", 5), ("node-3", 1)];
+    let mut nodes = Vec::new();
+    let mut exporters = Vec::new();
+    for (name, pods) in layout {
+        let (node, rx) = SimNode::new(name, pods);
+        exporters.push(exporter(targets.clone(), rx, None, &cancel));
+        nodes.push(node);
+    }
+    let ticker = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => nodes.iter_mut().for_each(SimNode::tick),
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        })
+    };
+    let deadline = INTERVAL * 10;
+    until(&a.store, "replica A full", deadline, |s| {
+        full_and_correct(s, &layout)
+    })
+    .await;
+    until(&b.store, "replica B full", deadline, |s| {
+        full_and_correct(s, &layout)
+    })
+    .await;
+    assert_eq!(a.store.pods(None).len(), 9);
+    assert_eq!(b.store.pods(None).len(), 9);
+
+    // Restart B on the same address, mid-stream.
+    let addr = b.stop().await;
+    let b2 = replica(
+        TcpListener::bind(addr).await.expect("rebind"),
+        Arc::new(Unauthenticated),
+    )
+    .await;
+    let restarted = tokio::time::Instant::now();
+    // Two intervals, plus the exporter's first reconnect delay (≤ 200 ms).
+    until(
+        &b2.store,
+        "restarted replica full",
+        INTERVAL * 2 + Duration::from_millis(400),
+        |s| full_and_correct(s, &layout),
+    )
+    .await;
+    let took = restarted.elapsed();
+    assert_eq!(
+        b2.store
+            .stats()
+            .resets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        b2.store
+            .stats()
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    eprintln!("restarted replica whole again after {took:?} (interval {INTERVAL:?})");
+    // A kept serving throughout.
+    assert!(full_and_correct(&a.store, &layout));
+
+    cancel.cancel();
+    let _ = ticker.await;
+    for e in exporters {
+        let _ = e.await;
+    }
+    a.stop().await;
+    b2.stop().await;
+}
+
+/// Tokens of the form `token-for-<node>` authenticate as that node.
+struct NodeTokens;
+
+#[tonic::async_trait]
+impl IngestAuth for NodeTokens {
+    async fn authenticate(&self, md: &MetadataMap) -> Result<Caller, Status> {
+        let header = md
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
+        let node = header
+            .strip_prefix("Bearer token-for-")
+            .ok_or_else(|| Status::unauthenticated("token not recognised"))?;
+        Ok(Caller {
+            user: format!("system:serviceaccount:kube-system:agent ({node})"),
+            node: Some(node.to_string()),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_and_spoofed_streams_are_refused_others_unaffected() {
+    let r = replica(bind().await, Arc::new(NodeTokens)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).expect("token file");
+        p
+    };
+    let cancel = CancellationToken::new();
+    // Honest node-1; node-2 without a token; node-3 claiming to be node-1's neighbour.
+    let (mut honest, rx1) = SimNode::new("node-1", 2);
+    let (mut anonymous, rx2) = SimNode::new("node-2", 2);
+    let (mut spoofer, rx3) = SimNode::new("node-9", 2);
+    let exporters = [
+        exporter(
+            vec![r.addr],
+            rx1,
+            Some(token("t1", "token-for-node-1")),
+            &cancel,
+        ),
+        exporter(vec![r.addr], rx2, None, &cancel),
+        exporter(
+            vec![r.addr],
+            rx3,
+            Some(token("t3", "token-for-node-3\n")),
+            &cancel,
+        ),
+    ];
+    let ticker = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        honest.tick();
+                        anonymous.tick();
+                        spoofer.tick();
+                    }
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        })
+    };
+    until(&r.store, "honest node served", INTERVAL * 10, |s| {
+        full_and_correct(s, &[("node-1", 2)])
+    })
+    .await;
+    // Let the refused ones retry a few times.
+    let mut changes = r.store.subscribe();
+    for _ in 0..3 {
+        changes.changed().await.expect("store alive");
+    }
+    assert_eq!(r.store.node("node-2"), Lookup::Unknown, "no token: refused");
+    assert_eq!(
+        r.store.node("node-9"),
+        Lookup::Unknown,
+        "spoofed node: refused"
+    );
+    assert_eq!(r.store.node_names(), vec!["node-1".to_string()]);
+    cancel.cancel();
+    let _ = ticker.await;
+    for e in exporters {
+        let _ = e.await;
+    }
+    r.stop().await;
+    let _ = BTreeMap::<String, String>::new();
+}
