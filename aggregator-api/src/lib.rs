@@ -3,5 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod ingest;
 pub mod store;
+pub mod ingest;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod kube;
+pub mod server;
+pub mod tls;

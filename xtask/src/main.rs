@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
 mod demo;
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,18 @@ use clap::{Parser, Subcommand};
 struct Args {
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Cost per context switch of the sched_switch program (pinned pipe
+    /// ping-pong without and with it, interleaved rounds). Needs root.
+    Switch {
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        #[arg(long, default_value_t = 200_000)]
+        ops: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -36,6 +49,9 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Benchmarks (results go to BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(Bench),
     /// Internal: the body of the demo's burner processes.
     #[command(hide = true)]
     Burn,
@@ -48,6 +64,7 @@ fn main() -> Result<()> {
         }),
         Cmd::Lint => lint(),
         Cmd::Demo { seconds } => demo::run(&workspace_root(), seconds),
+        Cmd::Bench(Bench::Switch { rounds, ops }) => bench::switch_cost(rounds, ops),
         Cmd::Burn => {
             testkit::burner_main();
             Ok(())

@@ -1,0 +1,231 @@
+//! Command line of the aggregator, with metrics-server's flag names and
+//! defaults (its `cmd/metrics-server/app/options` plus the generic
+//! apiserver's secure-serving and delegated-auth options), validated into a
+//! typed [`Config`].
+//!
+//! Defaults are the flags' defaults, not the shipped manifests': port 443
+//! and `--metric-resolution=60s` as in metrics-server (its manifests pass
+//! `--secure-port=10250` and `--metric-resolution=15s`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::api::selector::LabelSelector;
+use crate::auth::flags::{AuthFlags, duration_arg};
+use crate::server::ServerLimits;
+
+/// A flag combination that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Only one of the serving certificate and key was given.
+    #[error("--tls-cert-file and --tls-private-key-file must be given together")]
+    HalfCertificate,
+    /// `--node-selector` does not parse.
+    #[error("--node-selector")]
+    NodeSelector(#[from] crate::api::selector::Error),
+    /// `--metric-resolution` is zero.
+    #[error("--metric-resolution must be greater than zero")]
+    Resolution,
+    /// `--max-connections` is zero.
+    #[error("--max-connections must be at least 1")]
+    MaxConnections,
+}
+
+/// The aggregator's flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "nodepulse-aggregator",
+    version,
+    about = "Serves metrics.k8s.io from agent-reported usage, as a drop-in for metrics-server"
+)]
+pub struct Args {
+    /// HTTPS port.
+    #[arg(long, env = "NODEPULSE_SECURE_PORT", default_value_t = 443)]
+    pub secure_port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "NODEPULSE_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind_address: IpAddr,
+
+    /// Serving certificate (PEM, leaf first); reloaded when the file changes.
+    #[arg(long, env = "NODEPULSE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Serving certificate's private key (PEM).
+    #[arg(long, env = "NODEPULSE_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// Where a self-signed certificate is written when no --tls-cert-file is
+    /// given.
+    #[arg(
+        long,
+        env = "NODEPULSE_CERT_DIR",
+        default_value = "apiserver.local.config/certificates"
+    )]
+    pub cert_dir: PathBuf,
+
+    /// Extra DNS names or IPs for the self-signed certificate (besides
+    /// localhost and 127.0.0.1), e.g. `metrics-server.kube-system.svc`.
+    #[arg(long, env = "NODEPULSE_SELF_SIGNED_NAMES", value_delimiter = ',')]
+    pub self_signed_names: Vec<String>,
+
+    /// kubeconfig for kube-apiserver; in-cluster credentials when absent.
+    #[arg(long, env = "NODEPULSE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Interval of the metrics served (Go duration).
+    #[arg(long, env = "NODEPULSE_METRIC_RESOLUTION", default_value = "60s", value_parser = duration_arg)]
+    pub metric_resolution: Duration,
+
+    /// Only nodes whose labels match are served (label selector syntax).
+    #[arg(long, env = "NODEPULSE_NODE_SELECTOR", default_value = "")]
+    pub node_selector: String,
+
+    /// After a shutdown signal, report not-ready for this long before
+    /// closing the listener, so endpoints are updated first.
+    #[arg(long, env = "NODEPULSE_SHUTDOWN_DELAY_DURATION", default_value = "0s", value_parser = duration_arg)]
+    pub shutdown_delay_duration: Duration,
+
+    /// Connections served at once.
+    #[arg(long, env = "NODEPULSE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Delegated authentication and authorization.
+    #[command(flatten)]
+    pub auth: AuthFlags,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServingSource {
+    /// `--tls-cert-file` / `--tls-private-key-file`.
+    Files {
+        /// Certificate.
+        cert: PathBuf,
+        /// Key.
+        key: PathBuf,
+    },
+    /// Self-signed in `--cert-dir`.
+    SelfSigned {
+        /// Directory.
+        dir: PathBuf,
+        /// Extra SANs.
+        names: Vec<String>,
+    },
+}
+
+/// Validated configuration of the API server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Serving certificate.
+    pub serving: ServingSource,
+    /// kubeconfig, or in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// Metric resolution.
+    pub metric_resolution: Duration,
+    /// Node filter.
+    pub node_selector: LabelSelector,
+    /// Auth flags.
+    pub auth: AuthFlags,
+    /// Not-ready period before the listener closes.
+    pub shutdown_delay: Duration,
+    /// Server limits.
+    pub limits: ServerLimits,
+}
+
+impl Args {
+    /// Validates the flags.
+    pub fn into_config(self) -> Result<Config, Error> {
+        let serving = match (self.tls_cert_file, self.tls_private_key_file) {
+            (Some(cert), Some(key)) => ServingSource::Files { cert, key },
+            (None, None) => ServingSource::SelfSigned {
+                dir: self.cert_dir,
+                names: self.self_signed_names,
+            },
+            _ => return Err(Error::HalfCertificate),
+        };
+        if self.metric_resolution.is_zero() {
+            return Err(Error::Resolution);
+        }
+        if self.max_connections == 0 {
+            return Err(Error::MaxConnections);
+        }
+        Ok(Config {
+            listen: SocketAddr::new(self.bind_address, self.secure_port),
+            serving,
+            kubeconfig: self.kubeconfig,
+            metric_resolution: self.metric_resolution,
+            node_selector: LabelSelector::parse(&self.node_selector)?,
+            auth: self.auth,
+            shutdown_delay: self.shutdown_delay_duration,
+            limits: ServerLimits {
+                max_connections: self.max_connections,
+                ..ServerLimits::default()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Result<Config, Error> {
+        let mut argv = vec!["nodepulse-aggregator"];
+        argv.extend_from_slice(args);
+        Args::try_parse_from(argv).expect("parses").into_config()
+    }
+
+    #[test]
+    fn defaults_mirror_metrics_server() {
+        let c = config(&[]).expect("valid");
+        assert_eq!(c.listen, "0.0.0.0:443".parse().expect("addr"));
+        assert_eq!(c.metric_resolution, Duration::from_secs(60));
+        assert_eq!(
+            c.serving,
+            ServingSource::SelfSigned {
+                dir: PathBuf::from("apiserver.local.config/certificates"),
+                names: Vec::new()
+            }
+        );
+        assert!(c.node_selector.is_empty());
+        assert_eq!(c.limits, ServerLimits::default());
+    }
+
+    #[test]
+    fn manifest_style_flags() {
+        let c = config(&[
+            "--secure-port=10250",
+            "--cert-dir=/tmp",
+            "--metric-resolution=15s",
+            "--node-selector=kubernetes.io/os=linux",
+            "--kubeconfig=/etc/kube/config",
+            "--requestheader-allowed-names=front-proxy-client",
+        ])
+        .expect("valid");
+        assert_eq!(c.listen.port(), 10250);
+        assert_eq!(c.metric_resolution, Duration::from_secs(15));
+        assert!(!c.node_selector.is_empty());
+        assert_eq!(c.auth.requestheader_allowed_names, ["front-proxy-client"]);
+    }
+
+    #[test]
+    fn invalid_combinations_are_rejected() {
+        assert!(matches!(
+            config(&["--tls-cert-file=/a"]),
+            Err(Error::HalfCertificate)
+        ));
+        assert!(matches!(
+            config(&["--node-selector=a in"]),
+            Err(Error::NodeSelector(_))
+        ));
+        assert!(matches!(
+            config(&["--metric-resolution=0s"]),
+            Err(Error::Resolution)
+        ));
+    }
+}

@@ -1,0 +1,300 @@
+//! The server's own Prometheus metrics, exposed on `/metrics` in the text
+//! format: requests by verb, resource and code with a latency histogram,
+//! authentication and authorization outcomes, connections and TLS handshake
+//! failures.
+//!
+//! Hand-written because a handful of counters does not justify a metrics
+//! crate. Every label takes values from a small fixed set (verbs are folded
+//! to `GET`/`LIST`/`WATCH`/`OTHER`, resources to route kinds), so a client
+//! cannot grow the series count.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// Counters shared by all connections.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
+    durations: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
+    authentication: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    authorization: Mutex<BTreeMap<&'static str, u64>>,
+    open_connections: AtomicI64,
+    handshake_errors: AtomicU64,
+}
+
+/// Folds an authorization verb into a bounded label value.
+pub fn verb_label(verb: &str) -> &'static str {
+    match verb {
+        "get" | "head" => "GET",
+        "list" => "LIST",
+        "watch" => "WATCH",
+        _ => "OTHER",
+    }
+}
+
+impl Metrics {
+    /// Records a finished request.
+    pub fn request(&self, verb: &'static str, resource: &'static str, code: u16, took: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((verb, resource, code))
+            .or_default() += 1;
+        self.durations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((verb, resource))
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records an authentication outcome (`success`/`failure`) and method.
+    pub fn authentication(&self, result: &'static str, method: &'static str) {
+        *self
+            .authentication
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((result, method))
+            .or_default() += 1;
+    }
+
+    /// Records an authorization decision (`allowed`/`denied`/`error`).
+    pub fn authorization(&self, decision: &'static str) {
+        *self
+            .authorization
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(decision)
+            .or_default() += 1;
+    }
+
+    /// A connection was accepted (`+1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        self.open_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake failed or timed out.
+    pub fn handshake_error(&self) {
+        self.handshake_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP apiserver_request_total Requests by verb, resource and HTTP code.\n");
+        out.push_str("# TYPE apiserver_request_total counter\n");
+        for ((verb, resource, code), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "apiserver_request_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP apiserver_request_duration_seconds Request latency, authentication included.\n",
+        );
+        out.push_str("# TYPE apiserver_request_duration_seconds histogram\n");
+        for ((verb, resource), h) in self
+            .durations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let labels = format!("verb=\"{verb}\",resource=\"{resource}\"");
+            for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
+                let _ = writeln!(
+                    out,
+                    "apiserver_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+        }
+        out.push_str("# HELP authentication_attempts_total Authentication outcomes by method.\n");
+        out.push_str("# TYPE authentication_attempts_total counter\n");
+        for ((result, method), n) in self
+            .authentication
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "authentication_attempts_total{{result=\"{result}\",method=\"{method}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP authorization_decisions_total Authorization decisions.\n");
+        out.push_str("# TYPE authorization_decisions_total counter\n");
+        for (decision, n) in self
+            .authorization
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "authorization_decisions_total{{decision=\"{decision}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP apiserver_open_connections Open client connections.\n");
+        out.push_str("# TYPE apiserver_open_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "apiserver_open_connections {}",
+            self.open_connections.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP apiserver_tls_handshake_errors_total Failed or timed-out TLS handshakes.\n",
+        );
+        out.push_str("# TYPE apiserver_tls_handshake_errors_total counter\n");
+        let _ = writeln!(
+            out,
+            "apiserver_tls_handshake_errors_total {}",
+            self.handshake_errors.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+/// Lets one log line through per interval, so an error repeated by every
+/// request (a misconfigured client, an unreachable kube-apiserver) is
+/// logged, not flooded; the metrics above count every occurrence.
+#[derive(Debug)]
+pub struct LogGate {
+    start: Instant,
+    interval: Duration,
+    /// Milliseconds after `start` of the last line let through, plus one
+    /// (0 = never).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogGate {
+    /// A gate opening at most once per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        LogGate {
+            start: Instant::now(),
+            interval,
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    pub fn open(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let interval = u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < interval {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if self
+            .last
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.request("LIST", "nodes", 200, Duration::from_millis(3));
+        m.request("LIST", "nodes", 200, Duration::from_millis(30));
+        m.request("GET", "pods", 404, Duration::from_millis(1));
+        m.authentication("success", "requestheader");
+        m.authorization("denied");
+        m.connection(1);
+        m.handshake_error();
+        let text = m.render();
+        assert!(
+            text.contains(
+                "apiserver_request_total{verb=\"LIST\",resource=\"nodes\",code=\"200\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("apiserver_request_duration_seconds_bucket{verb=\"LIST\",resource=\"nodes\",le=\"0.005\"} 1\n"));
+        assert!(text.contains("apiserver_request_duration_seconds_bucket{verb=\"LIST\",resource=\"nodes\",le=\"0.05\"} 2\n"));
+        assert!(text.contains(
+            "apiserver_request_duration_seconds_count{verb=\"LIST\",resource=\"nodes\"} 2\n"
+        ));
+        assert!(text.contains(
+            "authentication_attempts_total{result=\"success\",method=\"requestheader\"} 1\n"
+        ));
+        assert!(text.contains("authorization_decisions_total{decision=\"denied\"} 1\n"));
+        assert!(text.contains("apiserver_open_connections 1\n"));
+        assert!(text.contains("apiserver_tls_handshake_errors_total 1\n"));
+    }
+
+    #[test]
+    fn log_gate_lets_one_line_per_interval() {
+        let gate = LogGate::new(Duration::from_secs(3600));
+        assert_eq!(gate.open(), Some(0));
+        assert_eq!(gate.open(), None);
+        assert_eq!(gate.open(), None);
+        let open = LogGate::new(Duration::ZERO);
+        assert_eq!(open.open(), Some(0));
+        assert_eq!(open.open(), Some(0));
+    }
+
+    #[test]
+    fn verbs_fold_into_a_fixed_set() {
+        assert_eq!(verb_label("list"), "LIST");
+        assert_eq!(verb_label("head"), "GET");
+        assert_eq!(verb_label("brew"), "OTHER");
+    }
+}
