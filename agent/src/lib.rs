@@ -5,6 +5,7 @@ pub mod collector;
 pub mod ebpf;
 pub mod export;
 pub mod kubelet;
+pub mod pods;
 pub mod report;
 pub mod run;
 pub mod top;

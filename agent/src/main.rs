@@ -1,12 +1,19 @@
 //! `nodepulse-agent`: the per-node agent.
 use std::{path::PathBuf, time::Duration};
 
+use std::sync::Arc;
+
 use agent::{
     collector::{Collector, CpuSourceChoice, Options},
-    top,
+    export::{self, Targets},
+    pods, run, top,
 };
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use kube_lite::KubeClient;
+use proto::v1::NodeMetadata;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(version, about = "nodepulse node agent")]
@@ -58,6 +65,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: sample this node every interval and stream to every
+    /// aggregator replica.
+    Run(RunArgs),
     /// Print a live table of this node's pods and containers (no cluster needed).
     Top {
         /// Refresh interval, seconds.
@@ -67,6 +77,41 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This node's name (the Downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Sampling interval, seconds.
+    #[arg(long, env = "NODEPULSE_INTERVAL", default_value_t = 1.0)]
+    interval: f64,
+    /// An aggregator replica (`https://host:port`); repeat for each. Exclusive
+    /// with --aggregator-dns.
+    #[arg(
+        long = "aggregator",
+        env = "NODEPULSE_AGGREGATORS",
+        value_delimiter = ','
+    )]
+    aggregators: Vec<String>,
+    /// A headless Service name and port (`name.namespace.svc:8443`) resolving
+    /// to every replica.
+    #[arg(long, env = "NODEPULSE_AGGREGATOR_DNS")]
+    aggregator_dns: Option<String>,
+    /// CA bundle for the aggregators' ingest certificates (none: plaintext, for
+    /// local development only).
+    #[arg(long, env = "NODEPULSE_AGGREGATOR_CA")]
+    aggregator_ca: Option<PathBuf>,
+    /// Name to verify in the aggregators' certificates.
+    #[arg(long, env = "NODEPULSE_AGGREGATOR_SERVER_NAME")]
+    aggregator_server_name: Option<String>,
+    /// The projected ServiceAccount token presented to the aggregators.
+    #[arg(long, env = "NODEPULSE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// kubeconfig for reading this node's pods (default: in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -87,6 +132,87 @@ fn main() -> Result<()> {
     };
     match args.command {
         Command::Top { interval, count } => run_top(opts, interval, count),
+        Command::Run(run) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(run_agent(opts, run)),
+    }
+}
+
+async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.interval.is_finite() && args.interval >= 0.1,
+        "--interval must be at least 0.1 seconds"
+    );
+    let targets = match (&args.aggregator_dns, args.aggregators.is_empty()) {
+        (Some(_), false) => anyhow::bail!("--aggregator and --aggregator-dns are exclusive"),
+        (None, true) => anyhow::bail!("name the aggregators: --aggregator or --aggregator-dns"),
+        (None, false) => Targets::Static(args.aggregators.clone()),
+        (Some(dns), true) => {
+            let (host, port) = dns
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .with_context(|| format!("--aggregator-dns {dns:?}: want host:port"))?;
+            Targets::Dns {
+                host,
+                port,
+                refresh: Duration::from_secs(10),
+            }
+        }
+    };
+    let client = match &args.kubeconfig {
+        Some(path) => KubeClient::from_kubeconfig(path),
+        None => KubeClient::in_cluster(),
+    }
+    .context("kube-apiserver credentials")?;
+    let cancel = CancellationToken::new();
+    let (meta_tx, meta_rx) = watch::channel(Arc::new(NodeMetadata::default()));
+    let pods = tokio::spawn(pods::run(
+        client,
+        args.node_name.clone(),
+        meta_tx,
+        cancel.clone(),
+    ));
+    let signals = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            cancel.cancel();
+        })
+    };
+    let config = run::Config {
+        node_name: args.node_name,
+        interval: Duration::from_secs_f64(args.interval),
+        collector: opts,
+        export: export::Config {
+            targets,
+            ca_file: args.aggregator_ca,
+            tls_server_name: args.aggregator_server_name,
+            token_file: args.token_file,
+            ..export::Config::default()
+        },
+    };
+    let result = run::run(config, meta_rx, cancel.clone()).await;
+    cancel.cancel();
+    let _ = pods.await;
+    signals.abort();
+    result.context("agent")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
     }
 }
 

@@ -1,34 +1,36 @@
-//! `nodepulse-aggregator`: flags, tracing, then [`aggregator_api::app::run`]
-//! until SIGTERM or Ctrl-C. The store is not wired yet, so the view is empty
-//! (lists answer `[]`, `/readyz` reports `metric-storage-ready` failing).
+//! `nodepulse-aggregator`: flags and tracing, then the three parts sharing
+//! one store until SIGTERM or Ctrl-C: the gRPC ingest agents stream to, the
+//! eviction of silent nodes, and the metrics.k8s.io HTTPS server.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use aggregator_api::api::view::{Lookup, MetricsView};
-use aggregator_api::api::{NodeUsage, PodUsage};
-use aggregator_api::config::Args;
+use aggregator_api::{
+    api::view::MetricsView,
+    auth::review::KubeTokenReviewer,
+    config::Args,
+    ingest::{
+        IngestAuth, IngestService, Unauthenticated,
+        auth::TokenReviewAuth,
+        config::{AuthMode, IngestArgs},
+    },
+    kube::KubeClient,
+    store::Store,
+};
 use anyhow::Context as _;
 use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
 
-/// A view with no data, until the store feeds one.
-struct EmptyView;
-
-impl MetricsView for EmptyView {
-    fn nodes(&self) -> Vec<NodeUsage> {
-        Vec::new()
-    }
-    fn node(&self, _name: &str) -> Lookup<NodeUsage> {
-        Lookup::Unknown
-    }
-    fn pods(&self, _namespace: Option<&str>) -> Vec<PodUsage> {
-        Vec::new()
-    }
-    fn pod(&self, _namespace: &str, _name: &str) -> Lookup<PodUsage> {
-        Lookup::Unknown
-    }
-    fn has_data(&self) -> bool {
-        false
-    }
+#[derive(clap::Parser)]
+#[command(
+    name = "nodepulse-aggregator",
+    version,
+    about = "Serves metrics.k8s.io from agent-reported usage, as a drop-in for metrics-server"
+)]
+struct Cli {
+    #[command(flatten)]
+    api: Args,
+    #[command(flatten)]
+    ingest: IngestArgs,
 }
 
 /// Resolves on SIGTERM (how the kubelet stops a pod) or Ctrl-C.
@@ -58,16 +60,106 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config = args.into_config().context("invalid flags")?;
-    aggregator_api::app::run(config, Arc::new(EmptyView), shutdown_signal())
+    let config = cli.api.into_config().context("invalid flags")?;
+    let ingest = cli.ingest;
+    let store = Arc::new(Store::default());
+    let cancel = CancellationToken::new();
+
+    let auth: Arc<dyn IngestAuth> = match ingest.ingest_auth {
+        AuthMode::None => {
+            tracing::warn!("--ingest-auth=none: any peer may report any node (development only)");
+            Arc::new(Unauthenticated)
+        }
+        AuthMode::Tokenreview => {
+            let client = KubeClient::from_flag(config.kubeconfig.as_deref())
+                .context("kube-apiserver credentials for TokenReview")?;
+            let reviewer =
+                KubeTokenReviewer::new(client).with_audiences(vec![ingest.ingest_audience.clone()]);
+            let (namespace, name) = ingest.agent_account().map_err(anyhow::Error::msg)?;
+            let auth = TokenReviewAuth::new(Arc::new(reviewer), namespace, name);
+            Arc::new(if ingest.ingest_allow_unbound_tokens {
+                auth.allow_unbound()
+            } else {
+                auth
+            })
+        }
+    };
+    let service = IngestService::new(Arc::clone(&store), auth, cancel.clone())
+        .into_server(ingest.ingest_max_message_bytes);
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(64));
+    match (
+        &ingest.ingest_tls_cert_file,
+        &ingest.ingest_tls_private_key_file,
+    ) {
+        (Some(cert), Some(key)) => {
+            let identity = tonic::transport::Identity::from_pem(
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+            );
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .context("ingest TLS")?;
+        }
+        (None, None) => {
+            tracing::warn!("ingest without TLS (no --ingest-tls-cert-file): development only")
+        }
+        _ => anyhow::bail!("--ingest-tls-cert-file and --ingest-tls-private-key-file go together"),
+    }
+    let listener = tokio::net::TcpListener::bind(ingest.listen())
         .await
-        .context("metrics.k8s.io server")?;
+        .with_context(|| format!("binding ingest {}", ingest.listen()))?;
+    tracing::info!(addr = %ingest.listen(), "ingest listening");
+    let ingest_task = tokio::spawn(server.add_service(service).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        cancel.clone().cancelled_owned(),
+    ));
+    let evict_task = {
+        let (store, cancel, after) = (Arc::clone(&store), cancel.clone(), ingest.node_eviction);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval((after / 4).max(Duration::from_secs(1)));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        let n = store.evict(after);
+                        if n > 0 {
+                            tracing::info!(nodes = n, ?after, "evicted nodes that stopped reporting");
+                        }
+                    }
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let shutdown = {
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = cancel.cancelled() => {}
+            }
+            cancel.cancel();
+        }
+    };
+    let view: Arc<dyn MetricsView> = store;
+    let served = aggregator_api::app::run(config, view, shutdown).await;
+    cancel.cancel();
+    match ingest_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "ingest server"),
+        Err(e) => tracing::warn!(error = %e, "ingest task"),
+        Ok(Ok(())) => {}
+    }
+    let _ = evict_task.await;
+    served.context("metrics.k8s.io server")?;
     Ok(())
 }

@@ -13,7 +13,7 @@
 
 pub mod authn;
 pub mod authz;
-mod cache;
+pub(crate) mod cache;
 pub mod config;
 pub mod flags;
 pub mod review;

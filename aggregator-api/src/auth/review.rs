@@ -135,6 +135,9 @@ struct Review<'a, S> {
 #[derive(Serialize)]
 struct TokenReviewSpec<'a> {
     token: &'a str,
+    /// Audiences the token must be valid for; empty: the apiserver's own.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    audiences: &'a [String],
 }
 
 #[derive(Deserialize, Default)]
@@ -190,12 +193,23 @@ pub const ACCESS_REVIEW_PATH: &str = "/apis/authorization.k8s.io/v1/subjectacces
 #[derive(Debug, Clone)]
 pub struct KubeTokenReviewer {
     client: KubeClient,
+    audiences: Vec<String>,
 }
 
 impl KubeTokenReviewer {
-    /// Reviews through `client`.
+    /// Reviews through `client`, for the apiserver's own audiences.
     pub fn new(client: KubeClient) -> Self {
-        KubeTokenReviewer { client }
+        KubeTokenReviewer {
+            client,
+            audiences: Vec::new(),
+        }
+    }
+
+    /// Reviews tokens that must be valid for `audiences` (the agents' tokens
+    /// are minted for the aggregator's audience, not the apiserver's).
+    pub fn with_audiences(mut self, audiences: Vec<String>) -> Self {
+        self.audiences = audiences;
+        self
     }
 }
 
@@ -205,7 +219,10 @@ impl TokenReviewer for KubeTokenReviewer {
             let body = Review {
                 api_version: "authentication.k8s.io/v1",
                 kind: "TokenReview",
-                spec: TokenReviewSpec { token },
+                spec: TokenReviewSpec {
+                    token,
+                    audiences: &self.audiences,
+                },
             };
             let response: TokenReviewResponse =
                 self.client.post_json(TOKEN_REVIEW_PATH, &body).await?;

@@ -5,6 +5,9 @@
 //! about that node — a node can only report itself. A refused report is
 //! counted and logged (rate-limited) and the stream goes on; a stream that
 //! breaks the rules is ended with a clear status, and no other stream notices.
+pub mod auth;
+pub mod config;
+
 use std::{
     sync::{
         Arc,

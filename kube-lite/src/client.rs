@@ -261,7 +261,7 @@ impl KubeClient {
 
     /// The client for a kubeconfig file (its current context).
     pub fn from_kubeconfig(path: &Path) -> Result<Self> {
-        Self::new(super::kubeconfig::load(path)?)
+        Self::new(crate::kubeconfig::load(path)?)
     }
 
     /// `--kubeconfig` when given, else in-cluster (metrics-server's rule).
@@ -306,7 +306,17 @@ impl KubeClient {
         }
     }
 
-    async fn exchange(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
+    /// Opens a connection and sends one request; returns the response head and
+    /// body, and the connection future, which must be polled for the body to flow.
+    async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(
+        http::Response<hyper::body::Incoming>,
+        impl std::future::Future<Output = hyper::Result<()>> + use<>,
+    )> {
         let inner = &self.inner;
         let connect_error = |source| Error::Connect {
             authority: inner.authority.clone(),
@@ -345,24 +355,28 @@ impl KubeClient {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-
-        let exchange = async {
-            let response = sender.send_request(request).await.map_err(http_error)?;
-            let status = response.status();
-            let bytes = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| Error::Body(e.to_string()))?
-                .to_bytes();
-            Ok::<_, Error>((status, bytes))
-        };
-        tokio::pin!(connection);
-        let (status, bytes) = tokio::select! {
+        let mut connection = Box::pin(connection);
+        let response = tokio::select! {
             biased;
-            result = exchange => result?,
+            response = sender.send_request(request) => response.map_err(http_error)?,
             result = &mut connection => {
                 result.map_err(http_error)?;
                 return Err(Error::Body("connection closed before the response".to_owned()));
+            }
+        };
+        Ok((response, connection))
+    }
+
+    async fn exchange(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
+        let (response, mut connection) = self.send(&method, path, body).await?;
+        let status = response.status();
+        let collect = Limited::new(response.into_body(), MAX_BODY).collect();
+        let bytes = tokio::select! {
+            biased;
+            collected = collect => collected.map_err(|e| Error::Body(e.to_string()))?.to_bytes(),
+            result = &mut connection => {
+                result.map_err(|source| Error::Http { authority: self.inner.authority.clone(), source })?;
+                return Err(Error::Body("connection closed before the body".to_owned()));
             }
         };
         if !status.is_success() {
@@ -374,6 +388,101 @@ impl KubeClient {
             });
         }
         Ok(bytes)
+    }
+
+    /// Watches `path` (a collection URL with `watch=1` and a `resourceVersion`),
+    /// calling `on_event` for each event until the server ends the watch
+    /// (`timeoutSeconds`), nothing arrives for `idle` (ask for bookmarks to keep
+    /// it alive), or `on_event` returns `false`. An `ERROR` event (typically
+    /// 410 Gone: the version is too old) ends it with [`Error::Status`]; the
+    /// caller lists again.
+    pub async fn watch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        idle: Duration,
+        mut on_event: impl FnMut(WatchEvent<T>) -> bool,
+    ) -> Result<()> {
+        let (response, mut connection) = self.send(&Method::GET, path, None).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes)
+                .unwrap_or_default();
+            return Err(Error::Status {
+                method: Method::GET,
+                path: path.to_owned(),
+                code: status,
+                message: status_message(&bytes),
+            });
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let frame = tokio::select! {
+                biased;
+                frame = tokio::time::timeout(idle, body.frame()) => match frame {
+                    Err(_) => return Ok(()),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(frame)) => frame.map_err(|e| Error::Body(e.to_string()))?,
+                },
+                result = &mut connection => {
+                    result.map_err(|source| Error::Http { authority: self.inner.authority.clone(), source })?;
+                    return Ok(());
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            if pending.len() > MAX_BODY {
+                return Err(Error::Body(
+                    "watch event larger than the body limit".to_owned(),
+                ));
+            }
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let raw: RawEvent = decode(Method::GET, path, &line)?;
+                let event = match raw.kind.as_str() {
+                    "ERROR" => {
+                        let code = raw
+                            .object
+                            .get("code")
+                            .and_then(serde_json::Value::as_u64)
+                            .unwrap_or(500);
+                        return Err(Error::Status {
+                            method: Method::GET,
+                            path: path.to_owned(),
+                            code: StatusCode::from_u16(code as u16)
+                                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                            message: status_message(raw.object.to_string().as_bytes()),
+                        });
+                    }
+                    "BOOKMARK" => WatchEvent::Bookmark(resource_version(&raw.object)),
+                    kind => {
+                        let object =
+                            serde_json::from_value(raw.object).map_err(|source| Error::Decode {
+                                method: Method::GET,
+                                path: path.to_owned(),
+                                source,
+                            })?;
+                        match kind {
+                            "ADDED" => WatchEvent::Added(object),
+                            "MODIFIED" => WatchEvent::Modified(object),
+                            "DELETED" => WatchEvent::Deleted(object),
+                            _ => continue,
+                        }
+                    }
+                };
+                if !on_event(event) {
+                    return Ok(());
+                }
+            }
+        }
     }
 
     fn token(&self) -> Result<Option<String>> {
@@ -439,6 +548,31 @@ fn decode<T: DeserializeOwned>(method: Method, path: &str, body: &[u8]) -> Resul
         path: path.to_owned(),
         source,
     })
+}
+
+/// One event of a watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent<T> {
+    Added(T),
+    Modified(T),
+    Deleted(T),
+    /// The collection is at this resourceVersion; nothing changed.
+    Bookmark(String),
+}
+
+#[derive(serde::Deserialize)]
+struct RawEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    object: serde_json::Value,
+}
+
+fn resource_version(object: &serde_json::Value) -> String {
+    object
+        .pointer("/metadata/resourceVersion")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The `message` of a `Status` body, or the start of whatever was sent.

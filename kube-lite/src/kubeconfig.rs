@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::client::{ClientSettings, Error, Result, Token};
+use crate::client::{ClientSettings, Error, Result, Token};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,0 +1,86 @@
+//! Flags of the ingest side: where agents connect and how they authenticate.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+/// How ingest streams are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// TokenReview of the agent's ServiceAccount token (the default).
+    Tokenreview,
+    /// None: any peer may report any node. Development only.
+    None,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Port agents stream to (gRPC).
+    #[arg(long, env = "NODEPULSE_INGEST_PORT", default_value_t = 8443)]
+    pub ingest_port: u16,
+    /// Address the ingest port listens on.
+    #[arg(long, env = "NODEPULSE_INGEST_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub ingest_bind_address: IpAddr,
+    /// Ingest serving certificate (PEM). Without it ingest is plaintext HTTP/2:
+    /// only for local development.
+    #[arg(long, env = "NODEPULSE_INGEST_TLS_CERT_FILE")]
+    pub ingest_tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "NODEPULSE_INGEST_TLS_PRIVATE_KEY_FILE")]
+    pub ingest_tls_private_key_file: Option<PathBuf>,
+    #[arg(
+        long,
+        value_enum,
+        env = "NODEPULSE_INGEST_AUTH",
+        default_value = "tokenreview"
+    )]
+    pub ingest_auth: AuthMode,
+    /// The agents' ServiceAccount, `namespace:name`.
+    #[arg(
+        long,
+        env = "NODEPULSE_AGENT_SERVICE_ACCOUNT",
+        default_value = "kube-system:nodepulse-agent"
+    )]
+    pub agent_service_account: String,
+    /// Audience the agents' tokens are minted for.
+    #[arg(long, env = "NODEPULSE_INGEST_AUDIENCE", default_value = "nodepulse")]
+    pub ingest_audience: String,
+    /// Accept agent tokens not bound to a node (such a stream may report any node).
+    #[arg(long, env = "NODEPULSE_INGEST_ALLOW_UNBOUND_TOKENS")]
+    pub ingest_allow_unbound_tokens: bool,
+    /// Largest report accepted, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub ingest_max_message_bytes: usize,
+    /// Forget a node that has not reported for this long (Go duration or seconds).
+    #[arg(long, env = "NODEPULSE_NODE_EVICTION", default_value = "60s", value_parser = parse_duration)]
+    pub node_eviction: Duration,
+}
+
+impl IngestArgs {
+    pub fn listen(&self) -> SocketAddr {
+        SocketAddr::new(self.ingest_bind_address, self.ingest_port)
+    }
+
+    /// `(namespace, name)` of the agents' ServiceAccount.
+    pub fn agent_account(&self) -> Result<(&str, &str), String> {
+        self.agent_service_account
+            .split_once(':')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "--agent-service-account {:?}: want namespace:name",
+                    self.agent_service_account
+                )
+            })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::api::types::parse_go_duration(s)
+        .or_else(|_| {
+            s.parse::<f64>()
+                .map_err(|e| e.to_string())
+                .and_then(|secs| Duration::try_from_secs_f64(secs).map_err(|e| e.to_string()))
+        })
+        .map_err(|e| format!("{s:?}: {e}"))
+}
