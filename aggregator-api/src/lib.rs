@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod store;
+pub mod stream;
 pub mod ingest;
 pub mod app;
 pub mod auth;

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use aggregator_api::{
     api::view::MetricsView,
-    auth::review::KubeTokenReviewer,
+    auth::review::{KubeAccessReviewer, KubeTokenReviewer},
     config::Args,
     ingest::{
         IngestAuth, IngestService, Unauthenticated,
@@ -15,6 +15,7 @@ use aggregator_api::{
     },
     kube::KubeClient,
     store::Store,
+    stream::{WatchAuth, WatchService},
 };
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -72,25 +73,33 @@ async fn main() -> anyhow::Result<()> {
     let store = Arc::new(Store::default());
     let cancel = CancellationToken::new();
 
-    let auth: Arc<dyn IngestAuth> = match ingest.ingest_auth {
+    let (auth, watch_auth): (Arc<dyn IngestAuth>, Option<WatchAuth>) = match ingest.ingest_auth {
         AuthMode::None => {
-            tracing::warn!("--ingest-auth=none: any peer may report any node (development only)");
-            Arc::new(Unauthenticated)
+            tracing::warn!(
+                "--ingest-auth=none: any peer may report any node and watch everything (development only)"
+            );
+            (Arc::new(Unauthenticated), None)
         }
         AuthMode::Tokenreview => {
             let client = KubeClient::from_flag(config.kubeconfig.as_deref())
                 .context("kube-apiserver credentials for TokenReview")?;
+            let watch_auth = WatchAuth {
+                tokens: Arc::new(KubeTokenReviewer::new(client.clone())),
+                access: Arc::new(KubeAccessReviewer::new(client.clone())),
+            };
             let reviewer =
                 KubeTokenReviewer::new(client).with_audiences(vec![ingest.ingest_audience.clone()]);
             let (namespace, name) = ingest.agent_account().map_err(anyhow::Error::msg)?;
             let auth = TokenReviewAuth::new(Arc::new(reviewer), namespace, name);
-            Arc::new(if ingest.ingest_allow_unbound_tokens {
+            let auth: Arc<dyn IngestAuth> = Arc::new(if ingest.ingest_allow_unbound_tokens {
                 auth.allow_unbound()
             } else {
                 auth
-            })
+            });
+            (auth, Some(watch_auth))
         }
     };
+    let watch = WatchService::new(Arc::clone(&store), watch_auth, cancel.clone()).into_server();
     let service = IngestService::new(Arc::clone(&store), auth, cancel.clone())
         .into_server(ingest.ingest_max_message_bytes);
     let mut server = tonic::transport::Server::builder()
@@ -119,10 +128,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding ingest {}", ingest.listen()))?;
     tracing::info!(addr = %ingest.listen(), "ingest listening");
-    let ingest_task = tokio::spawn(server.add_service(service).serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        cancel.clone().cancelled_owned(),
-    ));
+    let ingest_task = tokio::spawn(
+        server
+            .add_service(service)
+            .add_service(watch)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                cancel.clone().cancelled_owned(),
+            ),
+    );
     let evict_task = {
         let (store, cancel, after) = (Arc::clone(&store), cancel.clone(), ingest.node_eviction);
         tokio::spawn(async move {

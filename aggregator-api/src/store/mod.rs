@@ -361,6 +361,31 @@ impl Store {
             .collect()
     }
 
+    /// Running pods with complete metrics and the node each runs on, limited
+    /// to one node and/or namespace when given.
+    pub fn pods_by_node(
+        &self,
+        node: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Vec<(String, PodUsage)> {
+        let mut out = Vec::new();
+        for (name, n) in self.snapshot_nodes() {
+            if node.is_some_and(|want| want != name) {
+                continue;
+            }
+            let state = lock(&n);
+            out.extend(
+                state
+                    .pods
+                    .values()
+                    .filter(|p| p.running && namespace.is_none_or(|ns| p.namespace == ns))
+                    .filter_map(|p| pod_usage(&state, p))
+                    .map(|p| (name.clone(), p)),
+            );
+        }
+        out
+    }
+
     /// Names of the nodes known to the store.
     pub fn node_names(&self) -> Vec<String> {
         self.snapshot_nodes().into_iter().map(|(n, _)| n).collect()
@@ -442,18 +467,10 @@ impl view::MetricsView for Store {
     }
 
     fn pods(&self, namespace: Option<&str>) -> Vec<PodUsage> {
-        let mut out = Vec::new();
-        for (_, n) in self.snapshot_nodes() {
-            let state = lock(&n);
-            out.extend(
-                state
-                    .pods
-                    .values()
-                    .filter(|p| p.running && namespace.is_none_or(|ns| p.namespace == ns))
-                    .filter_map(|p| pod_usage(&state, p)),
-            );
-        }
-        out
+        self.pods_by_node(None, namespace)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
     }
 
     fn pod(&self, namespace: &str, name: &str) -> view::Lookup<PodUsage> {
