@@ -56,5 +56,12 @@ if [ ! -x "$LINKER_ROOT/bin/bpf-linker" ] || [ "$(cat "$STAMP" 2>/dev/null)" != 
     --version "$BPF_LINKER_VERSION" --locked --force --root "$LINKER_ROOT" "${features[@]}"
   echo "$WANT" > "$STAMP"
 fi
+# --- cargo-fuzz (the ingest fuzz target runs in scripts/test.sh) -------------------
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  rustup run "$TOOLCHAIN" cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
+fi
+
 # xtask finds the linker here; printing it lets scripts put it on PATH too.
 log "ready: Rust $TOOLCHAIN, bpf-linker at $LINKER_ROOT/bin"
