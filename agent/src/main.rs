@@ -70,9 +70,9 @@ enum Command {
     Run(RunArgs),
     /// Print a live table of this node's pods and containers (no cluster needed).
     Top {
-        /// Refresh interval, seconds.
-        #[arg(long, default_value_t = 1.0)]
-        interval: f64,
+        /// Refresh interval (`1s`, `500ms`, or seconds).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
         /// Stop after this many refreshes (default: until Ctrl-C).
         #[arg(long)]
         count: Option<u64>,
@@ -84,9 +84,9 @@ struct RunArgs {
     /// This node's name (the Downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Sampling interval, seconds.
-    #[arg(long, env = "NODEPULSE_INTERVAL", default_value_t = 1.0)]
-    interval: f64,
+    /// Sampling interval (`1s`, `500ms`, or seconds).
+    #[arg(long, env = "NODEPULSE_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    interval: Duration,
     /// An aggregator replica (`https://host:port`); repeat for each. Exclusive
     /// with --aggregator-dns.
     #[arg(
@@ -141,10 +141,6 @@ fn main() -> Result<()> {
 }
 
 async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
-    anyhow::ensure!(
-        args.interval.is_finite() && args.interval >= 0.1,
-        "--interval must be at least 0.1 seconds"
-    );
     let targets = match (&args.aggregator_dns, args.aggregators.is_empty()) {
         (Some(_), false) => anyhow::bail!("--aggregator and --aggregator-dns are exclusive"),
         (None, true) => anyhow::bail!("name the aggregators: --aggregator or --aggregator-dns"),
@@ -184,7 +180,7 @@ async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
     };
     let config = run::Config {
         node_name: args.node_name,
-        interval: Duration::from_secs_f64(args.interval),
+        interval: args.interval,
         collector: opts,
         export: export::Config {
             targets,
@@ -216,12 +212,30 @@ async fn shutdown_signal() {
     }
 }
 
-fn run_top(opts: Options, interval: f64, count: Option<u64>) -> Result<()> {
-    anyhow::ensure!(
-        interval.is_finite() && interval >= 0.05,
-        "--interval must be at least 0.05 seconds"
-    );
-    let interval = Duration::from_secs_f64(interval);
+/// `1s`, `250ms`, `2m`, or plain seconds; at least 100 ms.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: want e.g. 1s, 500ms, 2m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    let d = Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?}: at least 100ms"));
+    }
+    Ok(d)
+}
+
+fn run_top(opts: Options, interval: Duration, count: Option<u64>) -> Result<()> {
     let mut collector = Collector::new(opts).context("starting the collector")?;
     if let Some(reason) = collector.fallback_reason() {
         eprintln!("cpu source: cgroupfs ({reason})");

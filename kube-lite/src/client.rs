@@ -356,14 +356,18 @@ impl KubeClient {
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let mut connection = Box::pin(connection);
+        let send = sender.send_request(request);
+        tokio::pin!(send);
         let response = tokio::select! {
             biased;
-            response = sender.send_request(request) => response.map_err(http_error)?,
+            response = &mut send => response,
             result = &mut connection => {
                 result.map_err(http_error)?;
-                return Err(Error::Body("connection closed before the response".to_owned()));
+                // Closed after answering: the answer is still on its way to us.
+                send.await
             }
-        };
+        }
+        .map_err(http_error)?;
         Ok((response, connection))
     }
 
@@ -371,14 +375,23 @@ impl KubeClient {
         let (response, mut connection) = self.send(&method, path, body).await?;
         let status = response.status();
         let collect = Limited::new(response.into_body(), MAX_BODY).collect();
-        let bytes = tokio::select! {
+        tokio::pin!(collect);
+        // The connection future drives the body; it may finish first (the server
+        // closed after the last byte), and what it read is still in the body.
+        let collected = tokio::select! {
             biased;
-            collected = collect => collected.map_err(|e| Error::Body(e.to_string()))?.to_bytes(),
+            collected = &mut collect => collected,
             result = &mut connection => {
-                result.map_err(|source| Error::Http { authority: self.inner.authority.clone(), source })?;
-                return Err(Error::Body("connection closed before the body".to_owned()));
+                result.map_err(|source| Error::Http {
+                    authority: self.inner.authority.clone(),
+                    source,
+                })?;
+                collect.await
             }
         };
+        let bytes = collected
+            .map_err(|e| Error::Body(e.to_string()))?
+            .to_bytes();
         if !status.is_success() {
             return Err(Error::Status {
                 method,
@@ -419,6 +432,7 @@ impl KubeClient {
             });
         }
         let mut pending: Vec<u8> = Vec::new();
+        let mut connection_done = false;
         loop {
             let frame = tokio::select! {
                 biased;
@@ -427,9 +441,14 @@ impl KubeClient {
                     Ok(None) => return Ok(()),
                     Ok(Some(frame)) => frame.map_err(|e| Error::Body(e.to_string()))?,
                 },
-                result = &mut connection => {
-                    result.map_err(|source| Error::Http { authority: self.inner.authority.clone(), source })?;
-                    return Ok(());
+                result = &mut connection, if !connection_done => {
+                    result.map_err(|source| Error::Http {
+                        authority: self.inner.authority.clone(),
+                        source,
+                    })?;
+                    // What was read is still in the body: drain it next.
+                    connection_done = true;
+                    continue;
                 }
             };
             let Ok(data) = frame.into_data() else {

@@ -1,0 +1,38 @@
+{{/*
+Fixed object names: the APIService names are cluster-wide anyway, so like
+metrics-server there is one installation per cluster.
+*/}}
+{{- define "nodepulse.aggregator.name" -}}nodepulse{{- end }}
+{{- define "nodepulse.agent.name" -}}nodepulse-agent{{- end }}
+{{- define "nodepulse.ingest.service" -}}nodepulse-ingest{{- end }}
+
+{{/* DNS name of the headless ingest Service. */}}
+{{- define "nodepulse.ingest.host" -}}
+{{- printf "%s.%s.svc" (include "nodepulse.ingest.service" .) .Release.Namespace -}}
+{{- end }}
+
+{{/*
+Labels on every object: the two components.yaml carries, plus Helm's own
+(deploy/check.sh ignores the Helm ones). Call with (dict "ctx" $ "component" "agent");
+an empty component leaves that label out.
+*/}}
+{{- define "nodepulse.labels" -}}
+app.kubernetes.io/name: nodepulse
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{/* Selector and pod labels. Call with a component name. */}}
+{{- define "nodepulse.selectorLabels" -}}
+app.kubernetes.io/name: nodepulse
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+
+{{- define "nodepulse.image" -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) -}}
+{{- end }}

@@ -1,0 +1,270 @@
+//! nodepulse in the cluster: aggregator replicas and their EndpointSlice,
+//! agents and their Node-bound tokens, the APIServices' availability.
+
+use super::*;
+
+impl Cluster {
+    /// nodepulse's binaries, located (and built, see [`Ours::locate`]) once.
+    pub fn ours(&mut self) -> Result<Ours> {
+        if let Some(o) = &self.ours {
+            return Ok(o.clone());
+        }
+        let o = Ours::locate()?;
+        self.ours = Some(o.clone());
+        Ok(o)
+    }
+
+    /// [`Cluster::ours`], or `None` after printing why `part` of `test` is
+    /// skipped — a panic instead under `NODEPULSE_E2E_REQUIRE_OURS=1` (set it
+    /// once both binaries exist, so that a broken build or a renamed flag
+    /// fails the tests rather than skipping them).
+    pub fn ours_or_skip(&mut self, test: &str, part: &str) -> Option<Ours> {
+        match self.ours() {
+            Ok(ours) => Some(ours),
+            Err(why) if std::env::var("NODEPULSE_E2E_REQUIRE_OURS").as_deref() == Ok("1") => {
+                panic!("{test}: {part} needs nodepulse's binaries: {why:#}")
+            }
+            Err(why) => {
+                eprintln!("skipped {part} of {test}: {why:#}");
+                None
+            }
+        }
+    }
+
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+
+    pub(super) fn endpoint_slice(&self) -> Value {
+        let replicas: Vec<(Ipv4Addr, bool)> =
+            self.replicas.iter().map(|r| (r.ip, r.ready)).collect();
+        manifests::endpoint_slice(&replicas, AGGREGATOR_PORT, self.slice_revision)
+    }
+
+    /// Re-applies the EndpointSlice as a real update (as the EndpointSlice
+    /// controller writes one when a pod's readiness changes), which makes
+    /// kube-aggregator re-check the APIServices now rather than at its next
+    /// 30 s round. [`Cluster::start_aggregator`] does it once a replica listens.
+    pub fn publish_endpoints(&mut self) -> Result<()> {
+        self.slice_revision += 1;
+        self.apply(&self.endpoint_slice())
+            .context("updating the EndpointSlice")?;
+        Ok(())
+    }
+
+    /// Marks replica `i` ready or not in the EndpointSlice, as the EndpointSlice
+    /// controller does when its readiness probe starts or stops passing.
+    pub fn set_replica_ready(&mut self, i: usize, ready: bool) -> Result<()> {
+        let replica = self
+            .replicas
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("no replica {i}"))?;
+        replica.ready = ready;
+        self.publish_endpoints()?;
+        self.note(&format!("replica {i}: ready={ready}"));
+        Ok(())
+    }
+
+    /// The arguments replica `i` runs with.
+    pub fn aggregator_args(&self, i: usize) -> Result<AggregatorArgs> {
+        let replica = self
+            .replicas
+            .get(i)
+            .ok_or_else(|| anyhow!("no replica {i}"))?;
+        Ok(AggregatorArgs {
+            ip: replica.ip,
+            secure_port: AGGREGATOR_PORT,
+            ingest_port: INGEST_PORT,
+            cert: self.pki.aggregator_serving.cert.clone(),
+            key: self.pki.aggregator_serving.key.clone(),
+            kubeconfig: self.kubeconfig_of(&manifests::service_account_user(
+                manifests::NAMESPACE,
+                manifests::AGGREGATOR_SA,
+            ))?,
+            metric_resolution: self.opts.metric_resolution.clone(),
+        })
+    }
+
+    /// Starts every replica that is not running.
+    pub fn start_aggregators(&mut self) -> Result<()> {
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].proc.is_none() {
+                self.start_aggregator(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts replica `i` and waits until it accepts connections on its
+    /// metrics port.
+    pub fn start_aggregator(&mut self, i: usize) -> Result<()> {
+        let ours = self.ours()?;
+        let args = self.aggregator_args(i)?;
+        if let Some(mut old) = self.replicas[i].proc.take() {
+            old.stop(Duration::from_secs(10));
+        }
+        let cmd = binaries::aggregator_command(&ours.aggregator, &args);
+        let proc = self.start_proc(&format!("aggregator-{i}"), cmd)?;
+        self.replicas[i].proc = Some(proc);
+        let addr = SocketAddr::V4(SocketAddrV4::new(args.ip, AGGREGATOR_PORT));
+        self.wait_for(
+            &format!("aggregator-{i} listening on {addr}"),
+            Duration::from_secs(60),
+            |c| {
+                if let Some(p) = c.replicas[i].proc.as_mut() {
+                    p.ensure_running()?;
+                }
+                Ok(c.netns.tcp_open(addr).then_some(()))
+            },
+        )?;
+        self.publish_endpoints()
+    }
+
+    /// SIGTERM to replica `i` (SIGKILL after 10 s); its exit status.
+    pub fn stop_aggregator(&mut self, i: usize) -> Option<ExitStatus> {
+        let mut proc = self.replicas.get_mut(i)?.proc.take()?;
+        let status = proc.stop(Duration::from_secs(10));
+        self.note(&format!("aggregator-{i} stopped: {status:?}"));
+        status
+    }
+
+    /// SIGKILL to replica `i`.
+    pub fn kill_aggregator(&mut self, i: usize) -> Option<ExitStatus> {
+        let mut proc = self.replicas.get_mut(i)?.proc.take()?;
+        let status = proc.kill();
+        self.note(&format!("aggregator-{i} killed: {status:?}"));
+        status
+    }
+
+    /// A token for `node`'s agent: ServiceAccount kube-system/nodepulse-agent,
+    /// audience `nodepulse`, bound to the Node object (1 h).
+    pub fn node_token(&self, node: &str) -> Result<String> {
+        let out = self.kubectl_ok(&[
+            "create",
+            "token",
+            manifests::AGENT_SA,
+            "-n",
+            manifests::NAMESPACE,
+            "--audience",
+            AGENT_AUDIENCE,
+            "--bound-object-kind",
+            "Node",
+            "--bound-object-name",
+            node,
+            "--duration",
+            "1h",
+        ])?;
+        Ok(out.trim().to_string())
+    }
+
+    /// The arguments `node`'s agent runs with (writes its token file).
+    pub fn agent_args(&self, node: &str) -> Result<AgentArgs> {
+        let idx = self.node_index(node)?;
+        let dir = self.work_dir.join("nodes").join(node);
+        fs::create_dir_all(&dir)?;
+        let token_file = dir.join("token");
+        fs::write(&token_file, self.node_token(node)?)?;
+        Ok(AgentArgs {
+            node_name: node.to_string(),
+            node_cgroup: self.nodes[idx].base.clone(),
+            aggregators: self
+                .replicas
+                .iter()
+                .map(|r| format!("https://{}:{INGEST_PORT}", r.ip))
+                .collect(),
+            ca: self.pki.nodepulse_ca.cert.clone(),
+            server_name: SERVER_NAME.to_string(),
+            token_file,
+            kubeconfig: self.kubeconfig_of(&manifests::service_account_user(
+                manifests::NAMESPACE,
+                manifests::AGENT_SA,
+            ))?,
+            interval: self.opts.agent_interval.clone(),
+        })
+    }
+
+    /// Starts an agent for every node that has none running.
+    pub fn start_agents(&mut self) -> Result<()> {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        for name in names {
+            let idx = self.node_index(&name)?;
+            if self.nodes[idx].agent.is_none() {
+                self.start_agent(&name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `node`'s agent (restarts it if running).
+    pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        let ours = self.ours()?;
+        let args = self.agent_args(node)?;
+        let idx = self.node_index(node)?;
+        if let Some(mut old) = self.nodes[idx].agent.take() {
+            old.stop(Duration::from_secs(10));
+        }
+        let cmd = binaries::agent_command(&ours.agent, &args);
+        let proc = self.start_proc(&format!("agent-{node}"), cmd)?;
+        self.nodes[idx].agent = Some(proc);
+        Ok(())
+    }
+
+    /// Stops `node`'s agent; its exit status.
+    pub fn stop_agent(&mut self, node: &str) -> Option<ExitStatus> {
+        let idx = self.node_index(node).ok()?;
+        let mut proc = self.nodes[idx].agent.take()?;
+        let status = proc.stop(Duration::from_secs(10));
+        self.note(&format!("agent-{node} stopped: {status:?}"));
+        status
+    }
+
+    /// Fails (with its log's tail) if a started aggregator or agent has exited.
+    pub fn ensure_ours_running(&mut self) -> Result<()> {
+        for proc in self
+            .replicas
+            .iter_mut()
+            .filter_map(|r| r.proc.as_mut())
+            .chain(self.nodes.iter_mut().filter_map(|n| n.agent.as_mut()))
+        {
+            proc.ensure_running()?;
+        }
+        Ok(())
+    }
+
+    /// The `Available` condition of both metrics.k8s.io APIServices:
+    /// `(name, status, reason, message)`.
+    pub fn apiservice_conditions(&self) -> Result<Vec<(String, String, String, String)>> {
+        let mut result = Vec::new();
+        for version in manifests::METRICS_VERSIONS {
+            let name = format!("{version}.metrics.k8s.io");
+            let obj = self.kubectl_json(&["get", "apiservice", &name])?;
+            let available = obj["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Available");
+            let field = |k: &str| {
+                available
+                    .and_then(|c| c[k].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            result.push((name, field("status"), field("reason"), field("message")));
+        }
+        Ok(result)
+    }
+
+    /// Waits until both metrics.k8s.io APIServices report Available=True.
+    pub fn wait_apiservices_available(&mut self, timeout: Duration) -> Result<()> {
+        let mut last = Vec::new();
+        let result = self.wait_for("metrics.k8s.io APIServices Available", timeout, |c| {
+            c.ensure_ours_running()?;
+            last = c.apiservice_conditions()?;
+            Ok(last
+                .iter()
+                .all(|(_, status, _, _)| status == "True")
+                .then_some(()))
+        });
+        result.with_context(|| format!("last conditions: {last:?}"))
+    }
+}
