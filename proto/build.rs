@@ -1,5 +1,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure().compile_protos(&["proto/nodepulse/v1/nodepulse.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/nodepulse/v1/nodepulse.proto"], &["proto"])?;
     Ok(())
 }

@@ -3,12 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod store;
-pub mod stream;
-pub mod ingest;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod ingest;
 pub mod kube;
 pub mod server;
+pub mod store;
+pub mod stream;
 pub mod tls;

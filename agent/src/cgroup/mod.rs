@@ -188,7 +188,11 @@ fn walk(root: &Path, base: &str, tree: Tree) -> Result<Scan> {
         tree: Some(tree),
         cgroups: vec![Cgroup {
             id: meta.ino(),
-            path: if base.is_empty() { "/".into() } else { base.to_string() },
+            path: if base.is_empty() {
+                "/".into()
+            } else {
+                base.to_string()
+            },
             identity: None,
             modified: meta.modified().ok(),
         }],
