@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/upstream.sh >/dev/null
 cargo xtask build-ebpf
 exec cargo xtask demo "$@"

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/upstream.sh >/dev/null
 if [ "$(id -u)" = 0 ]; then
   export NODEPULSE_REQUIRE_PRIVILEGED=${NODEPULSE_REQUIRE_PRIVILEGED:-1}
 fi

@@ -146,7 +146,12 @@ impl Options {
 /// This test binary's `burner_entry`, wrapped in `setpriv --pdeathsig KILL`
 /// when that is available.
 fn burner_launcher() -> Launcher {
-    let inner = Launcher::test_binary("burner_entry");
+    dies_with_parent(Launcher::test_binary("burner_entry"))
+}
+
+/// `inner` wrapped in `setpriv --pdeathsig KILL` where util-linux has it, so
+/// burners die with whoever started them even if it is killed outright.
+pub fn dies_with_parent(inner: Launcher) -> Launcher {
     let setpriv = Command::new("setpriv")
         .arg("--version")
         .output()

@@ -1,99 +1,141 @@
-//! `cargo xtask demo`: a node simulated on this machine's real cgroups, watched
-//! by the agent's live table.
-use std::{os::unix::process::CommandExt, path::Path, process::Command};
+//! `cargo xtask demo`: the whole product on this machine. A real control plane
+//! (etcd, kube-apiserver with the aggregation layer, kube-controller-manager),
+//! two simulated nodes whose pods are real processes burning known CPU and
+//! holding known memory in kubelet-style cgroups, two aggregator replicas, one
+//! agent per node, both metrics.k8s.io APIServices, and the real `kubectl top`
+//! every few seconds. Ctrl-C stops it and removes everything it made.
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
-use testkit::{Burn, CgroupTree, Launcher};
+use e2e::cluster::{Cluster, Container, Options, dies_with_parent};
+use testkit::{Burn, Launcher};
 
-pub fn run(root: &Path, seconds: Option<u64>) -> Result<()> {
-    let Some(hierarchy) = testkit::privileged("demo") else {
-        bail!("the demo creates cgroups and loads eBPF: run it as root on a BTF kernel");
-    };
-    let mut build = Command::new("cargo");
-    build
-        .current_dir(root)
-        .args(["build", "--release", "--package", "agent"]);
-    let status = build.status().context("building the agent")?;
-    if !status.success() {
-        bail!("building the agent failed: {status}");
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Waits up to `d`, returning early (false) on Ctrl-C.
+fn pause(d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if STOP.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    !STOP.load(Ordering::SeqCst)
+}
 
-    let mut tree = CgroupTree::new(&hierarchy, "demo");
-    let base = tree.base.clone();
-    let launcher = Launcher {
-        program: std::env::current_exe()?,
-        args: vec!["burn".into()],
+#[allow(clippy::print_stdout)]
+fn show(c: &Cluster, title: &str, args: &[&str]) -> Result<()> {
+    let out = c.kubectl(args)?;
+    println!("$ kubectl {}   # {title}", args.join(" "));
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        print!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+pub fn run(seconds: Option<u64>) -> Result<()> {
+    let Some(hierarchy) = e2e::privileged("demo") else {
+        bail!("the demo creates cgroups, network namespaces and loads eBPF: run it as root");
     };
-    let mut burners = Vec::new();
-    let pods: [(&str, Burn); 4] = [
-        (
-            "web",
-            Burn::Spin {
-                threads: 1,
-                cpu: None,
-            },
-        ),
-        (
-            "batch",
-            Burn::Duty {
-                fraction: 0.25,
-                period_ms: 20,
-            },
-        ),
-        (
-            "cache",
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let mut opts = Options::new("demo");
+    opts.launcher = dies_with_parent(Launcher {
+        program: std::env::current_exe().context("xtask path")?,
+        args: vec!["burn".into()],
+    });
+    eprintln!("starting etcd, kube-apiserver and kube-controller-manager …");
+    let mut c = Cluster::start(hierarchy, opts)?;
+    c.add_node("node-a", "2", "8Gi")?;
+    c.add_node("node-b", "2", "8Gi")?;
+    let duty = |fraction: f64| Burn::Duty {
+        fraction,
+        period_ms: 20,
+    };
+    c.add_pod(
+        "node-a",
+        "shop",
+        "web",
+        &[("app", "web")],
+        vec![Container::new("app", duty(0.4)).request("cpu", "500m")],
+    )?;
+    c.add_pod(
+        "node-a",
+        "shop",
+        "cache",
+        &[("app", "cache")],
+        vec![Container::new(
+            "redis",
             Burn::Memory {
-                mib: 128,
-                cache_mib: 64,
+                mib: 96,
+                cache_mib: 32,
                 file: std::env::temp_dir().join(format!("nodepulse-demo-{}", std::process::id())),
             },
-        ),
-        (
-            "idle",
-            Burn::Duty {
-                fraction: 0.02,
-                period_ms: 50,
-            },
-        ),
-    ];
-    for (n, (name, burn)) in pods.iter().enumerate() {
-        let n = n as u32 + 1;
-        let (uid, cid) = (testkit::uid(n), testkit::container_id(n));
-        let path = if n % 2 == 1 {
-            testkit::systemd_container(&base, "burstable", &uid, &cid)
-        } else {
-            testkit::cgroupfs_container(&base, "besteffort", &uid, &cid)
-        };
-        eprintln!("simulated pod {name}: uid {uid}, container {}", &cid[..12]);
-        burners.push(tree.spawn(&path, burn, &launcher));
+        )],
+    )?;
+    c.add_pod(
+        "node-b",
+        "batch",
+        "report",
+        &[("app", "report")],
+        vec![
+            Container::new("worker", duty(0.25)),
+            Container::new("sidecar", duty(0.05)),
+        ],
+    )?;
+    eprintln!("starting 2 aggregator replicas and 2 agents …");
+    c.start_aggregators()?;
+    c.start_agents()?;
+    c.wait_apiservices_available(Duration::from_secs(90))?;
+    c.wait_for("pod metrics", Duration::from_secs(60), |c| {
+        let out = c.kubectl(&["top", "pods", "-A", "--no-headers"])?;
+        Ok(
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() >= 3)
+                .then_some(()),
+        )
+    })?;
+    let started = Instant::now();
+    eprintln!("ready: Ctrl-C stops the demo and removes everything it made");
+    loop {
+        show(
+            &c,
+            "APIServices",
+            &[
+                "get",
+                "apiservices",
+                "v1.metrics.k8s.io",
+                "v1beta1.metrics.k8s.io",
+            ],
+        )?;
+        show(&c, "nodes", &["top", "nodes"])?;
+        show(
+            &c,
+            "pods (web 400m, report 250m+50m, cache 96Mi)",
+            &["top", "pods", "-A", "--containers"],
+        )?;
+        if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
+            || !pause(Duration::from_secs(3))
+        {
+            break;
+        }
     }
-
-    // Ctrl-C reaches the agent (same process group) and ends it; this process
-    // ignores it so that it can clean up afterwards.
-    // SAFETY: setting a signal disposition; no handler code runs.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let mut agent = Command::new(root.join("target/release/nodepulse-agent"));
-    agent.args(["top", "--interval", "1"]);
-    if let Some(s) = seconds {
-        agent.args(["--count", &s.to_string()]);
-    }
-    // SAFETY: restoring the default disposition in the child before exec is
-    // async-signal-safe.
-    unsafe {
-        agent.pre_exec(|| {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
-    let status = agent.status().context("running nodepulse-agent top")?;
-    drop(burners);
-    drop(tree);
-    if let Some(file) = pods.iter().find_map(|(_, b)| match b {
-        Burn::Memory { file, .. } => Some(file.clone()),
-        _ => None,
-    }) {
-        let _ = std::fs::remove_file(file);
-    }
-    eprintln!("demo ended ({status}); simulated pods removed");
+    eprintln!("stopping; removing processes, cgroups and the network namespace …");
+    drop(c);
+    let _ = std::fs::remove_file(
+        std::env::temp_dir().join(format!("nodepulse-demo-{}", std::process::id())),
+    );
+    eprintln!("demo ended; nothing left behind");
     Ok(())
 }

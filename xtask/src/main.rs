@@ -41,9 +41,9 @@ enum Cmd {
     },
     /// rustfmt --check and clippy -D warnings over every crate, host and eBPF.
     Lint,
-    /// A simulated node (kubelet-style cgroups, processes burning known CPU and
-    /// holding memory) watched by `nodepulse-agent top`. Needs root. Ctrl-C ends it
-    /// and removes everything it made.
+    /// The local demo: real control plane, simulated nodes and pods burning
+    /// known CPU, two aggregators, agents, and `kubectl top` refreshing. Needs
+    /// root. Ctrl-C ends it and removes everything it made.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
         #[arg(long)]
@@ -63,7 +63,7 @@ fn main() -> Result<()> {
             eprintln!("eBPF object: {}", path.display());
         }),
         Cmd::Lint => lint(),
-        Cmd::Demo { seconds } => demo::run(&workspace_root(), seconds),
+        Cmd::Demo { seconds } => demo::run(seconds),
         Cmd::Bench(Bench::Switch { rounds, ops }) => bench::switch_cost(rounds, ops),
         Cmd::Burn => {
             testkit::burner_main();
