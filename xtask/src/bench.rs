@@ -2,7 +2,7 @@
 //! against a baseline measured side by side in the same run.
 use std::{
     os::fd::{AsRawFd, OwnedFd},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use agent::ebpf::{CpuAccounting, Options};
@@ -107,4 +107,105 @@ pub fn switch_cost(rounds: usize, ops: u64) -> Result<()> {
     println!("| ratio with/without | 1.000 | {:.3} |", w1 / w0);
     println!("| added cost per context switch | | {per_switch:.1} ns |");
     Ok(())
+}
+
+/// CPU time and peak RSS of a child process, from wait4.
+struct Usage {
+    cpu: Duration,
+    max_rss_kib: u64,
+}
+
+fn run_measured(cmd: &mut std::process::Command) -> Result<Usage> {
+    let child = cmd.spawn().context("spawning the agent")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid out-pointers.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if rc != pid {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("the agent failed (status {status})");
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(Usage {
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kib: ru.ru_maxrss as u64,
+    })
+}
+
+/// Agent CPU and peak RSS while it tracks `pods` pods at 1 s, eBPF source
+/// against the cgroupfs source measured in the same run.
+#[allow(clippy::print_stdout)]
+pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()> {
+    use testkit::{Burn, CgroupTree, Launcher};
+    let Some(h) = testkit::privileged("bench agent") else {
+        bail!("needs root, BTF and cgroup v2");
+    };
+    let status = std::process::Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "--package", "agent"])
+        .status()
+        .context("building the agent")?;
+    if !status.success() {
+        bail!("building the agent failed");
+    }
+    let mut tree = CgroupTree::new(&h, "bench");
+    let base = tree.base.clone();
+    let launcher = Launcher {
+        program: std::env::current_exe()?,
+        args: vec!["burn".into()],
+    };
+    let scratch = tempfile_dir()?;
+    let mut holders = Vec::new();
+    for n in 0..pods {
+        let (uid, cid) = (testkit::uid(n), testkit::container_id(n));
+        let path = testkit::systemd_container(&base, "burstable", &uid, &cid);
+        let burn = Burn::Memory {
+            mib: 1,
+            cache_mib: 0,
+            file: scratch.join(format!("f{n}")),
+        };
+        holders.push(tree.spawn(&path, &burn, &launcher));
+    }
+    let agent = root.join("target/release/nodepulse-agent");
+    let mut rows = Vec::new();
+    for source in ["ebpf", "cgroupfs"] {
+        let mut cmd = std::process::Command::new(&agent);
+        cmd.args(["--cpu-source", source, "--node-cgroup", &base])
+            .args(["top", "--interval", "1s", "--count", &seconds.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let u = run_measured(&mut cmd)?;
+        let mcpu = u.cpu.as_secs_f64() / seconds as f64 * 1000.0;
+        eprintln!(
+            "{source}: {mcpu:.2} mCPU, peak RSS {:.1} MiB",
+            u.max_rss_kib as f64 / 1024.0
+        );
+        rows.push((source, mcpu, u.max_rss_kib));
+    }
+    drop(holders);
+    drop(tree);
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!("| agent, {pods} pods, 1 s interval, {seconds} s | CPU (mCPU avg) | peak RSS (MiB) |");
+    println!("|---|---|---|");
+    for (source, mcpu, rss) in &rows {
+        println!("| {source} | {mcpu:.2} | {:.1} |", *rss as f64 / 1024.0);
+    }
+    if let [(_, e, er), (_, c, cr)] = rows.as_slice() {
+        println!(
+            "| ratio ebpf/cgroupfs | {:.2} | {:.2} |",
+            e / c,
+            *er as f64 / *cr as f64
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("nodepulse-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }

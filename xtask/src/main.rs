@@ -29,6 +29,14 @@ enum Bench {
         #[arg(long, default_value_t = 200_000)]
         ops: u64,
     },
+    /// Agent CPU and peak RSS tracking N pods at 1 s: eBPF against cgroupfs,
+    /// measured in the same run. Needs root.
+    Agent {
+        #[arg(long, default_value_t = 110)]
+        pods: u32,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -65,6 +73,9 @@ fn main() -> Result<()> {
         Cmd::Lint => lint(),
         Cmd::Demo { seconds } => demo::run(seconds),
         Cmd::Bench(Bench::Switch { rounds, ops }) => bench::switch_cost(rounds, ops),
+        Cmd::Bench(Bench::Agent { pods, seconds }) => {
+            bench::agent_cost(&workspace_root(), pods, seconds)
+        }
         Cmd::Burn => {
             testkit::burner_main();
             Ok(())
