@@ -18,6 +18,17 @@ use crate::auth::{
 /// pod-bound tokens, to the pod's node).
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
+/// The bearer token of a gRPC call, or `unauthenticated`.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Status::unauthenticated("a bearer token is required"))
+}
+
 /// Accepts the agents' ServiceAccount only; binds each stream to the node its
 /// token names.
 pub struct TokenReviewAuth {
@@ -82,13 +93,7 @@ impl TokenReviewAuth {
 #[tonic::async_trait]
 impl IngestAuth for TokenReviewAuth {
     async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+        let token = bearer_token(metadata)?;
         let cached = self
             .cache
             .lock()

@@ -49,13 +49,7 @@ impl WatchAuth {
         metadata: &tonic::metadata::MetadataMap,
         filter: &Filter,
     ) -> Result<(), Status> {
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+        let token = crate::ingest::auth::bearer_token(metadata)?;
         let user = match self.tokens.review(token).await {
             Ok(TokenVerdict::Authenticated(user)) => user,
             Ok(TokenVerdict::Rejected(why)) => {

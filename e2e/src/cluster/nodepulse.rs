@@ -85,19 +85,38 @@ impl Cluster {
         })
     }
 
-    /// Starts every replica that is not running.
+    /// Starts every replica that is not running, waits until each accepts
+    /// connections, then publishes the EndpointSlice once. (Publishing after
+    /// the first one only would list a replica that is not listening yet as
+    /// ready: kube-aggregator's discovery manager, syncing as the APIServices
+    /// turn Available, could reach that one, get a 503 and back off for up to
+    /// a minute — which a Deployment's readiness probe prevents in a real
+    /// cluster.)
     pub fn start_aggregators(&mut self) -> Result<()> {
-        for i in 0..self.replicas.len() {
-            if self.replicas[i].proc.is_none() {
-                self.start_aggregator(i)?;
-            }
+        let idle: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| self.replicas[i].proc.is_none())
+            .collect();
+        for &i in &idle {
+            self.spawn_aggregator(i)?;
         }
-        Ok(())
+        for &i in &idle {
+            self.wait_aggregator_listening(i)?;
+        }
+        if idle.is_empty() {
+            return Ok(());
+        }
+        self.publish_endpoints()
     }
 
     /// Starts replica `i` and waits until it accepts connections on its
     /// metrics port.
     pub fn start_aggregator(&mut self, i: usize) -> Result<()> {
+        self.spawn_aggregator(i)?;
+        self.wait_aggregator_listening(i)?;
+        self.publish_endpoints()
+    }
+
+    fn spawn_aggregator(&mut self, i: usize) -> Result<()> {
         let ours = self.ours()?;
         let args = self.aggregator_args(i)?;
         if let Some(mut old) = self.replicas[i].proc.take() {
@@ -106,7 +125,11 @@ impl Cluster {
         let cmd = binaries::aggregator_command(&ours.aggregator, &args);
         let proc = self.start_proc(&format!("aggregator-{i}"), cmd)?;
         self.replicas[i].proc = Some(proc);
-        let addr = SocketAddr::V4(SocketAddrV4::new(args.ip, AGGREGATOR_PORT));
+        Ok(())
+    }
+
+    fn wait_aggregator_listening(&mut self, i: usize) -> Result<()> {
+        let addr = SocketAddr::V4(SocketAddrV4::new(self.replicas[i].ip, AGGREGATOR_PORT));
         self.wait_for(
             &format!("aggregator-{i} listening on {addr}"),
             Duration::from_secs(60),
@@ -116,8 +139,7 @@ impl Cluster {
                 }
                 Ok(c.netns.tcp_open(addr).then_some(()))
             },
-        )?;
-        self.publish_endpoints()
+        )
     }
 
     /// SIGTERM to replica `i` (SIGKILL after 10 s); its exit status.
