@@ -53,6 +53,11 @@ pub struct Hierarchy {
     pub v1_cpuacct: Option<PathBuf>,
     /// The v1 `memory` controller's root, where there is one.
     pub v1_memory: Option<PathBuf>,
+    /// The memory controller is on the v2 tree (`memory` in its root's
+    /// `cgroup.controllers`): read `memory.current`; else the v1 controller.
+    pub v2_memory: bool,
+    /// The v1 memory controller accounts swap (`memory.memsw.*` exist).
+    pub v1_memsw: bool,
 }
 
 /// Which tree the pods were found in; cgroup ids (and so eBPF charges) identify
@@ -123,11 +128,22 @@ impl Hierarchy {
                 path: mount.to_path_buf(),
             });
         };
+        // Decided once: per-container probes for files that are never there
+        // cost a syscall per container per interval.
+        let v2_memory = v2.as_ref().is_some_and(|root| {
+            fs::read_to_string(root.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|name| name == "memory"))
+        });
+        let v1_memsw = v1_memory
+            .as_ref()
+            .is_some_and(|root| root.join("memory.memsw.usage_in_bytes").is_file());
         Ok(Self {
             version,
             v2,
             v1_cpuacct,
             v1_memory,
+            v2_memory,
+            v1_memsw,
         })
     }
 

@@ -68,8 +68,8 @@ impl Hierarchy {
     /// (hybrid hosts keep memory on v1).
     pub fn memory(&self, tree: Tree, rel: &str) -> io::Result<Memory> {
         if tree == Tree::V2
+            && self.v2_memory
             && let Some(dir) = self.dir(Tree::V2, rel)
-            && dir.join("memory.current").is_file()
         {
             return memory_v2(&dir);
         }
@@ -78,14 +78,14 @@ impl Hierarchy {
             .as_ref()
             .map(|root| root.join(rel.trim_start_matches('/')))
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no memory controller"))?;
-        memory_v1(&dir)
+        memory_v1(&dir, self.v1_memsw)
     }
 
     /// The node's memory: the v1 memory controller's root where there is one,
     /// else `/proc/meminfo` (the v2 root has no `memory.current`).
     pub fn node_memory(&self, proc_root: &Path) -> io::Result<Memory> {
         match &self.v1_memory {
-            Some(root) => memory_v1(root),
+            Some(root) => memory_v1(root, self.v1_memsw),
             None => meminfo(&proc_root.join("meminfo")),
         }
     }
@@ -102,12 +102,13 @@ fn memory_v2(dir: &Path) -> io::Result<Memory> {
     })
 }
 
-fn memory_v1(dir: &Path) -> io::Result<Memory> {
+fn memory_v1(dir: &Path, memsw: bool) -> io::Result<Memory> {
     let usage = read_u64(&dir.join("memory.usage_in_bytes"))?;
     let inactive = keyed(&dir.join("memory.stat"), "total_inactive_file")?;
     // memsw counts memory + swap; present only with swap accounting enabled.
-    let swap = read_u64(&dir.join("memory.memsw.usage_in_bytes"))
-        .ok()
+    let swap = memsw
+        .then(|| read_u64(&dir.join("memory.memsw.usage_in_bytes")).ok())
+        .flatten()
         .map(|memsw| memsw.saturating_sub(usage));
     Ok(Memory {
         usage,
@@ -199,6 +200,7 @@ mod tests {
         for c in ["cpuacct", "memory"] {
             write(&root.join(c), "cgroup.procs", "");
         }
+        write(&root.join("memory"), "memory.memsw.usage_in_bytes", "0\n");
         let mem = root.join("memory/kubepods");
         write(&mem, "memory.usage_in_bytes", "1000\n");
         write(&mem, "memory.stat", "cache 5\ntotal_inactive_file 5000\n");
