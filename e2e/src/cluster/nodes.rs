@@ -289,6 +289,47 @@ impl Cluster {
             .find(|p| p.namespace == namespace && p.name == name)
     }
 
+    /// Replaces what `container` of a running simulated pod burns: its burner
+    /// is stopped and a new one started in the same cgroup (e.g. to stop a
+    /// load without replacing the pod).
+    pub fn set_burn(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+        burn: Burn,
+    ) -> Result<()> {
+        for node in &mut self.nodes {
+            let Some(pod) = node
+                .pods
+                .iter_mut()
+                .find(|p| p.info.namespace == namespace && p.info.name == name)
+            else {
+                continue;
+            };
+            let i = pod
+                .info
+                .containers
+                .iter()
+                .position(|c| c.name == container)
+                .ok_or_else(|| anyhow!("pod {namespace}/{name} has no container {container}"))?;
+            let (tree, launcher, rel) = (
+                Arc::clone(&node.tree),
+                self.opts.launcher.clone(),
+                pod.info.containers[i].cgroup.clone(),
+            );
+            let burner = self.spawner.run(move || {
+                tree.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .spawn(&rel, &burn, &launcher)
+            })?;
+            // The old burner stops as it is dropped.
+            pod.burners[i] = burner;
+            return Ok(());
+        }
+        bail!("no running simulated pod {namespace}/{name}")
+    }
+
     /// Deletes a pod at once (there is no kubelet to finish a graceful
     /// deletion), stops its burners and removes its cgroups.
     pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Result<()> {
