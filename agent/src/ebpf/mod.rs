@@ -39,6 +39,11 @@ pub const TICK_HZ: u64 = 100;
 /// to cgroupfs counters.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "this agent was built without its eBPF object; run `cargo xtask build-ebpf` \
+         (after `scripts/setup.sh`) and rebuild"
+    )]
+    NotEmbedded,
     #[error("reading task_struct offsets from BTF: {0}")]
     Btf(#[from] btf::Error),
     #[error("loading the eBPF object: {0}")]
@@ -135,6 +140,9 @@ impl CpuAccounting {
     /// Loads the programs, attaches the switch hook, seeds live threads and picks
     /// a flush mode. Needs CAP_BPF + CAP_PERFMON (or root) and kernel BTF.
     pub fn load(opts: &Options) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(Error::NotEmbedded);
+        }
         let offsets = TaskOffsets::from_file(&opts.btf_path)?;
         debug!(?offsets, "task_struct offsets from BTF");
         let loaded_at = monotonic_ns();
