@@ -24,6 +24,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use backoff::Backoff;
 
+/// Longest wait between reconnect attempts to one replica.
+pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
 /// Errors of one stream attempt.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -191,7 +194,10 @@ async fn endpoint_loop(
     samples: watch::Receiver<Option<Arc<Outgoing>>>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    // Capped at 5 s: a restarted replica reports ready once any node has data,
+    // so the longer an agent waits to reconnect, the longer that replica may
+    // serve without its pods. Refused connects to a down replica are cheap.
+    let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_CAP);
     loop {
         let started = Instant::now();
         let attempt = stream_once(&config, &uri, samples.clone(), cancel.clone());
