@@ -4,10 +4,13 @@
 //! (the scheduler's own cumulative run time, the same clock cgroup `cpu.stat`
 //! accumulates) and charge the change since we last saw it to the cgroup it runs
 //! in. That is exact where timestamp arithmetic at switches is not (the kernel
-//! emits switch events that do not chain). A thread that never leaves its CPU
-//! would never be charged, so userspace runs [`flush_cpu`] on each CPU right
-//! before it reads (or, where the kernel cannot do that, [`tick`] runs from a
-//! per-CPU clock), charging whatever is running there the same way.
+//! emits switch events that do not chain), and for the same reason the state is
+//! per thread, not per CPU: a per-CPU "switched in at" slot loses a whole run
+//! whenever two events do not chain (tried: −2 % on a lone busy loop). A thread
+//! that never leaves its CPU would never be charged, so userspace runs
+//! [`flush_cpu`] on each CPU right before it reads (or, where the kernel cannot
+//! do that, [`tick`] runs from a per-CPU clock), charging whatever is running
+//! there the same way.
 //!
 //! There is no CO-RE for Rust programs: struct offsets come from the kernel's BTF
 //! in userspace and arrive as read-only globals.
@@ -22,7 +25,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
     },
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
 };
 use aya_log_ebpf::error;
@@ -40,8 +43,10 @@ static LOADED_AT_NS: u64 = 0;
 static CGROUP_CPU: PerCpuHashMap<u64, u64> =
     PerCpuHashMap::with_max_entries(CGROUP_CPU_MAX_ENTRIES, 0);
 
+// A plain hash, not an LRU: lookups and in-place updates touch no LRU
+// bookkeeping; entries leave at a thread's last switch instead of by eviction.
 #[map(name = "THREADS")]
-static THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(THREADS_MAX_ENTRIES, 0);
+static THREADS: HashMap<u32, u64> = HashMap::with_max_entries(THREADS_MAX_ENTRIES, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
@@ -97,7 +102,8 @@ fn charge(task: *const u8, tid: u32, dead: bool) {
                 unsafe { *last = now };
             }
             if now < before {
-                // tid reused after its entry was evicted and re-created: start over.
+                // A stale entry for a reused tid (its thread's last switch was
+                // before we attached, or seeding raced its exit): start over.
                 bump(Stat::Rebaselined, 1);
                 0
             } else {
@@ -108,8 +114,11 @@ fn charge(task: *const u8, tid: u32, dead: bool) {
             let Some(started) = read_u64(task, global(&START_TIME_OFFSET)) else {
                 return;
             };
-            if !dead {
-                let _ = THREADS.insert(&tid, &now, 0);
+            if !dead && THREADS.insert(&tid, &now, BPF_NOEXIST as u64).is_err() {
+                // Full (or raced by our own seeding): without an entry the next
+                // switch would charge the thread's whole run time again.
+                bump(Stat::ThreadMapFull, 1);
+                return;
             }
             // Started after we loaded: all of its run time is ours to charge.
             // Started before: from here on (userspace seeded live threads).
@@ -151,7 +160,6 @@ fn add_to_cgroup(cgroup: u64, delta: u64) {
 
 #[inline(always)]
 fn on_switch(prev: *const u8, prev_state: u32) -> u32 {
-    bump(Stat::Switches, 1);
     // At sched_switch `current` is still `prev`: its tid and cgroup come from helpers.
     let tid = bpf_get_current_pid_tgid() as u32;
     charge(prev, tid, prev_state & TASK_DEAD != 0);
@@ -159,7 +167,7 @@ fn on_switch(prev: *const u8, prev_state: u32) -> u32 {
 }
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
-/// unsigned int prev_state)`.
+/// unsigned int prev_state)`, where raw tracepoints are unavailable.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
@@ -167,7 +175,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     on_switch(prev, prev_state) as i32
 }
 
-/// The same, for kernels without BTF tracepoints.
+/// The same as a raw tracepoint (what the loader attaches first).
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);

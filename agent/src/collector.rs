@@ -15,7 +15,9 @@ use std::{
 use tracing::warn;
 
 use crate::{
-    cgroup::{self, Hierarchy, Identity, QosClass, Runtime, Tree, stats::Memory},
+    cgroup::{
+        self, CounterFiles, Hierarchy, Identity, QosClass, Runtime, Tree, TreeWatch, stats::Memory,
+    },
     ebpf::{self, CpuAccounting},
 };
 
@@ -148,10 +150,29 @@ enum Charge {
     Container(String),
 }
 
+/// The last walk of the tree, kept until the tree changes.
+struct Walked {
+    scan: cgroup::Scan,
+    /// Cgroup id → index into `scan.cgroups`.
+    by_id: HashMap<u64, usize>,
+}
+
 /// Reads samples; keeps what eBPF attribution needs between collections.
 pub struct Collector {
     hierarchy: Hierarchy,
     opts: Options,
+    /// The tree as last walked; walked again only when `watch` reports a
+    /// change (or an unknown cgroup id shows up in the eBPF counters).
+    walked: Option<Walked>,
+    /// Watches on the walked directories; `None` where inotify is unavailable
+    /// (then every collection walks).
+    watch: Option<TreeWatch>,
+    /// Cgroup ids in the eBPF counters that were not in the tree at the last
+    /// walk (outside the node's subtree, or removed): not a reason to walk again.
+    foreign: HashSet<u64>,
+    walks: u64,
+    /// Counter files of the sampled cgroups, kept open.
+    files: CounterFiles,
     ebpf: Option<CpuAccounting>,
     fallback_reason: Option<String>,
     /// Last raw counter per cgroup id, to turn the kernel's per-cgroup totals
@@ -175,6 +196,11 @@ impl Collector {
             opts,
             ebpf: None,
             fallback_reason: None,
+            walked: None,
+            watch: None,
+            foreign: HashSet::new(),
+            walks: 0,
+            files: CounterFiles::default(),
             last_raw: HashMap::new(),
             known: HashMap::new(),
             charged: HashMap::new(),
@@ -243,11 +269,62 @@ impl Collector {
         &self.hierarchy
     }
 
+    /// How many times the cgroup tree was walked (once at the start, then only
+    /// when it changed).
+    pub fn walks(&self) -> u64 {
+        self.walks
+    }
+
+    /// Whether the cached walk is out of date: the watch saw a change (or
+    /// there is no watch), or the kernel charged a cgroup the walk did not see
+    /// that is not known to be outside the node.
+    fn tree_changed(&mut self, walked: &Walked, raw: Option<&HashMap<u64, u64>>) -> bool {
+        let watched_change = self.watch.as_mut().is_none_or(TreeWatch::changed);
+        watched_change
+            || raw.is_some_and(|raw| {
+                raw.keys()
+                    .any(|id| !walked.by_id.contains_key(id) && !self.foreign.contains(id))
+            })
+    }
+
+    /// Walks the tree, watching every directory walked.
+    fn walk(&mut self, raw: Option<&HashMap<u64, u64>>) -> Result<Walked> {
+        let mut watch = match TreeWatch::new() {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                if self.watch.is_some() || self.walks == 0 {
+                    warn!(error = %e, "inotify unavailable: walking the cgroup tree every interval");
+                }
+                None
+            }
+        };
+        // Drop the old watches before adding new ones (inotify limits are per user).
+        self.watch = None;
+        let scan = self
+            .hierarchy
+            .scan_watched(&self.opts.node_cgroup, watch.as_mut())?;
+        self.watch = watch;
+        self.walks += 1;
+        let by_id = scan.by_id();
+        self.foreign = raw
+            .map(|raw| {
+                raw.keys()
+                    .copied()
+                    .filter(|id| !by_id.contains_key(id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.files
+            .retain(|rel, id| by_id.get(&id).is_some_and(|&i| scan.cgroups[i].path == rel));
+        Ok(Walked { scan, by_id })
+    }
+
     /// Reads one snapshot.
     pub fn collect(&mut self) -> Result<Snapshot> {
-        let mut errors = Vec::new();
-        // Read counters first, then scan: every id read then either appears in the
-        // scan or was removed before it, so nothing is forgotten too early.
+        // Read counters first, then look at the tree: every id read then either
+        // appears in the walk (a cgroup made since the last walk, being an id
+        // the walk has not seen, makes us walk again) or was removed before it,
+        // so nothing is forgotten too early.
         let raw = match self.ebpf.as_mut().map(CpuAccounting::read) {
             Some(Ok(raw)) => Some(raw),
             Some(Err(e)) => {
@@ -257,7 +334,23 @@ impl Collector {
             None => None,
         };
         let timestamp = SystemTime::now();
-        let scan = self.hierarchy.scan(&self.opts.node_cgroup)?;
+        let walked = match self.walked.take() {
+            Some(walked) if !self.tree_changed(&walked, raw.as_ref()) => walked,
+            _ => self.walk(raw.as_ref())?,
+        };
+        let snapshot = self.sample(raw, timestamp, &walked);
+        self.walked = Some(walked);
+        Ok(snapshot)
+    }
+
+    fn sample(
+        &mut self,
+        raw: Option<HashMap<u64, u64>>,
+        timestamp: SystemTime,
+        walked: &Walked,
+    ) -> Snapshot {
+        let scan = &walked.scan;
+        let mut errors = Vec::new();
         let tree = scan.tree.unwrap_or(Tree::V2);
         errors.extend(scan.errors.iter().map(ToString::to_string));
 
@@ -270,7 +363,7 @@ impl Collector {
             raw
         };
         if let Some(raw) = raw {
-            self.attribute(raw, &scan);
+            self.attribute(raw, walked);
         }
 
         let ebpf = self.ebpf.is_some();
@@ -293,9 +386,10 @@ impl Collector {
                     .copied()
                     .unwrap_or(0))
             } else {
-                self.hierarchy.cpu_usage_ns(tree, &cg.path)
+                self.files
+                    .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path)
             };
-            let memory = self.hierarchy.memory(tree, &cg.path);
+            let memory = self.files.memory(&self.hierarchy, tree, cg.id, &cg.path);
             let (cpu_ns, memory) = match (cpu, memory) {
                 (Ok(c), Ok(m)) => (c, m),
                 (Err(e), _) | (_, Err(e)) => {
@@ -334,26 +428,30 @@ impl Collector {
             .collect();
         self.started.retain(|id, _| live.contains(id.as_str()));
 
+        // The walk's first cgroup is the node's own.
+        let node_id = scan.cgroups.first().map_or(0, |c| c.id);
         let node_cpu = if ebpf {
             self.charged.get(&Charge::Node).copied().unwrap_or(0)
         } else {
-            self.hierarchy
-                .cpu_usage_ns(tree, &self.opts.node_cgroup)
+            self.files
+                .cpu_usage_ns(&self.hierarchy, tree, node_id, &self.opts.node_cgroup)
                 .unwrap_or_else(|e| {
                     errors.push(format!("node cpu: {e}"));
                     0
                 })
         };
         let node_memory = if self.whole_host() {
-            self.hierarchy.node_memory(&self.opts.proc_root)
+            self.files
+                .node_memory(&self.hierarchy, &self.opts.proc_root)
         } else {
-            self.hierarchy.memory(tree, &self.opts.node_cgroup)
+            self.files
+                .memory(&self.hierarchy, tree, node_id, &self.opts.node_cgroup)
         }
         .unwrap_or_else(|e| {
             errors.push(format!("node memory: {e}"));
             Memory::default()
         });
-        Ok(Snapshot {
+        Snapshot {
             timestamp,
             source: self.source(),
             node: NodeSample {
@@ -362,7 +460,7 @@ impl Collector {
             },
             pods,
             errors,
-        })
+        }
     }
 
     fn whole_host(&self) -> bool {
@@ -370,10 +468,10 @@ impl Collector {
     }
 
     /// Turns the kernel's per-cgroup totals into per-container and node totals.
-    fn attribute(&mut self, raw: HashMap<u64, u64>, scan: &cgroup::Scan) {
+    fn attribute(&mut self, raw: HashMap<u64, u64>, walked: &Walked) {
         let whole_host = self.whole_host();
-        let current: HashMap<u64, &Option<Identity>> =
-            scan.cgroups.iter().map(|c| (c.id, &c.identity)).collect();
+        let scan = &walked.scan;
+        let current = |id: &u64| walked.by_id.get(id).map(|&i| &scan.cgroups[i].identity);
         for (&cgroup, &value) in &raw {
             let last = self.last_raw.insert(cgroup, value).unwrap_or(0);
             // A smaller value: the id was reused by a new cgroup after we forgot it.
@@ -381,10 +479,7 @@ impl Collector {
             if delta == 0 {
                 continue;
             }
-            let identity = current
-                .get(&cgroup)
-                .copied()
-                .or_else(|| self.known.get(&cgroup));
+            let identity = current(&cgroup).or_else(|| self.known.get(&cgroup));
             // On a whole host every cgroup is the node's, even one that came and
             // went between two scans; in a subtree only those seen in it.
             if whole_host || identity.is_some() {
@@ -401,7 +496,7 @@ impl Collector {
         let gone: Vec<u64> = raw
             .keys()
             .copied()
-            .filter(|id| !current.contains_key(id))
+            .filter(|id| !walked.by_id.contains_key(id))
             .collect();
         for id in &gone {
             self.last_raw.remove(id);

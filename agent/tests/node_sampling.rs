@@ -276,3 +276,106 @@ fn working_set_excludes_page_cache() {
     );
     assert_eq!(s.pods[&pod].working_set(), m.working_set);
 }
+
+fn container_ids(s: &Snapshot) -> Vec<String> {
+    let mut ids: Vec<String> = s
+        .pods
+        .values()
+        .flat_map(|p| p.containers.iter().map(|c| c.id.clone()))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The collector walks the cgroup tree only when it changes; containers made
+/// or removed between two collections must still show up (or go) at the very
+/// next one, and a new container's CPU from its first moment must be in its
+/// first sample.
+#[test]
+fn containers_coming_and_going_are_seen_at_the_next_collection() {
+    let Some(h) = support::privileged("containers_coming_and_going") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tree = CgroupTree::new(&h, "churn");
+    let base = tree.base.clone();
+    let (pod_a, a1, a2) = (
+        support::uid(11),
+        support::container_id(11),
+        support::container_id(12),
+    );
+    let (pod_b, b1) = (support::uid(12), support::container_id(13));
+    let a1_path = support::systemd_container(&base, "burstable", &pod_a, &a1);
+    let a2_path = support::systemd_container(&base, "burstable", &pod_a, &a2);
+    let b1_path = support::cgroupfs_container(&base, "besteffort", &pod_b, &b1);
+    tree.mkdir(&a1_path);
+    let subtree = |source| {
+        let c = Collector::new(Options {
+            cpu_source: source,
+            node_cgroup: base.clone(),
+            ..Options::default()
+        })
+        .expect("collector");
+        assert!(c.fallback_reason().is_none() || source == CpuSourceChoice::Cgroupfs);
+        c
+    };
+    let mut ebpf = subtree(CpuSourceChoice::Ebpf);
+    let mut cgfs = subtree(CpuSourceChoice::Cgroupfs);
+    for c in [&mut ebpf, &mut cgfs] {
+        assert_eq!(
+            container_ids(&c.collect().expect("collect")),
+            vec![a1.clone()]
+        );
+    }
+    // Unchanged tree: no walk (the cgroupfs collector has no other reason to).
+    let walks = cgfs.walks();
+    assert_eq!(
+        container_ids(&cgfs.collect().expect("collect")),
+        vec![a1.clone()]
+    );
+    assert_eq!(cgfs.walks(), walks, "walked an unchanged tree");
+
+    // Between two collections: a container in the known pod, and a new pod
+    // whose container burns CPU from its first moment.
+    tree.mkdir(&a2_path);
+    let burner = Launcher::test_binary("burner_entry");
+    let b1_burner = tree.spawn(
+        &b1_path,
+        &Burn::Duty {
+            fraction: 0.5,
+            period_ms: 20,
+        },
+        &burner,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let before = tree.cpu_stat_ns(&b1_path);
+    let e1 = ebpf.collect().expect("collect");
+    let after = tree.cpu_stat_ns(&b1_path);
+    let f1 = cgfs.collect().expect("collect");
+    let mut want = vec![a1.clone(), a2.clone(), b1.clone()];
+    want.sort();
+    assert_eq!(container_ids(&e1), want, "eBPF source");
+    assert_eq!(container_ids(&f1), want, "cgroupfs source");
+    // All of the new container's CPU so far, none lost to the cached walk.
+    assert_close(
+        "new container, first sample",
+        container_cpu(&e1, &b1),
+        Bracket {
+            before: 0,
+            after: 0,
+        },
+        Bracket { before, after },
+        1.0,
+    );
+
+    // Gone between two collections.
+    drop(b1_burner);
+    tree.rmdir(&a1_path);
+    let want = {
+        let mut w = vec![a2.clone(), b1.clone()];
+        w.sort();
+        w
+    };
+    assert_eq!(container_ids(&ebpf.collect().expect("collect")), want);
+    assert_eq!(container_ids(&cgfs.collect().expect("collect")), want);
+}

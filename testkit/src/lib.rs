@@ -184,6 +184,16 @@ impl CgroupTree {
         }
     }
 
+    /// Removes `rel` (made by [`CgroupTree::mkdir`], empty: no processes, no
+    /// children) from every hierarchy.
+    pub fn rmdir(&mut self, rel: &str) {
+        for root in &self.roots {
+            let dir = root.join(rel.trim_start_matches('/'));
+            fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+        }
+        self.made.retain(|made| made != rel);
+    }
+
     /// The v2 directory of `rel`.
     pub fn v2_dir(&self, rel: &str) -> PathBuf {
         self.v2.join(rel.trim_start_matches('/'))

@@ -4,9 +4,11 @@
 //! Every name here is used on both sides; a bare string in either crate is a bug.
 #![no_std]
 
-/// `tp_btf/sched_switch`: charges the switching-out task's run time to its cgroup.
+/// `tp_btf/sched_switch`: the switch program's body as a BTF tracepoint, used
+/// only where the raw tracepoint cannot attach (attaching it needs the
+/// kernel's whole BTF parsed in userspace).
 pub const PROG_SCHED_SWITCH: &str = "sched_switch";
-/// Same program body for kernels without BTF tracepoints (`raw_tp/sched_switch`).
+/// `raw_tp/sched_switch`: charges the switching-out task's run time to its cgroup.
 pub const PROG_SCHED_SWITCH_RAW: &str = "sched_switch_raw";
 /// Never attached: userspace runs it on each CPU (BPF_PROG_TEST_RUN pinned to the
 /// CPU) right before reading, so a task that never leaves its CPU is charged too.
@@ -20,18 +22,22 @@ pub const TRACEPOINT_SCHED_SWITCH: &str = "sched_switch";
 
 /// `PerCpuHashMap<u64 cgroup v2 id, u64 ns>`: on-CPU time charged to each cgroup.
 pub const MAP_CGROUP_CPU: &str = "CGROUP_CPU";
-/// `LruHashMap<u32 tid, u64 ns>`: each thread's `se.sum_exec_runtime` when last charged.
+/// `HashMap<u32 tid, u64 ns>`: each thread's `se.sum_exec_runtime` when last
+/// charged. Updated in place; a thread's entry is removed at its last switch
+/// (`TASK_DEAD`), so the map holds live threads only.
 pub const MAP_THREADS: &str = "THREADS";
 /// `PerCpuArray<u64>` indexed by [`Stat`].
 pub const MAP_STATS: &str = "STATS";
 
 /// Default capacity of [`MAP_CGROUP_CPU`]; the loader may raise it.
 pub const CGROUP_CPU_MAX_ENTRIES: u32 = 16_384;
-/// Default capacity of [`MAP_THREADS`] (LRU: the least recently charged thread is evicted).
+/// Capacity of [`MAP_THREADS`]: more live threads than this on one node and the
+/// excess go uncharged (counted in [`Stat::ThreadMapFull`]).
 pub const THREADS_MAX_ENTRIES: u32 = 65_536;
 
 /// Global: byte offset of `se.sum_exec_runtime` inside `struct task_struct`, from BTF.
 pub const GLOBAL_SUM_EXEC_OFFSET: &str = "SUM_EXEC_OFFSET";
+
 /// Global: byte offset of `start_time` (CLOCK_MONOTONIC ns) inside `struct task_struct`.
 pub const GLOBAL_START_TIME_OFFSET: &str = "START_TIME_OFFSET";
 /// Global: CLOCK_MONOTONIC ns when the programs were loaded. A thread first seen
@@ -45,43 +51,43 @@ pub const TASK_DEAD: u32 = 0x80;
 /// Counters in [`MAP_STATS`], one slot each, summed over CPUs by userspace.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Only rare events are counted: a counter bumped at every context switch
+/// costs a map access on the hottest path in the kernel.
 pub enum Stat {
-    /// Context switches seen.
-    Switches = 0,
     /// Charges made by the flush or tick program.
-    Flushes = 1,
+    Flushes = 0,
     /// A cgroup could not be added because [`MAP_CGROUP_CPU`] is full: time lost.
-    CgroupMapFull = 2,
+    CgroupMapFull = 1,
     /// `bpf_probe_read_kernel` of a task field failed: time lost.
-    ReadErrors = 3,
-    /// A thread's run time went backwards (tid reuse after LRU eviction): re-baselined.
-    Rebaselined = 4,
-    /// Nanoseconds charged in total (all cgroups).
-    ChargedNs = 5,
+    ReadErrors = 2,
+    /// A thread's run time went backwards (a stale entry for a reused tid): re-baselined.
+    Rebaselined = 3,
+    /// A thread could not be added because [`MAP_THREADS`] is full: its time is
+    /// not charged until an entry frees up.
+    ThreadMapFull = 4,
 }
 
 impl Stat {
     /// Number of slots in [`MAP_STATS`].
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 5;
     /// Every statistic, in slot order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
-        Stat::Switches,
         Stat::Flushes,
         Stat::CgroupMapFull,
         Stat::ReadErrors,
         Stat::Rebaselined,
-        Stat::ChargedNs,
+        Stat::ThreadMapFull,
     ];
 
     /// A stable name for logs and metrics.
     pub const fn name(self) -> &'static str {
         match self {
-            Stat::Switches => "switches",
             Stat::Flushes => "flushes",
             Stat::CgroupMapFull => "cgroup_map_full",
             Stat::ReadErrors => "read_errors",
             Stat::Rebaselined => "rebaselined",
-            Stat::ChargedNs => "charged_ns",
+            Stat::ThreadMapFull => "thread_map_full",
         }
     }
 }

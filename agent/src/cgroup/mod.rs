@@ -4,8 +4,10 @@
 //!
 //! The mount point is configurable: a DaemonSet mounts the host's
 //! `/sys/fs/cgroup` somewhere of its own, and tests point at fixtures.
+pub mod files;
 pub mod identity;
 pub mod stats;
+pub mod watch;
 
 use std::{
     collections::HashMap,
@@ -15,7 +17,9 @@ use std::{
     time::SystemTime,
 };
 
+pub use files::CounterFiles;
 pub use identity::{Identity, QosClass, Runtime};
+pub use watch::TreeWatch;
 
 /// Errors reading the hierarchy.
 #[derive(Debug, thiserror::Error)]
@@ -161,16 +165,22 @@ impl Hierarchy {
     /// `base` limits the walk to one subtree (`/` for the whole host): the
     /// node's own cgroup where a node is nested in a larger hierarchy.
     pub fn scan(&self, base: &str) -> Result<Scan> {
+        self.scan_watched(base, None)
+    }
+
+    /// [`Hierarchy::scan`], adding a watch on every directory walked (in both
+    /// trees where both are walked), so the caller knows when to walk again.
+    pub fn scan_watched(&self, base: &str, mut watch: Option<&mut TreeWatch>) -> Result<Scan> {
         let v2 = self
             .tree_root(Tree::V2)
-            .map(|r| walk(r, base, Tree::V2))
+            .map(|r| walk(r, base, Tree::V2, watch.as_deref_mut()))
             .transpose()?;
         if v2.as_ref().is_some_and(has_pods) {
             return Ok(v2.unwrap_or_default());
         }
         let v1 = self
             .tree_root(Tree::V1)
-            .map(|r| walk(r, base, Tree::V1))
+            .map(|r| walk(r, base, Tree::V1, watch))
             .transpose()?;
         Ok(match (v2, v1) {
             (_, Some(v1)) if has_pods(&v1) => v1,
@@ -193,7 +203,7 @@ fn has_pods(scan: &Scan) -> bool {
         .any(|c| matches!(c.identity, Some(Identity::Pod { .. })))
 }
 
-fn walk(root: &Path, base: &str, tree: Tree) -> Result<Scan> {
+fn walk(root: &Path, base: &str, tree: Tree, mut watch: Option<&mut TreeWatch>) -> Result<Scan> {
     let base = base.trim_end_matches('/');
     let start = root.join(base.trim_start_matches('/'));
     let meta = fs::metadata(&start).map_err(|source| Error::Io {
@@ -216,6 +226,10 @@ fn walk(root: &Path, base: &str, tree: Tree) -> Result<Scan> {
     };
     let mut stack = vec![(start, base.to_string(), 0usize)];
     while let Some((dir, rel, depth)) = stack.pop() {
+        // Before listing: a child made from now on is listed or reported.
+        if let Some(watch) = watch.as_deref_mut() {
+            watch.add(&dir);
+        }
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             // Removed while we walked: it is simply gone.

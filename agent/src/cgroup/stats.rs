@@ -3,7 +3,14 @@
 //!
 //! Working set is what the kubelet and metrics-server report: usage minus
 //! inactive file pages (reclaimable page cache), floored at zero.
-use std::{fs, io, path::Path};
+//!
+//! Which files hold what is decided here once; how they are read is a [`Read`]:
+//! opened afresh each time ([`OneShot`]), or kept open and re-read in place
+//! ([`super::files::CounterFiles`], what the collector uses every interval).
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use super::{Hierarchy, Tree};
 
@@ -16,111 +23,167 @@ pub struct Memory {
     pub swap: Option<u64>,
 }
 
-fn read_u64(path: &Path) -> io::Result<u64> {
-    let text = fs::read_to_string(path)?;
-    let text = text.trim();
+impl Memory {
+    /// Working set as the kubelet computes it: usage minus inactive file
+    /// pages, floored at zero.
+    fn from_usage(usage: u64, inactive_file: u64, swap: Option<u64>) -> Self {
+        Self {
+            usage,
+            working_set: usage.saturating_sub(inactive_file),
+            swap,
+        }
+    }
+}
+
+/// How a cgroupfs file's text is obtained.
+pub(super) trait Read {
+    /// The whole text of file `name` in directory `dir`.
+    fn text(&mut self, dir: &Path, name: &'static str) -> io::Result<&str>;
+}
+
+/// Opens, reads and closes the file each time.
+#[derive(Default)]
+pub(super) struct OneShot(String);
+
+impl Read for OneShot {
+    fn text(&mut self, dir: &Path, name: &'static str) -> io::Result<&str> {
+        self.0 = fs::read_to_string(dir.join(name))?;
+        Ok(&self.0)
+    }
+}
+
+fn invalid(dir: &Path, name: &str, what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {what}", dir.join(name).display()),
+    )
+}
+
+/// A single-value file's number (`max` is `u64::MAX`).
+fn single(r: &mut impl Read, dir: &Path, name: &'static str) -> io::Result<u64> {
+    let text = r.text(dir, name)?.trim();
     if text == "max" {
         return Ok(u64::MAX);
     }
-    text.parse().map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {text:?}: {e}", path.display()),
-        )
-    })
+    text.parse()
+        .map_err(|e| invalid(dir, name, format!("{text:?}: {e}")))
 }
 
 /// A `key value` line's value from a flat-keyed file (`cpu.stat`, `memory.stat`).
-fn keyed(path: &Path, key: &str) -> io::Result<u64> {
-    let text = fs::read_to_string(path)?;
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == key).then(|| v.trim().parse::<u64>().ok())?
-        })
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: no numeric {key:?}", path.display()),
-            )
-        })
+fn keyed(r: &mut impl Read, dir: &Path, name: &'static str, key: &str) -> io::Result<u64> {
+    keyed_value(r.text(dir, name)?, key)
+        .ok_or_else(|| invalid(dir, name, format!("no numeric {key:?}")))
+}
+
+/// Finds the line `key value` by searching for the key (memory.stat has ~40
+/// lines; splitting each costs more than one substring search).
+fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.match_indices(key).find_map(|(at, _)| {
+        let line_start = at == 0 || text.as_bytes()[at - 1] == b'\n';
+        let rest = text[at + key.len()..].strip_prefix(' ')?;
+        let value = rest.split('\n').next()?.trim();
+        if line_start {
+            value.parse::<u64>().ok()
+        } else {
+            None
+        }
+    })
 }
 
 impl Hierarchy {
     /// Cumulative CPU time of a cgroup (and its descendants), nanoseconds.
     /// v2: `cpu.stat` `usage_usec` (µs resolution); v1: `cpuacct.usage` (ns).
     pub fn cpu_usage_ns(&self, tree: Tree, rel: &str) -> io::Result<u64> {
+        self.cpu_usage_ns_with(&mut OneShot::default(), tree, rel)
+    }
+
+    pub(super) fn cpu_usage_ns_with(
+        &self,
+        r: &mut impl Read,
+        tree: Tree,
+        rel: &str,
+    ) -> io::Result<u64> {
         if tree == Tree::V2
             && let Some(dir) = self.dir(Tree::V2, rel)
         {
-            return keyed(&dir.join("cpu.stat"), "usage_usec").map(|us| us * 1000);
+            return keyed(r, &dir, "cpu.stat", "usage_usec").map(|us| us * 1000);
         }
-        let dir = self
-            .v1_cpuacct
-            .as_ref()
-            .map(|root| root.join(rel.trim_start_matches('/')))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cpuacct controller"))?;
-        read_u64(&dir.join("cpuacct.usage"))
+        let dir = v1_dir(self.v1_cpuacct.as_deref(), rel, "no cpuacct controller")?;
+        single(r, &dir, "cpuacct.usage")
     }
 
     /// Memory of a cgroup: from the v2 files where the memory controller is on the
     /// v2 tree, else from the v1 memory controller at the same relative path
     /// (hybrid hosts keep memory on v1).
     pub fn memory(&self, tree: Tree, rel: &str) -> io::Result<Memory> {
+        self.memory_with(&mut OneShot::default(), tree, rel)
+    }
+
+    pub(super) fn memory_with(
+        &self,
+        r: &mut impl Read,
+        tree: Tree,
+        rel: &str,
+    ) -> io::Result<Memory> {
         if tree == Tree::V2
             && self.v2_memory
             && let Some(dir) = self.dir(Tree::V2, rel)
         {
-            return memory_v2(&dir);
+            return memory_v2(r, &dir);
         }
-        let dir = self
-            .v1_memory
-            .as_ref()
-            .map(|root| root.join(rel.trim_start_matches('/')))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no memory controller"))?;
-        memory_v1(&dir, self.v1_memsw)
+        let dir = v1_dir(self.v1_memory.as_deref(), rel, "no memory controller")?;
+        memory_v1(r, &dir, self.v1_memsw)
     }
 
     /// The node's memory: the v1 memory controller's root where there is one,
     /// else `/proc/meminfo` (the v2 root has no `memory.current`).
     pub fn node_memory(&self, proc_root: &Path) -> io::Result<Memory> {
+        self.node_memory_with(&mut OneShot::default(), proc_root)
+    }
+
+    pub(super) fn node_memory_with(
+        &self,
+        r: &mut impl Read,
+        proc_root: &Path,
+    ) -> io::Result<Memory> {
         match &self.v1_memory {
-            Some(root) => memory_v1(root, self.v1_memsw),
-            None => meminfo(&proc_root.join("meminfo")),
+            Some(root) => memory_v1(r, root, self.v1_memsw),
+            None => meminfo(r, proc_root),
         }
     }
 }
 
-fn memory_v2(dir: &Path) -> io::Result<Memory> {
-    let usage = read_u64(&dir.join("memory.current"))?;
-    let inactive = keyed(&dir.join("memory.stat"), "inactive_file")?;
-    let swap = read_u64(&dir.join("memory.swap.current")).ok();
-    Ok(Memory {
-        usage,
-        working_set: usage.saturating_sub(inactive),
-        swap,
-    })
+fn v1_dir(root: Option<&Path>, rel: &str, missing: &'static str) -> io::Result<PathBuf> {
+    root.map(|root| root.join(rel.trim_start_matches('/')))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, missing))
 }
 
-fn memory_v1(dir: &Path, memsw: bool) -> io::Result<Memory> {
-    let usage = read_u64(&dir.join("memory.usage_in_bytes"))?;
-    let inactive = keyed(&dir.join("memory.stat"), "total_inactive_file")?;
+fn memory_v2(r: &mut impl Read, dir: &Path) -> io::Result<Memory> {
+    let usage = single(r, dir, "memory.current")?;
+    let inactive = keyed(r, dir, "memory.stat", "inactive_file")?;
+    let swap = single(r, dir, "memory.swap.current").ok();
+    Ok(Memory::from_usage(usage, inactive, swap))
+}
+
+fn memory_v1(r: &mut impl Read, dir: &Path, memsw: bool) -> io::Result<Memory> {
+    let usage = single(r, dir, "memory.usage_in_bytes")?;
+    let inactive = keyed(r, dir, "memory.stat", "total_inactive_file")?;
     // memsw counts memory + swap; present only with swap accounting enabled.
-    let swap = memsw
-        .then(|| read_u64(&dir.join("memory.memsw.usage_in_bytes")).ok())
-        .flatten()
-        .map(|memsw| memsw.saturating_sub(usage));
-    Ok(Memory {
-        usage,
-        working_set: usage.saturating_sub(inactive),
-        swap,
-    })
+    let swap = if memsw {
+        single(r, dir, "memory.memsw.usage_in_bytes")
+            .ok()
+            .map(|memsw| memsw.saturating_sub(usage))
+    } else {
+        None
+    };
+    Ok(Memory::from_usage(usage, inactive, swap))
 }
 
 /// Node memory as cAdvisor computes it for a v2 root: usage = MemTotal − MemFree,
 /// working set = usage − Inactive(file); swap = SwapTotal − SwapFree.
-fn meminfo(path: &Path) -> io::Result<Memory> {
-    let text = fs::read_to_string(path)?;
+fn meminfo(r: &mut impl Read, proc_root: &Path) -> io::Result<Memory> {
+    const NAME: &str = "meminfo";
+    let text = r.text(proc_root, NAME)?;
     let field = |name: &str| -> io::Result<u64> {
         text.lines()
             .find_map(|l| {
@@ -128,12 +191,7 @@ fn meminfo(path: &Path) -> io::Result<Memory> {
                 let kb = rest.trim().trim_end_matches("kB").trim();
                 kb.parse::<u64>().ok().map(|kb| kb * 1024)
             })
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: no {name}", path.display()),
-                )
-            })
+            .ok_or_else(|| invalid(proc_root, NAME, format!("no {name}")))
     };
     let usage = field("MemTotal")?.saturating_sub(field("MemFree")?);
     let inactive = field("Inactive(file)")?;
@@ -141,18 +199,15 @@ fn meminfo(path: &Path) -> io::Result<Memory> {
         (Ok(total), Ok(free)) if total > 0 => Some(total.saturating_sub(free)),
         _ => None,
     };
-    Ok(Memory {
-        usage,
-        working_set: usage.saturating_sub(inactive),
-        swap,
-    })
+    Ok(Memory::from_usage(usage, inactive, swap))
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn write(dir: &Path, name: &str, text: &str) {
+    /// Writes a fixture file, making its directory.
+    pub(in crate::cgroup) fn write(dir: &Path, name: &str, text: &str) {
         fs::create_dir_all(dir).expect("mkdir");
         fs::write(dir.join(name), text).expect("write fixture");
     }
@@ -242,6 +297,20 @@ mod tests {
     }
 
     #[test]
+    fn keyed_values_match_whole_keys_at_line_starts() {
+        let text =
+            "total_inactive_file 7\ninactive_file 3\nx_inactive_file 9\nbad inactive_file 1\n";
+        assert_eq!(keyed_value(text, "inactive_file"), Some(3));
+        assert_eq!(keyed_value(text, "total_inactive_file"), Some(7));
+        assert_eq!(
+            keyed_value("inactive_file_x 1\ninactive_file 2", "inactive_file"),
+            Some(2)
+        );
+        assert_eq!(keyed_value("inactive_file lots\n", "inactive_file"), None);
+        assert_eq!(keyed_value("", "inactive_file"), None);
+    }
+
+    #[test]
     fn meminfo_node_memory() {
         let tmp = tempfile::tempdir().expect("tempdir");
         write(
@@ -249,7 +318,7 @@ mod tests {
             "meminfo",
             "MemTotal:       1000 kB\nMemFree:         200 kB\nInactive(file):  100 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n",
         );
-        let m = meminfo(&tmp.path().join("meminfo")).expect("meminfo");
+        let m = meminfo(&mut OneShot::default(), tmp.path()).expect("meminfo");
         assert_eq!(
             m,
             Memory {
