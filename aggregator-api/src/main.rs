@@ -100,8 +100,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let watch = WatchService::new(Arc::clone(&store), watch_auth, cancel.clone()).into_server();
-    let service = IngestService::new(Arc::clone(&store), auth, cancel.clone())
-        .into_server(ingest.ingest_max_message_bytes);
+    let service = IngestService::new(Arc::clone(&store), auth, cancel.clone());
+    let ingest_stats = service.stats();
+    let service = service.into_server(ingest.ingest_max_message_bytes);
     let mut server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -165,8 +166,19 @@ async fn main() -> anyhow::Result<()> {
             cancel.cancel();
         }
     };
-    let view: Arc<dyn MetricsView> = store;
-    let served = aggregator_api::app::run(config, view, shutdown).await;
+    let view: Arc<dyn MetricsView> = store.clone();
+    let served = aggregator_api::app::run_with(
+        config,
+        view,
+        move |app| {
+            app.metrics_source(move |out| {
+                ingest_stats.render(out);
+                store.stats().render(out);
+            })
+        },
+        shutdown,
+    )
+    .await;
     cancel.cancel();
     match ingest_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "ingest server"),

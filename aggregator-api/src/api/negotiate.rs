@@ -326,6 +326,18 @@ pub fn negotiate(
     })
 }
 
+/// The encoding of an error `Status` for this `Accept` header, as the
+/// apiserver's `ErrorNegotiated` picks it: whatever a plain object would be
+/// sent as, and JSON when nothing is acceptable (so a 406 is readable).
+pub fn error_encoding(accept: Option<&str>) -> Encoding {
+    negotiate(
+        accept,
+        Endpoint::GroupVersionDiscovery,
+        Offer::JSON_AND_PROTOBUF,
+    )
+    .map_or(Encoding::Json, |n| n.encoding)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,9 +77,18 @@ fn format_decimal(mantissa: u128, exponent: i32) -> String {
         return "0".to_owned();
     }
     let (mut mantissa, mut exponent) = (mantissa, exponent);
-    while mantissa % 10 == 0 {
-        mantissa /= 10;
-        exponent += 1;
+    // u128 division is a library call; every real value fits a u64.
+    if let Ok(mut small) = u64::try_from(mantissa) {
+        while small % 10 == 0 {
+            small /= 10;
+            exponent += 1;
+        }
+        mantissa = u128::from(small);
+    } else {
+        while mantissa % 10 == 0 {
+            mantissa /= 10;
+            exponent += 1;
+        }
     }
     // Lower the exponent to a multiple of three; the mantissa grows instead.
     // rem_euclid gives Go's {1,-2} → ×10 and {2,-1} → ×100 cases.
@@ -94,7 +103,10 @@ fn format_decimal(mantissa: u128, exponent: i32) -> String {
         }
         _ => {}
     }
-    let mut out = mantissa.to_string();
+    let mut out = match u64::try_from(mantissa) {
+        Ok(small) => small.to_string(),
+        Err(_) => mantissa.to_string(),
+    };
     match decimal_suffix(exponent) {
         Some(suffix) => out.push_str(suffix),
         // Beyond the SI table apimachinery falls back to an exponent; a u64 of

@@ -247,7 +247,29 @@ pub struct Requirement {
     values: Vec<String>,
 }
 
+/// Where a selector reads labels from.
+pub trait LabelSource {
+    /// The value of `key`, if the label is set.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelSource for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+impl LabelSource for super::Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+
 impl Requirement {
+    fn has_value(&self, value: &str) -> bool {
+        self.values.iter().any(|v| v == value)
+    }
+
     /// The label key.
     pub fn key(&self) -> &str {
         &self.key
@@ -264,13 +286,13 @@ impl Requirement {
     }
 
     /// apimachinery `Requirement.Matches`.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
+    pub fn matches<L: LabelSource + ?Sized>(&self, labels: &L) -> bool {
+        let value = labels.label(&self.key);
         match self.operator {
             Operator::In | Operator::Equals | Operator::DoubleEquals => {
-                value.is_some_and(|v| self.values.contains(v))
+                value.is_some_and(|v| self.has_value(v))
             }
-            Operator::NotIn | Operator::NotEquals => value.is_none_or(|v| !self.values.contains(v)),
+            Operator::NotIn | Operator::NotEquals => value.is_none_or(|v| !self.has_value(v)),
             Operator::Exists => value.is_some(),
             Operator::DoesNotExist => value.is_none(),
             Operator::GreaterThan | Operator::LessThan => {
@@ -395,7 +417,7 @@ impl LabelSelector {
     }
 
     /// Whether an object with these labels is selected.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches<L: LabelSource + ?Sized>(&self, labels: &L) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
 }

@@ -214,6 +214,12 @@ impl ApiError {
         }
     }
 
+    /// The protobuf body (`k8s\0` + `runtime.Unknown`) of the same `Status`,
+    /// for clients that negotiated `application/vnd.kubernetes.protobuf`.
+    pub fn to_status_protobuf(&self) -> Vec<u8> {
+        super::protobuf::status(&self.to_status())
+    }
+
     /// The JSON body to send with [`ApiError::status_code`]
     /// (`Content-Type: application/json`).
     pub fn to_status_json(&self) -> String {

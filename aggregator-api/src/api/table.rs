@@ -249,7 +249,7 @@ pub fn node_table(
         .map(|n| {
             let object = node_metrics(n, api_version, now);
             RowData {
-                name: n.name.clone(),
+                name: n.name.to_string(),
                 usage: object.usage.clone(),
                 window: go_duration(n.window),
                 object: match include {
@@ -291,17 +291,17 @@ pub fn pod_table(
                 IncludeObject::None => None,
                 IncludeObject::Metadata => Some(partial(
                     ObjectMeta {
-                        name: p.name.clone(),
-                        namespace: p.namespace.clone(),
+                        name: p.name.to_string(),
+                        namespace: p.namespace.to_string(),
                         creation_timestamp: Some(rfc3339_seconds(now)),
-                        labels: p.labels.clone(),
+                        labels: p.labels.to_map(),
                     },
                     table_version,
                 )),
                 IncludeObject::Object => Some(RowObject::Pod(pod_metrics(p, api_version, now))),
             };
             RowData {
-                name: p.name.clone(),
+                name: p.name.to_string(),
                 usage: usage(cpu, memory, swap),
                 window: go_duration(p.window),
                 object,
@@ -326,8 +326,8 @@ mod tests {
 
     fn node(name: &str, swap: Option<u64>) -> NodeUsage {
         NodeUsage {
-            name: name.to_owned(),
-            labels: BTreeMap::from([("role".to_owned(), "worker".to_owned())]),
+            name: name.to_owned().into(),
+            labels: BTreeMap::from([("role".to_owned(), "worker".to_owned())]).into(),
             timestamp: UNIX_EPOCH + Duration::from_secs(60),
             window: Duration::from_secs(15),
             cpu_nanocores: 250_000_000,
@@ -338,15 +338,15 @@ mod tests {
 
     fn pod() -> PodUsage {
         let container = |name: &str, cpu, mem, swap| ContainerUsage {
-            name: name.to_owned(),
+            name: name.to_owned().into(),
             cpu_nanocores: cpu,
             memory_bytes: mem,
             swap_bytes: swap,
         };
         PodUsage {
-            namespace: "default".to_owned(),
-            name: "web".to_owned(),
-            labels: BTreeMap::new(),
+            namespace: "default".to_owned().into(),
+            name: "web".to_owned().into(),
+            labels: BTreeMap::new().into(),
             timestamp: UNIX_EPOCH + Duration::from_secs(60),
             window: Duration::from_millis(15_002),
             containers: vec![

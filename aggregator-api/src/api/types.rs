@@ -358,10 +358,10 @@ fn node_item(node: &NodeUsage, now: SystemTime) -> NodeMetrics {
         kind: None,
         api_version: None,
         metadata: ObjectMeta {
-            name: node.name.clone(),
+            name: node.name.to_string(),
             namespace: String::new(),
             creation_timestamp: Some(rfc3339_seconds(now)),
-            labels: node.labels.clone(),
+            labels: node.labels.to_map(),
         },
         timestamp: rfc3339_seconds(node.timestamp),
         window: go_duration(node.window),
@@ -374,10 +374,10 @@ fn pod_item(pod: &PodUsage, now: SystemTime) -> PodMetrics {
         kind: None,
         api_version: None,
         metadata: ObjectMeta {
-            name: pod.name.clone(),
-            namespace: pod.namespace.clone(),
+            name: pod.name.to_string(),
+            namespace: pod.namespace.to_string(),
             creation_timestamp: Some(rfc3339_seconds(now)),
-            labels: pod.labels.clone(),
+            labels: pod.labels.to_map(),
         },
         timestamp: rfc3339_seconds(pod.timestamp),
         window: go_duration(pod.window),
@@ -385,7 +385,7 @@ fn pod_item(pod: &PodUsage, now: SystemTime) -> PodMetrics {
             .containers
             .iter()
             .map(|c| ContainerMetrics {
-                name: c.name.clone(),
+                name: c.name.to_string(),
                 usage: usage(c.cpu_nanocores, c.memory_bytes, c.swap_bytes),
             })
             .collect(),
@@ -833,8 +833,8 @@ mod tests {
 
     fn node() -> NodeUsage {
         NodeUsage {
-            name: "node-1".to_owned(),
-            labels: BTreeMap::from([("kubernetes.io/os".to_owned(), "linux".to_owned())]),
+            name: "node-1".to_owned().into(),
+            labels: BTreeMap::from([("kubernetes.io/os".to_owned(), "linux".to_owned())]).into(),
             timestamp: at(1_639_763_862),
             window: Duration::from_millis(15_002),
             cpu_nanocores: 13_000_000,
@@ -845,13 +845,13 @@ mod tests {
 
     fn pod(ns: &str, name: &str) -> PodUsage {
         PodUsage {
-            namespace: ns.to_owned(),
-            name: name.to_owned(),
-            labels: BTreeMap::new(),
+            namespace: ns.to_owned().into(),
+            name: name.to_owned().into(),
+            labels: BTreeMap::new().into(),
             timestamp: at(1_639_763_862),
             window: Duration::from_secs(15),
             containers: vec![ContainerUsage {
-                name: "app".to_owned(),
+                name: "app".to_owned().into(),
                 cpu_nanocores: 7_338_891,
                 memory_bytes: 4_194_304,
                 swap_bytes: Some(0),
@@ -891,7 +891,7 @@ mod tests {
     #[test]
     fn empty_labels_are_omitted() {
         let mut n = node();
-        n.labels.clear();
+        n.labels = Default::default();
         let got = json(&node_metrics(&n, ApiVersion::V1Beta1, at(0)));
         assert!(
             got.contains(
@@ -917,9 +917,9 @@ mod tests {
     #[test]
     fn lists_sort_and_drop_item_kinds() {
         let mut b = node();
-        b.name = "b".to_owned();
+        b.name = "b".to_owned().into();
         let mut a = node();
-        a.name = "a".to_owned();
+        a.name = "a".to_owned().into();
         let list = node_metrics_list(&[b, a], ApiVersion::V1Beta1, at(0));
         let names: Vec<_> = list
             .items

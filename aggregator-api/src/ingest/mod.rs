@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod config;
 
+use std::fmt::Write as _;
 use std::{
     sync::{
         Arc,
@@ -59,6 +60,26 @@ pub struct IngestStats {
     pub streams: AtomicU64,
     pub streams_rejected: AtomicU64,
     pub spoofed: AtomicU64,
+}
+
+impl IngestStats {
+    /// Prometheus text of these counters (appended to `/metrics`).
+    pub fn render(&self, out: &mut String) {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = write!(
+            out,
+            "# HELP nodepulse_ingest_streams_total Agent streams by authentication result.\n\
+             # TYPE nodepulse_ingest_streams_total counter\n\
+             nodepulse_ingest_streams_total{{result=\"accepted\"}} {}\n\
+             nodepulse_ingest_streams_total{{result=\"rejected\"}} {}\n\
+             # HELP nodepulse_ingest_spoofed_reports_total Reports for a node other than the one the stream's token is bound to.\n\
+             # TYPE nodepulse_ingest_spoofed_reports_total counter\n\
+             nodepulse_ingest_spoofed_reports_total {}\n",
+            n(&self.streams),
+            n(&self.streams_rejected),
+            n(&self.spoofed),
+        );
+    }
 }
 
 /// Logs at most once per `every`, counting what it suppressed.

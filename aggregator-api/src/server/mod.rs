@@ -29,6 +29,7 @@
 pub mod discovery;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod query;
 pub mod request_info;
 pub mod resources;
@@ -105,7 +106,12 @@ struct AppInner {
     health: Health,
     auth_failure_log: LogGate,
     error_log: LogGate,
+    metric_sources: Vec<MetricSource>,
 }
+
+/// Appends Prometheus text of another part of the process (ingest, store) to
+/// what `/metrics` serves.
+pub type MetricSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// Builds an [`App`].
 pub struct AppBuilder {
@@ -116,6 +122,7 @@ pub struct AppBuilder {
     limits: ServerLimits,
     live: Vec<(String, Check)>,
     ready: Vec<(String, Check)>,
+    metric_sources: Vec<MetricSource>,
 }
 
 impl App {
@@ -133,6 +140,7 @@ impl App {
             limits: ServerLimits::default(),
             live: Vec::new(),
             ready: Vec::new(),
+            metric_sources: Vec::new(),
         }
     }
 
@@ -145,7 +153,7 @@ impl App {
 
     /// The server's Prometheus text (what `/metrics` serves).
     pub fn metrics_text(&self) -> String {
-        self.inner.metrics.render()
+        self.inner.metrics_text()
     }
 }
 
@@ -159,6 +167,12 @@ impl AppBuilder {
     /// Server limits.
     pub fn limits(mut self, limits: ServerLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Adds Prometheus text from another part of the process to `/metrics`.
+    pub fn metrics_source(mut self, source: impl Fn(&mut String) + Send + Sync + 'static) -> Self {
+        self.metric_sources.push(Arc::new(source));
         self
     }
 
@@ -227,8 +241,19 @@ impl AppBuilder {
                 health,
                 auth_failure_log: LogGate::new(Duration::from_secs(10)),
                 error_log: LogGate::new(Duration::from_secs(10)),
+                metric_sources: self.metric_sources,
             }),
         }
+    }
+}
+
+impl AppInner {
+    fn metrics_text(&self) -> String {
+        let mut text = self.metrics.render();
+        for source in &self.metric_sources {
+            source(&mut text);
+        }
+        text
     }
 }
 

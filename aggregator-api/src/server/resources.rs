@@ -8,13 +8,14 @@
 
 use std::time::SystemTime;
 
-use crate::api::negotiate::{self, Endpoint, Negotiated, Offer, Target};
+use crate::api::negotiate::{self, Encoding, Endpoint, Negotiated, Offer, Target};
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::status::ApiError;
 use crate::api::table::{self, IncludeObject};
 use crate::api::types;
 use crate::api::view::{Lookup, MetricsView};
 use crate::api::{ApiVersion, NodeUsage, PodUsage, Resource};
+use crate::api::{json_list, protobuf};
 
 use super::query::Query;
 use super::respond::{self, HandlerResult};
@@ -61,9 +62,9 @@ pub struct ResourceRequest<'a> {
     pub accept: Option<&'a str>,
 }
 
-/// Which encodings are produced. Protobuf is not implemented yet, so it is
-/// only chosen when nothing else is acceptable — and then it is a 406.
-const OFFER: Offer = Offer::JSON_ONLY;
+/// Which encodings are produced: JSON, and protobuf (what client-go asks
+/// for first; `Table`s are JSON only, as upstream).
+const OFFER: Offer = Offer::JSON_AND_PROTOBUF;
 
 /// Answers a resource request.
 pub fn handle(request: &ResourceRequest<'_>, route: &ResourceRoute) -> HandlerResult {
@@ -96,7 +97,7 @@ pub fn handle(request: &ResourceRequest<'_>, route: &ResourceRoute) -> HandlerRe
                 .view
                 .pods(namespace.as_deref())
                 .into_iter()
-                .filter(|p| namespace.as_deref().is_none_or(|ns| p.namespace == ns))
+                .filter(|p| namespace.as_deref().is_none_or(|ns| *p.namespace == *ns))
                 .filter(|p| labels.matches(&p.labels) && fields.matches(&p.name, &p.namespace))
                 .collect();
             render_pods(request, negotiated, &pods, false, now)
@@ -146,21 +147,24 @@ fn render_nodes(
     single: bool,
     now: SystemTime,
 ) -> HandlerResult {
-    let body = match negotiated.target {
-        Target::Object => match (single, nodes.first()) {
-            (true, Some(node)) => {
-                respond::json_bytes(&types::node_metrics(node, request.version, now))?
-            }
-            _ => respond::json_bytes(&types::node_metrics_list(nodes, request.version, now))?,
+    let version = request.version;
+    let body = match (negotiated.target, negotiated.encoding) {
+        (Target::Object, Encoding::Json) => match (single, nodes.first()) {
+            (true, Some(node)) => respond::json_bytes(&types::node_metrics(node, version, now))?,
+            _ => json_list::node_list(nodes, version, now).map_err(respond::encode_failed)?,
         },
-        Target::Table(meta) => respond::json_bytes(&table::node_table(
+        (Target::Object, Encoding::Protobuf) => match (single, nodes.first()) {
+            (true, Some(node)) => protobuf::node(node, version, now),
+            _ => protobuf::node_list(nodes, version, now),
+        },
+        (Target::Table(meta), _) => respond::json_bytes(&table::node_table(
             nodes,
-            request.version,
+            version,
             meta,
             include_object(request.query)?,
             now,
         ))?,
-        Target::AggregatedDiscovery => return Err(unexpected_target()),
+        (Target::AggregatedDiscovery, _) => return Err(unexpected_target()),
     };
     Ok(respond::ok(negotiated.content_type(), body))
 }
@@ -172,21 +176,24 @@ fn render_pods(
     single: bool,
     now: SystemTime,
 ) -> HandlerResult {
-    let body = match negotiated.target {
-        Target::Object => match (single, pods.first()) {
-            (true, Some(pod)) => {
-                respond::json_bytes(&types::pod_metrics(pod, request.version, now))?
-            }
-            _ => respond::json_bytes(&types::pod_metrics_list(pods, request.version, now))?,
+    let version = request.version;
+    let body = match (negotiated.target, negotiated.encoding) {
+        (Target::Object, Encoding::Json) => match (single, pods.first()) {
+            (true, Some(pod)) => respond::json_bytes(&types::pod_metrics(pod, version, now))?,
+            _ => json_list::pod_list(pods, version, now).map_err(respond::encode_failed)?,
         },
-        Target::Table(meta) => respond::json_bytes(&table::pod_table(
+        (Target::Object, Encoding::Protobuf) => match (single, pods.first()) {
+            (true, Some(pod)) => protobuf::pod(pod, version, now),
+            _ => protobuf::pod_list(pods, version, now),
+        },
+        (Target::Table(meta), _) => respond::json_bytes(&table::pod_table(
             pods,
-            request.version,
+            version,
             meta,
             include_object(request.query)?,
             now,
         ))?,
-        Target::AggregatedDiscovery => return Err(unexpected_target()),
+        (Target::AggregatedDiscovery, _) => return Err(unexpected_target()),
     };
     Ok(respond::ok(negotiated.content_type(), body))
 }

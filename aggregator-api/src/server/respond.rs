@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use super::metrics::LogGate;
-use crate::api::negotiate::JSON;
+use crate::api::negotiate::{Encoding, JSON, PROTOBUF};
 use crate::api::status::ApiError;
 
 /// The body type of every response.
@@ -38,7 +38,8 @@ pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Res
 /// The `Status` answer for `error`. Logged here too, by class: a 5xx is the
 /// server's problem (warned, at most once per `gate` interval), the rest are
 /// the client's (debug).
-pub fn error(error: &ApiError, gate: &LogGate) -> Response<Body> {
+/// The body is encoded as `encoding` (see [`crate::api::negotiate::error_encoding`]).
+pub fn error(error: &ApiError, gate: &LogGate, encoding: Encoding) -> Response<Body> {
     let status = error.status_code();
     match gate.open().filter(|_| status.is_server_error()) {
         Some(suppressed) => {
@@ -46,12 +47,20 @@ pub fn error(error: &ApiError, gate: &LogGate) -> Response<Body> {
         }
         None => tracing::debug!(code = status.as_u16(), %error, "request refused"),
     }
-    with_type(status, JSON, Bytes::from(error.to_status_json()))
+    match encoding {
+        Encoding::Json => with_type(status, JSON, Bytes::from(error.to_status_json())),
+        Encoding::Protobuf => with_type(status, PROTOBUF, Bytes::from(error.to_status_protobuf())),
+    }
 }
 
 /// Serialises a wire value; a failure is an internal error.
 pub fn json_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
-    crate::api::types::to_json(value).map_err(|e| ApiError::Internal {
+    crate::api::types::to_json(value).map_err(encode_failed)
+}
+
+/// A body that could not be encoded is an internal error.
+pub fn encode_failed(e: crate::api::types::Error) -> ApiError {
+    ApiError::Internal {
         message: e.to_string(),
-    })
+    }
 }

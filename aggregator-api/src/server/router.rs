@@ -14,10 +14,12 @@ use super::App;
 use super::discovery;
 use super::health::Probe;
 use super::metrics::verb_label;
+use super::openapi::{self, Document};
 use super::query::Query;
 use super::request_info;
 use super::resources::{self, ResourceRequest, ResourceRoute};
 use super::respond::{self, Body, HandlerResult};
+use crate::api::negotiate;
 use crate::api::status::ApiError;
 use crate::api::{ApiVersion, GROUP};
 use crate::auth::Decision;
@@ -42,6 +44,8 @@ enum Route {
     GroupVersion(ApiVersion),
     /// The five resource paths.
     Resource(ApiVersion, ResourceRoute),
+    /// `/openapi/v2`, `/openapi/v3`, `/openapi/v3/apis/metrics.k8s.io/{v}`.
+    OpenApi(Document),
     /// `/version`.
     Version,
     /// `/healthz`, `/livez`, `/readyz`, optionally `/<probe>/<check>`.
@@ -89,6 +93,10 @@ impl Route {
                 };
                 Route::Resource(version, resource)
             }
+            ["openapi", "v2"] => Route::OpenApi(Document::V2),
+            ["openapi", "v3"] => Route::OpenApi(Document::V3Discovery),
+            ["openapi", "v3", "apis", g, v] if *g == GROUP => ApiVersion::from_path_segment(v)
+                .map_or(Route::NotFound, |v| Route::OpenApi(Document::V3(v))),
             ["version"] => Route::Version,
             ["metrics"] => Route::Metrics,
             [p] => probe(p).map_or(Route::NotFound, |p| Route::Health(p, None)),
@@ -104,6 +112,7 @@ impl Route {
         match self {
             Route::Root | Route::Group | Route::GroupVersion(_) => "discovery",
             Route::Resource(_, r) => r.resource().as_str(),
+            Route::OpenApi(_) => "openapi",
             Route::Version => "version",
             Route::Health(p, _) => p.name(),
             Route::Metrics => "metrics",
@@ -177,7 +186,13 @@ pub async fn handle<B>(app: &App, conn: &ConnInfo, request: Request<B>) -> Respo
     }
     .await;
 
-    let response = result.unwrap_or_else(|e| respond::error(&e, &inner.error_log));
+    let response = result.unwrap_or_else(|e| {
+        let accept = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        respond::error(&e, &inner.error_log, negotiate::error_encoding(accept))
+    });
     let code = response.status().as_u16();
     inner
         .metrics
@@ -216,6 +231,7 @@ fn dispatch(
             },
             resource,
         ),
+        Route::OpenApi(document) => openapi::handle(*document, headers, accept, query),
         Route::Version => discovery::version(),
         Route::Health(probe, single) => {
             let verbose = query.get("verbose").is_some();
@@ -233,7 +249,7 @@ fn dispatch(
         Route::Metrics => Ok(respond::text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            inner.metrics.render(),
+            inner.metrics_text(),
         )),
         Route::NotFound => Err(ApiError::PathNotFound),
     }
@@ -294,7 +310,20 @@ mod tests {
                 Route::Health(Probe::Livez, Some("ping".to_owned())),
             ),
             ("/", Route::NotFound),
-            ("/openapi/v2", Route::NotFound),
+            ("/openapi/v2", Route::OpenApi(Document::V2)),
+            ("/openapi/v3", Route::OpenApi(Document::V3Discovery)),
+            (
+                "/openapi/v3/apis/metrics.k8s.io/v1beta1",
+                Route::OpenApi(Document::V3(v1b1)),
+            ),
+            (
+                "/openapi/v3/apis/metrics.k8s.io/v1",
+                Route::OpenApi(Document::V3(ApiVersion::V1)),
+            ),
+            ("/openapi/v3/apis/metrics.k8s.io/v2", Route::NotFound),
+            ("/openapi/v3/apis/other.k8s.io/v1", Route::NotFound),
+            ("/openapi/v3/api/v1", Route::NotFound),
+            ("/openapi/v1", Route::NotFound),
         ];
         for (path, want) in cases {
             assert_eq!(Route::parse(path), want, "{path}");

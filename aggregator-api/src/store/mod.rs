@@ -6,21 +6,33 @@
 //! readers lock one node at a time, so a reader listing 300,000 pods never
 //! holds up ingest for longer than one node's copy. A global index maps
 //! namespace/name to the node a pod runs on; it changes only with metadata.
+//!
+//! Memory per node is kept small: strings that repeat across the fleet
+//! (namespaces, label keys and values, container names) are interned once,
+//! standard 64-hex container ids are kept as 32 bytes inline, and applying a
+//! report's counters allocates nothing unless a container is new.
+mod containers;
+mod intern;
+pub mod limits;
 pub mod rate;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
+
+use std::fmt::Write as _;
 
 use proto::v1::{NodeReport, Usage};
 use tokio::sync::watch;
 
 use crate::api::{ContainerUsage, NodeUsage, PodUsage, view};
+use containers::{ContainerId, Containers};
+use intern::{Interner, Labels};
 use rate::{Outcome, Point, Series};
 
 /// Why a report was refused. Nothing of a refused report is applied.
@@ -40,6 +52,9 @@ pub enum Reject {
     TooManyPods { count: usize, limit: usize },
     #[error("report has no node usage")]
     NoUsage,
+    /// Labels or names beyond Kubernetes' own limits, or too many of them.
+    #[error("report metadata: {0}")]
+    Metadata(#[from] limits::Problem),
 }
 
 /// Store limits and policies.
@@ -47,8 +62,10 @@ pub enum Reject {
 pub struct Config {
     /// How far ahead of our clock a sample may be (node clock skew).
     pub max_future: Duration,
-    /// Most pods one report may carry.
+    /// Most pods one report may carry (samples, and pods in metadata).
     pub max_pods: usize,
+    /// Label and container counts per object.
+    pub limits: limits::Limits,
 }
 
 impl Default for Config {
@@ -56,6 +73,7 @@ impl Default for Config {
         Self {
             max_future: Duration::from_secs(30),
             max_pods: 2000,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -71,37 +89,106 @@ pub struct Stats {
     pub too_soon: AtomicU64,
     pub duplicates: AtomicU64,
     pub evicted_nodes: AtomicU64,
+    /// Reports refused for metadata over the limits (also in `rejected`).
+    pub bad_metadata: AtomicU64,
 }
 
-#[derive(Clone, Debug, Default)]
+impl Stats {
+    /// Prometheus text of these counters (appended to `/metrics`).
+    pub fn render(&self, out: &mut String) {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = write!(
+            out,
+            "# HELP nodepulse_store_reports_total Agent reports by outcome (a rejected report changes nothing).\n\
+             # TYPE nodepulse_store_reports_total counter\n\
+             nodepulse_store_reports_total{{outcome=\"applied\"}} {}\n\
+             nodepulse_store_reports_total{{outcome=\"rejected\"}} {}\n\
+             # HELP nodepulse_store_rejected_metadata_total Reports rejected for names or labels over the limits.\n\
+             # TYPE nodepulse_store_rejected_metadata_total counter\n\
+             nodepulse_store_rejected_metadata_total {}\n\
+             # HELP nodepulse_store_samples_total Counter samples not taken as a new point, by reason.\n\
+             # TYPE nodepulse_store_samples_total counter\n\
+             nodepulse_store_samples_total{{reason=\"reset\"}} {}\n\
+             nodepulse_store_samples_total{{reason=\"absurd\"}} {}\n\
+             nodepulse_store_samples_total{{reason=\"stale\"}} {}\n\
+             nodepulse_store_samples_total{{reason=\"too_soon\"}} {}\n\
+             nodepulse_store_samples_total{{reason=\"duplicate\"}} {}\n\
+             # HELP nodepulse_store_evicted_nodes_total Nodes forgotten after they stopped reporting.\n\
+             # TYPE nodepulse_store_evicted_nodes_total counter\n\
+             nodepulse_store_evicted_nodes_total {}\n",
+            n(&self.reports),
+            n(&self.rejected),
+            n(&self.bad_metadata),
+            n(&self.resets),
+            n(&self.absurd),
+            n(&self.stale),
+            n(&self.too_soon),
+            n(&self.duplicates),
+            n(&self.evicted_nodes),
+        );
+    }
+}
+
+/// A pod as its node's agent described it. Strings that repeat across the
+/// fleet (namespaces, label keys and values, container names) are shared.
+#[derive(Debug)]
 struct PodMeta {
-    namespace: String,
-    name: String,
-    labels: BTreeMap<String, String>,
+    namespace: Arc<str>,
+    name: Arc<str>,
+    labels: Labels,
     running: bool,
     /// (container id, container name)
-    containers: Vec<(String, String)>,
+    containers: Box<[(ContainerId, Arc<str>)]>,
 }
 
 #[derive(Debug)]
 struct NodeState {
     /// Metadata received: the node's labels, its pods' names.
     known: bool,
-    labels: BTreeMap<String, String>,
-    pods: HashMap<String, PodMeta>,
+    labels: Labels,
+    pods: Vec<PodMeta>,
     usage: Option<Series>,
-    containers: HashMap<String, Series>,
+    containers: Containers,
     last_report: Instant,
+    /// Counted in [`Store::with_data`].
+    counted: bool,
+    /// Removed from the store; a report that raced the eviction goes to a
+    /// new entry instead.
+    evicted: bool,
 }
 
-type PodKey = (String, String);
+impl NodeState {
+    fn new() -> Self {
+        Self {
+            known: false,
+            labels: Labels::default(),
+            pods: Vec::new(),
+            usage: None,
+            containers: Containers::default(),
+            last_report: Instant::now(),
+            counted: false,
+            evicted: false,
+        }
+    }
+
+    /// What the node-level metrics API would serve for this node.
+    fn has_data(&self) -> bool {
+        self.known && self.usage.as_ref().and_then(Series::rate).is_some()
+    }
+}
+
+type Shared = Arc<Mutex<NodeState>>;
+/// namespace → pod name → node.
+type PodIndex = HashMap<Arc<str>, HashMap<Arc<str>, Arc<str>>>;
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
     config: Config,
-    nodes: RwLock<HashMap<String, Arc<Mutex<NodeState>>>>,
-    /// namespace/name → (node, uid)
-    pods: RwLock<HashMap<PodKey, (String, String)>>,
+    nodes: RwLock<HashMap<Arc<str>, Shared>>,
+    pods: RwLock<PodIndex>,
+    strings: Interner,
+    /// Nodes that have metrics (`/readyz` asks on every probe).
+    with_data: AtomicUsize,
     stats: Stats,
     /// Bumped after every applied report, for watchers.
     changed: watch::Sender<u64>,
@@ -111,6 +198,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding a node's lock cannot leave a series half-written
     // (every update is a whole-value assignment), so keep serving.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 fn point(time: SystemTime, u: &Usage) -> Point {
@@ -148,6 +243,8 @@ impl Store {
             config,
             nodes: RwLock::default(),
             pods: RwLock::default(),
+            strings: Interner::default(),
+            with_data: AtomicUsize::new(0),
             stats: Stats::default(),
             changed: watch::channel(0).0,
         }
@@ -166,10 +263,13 @@ impl Store {
     /// labels and pod names; every series takes its new point.
     pub fn apply(&self, report: &NodeReport, now: SystemTime) -> Result<(), Reject> {
         let result = self.apply_inner(report, now);
-        let counter = if result.is_ok() {
-            &self.stats.reports
-        } else {
-            &self.stats.rejected
+        let counter = match &result {
+            Ok(()) => &self.stats.reports,
+            Err(Reject::Metadata(_)) => {
+                self.stats.bad_metadata.fetch_add(1, Ordering::Relaxed);
+                &self.stats.rejected
+            }
+            Err(_) => &self.stats.rejected,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if result.is_ok() {
@@ -178,7 +278,8 @@ impl Store {
         result
     }
 
-    fn apply_inner(&self, report: &NodeReport, now: SystemTime) -> Result<(), Reject> {
+    /// Everything that can refuse a report, before anything is changed.
+    fn check(&self, report: &NodeReport, now: SystemTime) -> Result<(SystemTime, Usage), Reject> {
         if report.node.is_empty() {
             return Err(Reject::NoNode);
         }
@@ -198,46 +299,70 @@ impl Store {
                 limit: self.config.max_future,
             });
         }
-        if report.pods.len() > self.config.max_pods {
+        let pods = report
+            .pods
+            .len()
+            .max(report.metadata.as_ref().map_or(0, |m| m.pods.len()));
+        if pods > self.config.max_pods {
             return Err(Reject::TooManyPods {
-                count: report.pods.len(),
+                count: pods,
                 limit: self.config.max_pods,
             });
         }
-        let usage = report.node_usage.as_ref().ok_or(Reject::NoUsage)?;
+        let usage = report.node_usage.ok_or(Reject::NoUsage)?;
+        if let Some(meta) = &report.metadata {
+            limits::check(&report.node, meta, &self.config.limits)?;
+        }
+        Ok((time, usage))
+    }
 
-        let node = self.node_entry(&report.node);
+    fn apply_inner(&self, report: &NodeReport, now: SystemTime) -> Result<(), Reject> {
+        let (time, usage) = self.check(report, now)?;
+        let (name, node) = loop {
+            let (name, node) = self.node_entry(&report.node);
+            if !lock(&node).evicted {
+                break (name, node);
+            }
+        };
         let mut state = lock(&node);
         state.last_report = Instant::now();
         if let Some(meta) = &report.metadata {
-            self.replace_metadata(&report.node, &mut state, meta);
+            self.replace_metadata(&name, &mut state, meta);
         }
-        self.push(&mut state.usage, point(time, usage), 0);
+        self.push(&mut state.usage, point(time, &usage), 0);
 
-        let mut seen = HashSet::with_capacity(state.containers.len());
-        for pod in &report.pods {
-            for c in &pod.containers {
-                if !seen.insert(c.id.as_str()) {
+        // Marks every container in the report; the rest are gone (every
+        // report lists all of the node's containers). No allocation unless
+        // a container is new.
+        let generation = state.containers.next_generation();
+        for c in report.pods.iter().flat_map(|p| &p.containers) {
+            let Some(u) = &c.usage else { continue };
+            let p = point(time, u);
+            match state.containers.get_mut(&c.id) {
+                Some(slot) if slot.seen == generation => {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    continue;
                 }
-                let Some(u) = &c.usage else { continue };
-                let p = point(time, u);
-                match state.containers.get_mut(&c.id) {
-                    Some(series) => {
-                        let outcome = series.push(p, c.start_unix_nanos);
-                        self.count(outcome);
-                    }
-                    None => {
-                        state
-                            .containers
-                            .insert(c.id.clone(), Series::new(p, c.start_unix_nanos));
-                    }
+                Some(slot) => {
+                    slot.seen = generation;
+                    let outcome = slot.series.push(p, c.start_unix_nanos);
+                    self.count(outcome);
                 }
+                None => state
+                    .containers
+                    .insert(&c.id, Series::new(p, c.start_unix_nanos)),
             }
         }
-        // Every report lists all of the node's containers: the rest are gone.
-        state.containers.retain(|id, _| seen.contains(id.as_str()));
+        state.containers.retain_seen();
+
+        let has = state.has_data();
+        if has != state.counted {
+            state.counted = has;
+            if has {
+                self.with_data.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.with_data.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 
@@ -262,102 +387,106 @@ impl Store {
         }
     }
 
-    fn node_entry(&self, name: &str) -> Arc<Mutex<NodeState>> {
-        if let Some(n) = self
-            .nodes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
-            return Arc::clone(n);
+    fn node_entry(&self, name: &str) -> (Arc<str>, Shared) {
+        if let Some((k, n)) = read(&self.nodes).get_key_value(name) {
+            return (Arc::clone(k), Arc::clone(n));
         }
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(nodes.entry(name.to_string()).or_insert_with(|| {
-            Arc::new(Mutex::new(NodeState {
-                known: false,
-                labels: BTreeMap::new(),
-                pods: HashMap::new(),
-                usage: None,
-                containers: HashMap::new(),
-                last_report: Instant::now(),
-            }))
-        }))
+        let mut nodes = write(&self.nodes);
+        if let Some((k, n)) = nodes.get_key_value(name) {
+            return (Arc::clone(k), Arc::clone(n));
+        }
+        let key: Arc<str> = Arc::from(name);
+        let node = Arc::new(Mutex::new(NodeState::new()));
+        nodes.insert(Arc::clone(&key), Arc::clone(&node));
+        (key, node)
     }
 
-    fn replace_metadata(&self, node: &str, state: &mut NodeState, meta: &proto::v1::NodeMetadata) {
+    fn replace_metadata(
+        &self,
+        node: &Arc<str>,
+        state: &mut NodeState,
+        meta: &proto::v1::NodeMetadata,
+    ) {
         state.known = true;
-        state.labels = meta
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut pods = HashMap::with_capacity(meta.pods.len());
-        for p in &meta.pods {
-            if pods.contains_key(&p.uid) {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            pods.insert(
-                p.uid.clone(),
-                PodMeta {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    labels: p
-                        .labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+        let mut pods = Vec::with_capacity(meta.pods.len());
+        {
+            let mut strings = self.strings.lock();
+            state.labels = strings.labels(&meta.labels);
+            let mut uids = HashSet::with_capacity(meta.pods.len());
+            for p in &meta.pods {
+                if !uids.insert(p.uid.as_str()) {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                pods.push(PodMeta {
+                    namespace: strings.get(&p.namespace),
+                    name: p.name.as_str().into(),
+                    labels: strings.labels(&p.labels),
                     running: p.running,
                     containers: p
                         .containers
                         .iter()
-                        .map(|c| (c.id.clone(), c.name.clone()))
+                        .map(|c| (ContainerId::new(&c.id), strings.get(&c.name)))
                         .collect(),
-                },
-            );
-        }
-        let old = std::mem::replace(&mut state.pods, pods);
-        let mut index = self.pods.write().unwrap_or_else(|e| e.into_inner());
-        for (uid, p) in &old {
-            let key = (p.namespace.clone(), p.name.clone());
-            if index.get(&key).is_some_and(|(n, u)| n == node && u == uid) {
-                index.remove(&key);
+                });
             }
         }
-        for (uid, p) in &state.pods {
-            index.insert(
-                (p.namespace.clone(), p.name.clone()),
-                (node.to_string(), uid.clone()),
-            );
+        let old = std::mem::replace(&mut state.pods, pods);
+        let mut index = write(&self.pods);
+        for p in &old {
+            if let Some(names) = index.get_mut(&*p.namespace) {
+                if names.get(&*p.name).is_some_and(|n| n == node) {
+                    names.remove(&*p.name);
+                }
+                if names.is_empty() {
+                    index.remove(&*p.namespace);
+                }
+            }
+        }
+        for p in &state.pods {
+            index
+                .entry(Arc::clone(&p.namespace))
+                .or_default()
+                .insert(Arc::clone(&p.name), Arc::clone(node));
         }
     }
 
     /// Removes nodes that have not reported for `older_than`; returns how many.
     pub fn evict(&self, older_than: Duration) -> usize {
         let now = Instant::now();
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        let stale: Vec<String> = nodes
-            .iter()
-            .filter(|(_, n)| now.duration_since(lock(n).last_report) > older_than)
-            .map(|(name, _)| name.clone())
-            .collect();
-        let mut index = self.pods.write().unwrap_or_else(|e| e.into_inner());
-        for name in &stale {
-            nodes.remove(name);
+        let mut nodes = write(&self.nodes);
+        let mut stale: HashSet<Arc<str>> = HashSet::new();
+        for (name, n) in nodes.iter() {
+            let mut state = lock(n);
+            if now.duration_since(state.last_report) > older_than {
+                state.evicted = true;
+                if std::mem::take(&mut state.counted) {
+                    self.with_data.fetch_sub(1, Ordering::Relaxed);
+                }
+                stale.insert(Arc::clone(name));
+            }
         }
-        index.retain(|_, (node, _)| !stale.contains(node));
+        nodes.retain(|name, _| !stale.contains(name));
+        drop(nodes);
+        if !stale.is_empty() {
+            write(&self.pods).retain(|_, names| {
+                names.retain(|_, node| !stale.contains(node));
+                !names.is_empty()
+            });
+        }
+        // Strings no pod or node uses any more (evicted, or replaced by
+        // newer metadata).
+        self.strings.sweep();
         self.stats
             .evicted_nodes
             .fetch_add(stale.len() as u64, Ordering::Relaxed);
         stale.len()
     }
 
-    fn snapshot_nodes(&self) -> Vec<(String, Arc<Mutex<NodeState>>)> {
-        self.nodes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+    fn snapshot_nodes(&self) -> Vec<(Arc<str>, Shared)> {
+        read(&self.nodes)
             .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
             .collect()
     }
 
@@ -368,19 +497,25 @@ impl Store {
         node: Option<&str>,
         namespace: Option<&str>,
     ) -> Vec<(String, PodUsage)> {
+        let nodes = match node {
+            // One node: no copy of the whole node table.
+            Some(want) => read(&self.nodes)
+                .get_key_value(want)
+                .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+                .into_iter()
+                .collect(),
+            None => self.snapshot_nodes(),
+        };
         let mut out = Vec::new();
-        for (name, n) in self.snapshot_nodes() {
-            if node.is_some_and(|want| want != name) {
-                continue;
-            }
+        for (name, n) in nodes {
             let state = lock(&n);
             out.extend(
                 state
                     .pods
-                    .values()
-                    .filter(|p| p.running && namespace.is_none_or(|ns| p.namespace == ns))
+                    .iter()
+                    .filter(|p| p.running && namespace.is_none_or(|ns| *p.namespace == *ns))
                     .filter_map(|p| pod_usage(&state, p))
-                    .map(|p| (name.clone(), p)),
+                    .map(|p| (name.to_string(), p)),
             );
         }
         out
@@ -388,17 +523,17 @@ impl Store {
 
     /// Names of the nodes known to the store.
     pub fn node_names(&self) -> Vec<String> {
-        self.snapshot_nodes().into_iter().map(|(n, _)| n).collect()
+        read(&self.nodes).keys().map(|n| n.to_string()).collect()
     }
 }
 
-fn node_usage(name: &str, state: &NodeState) -> view::Lookup<NodeUsage> {
+fn node_usage(name: &Arc<str>, state: &NodeState) -> view::Lookup<NodeUsage> {
     if !state.known {
         return view::Lookup::Unknown;
     }
     match state.usage.as_ref().and_then(Series::rate) {
         Some(r) => view::Lookup::Found(NodeUsage {
-            name: name.to_string(),
+            name: Arc::clone(name),
             labels: state.labels.clone(),
             timestamp: r.timestamp,
             window: r.window,
@@ -419,12 +554,12 @@ fn pod_usage(state: &NodeState, pod: &PodMeta) -> Option<PodUsage> {
     let mut containers = Vec::with_capacity(pod.containers.len());
     let mut earliest: Option<rate::Rate> = None;
     for (id, name) in &pod.containers {
-        let r = state.containers.get(id)?.rate()?;
+        let r = state.containers.get(id)?.series.rate()?;
         if earliest.is_none_or(|e| r.timestamp < e.timestamp) {
             earliest = Some(r);
         }
         containers.push(ContainerUsage {
-            name: name.clone(),
+            name: Arc::clone(name),
             cpu_nanocores: r.cpu_nanocores,
             memory_bytes: r.memory_bytes,
             swap_bytes: r.swap_bytes,
@@ -433,8 +568,8 @@ fn pod_usage(state: &NodeState, pod: &PodMeta) -> Option<PodUsage> {
     containers.sort_by(|a, b| a.name.cmp(&b.name));
     let e = earliest?;
     Some(PodUsage {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
+        namespace: Arc::clone(&pod.namespace),
+        name: Arc::clone(&pod.name),
         labels: pod.labels.clone(),
         timestamp: e.timestamp,
         window: e.window,
@@ -454,47 +589,55 @@ impl view::MetricsView for Store {
     }
 
     fn node(&self, name: &str) -> view::Lookup<NodeUsage> {
-        let node = self
-            .nodes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned();
+        let node = read(&self.nodes)
+            .get_key_value(name)
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)));
         match node {
-            Some(n) => node_usage(name, &lock(&n)),
+            Some((name, n)) => node_usage(&name, &lock(&n)),
             None => view::Lookup::Unknown,
         }
     }
 
     fn pods(&self, namespace: Option<&str>) -> Vec<PodUsage> {
-        self.pods_by_node(None, namespace)
-            .into_iter()
+        let Some(ns) = namespace else {
+            return self
+                .pods_by_node(None, None)
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+        };
+        // One namespace (the HPA's and `kubectl top pod -n`'s request): only
+        // the nodes the index says run its pods, not every node.
+        let mut nodes: Vec<Arc<str>> = match read(&self.pods).get(ns) {
+            Some(names) => names.values().cloned().collect(),
+            None => return Vec::new(),
+        };
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+            .iter()
+            .flat_map(|node| self.pods_by_node(Some(node), Some(ns)))
             .map(|(_, p)| p)
             .collect()
     }
 
     fn pod(&self, namespace: &str, name: &str) -> view::Lookup<PodUsage> {
-        let key = (namespace.to_string(), name.to_string());
-        let Some((node, uid)) = self
-            .pods
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+        let Some(node) = read(&self.pods)
+            .get(namespace)
+            .and_then(|names| names.get(name))
             .cloned()
         else {
             return view::Lookup::Unknown;
         };
-        let Some(n) = self
-            .nodes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&node)
-            .cloned()
-        else {
+        let Some(n) = read(&self.nodes).get(&node).cloned() else {
             return view::Lookup::Unknown;
         };
         let state = lock(&n);
-        match state.pods.get(&uid) {
+        let pod = state
+            .pods
+            .iter()
+            .find(|p| *p.namespace == *namespace && *p.name == *name);
+        match pod {
             Some(p) if p.running => match pod_usage(&state, p) {
                 Some(u) => view::Lookup::Found(u),
                 None => view::Lookup::NoMetrics,
@@ -503,8 +646,9 @@ impl view::MetricsView for Store {
         }
     }
 
+    /// O(1): a count kept as reports are applied and nodes evicted.
     fn has_data(&self) -> bool {
-        !self.nodes().is_empty()
+        self.with_data.load(Ordering::Relaxed) > 0
     }
 }
 

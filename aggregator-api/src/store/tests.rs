@@ -104,14 +104,14 @@ fn node_and_pod_rates_after_two_points() {
     };
     assert_eq!(node.cpu_nanocores, 2_000_000_000);
     assert_eq!(node.window, Duration::from_secs(1));
-    assert_eq!(node.labels["zone"], "a");
+    assert_eq!(node.labels.get("zone"), Some("a"));
     let Lookup::Found(pod) = store.pod("default", "web") else {
         panic!("pod metrics");
     };
     assert_eq!(
         pod.containers
             .iter()
-            .map(|c| (c.name.as_str(), c.cpu_nanocores))
+            .map(|c| (&*c.name, c.cpu_nanocores))
             .collect::<Vec<_>>(),
         [("app", 500_000_000), ("side", 250_000_000)]
     );
@@ -305,4 +305,132 @@ fn watchers_see_every_applied_report() {
         !rx.has_changed().expect("open"),
         "a refused report changes nothing"
     );
+}
+
+#[test]
+fn metadata_over_the_limits_is_refused_whole_and_counted() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    first.metadata = Some(meta(&[("u1", "ns", "web", &[("c1", "a")])]));
+    store.apply(&first, now()).expect("applies");
+
+    let mut bad = report("n1", 1000, 10, &[("u1", "c1", 5)]);
+    let mut m = meta(&[("u1", "ns", "web", &[("c1", "a")])]);
+    m.pods[0]
+        .labels
+        .insert("app".into(), "v".repeat(limits::MAX_LABEL_NAME + 1));
+    bad.metadata = Some(m);
+    let err = store.apply(&bad, now()).expect_err("label value too long");
+    assert!(matches!(err, Reject::Metadata(_)), "{err}");
+    assert!(err.to_string().contains("pod ns/web"), "{err}");
+    let mut bad = report("n1", 1000, 10, &[]);
+    let mut m = meta(&[]);
+    m.labels.insert("not a key".into(), "v".into());
+    bad.metadata = Some(m);
+    assert!(matches!(
+        store.apply(&bad, now()),
+        Err(Reject::Metadata(limits::Problem::LabelKey { .. }))
+    ));
+    assert_eq!(store.stats().bad_metadata.load(Ordering::Relaxed), 2);
+    assert_eq!(store.stats().rejected.load(Ordering::Relaxed), 2);
+
+    // Nothing of them was kept: the old names, and the store goes on.
+    store
+        .apply(&report("n1", 1000, 10, &[("u1", "c1", 5)]), now())
+        .expect("applies");
+    let Lookup::Found(p) = store.pod("ns", "web") else {
+        panic!("pod metrics");
+    };
+    assert_eq!(p.labels.get("app"), Some("web"));
+    let Lookup::Found(n) = store.node("n1") else {
+        panic!("node metrics")
+    };
+    assert_eq!(n.labels.get("zone"), Some("a"));
+}
+
+#[test]
+fn metadata_with_too_many_pods_is_refused() {
+    let store = Store::new(Config {
+        max_pods: 1,
+        ..Config::default()
+    });
+    let mut r = report("n1", 0, 0, &[]);
+    r.metadata = Some(meta(&[
+        ("u1", "ns", "a", &[("c1", "a")]),
+        ("u2", "ns", "b", &[("c2", "a")]),
+    ]));
+    assert_eq!(
+        store.apply(&r, now()),
+        Err(Reject::TooManyPods { count: 2, limit: 1 })
+    );
+}
+
+#[test]
+fn readiness_follows_nodes_with_metrics_through_eviction() {
+    let store = Store::default();
+    for node in ["n1", "n2"] {
+        let mut r = report(node, 0, 0, &[]);
+        r.metadata = Some(meta(&[]));
+        store.apply(&r, now()).expect("applies");
+    }
+    assert!(!store.has_data(), "one point is no metrics");
+    store
+        .apply(&report("n1", 1000, 10, &[]), now())
+        .expect("applies");
+    assert!(store.has_data());
+    assert_eq!(store.with_data.load(Ordering::Relaxed), 1);
+    store
+        .apply(&report("n2", 1000, 10, &[]), now())
+        .expect("applies");
+    // A counter reset takes n1's metrics away until its next point.
+    store
+        .apply(&report("n1", 2000, 1, &[]), now())
+        .expect("applies");
+    assert_eq!(store.with_data.load(Ordering::Relaxed), 1);
+    assert_eq!(store.evict(Duration::ZERO), 2);
+    assert!(!store.has_data());
+    assert_eq!(store.with_data.load(Ordering::Relaxed), 0);
+    // A report after eviction starts the node afresh.
+    let mut r = report("n1", 3000, 0, &[]);
+    r.metadata = Some(meta(&[]));
+    store.apply(&r, now()).expect("applies");
+    store
+        .apply(&report("n1", 4000, 10, &[]), now())
+        .expect("applies");
+    assert!(store.has_data());
+}
+
+#[test]
+fn repeated_strings_are_kept_once_and_forgotten_when_unused() {
+    let store = Store::default();
+    let id = |n: u8| format!("{n:02x}").repeat(32);
+    let (c1, c2) = (id(1), id(2));
+    for (node, uid, c) in [("n1", "u1", &c1), ("n2", "u2", &c2)] {
+        let mut r = report(node, 0, 0, &[(uid, c, 0)]);
+        r.metadata = Some(meta(&[(uid, "shop", "web", &[(c, "app")])]));
+        store.apply(&r, now()).expect("applies");
+    }
+    let shared = |node: &str| {
+        let n = store.nodes.read().expect("lock").get(node).cloned();
+        let n = n.expect("node");
+        let state = lock(&n);
+        let p = &state.pods[0];
+        (
+            Arc::clone(&p.namespace),
+            Arc::clone(&p.labels.pairs()[0].0),
+            Arc::clone(&p.containers[0].1),
+            matches!(p.containers[0].0, ContainerId::Hex(_)),
+        )
+    };
+    let (a, b) = (shared("n1"), shared("n2"));
+    assert!(Arc::ptr_eq(&a.0, &b.0), "namespace");
+    assert!(Arc::ptr_eq(&a.1, &b.1), "label key");
+    assert!(Arc::ptr_eq(&a.2, &b.2), "container name");
+    assert!(a.3, "runtime ids are kept as bytes");
+    drop((a, b));
+    // zone, a (node label); app, web (pod label); shop; "app" again as
+    // the container name: one copy.
+    assert_eq!(store.strings.len(), 5);
+    store.evict(Duration::ZERO);
+    assert_eq!(store.strings.len(), 0);
 }

@@ -138,7 +138,7 @@ fn nanos(t: SystemTime) -> i64 {
 
 fn node_wire(n: &NodeUsage) -> NodeMetrics {
     NodeMetrics {
-        name: n.name.clone(),
+        name: n.name.to_string(),
         timestamp_unix_nanos: nanos(n.timestamp),
         window_nanos: i64::try_from(n.window.as_nanos()).unwrap_or(i64::MAX),
         usage: Some(Rates {
@@ -151,8 +151,8 @@ fn node_wire(n: &NodeUsage) -> NodeMetrics {
 
 fn pod_wire(node: &str, p: &PodUsage) -> PodMetrics {
     PodMetrics {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
+        namespace: p.namespace.to_string(),
+        name: p.name.to_string(),
         node: node.to_string(),
         timestamp_unix_nanos: nanos(p.timestamp),
         window_nanos: i64::try_from(p.window.as_nanos()).unwrap_or(i64::MAX),
@@ -160,7 +160,7 @@ fn pod_wire(node: &str, p: &PodUsage) -> PodMetrics {
             .containers
             .iter()
             .map(|c| ContainerMetrics {
-                name: c.name.clone(),
+                name: c.name.to_string(),
                 usage: Some(Rates {
                     cpu_nanocores: c.cpu_nanocores,
                     memory_working_set_bytes: c.memory_bytes,
@@ -199,7 +199,7 @@ impl Filter {
 /// The last sample time sent per node and per pod (`namespace/name`).
 #[derive(Default)]
 struct Sent {
-    nodes: HashMap<String, i64>,
+    nodes: HashMap<Arc<str>, i64>,
     pods: HashMap<String, i64>,
 }
 
@@ -218,7 +218,7 @@ fn next_event(
     if filter.nodes {
         let mut seen = HashMap::new();
         for n in store.nodes() {
-            if filter.node.as_ref().is_some_and(|want| *want != n.name)
+            if filter.node.as_deref().is_some_and(|want| want != &*n.name)
                 || !filter.labels.matches(&n.labels)
             {
                 continue;
@@ -233,7 +233,7 @@ fn next_event(
             .nodes
             .keys()
             .filter(|k| !seen.contains_key(*k))
-            .cloned()
+            .map(|k| k.to_string())
             .collect();
         sent.nodes = seen;
     }

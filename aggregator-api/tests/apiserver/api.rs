@@ -327,7 +327,7 @@ async fn every_not_found_status() {
         "/apis/metrics.k8s.io/v2",
         "/apis/metrics.k8s.io/v1beta1/pods/x",
         "/apis/metrics.k8s.io/v1beta1/nodes/a/b",
-        "/openapi/v2",
+        "/openapi/v3/apis/metrics.k8s.io/v2",
         "/readyz/nope",
     ] {
         let reply = client.get(path).await;
@@ -521,7 +521,6 @@ async fn negotiation_prefers_json_and_refuses_with_406() {
     let client = server.client();
     let path = "/apis/metrics.k8s.io/v1beta1/nodes";
     for accept in [
-        "application/vnd.kubernetes.protobuf, */*",
         "application/json",
         "*/*",
         "application/json;as=Table;v=v2;g=meta.k8s.io, application/json",
@@ -531,16 +530,12 @@ async fn negotiation_prefers_json_and_refuses_with_406() {
         assert_eq!(reply.header("content-type"), Some("application/json"));
         assert_eq!(reply.json()["kind"], "NodeMetricsList");
     }
-    for accept in [
-        "application/vnd.kubernetes.protobuf",
-        "text/plain",
-        "application/yaml",
-    ] {
+    for accept in ["text/plain", "application/yaml"] {
         let reply = client.get_with(path, &[("accept", accept)]).await;
         assert_eq!(reply.status, StatusCode::NOT_ACCEPTABLE, "{accept}");
         assert_eq!(
             reply.json(),
-            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"only the following media types are accepted: application/json","reason":"NotAcceptable","code":406})
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"only the following media types are accepted: application/json, application/vnd.kubernetes.protobuf","reason":"NotAcceptable","code":406})
         );
     }
     let reply = client
@@ -814,4 +809,52 @@ async fn shutdown_drains_open_connections() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "listener closed"
     );
+}
+
+#[tokio::test]
+async fn metrics_include_ingest_and_store_figures() {
+    use aggregator_api::store::Store;
+    use proto::v1::{NodeReport, Usage};
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let store = Arc::new(Store::default());
+    let now = SystemTime::now();
+    let good = NodeReport {
+        node: "n1".to_owned(),
+        sample_unix_nanos: now
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos() as i64,
+        node_usage: Some(Usage {
+            cpu_ns: 1,
+            memory_working_set_bytes: 1,
+            swap_bytes: None,
+        }),
+        ..NodeReport::default()
+    };
+    store.apply(&good, now).expect("a good report applies");
+    let bad = NodeReport {
+        node: String::new(),
+        ..good.clone()
+    };
+    assert!(store.apply(&bad, now).is_err());
+    let source = Arc::clone(&store);
+    let server = TestServer::start(Options {
+        customize: Box::new(move |app| app.metrics_source(move |out| source.stats().render(out))),
+        ..Options::default()
+    })
+    .await;
+    let text = server.client().get("/metrics").await.body;
+    for line in [
+        "nodepulse_store_reports_total{outcome=\"applied\"} 1",
+        "nodepulse_store_reports_total{outcome=\"rejected\"} 1",
+        "nodepulse_store_samples_total{reason=\"reset\"} 0",
+        "# TYPE nodepulse_store_evicted_nodes_total counter",
+        // The server's own figures are still there.
+        "# TYPE apiserver_request_total counter",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    server.stop().await;
 }

@@ -3,7 +3,6 @@
 //! wiring, against a fake kube-apiserver served over HTTPS in-process.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +10,6 @@ use std::time::Duration;
 
 use aggregator_api::auth::User;
 use aggregator_api::auth::config::AuthConfigHandle;
-use aggregator_api::auth::flags::AuthFlags;
 use aggregator_api::auth::review::{
     AccessReviewer, KubeAccessReviewer, KubeTokenReviewer, ResourceAttributes,
     SubjectAccessReviewSpec, TokenReviewer, TokenVerdict,
@@ -23,16 +21,11 @@ use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use super::support::{Ca, Identity, Pki, TestView};
+use super::support::{Ca, Identity, Pki, TestView, configmap_data, default_flags, serve_https};
 
 /// State of the fake kube-apiserver.
 struct Fake {
@@ -111,53 +104,13 @@ struct FakeApiserver {
 
 impl FakeApiserver {
     async fn start(pki: &Pki) -> FakeApiserver {
-        let ca = Ca::new("fake-apiserver-ca");
-        let identity = ca.server();
-        let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("chain");
-        let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).expect("key");
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("config");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let fake = Arc::new(Fake {
             configmap: Mutex::new(configmap_data(pki)),
             requests: AtomicUsize::new(0),
             bodies: Mutex::new(Vec::new()),
         });
-        let (stop, mut stopped) = oneshot::channel::<()>();
         let served = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    _ = &mut stopped => return,
-                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
-                };
-                let acceptor = acceptor.clone();
-                let fake = served.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = service_fn(move |request| {
-                        let fake = fake.clone();
-                        async move { Ok::<_, Infallible>(answer(fake, request).await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, ca, stop) = serve_https(move |request| answer(served.clone(), request)).await;
         FakeApiserver {
             addr,
             ca,
@@ -188,45 +141,6 @@ impl Drop for FakeApiserver {
             let _ = stop.send(());
         }
     }
-}
-
-fn configmap_data(pki: &Pki) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("client-ca-file".to_owned(), pki.client_ca.pem()),
-        (
-            "requestheader-client-ca-file".to_owned(),
-            pki.front_proxy_ca.pem(),
-        ),
-        (
-            "requestheader-allowed-names".to_owned(),
-            r#"["front-proxy-client"]"#.to_owned(),
-        ),
-        (
-            "requestheader-username-headers".to_owned(),
-            r#"["X-Remote-User"]"#.to_owned(),
-        ),
-        (
-            "requestheader-group-headers".to_owned(),
-            r#"["X-Remote-Group"]"#.to_owned(),
-        ),
-        (
-            "requestheader-extra-headers-prefix".to_owned(),
-            r#"["X-Remote-Extra-"]"#.to_owned(),
-        ),
-        (
-            "requestheader-uid-headers".to_owned(),
-            r#"["X-Remote-Uid"]"#.to_owned(),
-        ),
-    ])
-}
-
-fn default_flags() -> AuthFlags {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        auth: AuthFlags,
-    }
-    Cli::try_parse_from(["x"]).expect("flags").auth
 }
 
 #[tokio::test]

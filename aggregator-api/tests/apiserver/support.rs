@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aggregator_api::api::view::{Lookup, MetricsView};
 use aggregator_api::api::{ContainerUsage, NodeUsage, PodUsage};
 use aggregator_api::auth::config::{AuthConfig, AuthConfigHandle, CaBundle, RequestHeaderConfig};
+use aggregator_api::auth::flags::AuthFlags;
 use aggregator_api::auth::review::{
     AccessReviewer, AccessVerdict, ReviewError, SubjectAccessReviewSpec, TokenReviewer,
     TokenVerdict,
@@ -21,10 +24,13 @@ use aggregator_api::auth::review::{
 use aggregator_api::auth::{Authenticator, Authorizer};
 use aggregator_api::server::{App, AppBuilder, serve};
 use bytes::Bytes;
+use clap::Parser;
 use futures::future::BoxFuture;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -179,8 +185,8 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 pub fn node(name: &str, node_labels: &[(&str, &str)]) -> NodeUsage {
     NodeUsage {
-        name: name.to_owned(),
-        labels: labels(node_labels),
+        name: name.to_owned().into(),
+        labels: labels(node_labels).into(),
         timestamp: at(1_639_763_862),
         window: Duration::from_millis(15_002),
         cpu_nanocores: 13_000_000,
@@ -191,13 +197,13 @@ pub fn node(name: &str, node_labels: &[(&str, &str)]) -> NodeUsage {
 
 pub fn pod(namespace: &str, name: &str, pod_labels: &[(&str, &str)]) -> PodUsage {
     PodUsage {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        labels: labels(pod_labels),
+        namespace: namespace.to_owned().into(),
+        name: name.to_owned().into(),
+        labels: labels(pod_labels).into(),
         timestamp: at(1_639_763_862),
         window: Duration::from_secs(15),
         containers: vec![ContainerUsage {
-            name: "app".to_owned(),
+            name: "app".to_owned().into(),
             cpu_nanocores: 7_338_891,
             memory_bytes: 4_194_304,
             swap_bytes: None,
@@ -251,7 +257,7 @@ impl MetricsView for TestView {
             .lock()
             .expect("lock")
             .iter()
-            .find(|n| n.name == name)
+            .find(|n| n.name == name.into())
         {
             return Lookup::Found(n.clone());
         }
@@ -272,7 +278,7 @@ impl MetricsView for TestView {
             .lock()
             .expect("lock")
             .iter()
-            .filter(|p| namespace.is_none_or(|ns| p.namespace == ns))
+            .filter(|p| namespace.is_none_or(|ns| p.namespace == ns.into()))
             .cloned()
             .collect()
     }
@@ -283,7 +289,7 @@ impl MetricsView for TestView {
             .lock()
             .expect("lock")
             .iter()
-            .find(|p| p.namespace == namespace && p.name == name)
+            .find(|p| p.namespace == namespace.into() && p.name == name.into())
         {
             return Lookup::Found(p.clone());
         }
@@ -481,12 +487,13 @@ impl TestServer {
 // Client
 // ---------------------------------------------------------------------------
 
-/// A response, body as text.
+/// A response, body as text (lossy for binary bodies) and as bytes.
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: String,
+    pub bytes: Bytes,
     pub version: http::Version,
 }
 
@@ -607,7 +614,8 @@ impl Client {
         Reply {
             status,
             headers,
-            body: String::from_utf8(body.to_vec()).expect("utf-8"),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            bytes: body,
             version,
         }
     }
@@ -619,4 +627,104 @@ pub fn status_message(reply: &Reply) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Fake HTTPS servers (kube-apiserver doubles)
+// ---------------------------------------------------------------------------
+
+/// Serves `answer` over HTTPS (HTTP/1.1) on 127.0.0.1:0 with a server
+/// certificate of a fresh CA, until the returned sender fires or is dropped.
+/// Returns the address and the CA clients verify it with.
+pub async fn serve_https<F, Fut, B>(answer: F) -> (SocketAddr, Ca, oneshot::Sender<()>)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let ca = Ca::new("fake-apiserver-ca");
+    let identity = ca.server();
+    let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).expect("key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = &mut stopped => return,
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
+            };
+            let acceptor = acceptor.clone();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(move |request| {
+                    let reply = answer(request);
+                    async move { Ok::<_, Infallible>(reply.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca, stop)
+}
+
+/// The ConfigMap data kube-apiserver publishes for `pki`.
+pub fn configmap_data(pki: &Pki) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("client-ca-file".to_owned(), pki.client_ca.pem()),
+        (
+            "requestheader-client-ca-file".to_owned(),
+            pki.front_proxy_ca.pem(),
+        ),
+        (
+            "requestheader-allowed-names".to_owned(),
+            r#"["front-proxy-client"]"#.to_owned(),
+        ),
+        (
+            "requestheader-username-headers".to_owned(),
+            r#"["X-Remote-User"]"#.to_owned(),
+        ),
+        (
+            "requestheader-group-headers".to_owned(),
+            r#"["X-Remote-Group"]"#.to_owned(),
+        ),
+        (
+            "requestheader-extra-headers-prefix".to_owned(),
+            r#"["X-Remote-Extra-"]"#.to_owned(),
+        ),
+        (
+            "requestheader-uid-headers".to_owned(),
+            r#"["X-Remote-Uid"]"#.to_owned(),
+        ),
+    ])
+}
+
+/// The authentication flags' defaults.
+pub fn default_flags() -> AuthFlags {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        auth: AuthFlags,
+    }
+    Cli::try_parse_from(["x"]).expect("flags").auth
 }

@@ -1,0 +1,159 @@
+//! A node's container series, keyed by container id without a heap copy of
+//! the id for the ids runtimes actually use (64 lowercase hex digits:
+//! containerd, CRI-O, Docker), and with a generation mark per container so a
+//! report's "every container I list; the rest are gone" needs no set.
+use std::collections::HashMap;
+
+use super::rate::Series;
+
+/// A container id: 64 lowercase hex digits as 32 bytes, anything else as is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ContainerId {
+    Hex([u8; 32]),
+    Other(Box<str>),
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex(id: &str) -> Option<[u8; 32]> {
+    let b = id.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, [hi, lo]) in out.iter_mut().zip(b.as_chunks::<2>().0) {
+        *o = (nibble(*hi)? << 4) | nibble(*lo)?;
+    }
+    Some(out)
+}
+
+impl ContainerId {
+    pub fn new(id: &str) -> Self {
+        hex(id).map_or_else(|| Self::Other(id.into()), Self::Hex)
+    }
+}
+
+/// One container's series and the last report that listed it.
+#[derive(Debug)]
+pub struct Slot {
+    pub series: Series,
+    pub seen: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Containers {
+    hex: HashMap<[u8; 32], Slot>,
+    other: HashMap<Box<str>, Slot>,
+    generation: u32,
+}
+
+impl Containers {
+    /// Starts a report: containers it lists are marked with the returned
+    /// generation.
+    pub fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        self.generation
+    }
+
+    /// Looks `id` up without allocating.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Slot> {
+        match hex(id) {
+            Some(h) => self.hex.get_mut(&h),
+            None => self.other.get_mut(id),
+        }
+    }
+
+    pub fn get(&self, id: &ContainerId) -> Option<&Slot> {
+        match id {
+            ContainerId::Hex(h) => self.hex.get(h),
+            ContainerId::Other(s) => self.other.get(s),
+        }
+    }
+
+    /// A new container, seen in the current generation.
+    pub fn insert(&mut self, id: &str, series: Series) {
+        let slot = Slot {
+            series,
+            seen: self.generation,
+        };
+        match ContainerId::new(id) {
+            ContainerId::Hex(h) => self.hex.insert(h, slot),
+            ContainerId::Other(s) => self.other.insert(s, slot),
+        };
+    }
+
+    /// Drops the containers the current report did not list.
+    pub fn retain_seen(&mut self) {
+        let g = self.generation;
+        self.hex.retain(|_, s| s.seen == g);
+        self.other.retain(|_, s| s.seen == g);
+        // Empty maps give their memory back (a node that lost its pods).
+        if self.other.is_empty() {
+            self.other.shrink_to_fit();
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.hex.len() + self.other.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::store::rate::Point;
+
+    fn series() -> Series {
+        Series::new(
+            Point {
+                time: SystemTime::UNIX_EPOCH,
+                cpu_ns: 0,
+                memory_bytes: 0,
+                swap_bytes: None,
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn runtime_ids_are_kept_inline_and_others_as_given() {
+        let runtime = "0123456789abcdef".repeat(4);
+        assert!(matches!(ContainerId::new(&runtime), ContainerId::Hex(_)));
+        for other in ["c1", &"0123456789ABCDEF".repeat(4), &"g".repeat(64)] {
+            assert_eq!(ContainerId::new(other), ContainerId::Other(other.into()));
+        }
+        let mut c = Containers::default();
+        c.next_generation();
+        c.insert(&runtime, series());
+        c.insert("c1", series());
+        assert!(c.get_mut(&runtime).is_some());
+        assert!(c.get(&ContainerId::new(&runtime)).is_some());
+        assert!(
+            c.get_mut(&runtime.to_uppercase()).is_none(),
+            "ids are exact"
+        );
+        assert!(c.get(&ContainerId::new("c1")).is_some());
+    }
+
+    #[test]
+    fn containers_not_seen_in_a_generation_are_dropped() {
+        let mut c = Containers::default();
+        c.next_generation();
+        c.insert("a", series());
+        c.insert("b", series());
+        let g = c.next_generation();
+        c.get_mut("a").expect("a").seen = g;
+        c.retain_seen();
+        assert_eq!(c.len(), 1);
+        assert!(c.get_mut("a").is_some() && c.get_mut("b").is_none());
+    }
+}
