@@ -371,12 +371,17 @@ fn main() {
     assert_eq!(served, args.pods.div_ceil(PODS_PER_NODE) * PODS_PER_NODE);
 
     // 1a. Encoding alone, in process.
-    let (mut json_ms, mut pb_ms, mut read_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut json_ms, mut pb_ms, mut read_ms, mut sort_ms) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut json_len, mut pb_len) = (0, 0);
     for _ in 0..args.rounds {
         let t = Instant::now();
         let pods = store.pods(None);
         read_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let sorted = aggregator_api::api::sorted_pods(&pods).len();
+        sort_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(sorted, pods.len());
         let now = SystemTime::now();
         let t = Instant::now();
         let body = json_list::pod_list(&pods, ApiVersion::V1Beta1, now).expect("json");
@@ -388,13 +393,19 @@ fn main() {
         pb_ms.push(t.elapsed().as_secs_f64() * 1e3);
         pb_len = body.len();
     }
-    let (read, json, pb) = (median(read_ms), median(json_ms), median(pb_ms));
+    let (read, sort, json, pb) = (
+        median(read_ms),
+        median(sort_ms),
+        median(json_ms),
+        median(pb_ms),
+    );
     println!(
         "\n| list {served} pods, in process, median of {} | ms | body |",
         args.rounds
     );
     println!("|---|---|---|");
     println!("| store read (`pods(None)`) | {read:.0} | |");
+    println!("| sort by namespace/name (part of each encode below) | {sort:.0} | |");
     println!(
         "| encode JSON | {json:.0} | {:.1} MiB |",
         json_len as f64 / 1048576.0

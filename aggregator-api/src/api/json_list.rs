@@ -12,7 +12,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::quantity::{format_bytes, format_cpu_nanocores};
+use super::quantity::{ByteSink, write_bytes, write_cpu_nanocores};
 use super::types::{self, go_duration, rfc3339_seconds};
 use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
 
@@ -119,13 +119,14 @@ impl<T: Fn(SystemTime) -> String, W: Fn(Duration) -> String> Writer<T, W> {
 
     /// `"usage":{"cpu":…,"memory":…[,"swap":…]}` (keys sorted, like a Go map).
     fn usage(&mut self, cpu_nanocores: u64, memory: u64, swap: Option<u64>) {
+        // Writing to a Vec cannot fail.
         self.raw(r#""usage":{"cpu":""#);
-        self.raw(&format_cpu_nanocores(cpu_nanocores));
+        let _ = write_cpu_nanocores(&mut ByteSink(&mut self.buf), cpu_nanocores);
         self.raw(r#"","memory":""#);
-        self.raw(&format_bytes(memory));
+        let _ = write_bytes(&mut ByteSink(&mut self.buf), memory);
         if let Some(swap) = swap {
             self.raw(r#"","swap":""#);
-            self.raw(&format_bytes(swap));
+            let _ = write_bytes(&mut ByteSink(&mut self.buf), swap);
         }
         self.raw(r#""}"#);
     }

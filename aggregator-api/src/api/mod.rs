@@ -393,3 +393,47 @@ mod tests {
         assert_eq!(go_quote(""), "\"\"");
     }
 }
+
+#[cfg(test)]
+mod sort_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pod(namespace: String, name: String) -> PodUsage {
+        PodUsage {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: Labels::default(),
+            timestamp: SystemTime::UNIX_EPOCH,
+            window: Duration::ZERO,
+            containers: Vec::new(),
+        }
+    }
+
+    /// Names sharing long prefixes (the 16-byte keys tie), short ones, and
+    /// NUL and high bytes around the padding.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ab]{0,3}",
+            "[ab\\x00\\x01]{0,20}",
+            "kube-system-long-[a-c]{0,3}",
+            "app-7d4b9c8f5-[a-z0-9]{0,5}",
+            "\\PC{0,20}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn sorted_pods_orders_like_comparing_the_strings(
+            pairs in proptest::collection::hash_set((text(), text()), 0..60)
+        ) {
+            let pods: Vec<PodUsage> = pairs.into_iter().map(|(ns, n)| pod(ns, n)).collect();
+            let fast: Vec<(&str, &str)> =
+                sorted_pods(&pods).iter().map(|p| (&*p.namespace, &*p.name)).collect();
+            let mut naive: Vec<(&str, &str)> =
+                pods.iter().map(|p| (&*p.namespace, &*p.name)).collect();
+            naive.sort();
+            prop_assert_eq!(fast, naive);
+        }
+    }
+}

@@ -25,7 +25,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::quantity::{format_bytes, format_cpu_nanocores};
+use super::quantity::{ByteSink, write_bytes, write_cpu_nanocores};
 use super::status::{Status, StatusDetails};
 use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
 
@@ -147,17 +147,24 @@ fn string_map(buf: &mut Vec<u8>, field: u32, map: &Labels) {
 
 /// `map<string, resource.Quantity>` entries; `Quantity` { string = 1 }.
 /// Keys in sorted order: cpu, memory, swap.
+/// The quantity text is formatted straight into the buffer: a string field
+/// has the wire shape of an embedded message, and a quantity is never empty.
 fn usage(buf: &mut Vec<u8>, field: u32, cpu_nanocores: u64, memory: u64, swap: Option<u64>) {
-    let mut entry = |name: &str, quantity: String| {
+    let mut entry = |name: &str, text: &dyn Fn(&mut ByteSink<'_>) -> std::fmt::Result| {
         message(buf, field, |b| {
             string(b, 1, name);
-            message(b, 2, |q| string(q, 1, &quantity));
+            message(b, 2, |q| {
+                message(q, 1, |s| {
+                    // Writing to a Vec cannot fail.
+                    let _ = text(&mut ByteSink(s));
+                })
+            });
         });
     };
-    entry("cpu", format_cpu_nanocores(cpu_nanocores));
-    entry("memory", format_bytes(memory));
+    entry("cpu", &|s| write_cpu_nanocores(s, cpu_nanocores));
+    entry("memory", &|s| write_bytes(s, memory));
     if let Some(swap) = swap {
-        entry("swap", format_bytes(swap));
+        entry("swap", &|s| write_bytes(s, swap));
     }
 }
 

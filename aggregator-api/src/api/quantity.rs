@@ -16,7 +16,7 @@
 //! string means exactly the number it came from; it follows apimachinery's
 //! grammar and error messages.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write};
 
 /// What can go wrong reading a quantity or converting it to an integer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,9 +72,9 @@ const BINARY_SUFFIXES: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
 
 /// Canonical `DecimalSI` text for `mantissa × 10^exponent`, as
 /// `int64Amount.AsCanonicalBytes` followed by the decimal suffixer.
-fn format_decimal(mantissa: u128, exponent: i32) -> String {
+fn write_decimal(out: &mut impl Write, mantissa: u128, exponent: i32) -> fmt::Result {
     if mantissa == 0 {
-        return "0".to_owned();
+        return out.write_str("0");
     }
     let (mut mantissa, mut exponent) = (mantissa, exponent);
     // u128 division is a library call; every real value fits a u64.
@@ -103,18 +103,22 @@ fn format_decimal(mantissa: u128, exponent: i32) -> String {
         }
         _ => {}
     }
-    let mut out = match u64::try_from(mantissa) {
-        Ok(small) => small.to_string(),
-        Err(_) => mantissa.to_string(),
-    };
+    match u64::try_from(mantissa) {
+        Ok(small) => write!(out, "{small}")?,
+        Err(_) => write!(out, "{mantissa}")?,
+    }
     match decimal_suffix(exponent) {
-        Some(suffix) => out.push_str(suffix),
+        Some(suffix) => out.write_str(suffix),
         // Beyond the SI table apimachinery falls back to an exponent; a u64 of
         // nanocores or bytes never gets here, but the function stays total.
-        None => {
-            let _ = write!(out, "e{exponent}");
-        }
+        None => write!(out, "e{exponent}"),
     }
+}
+
+fn to_string(write: impl FnOnce(&mut String) -> fmt::Result) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write(&mut out);
     out
 }
 
@@ -127,7 +131,12 @@ fn format_decimal(mantissa: u128, exponent: i32) -> String {
 /// Values above `i64::MAX` are formatted exactly; metrics-server drops a
 /// decimal digit there to fit an int64 (unreachable for real CPU rates).
 pub fn format_cpu_nanocores(nanocores: u64) -> String {
-    format_decimal(u128::from(nanocores), -9)
+    to_string(|out| write_cpu_nanocores(out, nanocores))
+}
+
+/// [`format_cpu_nanocores`] into `out`, without allocating.
+pub fn write_cpu_nanocores(out: &mut impl Write, nanocores: u64) -> fmt::Result {
+    write_decimal(out, u128::from(nanocores), -9)
 }
 
 /// Canonical quantity for a byte count, as metrics-server renders
@@ -137,8 +146,13 @@ pub fn format_cpu_nanocores(nanocores: u64) -> String {
 /// switches to `DecimalSI`), `1536` → `"1536"`, `1024000` → `"1000Ki"`,
 /// `14868480` → `"14520Ki"`, `4194304` → `"4Mi"`, `123456789` → `"123456789"`.
 pub fn format_bytes(bytes: u64) -> String {
+    to_string(|out| write_bytes(out, bytes))
+}
+
+/// [`format_bytes`] into `out`, without allocating.
+pub fn write_bytes(out: &mut impl Write, bytes: u64) -> fmt::Result {
     if bytes < 1024 {
-        return format_decimal(u128::from(bytes), 0);
+        return write_decimal(out, u128::from(bytes), 0);
     }
     let mut mantissa = bytes;
     let mut power = 0usize;
@@ -146,9 +160,19 @@ pub fn format_bytes(bytes: u64) -> String {
         mantissa /= 1024;
         power += 1;
     }
-    let mut out = mantissa.to_string();
-    out.push_str(BINARY_SUFFIXES[power]);
-    out
+    write!(out, "{mantissa}")?;
+    out.write_str(BINARY_SUFFIXES[power])
+}
+
+/// A `fmt::Write` over a byte buffer, so text can be formatted straight into
+/// a response body.
+pub struct ByteSink<'a>(pub &'a mut Vec<u8>);
+
+impl Write for ByteSink<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
 }
 
 /// An exactly represented quantity: `±mantissa × 10^exp10 × 2^exp2`.

@@ -496,7 +496,7 @@ impl Store {
         &self,
         node: Option<&str>,
         namespace: Option<&str>,
-    ) -> Vec<(String, PodUsage)> {
+    ) -> Vec<(Arc<str>, PodUsage)> {
         let nodes = match node {
             // One node: no copy of the whole node table.
             Some(want) => read(&self.nodes)
@@ -515,7 +515,7 @@ impl Store {
                     .iter()
                     .filter(|p| p.running && namespace.is_none_or(|ns| *p.namespace == *ns))
                     .filter_map(|p| pod_usage(&state, p))
-                    .map(|p| (name.to_string(), p)),
+                    .map(|p| (Arc::clone(&name), p)),
             );
         }
         out
