@@ -74,7 +74,9 @@ pub struct Args {
     #[arg(long, env = "NODEPULSE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Interval of the metrics served (Go duration).
+    /// Accepted for metrics-server compatibility and otherwise unused: the
+    /// aggregator does not scrape, so the resolution of the metrics served is
+    /// the agents' `--interval` (Go duration; must not be zero).
     #[arg(long, env = "NODEPULSE_METRIC_RESOLUTION", default_value = "60s", value_parser = duration_arg)]
     pub metric_resolution: Duration,
 

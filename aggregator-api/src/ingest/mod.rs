@@ -213,3 +213,26 @@ impl Ingest for IngestService {
         Ok(Response::new(ReportSummary { accepted }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_render_as_prometheus_counters() {
+        let stats = IngestStats::default();
+        stats.streams.fetch_add(3, Ordering::Relaxed);
+        stats.streams_rejected.fetch_add(2, Ordering::Relaxed);
+        stats.spoofed.fetch_add(1, Ordering::Relaxed);
+        let mut text = String::new();
+        stats.render(&mut text);
+        for line in [
+            "# TYPE nodepulse_ingest_streams_total counter",
+            "nodepulse_ingest_streams_total{result=\"accepted\"} 3",
+            "nodepulse_ingest_streams_total{result=\"rejected\"} 2",
+            "nodepulse_ingest_spoofed_reports_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}
