@@ -8,13 +8,14 @@
 pub mod auth;
 pub mod config;
 
+use crate::server::metrics::LogGate;
 use std::fmt::Write as _;
 use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use proto::v1::{NodeReport, ReportSummary, ingest_server::Ingest};
@@ -82,41 +83,12 @@ impl IngestStats {
     }
 }
 
-/// Logs at most once per `every`, counting what it suppressed.
-struct RateLimited {
-    every: Duration,
-    last: std::sync::Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl RateLimited {
-    fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: std::sync::Mutex::new(None),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(suppressed since the last log)` when it is time to log.
-    fn allow(&self) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if last.is_some_and(|l| now.duration_since(l) < self.every) {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        *last = Some(now);
-        Some(self.suppressed.swap(0, Ordering::Relaxed))
-    }
-}
-
 /// The `nodepulse.v1.Ingest` service.
 pub struct IngestService {
     store: Arc<Store>,
     auth: Arc<dyn IngestAuth>,
     stats: Arc<IngestStats>,
-    reject_log: Arc<RateLimited>,
+    reject_log: Arc<LogGate>,
     shutdown: CancellationToken,
 }
 
@@ -129,7 +101,7 @@ impl IngestService {
             store,
             auth,
             stats: Arc::default(),
-            reject_log: Arc::new(RateLimited::new(Duration::from_secs(10))),
+            reject_log: Arc::new(LogGate::new(Duration::from_secs(10))),
             shutdown,
         }
     }
@@ -158,7 +130,7 @@ impl Ingest for IngestService {
             Ok(c) => c,
             Err(status) => {
                 self.stats.streams_rejected.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.reject_log.allow() {
+                if let Some(suppressed) = self.reject_log.open() {
                     warn!(code = ?status.code(), message = status.message(), suppressed, "ingest stream refused");
                 }
                 return Err(status);
@@ -204,7 +176,7 @@ impl Ingest for IngestService {
             match self.store.apply(&report, SystemTime::now()) {
                 Ok(()) => accepted += 1,
                 Err(reject) => {
-                    if let Some(suppressed) = self.reject_log.allow() {
+                    if let Some(suppressed) = self.reject_log.open() {
                         warn!(node = %report.node, %reject, suppressed, "report refused");
                     }
                 }
