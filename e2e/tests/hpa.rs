@@ -72,6 +72,34 @@ fn condition<'a>(hpa: &'a Value, kind: &str) -> (&'a str, &'a str, &'a str) {
     (field("status"), field("reason"), field("message"))
 }
 
+/// Reads the HPA while acting as the kubelet, recording every state change.
+struct Follow<'a> {
+    api: &'a Curl,
+    path: &'a str,
+    since: Instant,
+    timeline: &'a mut Vec<(Duration, HpaState)>,
+}
+
+impl Follow<'_> {
+    /// The HPA object once its state satisfies `done` (2 min at most).
+    fn until(
+        &mut self,
+        c: &mut Cluster,
+        kubelet: &mut Kubelet,
+        what: &str,
+        done: impl Fn(&HpaState) -> bool,
+    ) -> anyhow::Result<Value> {
+        c.wait_for(what, Duration::from_secs(120), |c| {
+            c.ensure_ours_running()?;
+            kubelet.reconcile(c)?;
+            let hpa = self.api.api_json(c, self.path)?;
+            let s = hpa_state(&hpa);
+            record(self.timeline, self.since.elapsed(), s.clone());
+            Ok(done(&s).then_some(hpa))
+        })
+    }
+}
+
 /// Appends `s` to the timeline (and prints it) when it changed.
 fn record(timeline: &mut Vec<(Duration, HpaState)>, t: Duration, s: HpaState) {
     if timeline.last().is_none_or(|(_, last)| *last != s) {
@@ -241,18 +269,18 @@ fn hpa_scales_a_deployment_up_and_down_on_our_metrics() {
 
     // --- load: scale up ----------------------------------------------------------
     let mut timeline: Vec<(Duration, HpaState)> = Vec::new();
-    let hot_hpa = c
-        .wait_for(
+    let mut follow = Follow {
+        api: &api,
+        path: &hpa_path,
+        since: t_hpa,
+        timeline: &mut timeline,
+    };
+    let hot_hpa = follow
+        .until(
+            &mut c,
+            &mut kubelet,
             "HPA desires the maximum on our metrics",
-            Duration::from_secs(120),
-            |c| {
-                c.ensure_ours_running()?;
-                kubelet.reconcile(c)?;
-                let hpa = api.api_json(c, &hpa_path)?;
-                let s = hpa_state(&hpa);
-                record(&mut timeline, t_hpa.elapsed(), s.clone());
-                Ok((s.desired == MAX_REPLICAS && s.utilization.is_some()).then_some(hpa))
-            },
+            |s| s.desired == MAX_REPLICAS && s.utilization.is_some(),
         )
         .expect("scale up");
     let t_up = t_hpa.elapsed();
@@ -332,18 +360,18 @@ fn hpa_scales_a_deployment_up_and_down_on_our_metrics() {
         "{t_idle:>6.1?}  load stopped: the burners of {} replicas now idle",
         running.len()
     );
-    let cold = c
-        .wait_for(
+    let mut follow = Follow {
+        api: &api,
+        path: &hpa_path,
+        since: t_hpa,
+        timeline: &mut timeline,
+    };
+    let cold = follow
+        .until(
+            &mut c,
+            &mut kubelet,
             "HPA scales back to the minimum",
-            Duration::from_secs(120),
-            |c| {
-                c.ensure_ours_running()?;
-                kubelet.reconcile(c)?;
-                let hpa = api.api_json(c, &hpa_path)?;
-                let s = hpa_state(&hpa);
-                record(&mut timeline, t_hpa.elapsed(), s.clone());
-                Ok((s.desired == 1 && s.current == 1).then_some(hpa))
-            },
+            |s| s.desired == 1 && s.current == 1,
         )
         .expect("scale down");
     let cold_state = hpa_state(&cold);
