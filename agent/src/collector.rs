@@ -48,6 +48,8 @@ pub enum CpuSourceChoice {
 pub enum CpuSource {
     Ebpf,
     Cgroupfs,
+    /// The kubelet's `/metrics/resource`: where cgroupfs cannot be read.
+    Kubelet,
 }
 
 impl fmt::Display for CpuSource {
@@ -55,6 +57,7 @@ impl fmt::Display for CpuSource {
         f.write_str(match self {
             CpuSource::Ebpf => "ebpf",
             CpuSource::Cgroupfs => "cgroupfs",
+            CpuSource::Kubelet => "kubelet",
         })
     }
 }
@@ -92,9 +95,11 @@ impl Default for Options {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerSample {
     pub id: String,
-    pub runtime: Runtime,
-    /// The container's cgroup path, relative to the tree root.
-    pub cgroup: String,
+    /// `None` from the kubelet source, which does not say.
+    pub runtime: Option<Runtime>,
+    /// The container's cgroup path, relative to the tree root (`None` from
+    /// the kubelet source).
+    pub cgroup: Option<String>,
     /// Cumulative on-CPU ns. From eBPF: since the agent first saw the container;
     /// from cgroupfs: since the cgroup was created. Only differences mean anything.
     pub cpu_ns: u64,
@@ -102,13 +107,17 @@ pub struct ContainerSample {
     /// Approximate start: its cgroup's mtime when first seen (cgroupfs sets it
     /// at creation); constant while the container lives.
     pub started: Option<SystemTime>,
+    /// When these figures were read, where that is not the snapshot's
+    /// timestamp (the kubelet's per-container read time); `None`: at it.
+    pub read_at: Option<SystemTime>,
 }
 
 /// One pod: its containers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodSample {
     pub uid: String,
-    pub qos: QosClass,
+    /// `None` from the kubelet source, which does not say.
+    pub qos: Option<QosClass>,
     pub containers: Vec<ContainerSample>,
 }
 
@@ -129,6 +138,8 @@ impl PodSample {
 pub struct NodeSample {
     pub cpu_ns: u64,
     pub memory: Memory,
+    /// As [`ContainerSample::read_at`].
+    pub read_at: Option<SystemTime>,
 }
 
 /// Everything read in one collection.
@@ -401,14 +412,14 @@ impl Collector {
             pods.entry(pod_uid.clone())
                 .or_insert_with(|| PodSample {
                     uid: pod_uid.clone(),
-                    qos: *qos,
+                    qos: Some(*qos),
                     containers: Vec::new(),
                 })
                 .containers
                 .push(ContainerSample {
                     id: id.clone(),
-                    runtime: *runtime,
-                    cgroup: cg.path.clone(),
+                    runtime: Some(*runtime),
+                    cgroup: Some(cg.path.clone()),
                     cpu_ns,
                     memory,
                     started: Some(
@@ -417,6 +428,7 @@ impl Collector {
                             .entry(id.clone())
                             .or_insert_with(|| cg.modified.unwrap_or(timestamp)),
                     ),
+                    read_at: None,
                 });
         }
         for pod in pods.values_mut() {
@@ -457,6 +469,7 @@ impl Collector {
             node: NodeSample {
                 cpu_ns: node_cpu,
                 memory: node_memory,
+                read_at: None,
             },
             pods,
             errors,

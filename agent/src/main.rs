@@ -6,6 +6,7 @@ use std::sync::Arc;
 use agent::{
     collector::{Collector, CpuSourceChoice, Options},
     export::{self, Targets},
+    kubelet::{KubeletClient, KubeletConfig, check::Tolerance, resource_url},
     pods, run, top,
 };
 use anyhow::{Context, Result};
@@ -67,7 +68,7 @@ struct Args {
 enum Command {
     /// Run the agent: sample this node every interval and stream to every
     /// aggregator replica.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print a live table of this node's pods and containers (no cluster needed).
     Top {
         /// Refresh interval (`1s`, `500ms`, or seconds).
@@ -112,6 +113,33 @@ struct RunArgs {
     /// kubeconfig for reading this node's pods (default: in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// This node's kubelet, by address (the DaemonSet passes status.hostIP):
+    /// the source when cgroupfs cannot be read, and a periodic cross-check of
+    /// our figures. Unset (and no --kubelet-url): neither.
+    #[arg(long, env = "NODEPULSE_KUBELET_ADDRESS", conflicts_with = "kubelet_url")]
+    kubelet_address: Option<String>,
+    /// The kubelet's port, with --kubelet-address.
+    #[arg(long, env = "NODEPULSE_KUBELET_PORT", default_value_t = 10250)]
+    kubelet_port: u16,
+    /// The kubelet's full URL instead (`https://host:port/metrics/resource`).
+    #[arg(long, env = "NODEPULSE_KUBELET_URL")]
+    kubelet_url: Option<String>,
+    /// CA bundle that signs the kubelet's serving certificate.
+    #[arg(long, env = "NODEPULSE_KUBELET_CA_FILE")]
+    kubelet_ca_file: Option<PathBuf>,
+    /// Do not verify the kubelet's serving certificate (as metrics-server's
+    /// flag of the same name; for self-signed kubelet certificates).
+    #[arg(long, env = "NODEPULSE_KUBELET_INSECURE_TLS")]
+    kubelet_insecure_tls: bool,
+    /// Bearer token for the kubelet (the ServiceAccount's; re-read each scrape).
+    #[arg(long, env = "NODEPULSE_KUBELET_TOKEN_FILE")]
+    kubelet_token_file: Option<PathBuf>,
+    /// How often the kubelet is scraped while it is the source.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    kubelet_interval: Duration,
+    /// How often our figures are compared with the kubelet's (`0`: never).
+    #[arg(long, default_value = "60s", value_parser = parse_period)]
+    kubelet_check_interval: Duration,
 }
 
 fn main() -> Result<()> {
@@ -136,7 +164,7 @@ fn main() -> Result<()> {
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(run_agent(opts, run)),
+            .block_on(run_agent(opts, *run)),
     }
 }
 
@@ -155,6 +183,21 @@ async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
                 port,
                 refresh: Duration::from_secs(10),
             }
+        }
+    };
+    let kubelet = match kubelet_url(&args)? {
+        None => None,
+        Some(url) => {
+            let mut config = KubeletConfig::new(url);
+            config.ca_file = args.kubelet_ca_file.clone();
+            config.insecure = args.kubelet_insecure_tls;
+            config.token_file = args.kubelet_token_file.clone();
+            Some(run::Kubelet {
+                client: KubeletClient::new(config).context("--kubelet-url")?,
+                interval: args.kubelet_interval,
+                check_every: Some(args.kubelet_check_interval).filter(|d| !d.is_zero()),
+                tolerance: Tolerance::default(),
+            })
         }
     };
     let client = match &args.kubeconfig {
@@ -182,6 +225,7 @@ async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
         node_name: args.node_name,
         interval: args.interval,
         collector: opts,
+        kubelet,
         export: export::Config {
             targets,
             ca_file: args.aggregator_ca,
@@ -235,6 +279,35 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The kubelet's `/metrics/resource` URL from --kubelet-url, or from
+/// --kubelet-address and --kubelet-port (IPv6 addresses get brackets).
+fn kubelet_url(args: &RunArgs) -> Result<Option<http::Uri>> {
+    if let Some(url) = &args.kubelet_url {
+        return url
+            .parse()
+            .map(Some)
+            .with_context(|| format!("--kubelet-url {url:?}: not a URL"));
+    }
+    let Some(address) = &args.kubelet_address else {
+        return Ok(None);
+    };
+    let url = match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => resource_url((ip, args.kubelet_port).into())?,
+        Err(_) => format!("https://{address}:{}/metrics/resource", args.kubelet_port)
+            .parse()
+            .with_context(|| format!("--kubelet-address {address:?}: not a host name or IP"))?,
+    };
+    Ok(Some(url))
+}
+
+/// A period like [`parse_interval`], or `0` (zero: never).
+fn parse_period(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_interval(s)
+}
+
 fn run_top(opts: Options, interval: Duration, count: Option<u64>) -> Result<()> {
     let mut collector = Collector::new(opts).context("starting the collector")?;
     if let Some(reason) = collector.fallback_reason() {
@@ -257,4 +330,82 @@ fn run_top(opts: Options, interval: Duration, count: Option<u64>) -> Result<()> 
         shown += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec![
+            "nodepulse-agent",
+            "run",
+            "--node-name=n1",
+            "--aggregator=https://127.0.0.1:8443",
+        ];
+        argv.extend_from_slice(extra);
+        match Args::try_parse_from(argv).expect("parses").command {
+            Command::Run(run) => *run,
+            Command::Top { .. } => panic!("run expected"),
+        }
+    }
+
+    #[test]
+    fn flags_parse_with_their_defaults() {
+        Args::command().debug_assert();
+        let run = run_args(&[]);
+        assert_eq!(run.interval, Duration::from_secs(1));
+        assert_eq!(run.kubelet_url, None);
+        assert_eq!(run.kubelet_interval, Duration::from_secs(10));
+        assert_eq!(run.kubelet_check_interval, Duration::from_secs(60));
+        let run = run_args(&[
+            "--kubelet-url=https://10.0.0.7:10250/metrics/resource",
+            "--kubelet-insecure-tls",
+            "--kubelet-check-interval=0",
+            "--kubelet-interval=15s",
+        ]);
+        assert!(run.kubelet_insecure_tls);
+        assert_eq!(
+            kubelet_url(&run).expect("url").map(|u| u.to_string()),
+            Some("https://10.0.0.7:10250/metrics/resource".into())
+        );
+        let url = |address: &str| {
+            kubelet_url(&run_args(&[&format!("--kubelet-address={address}")]))
+                .map(|u| u.map(|u| u.to_string()))
+        };
+        assert_eq!(
+            url("fd00::7").expect("v6"),
+            Some("https://[fd00::7]:10250/metrics/resource".into())
+        );
+        assert_eq!(
+            url("node-1.example").expect("name"),
+            Some("https://node-1.example:10250/metrics/resource".into())
+        );
+        assert!(url("not a host").is_err());
+        assert_eq!(kubelet_url(&run_args(&[])).expect("none"), None);
+        assert!(
+            Args::try_parse_from([
+                "nodepulse-agent",
+                "run",
+                "--node-name=n1",
+                "--kubelet-address=10.0.0.7",
+                "--kubelet-url=https://10.0.0.7:10250/metrics/resource",
+            ])
+            .is_err()
+        );
+        assert_eq!(run.kubelet_check_interval, Duration::ZERO);
+        assert_eq!(run.kubelet_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_interval("50ms").is_err());
+        assert!(parse_interval("1h").is_err());
+        assert_eq!(parse_period("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_period("2m"), Ok(Duration::from_secs(120)));
+    }
 }

@@ -14,11 +14,16 @@ fn unix_nanos(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-fn usage(cpu_ns: u64, m: &Memory) -> Usage {
+/// `read_at`: when the figures were read, where that differs from the
+/// snapshot's time (kubelet source); kept no later than the report's time.
+fn usage(cpu_ns: u64, m: &Memory, read_at: Option<SystemTime>, report_at: SystemTime) -> Usage {
     Usage {
         cpu_ns,
         memory_working_set_bytes: m.working_set,
         swap_bytes: m.swap,
+        read_unix_nanos: read_at
+            .map(|t| unix_nanos(t.min(report_at)))
+            .filter(|&n| n > 0),
     }
 }
 
@@ -27,7 +32,12 @@ pub fn build(node: &str, seq: u64, s: &Snapshot) -> NodeReport {
     NodeReport {
         node: node.to_string(),
         sample_unix_nanos: unix_nanos(s.timestamp),
-        node_usage: Some(usage(s.node.cpu_ns, &s.node.memory)),
+        node_usage: Some(usage(
+            s.node.cpu_ns,
+            &s.node.memory,
+            s.node.read_at,
+            s.timestamp,
+        )),
         pods: s
             .pods
             .values()
@@ -38,7 +48,7 @@ pub fn build(node: &str, seq: u64, s: &Snapshot) -> NodeReport {
                     .iter()
                     .map(|c| ContainerSample {
                         id: c.id.clone(),
-                        usage: Some(usage(c.cpu_ns, &c.memory)),
+                        usage: Some(usage(c.cpu_ns, &c.memory, c.read_at, s.timestamp)),
                         start_unix_nanos: c.started.map_or(0, unix_nanos),
                     })
                     .collect(),
@@ -48,6 +58,7 @@ pub fn build(node: &str, seq: u64, s: &Snapshot) -> NodeReport {
         cpu_source: match s.source {
             CpuSource::Ebpf => WireSource::Ebpf,
             CpuSource::Cgroupfs => WireSource::Cgroupfs,
+            CpuSource::Kubelet => WireSource::Kubelet,
         } as i32,
         seq,
     }

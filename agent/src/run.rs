@@ -6,17 +6,22 @@
 use std::{
     sync::Arc,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use proto::v1::NodeMetadata;
-use tokio::sync::watch;
+use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
-    collector::{self, Collector},
+    collector::{self, Collector, Snapshot},
     export::{self, Outgoing},
+    kubelet::{
+        ClientError, KubeletClient, Parsed,
+        check::{Comparison, CrossCheck, Tolerance},
+        source,
+    },
     report,
 };
 
@@ -29,13 +34,26 @@ pub enum Error {
     Thread(#[source] std::io::Error),
 }
 
+/// The kubelet as a second source.
+#[derive(Debug)]
+pub struct Kubelet {
+    pub client: KubeletClient,
+    /// How often it is scraped while it is the source (cgroupfs unreadable).
+    /// Its figures only change at cAdvisor's housekeeping, ~10 s.
+    pub interval: Duration,
+    /// How often our figures are checked against it; `None`: never.
+    pub check_every: Option<Duration>,
+    pub tolerance: Tolerance,
+}
+
 /// The daemon's settings.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Config {
     pub node_name: String,
     pub interval: Duration,
     pub collector: collector::Options,
     pub export: export::Config,
+    pub kubelet: Option<Kubelet>,
 }
 
 /// Runs until `cancel`. `metadata` carries the node's labels and its pods'
@@ -45,18 +63,18 @@ pub async fn run(
     metadata: watch::Receiver<Arc<NodeMetadata>>,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let collector = Collector::new(config.collector.clone())?;
-    match collector.fallback_reason() {
-        None => info!(source = %collector.source(), "collecting"),
-        Some(reason) => warn!(source = %collector.source(), %reason, "collecting without eBPF"),
-    }
+    let sampler = Sampler::new(
+        config.collector.clone(),
+        config.kubelet,
+        tokio::runtime::Handle::current(),
+    )?;
     let (tx, rx) = watch::channel(None);
     let thread = {
         let cancel = cancel.clone();
         let (node, interval) = (config.node_name.clone(), config.interval);
         thread::Builder::new()
             .name("collector".into())
-            .spawn(move || collect_loop(collector, &node, interval, metadata, &tx, &cancel))
+            .spawn(move || collect_loop(sampler, &node, interval, metadata, &tx, &cancel))
             .map_err(Error::Thread)?
     };
     export::run(config.export, rx, cancel.clone()).await;
@@ -67,7 +85,7 @@ pub async fn run(
 }
 
 fn collect_loop(
-    mut collector: Collector,
+    mut sampler: Sampler,
     node: &str,
     interval: Duration,
     mut metadata: watch::Receiver<Arc<NodeMetadata>>,
@@ -79,25 +97,21 @@ fn collect_loop(
     let mut version = 0u64;
     let mut errors_logged = Instant::now() - Duration::from_secs(3600);
     while !cancel.is_cancelled() {
-        match collector.collect() {
-            Ok(snapshot) => {
-                if !snapshot.errors.is_empty() && errors_logged.elapsed() > Duration::from_secs(60)
-                {
-                    warn!(count = snapshot.errors.len(), first = %snapshot.errors[0], "cgroups skipped");
-                    errors_logged = Instant::now();
-                }
-                if metadata.has_changed().unwrap_or(false) {
-                    version += 1;
-                }
-                let meta = Arc::clone(&metadata.borrow_and_update());
-                seq += 1;
-                tx.send_replace(Some(Arc::new(Outgoing {
-                    report: report::build(node, seq, &snapshot),
-                    metadata: meta,
-                    metadata_version: version,
-                })));
+        if metadata.has_changed().unwrap_or(false) {
+            version += 1;
+        }
+        let meta = Arc::clone(&metadata.borrow_and_update());
+        if let Some(snapshot) = sampler.sample(&meta) {
+            if !snapshot.errors.is_empty() && errors_logged.elapsed() > Duration::from_secs(60) {
+                warn!(source = %snapshot.source, count = snapshot.errors.len(), first = %snapshot.errors[0], "skipped");
+                errors_logged = Instant::now();
             }
-            Err(e) => warn!(error = %e, "collection failed"),
+            seq += 1;
+            tx.send_replace(Some(Arc::new(Outgoing {
+                report: report::build(node, seq, &snapshot),
+                metadata: meta,
+                metadata_version: version,
+            })));
         }
         next += interval;
         let now = Instant::now();
@@ -108,3 +122,255 @@ fn collect_loop(
         thread::sleep(next - now);
     }
 }
+
+/// Why the kubelet is being scraped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// It is the source: cgroupfs could not be read.
+    Source,
+    /// Checking our figures against it.
+    Check,
+}
+
+type Scrape = JoinHandle<Result<Parsed, ClientError>>;
+
+/// The kubelet side of [`Sampler`]: at most one scrape in flight, run on the
+/// async runtime so a slow kubelet never delays our own collection.
+struct KubeletSide {
+    client: Arc<KubeletClient>,
+    runtime: Handle,
+    interval: Duration,
+    check_every: Option<Duration>,
+    inflight: Option<(Purpose, Scrape)>,
+    /// When the last scrape as the source started.
+    sourced: Option<Instant>,
+    next_check: Instant,
+    check: CrossCheck,
+    /// A check's scrape, compared at the next sample (ours then include a
+    /// reading taken after every one of the kubelet's).
+    pending: Option<Parsed>,
+    /// The last scrape failed (logged once per failure streak).
+    failing: bool,
+    last_comparison: Option<Comparison>,
+    checks: u64,
+}
+
+impl KubeletSide {
+    fn start(&mut self, purpose: Purpose) {
+        if self.inflight.is_none() {
+            let client = Arc::clone(&self.client);
+            let task = self.runtime.spawn(async move { client.scrape().await });
+            self.inflight = Some((purpose, task));
+        }
+    }
+
+    /// The finished scrape, if one finished; `wait`: block until it does.
+    fn finished(&mut self, wait: bool) -> Option<(Purpose, Option<Parsed>)> {
+        if !wait && !self.inflight.as_ref()?.1.is_finished() {
+            return None;
+        }
+        let (purpose, task) = self.inflight.take()?;
+        let parsed = match self.runtime.block_on(task) {
+            Ok(Ok(parsed)) => {
+                if self.failing {
+                    info!(url = %self.client.url(), "kubelet reachable again");
+                    self.failing = false;
+                }
+                Some(parsed)
+            }
+            Ok(Err(e)) => {
+                if !self.failing {
+                    warn!(error = %e, ?purpose, "scraping the kubelet failed");
+                    self.failing = true;
+                }
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "kubelet scrape task failed");
+                None
+            }
+        };
+        Some((purpose, parsed))
+    }
+
+    /// With our own `snapshot` in hand: record it when a check is near,
+    /// start the check when due, compare when its scrape is back.
+    fn cross_check(&mut self, snapshot: &Snapshot, meta: &NodeMetadata, wait: bool) {
+        let Some(every) = self.check_every else {
+            return;
+        };
+        let now = Instant::now();
+        let busy = self.inflight.is_some() || self.pending.is_some();
+        if busy || now + self.check.lookback() >= self.next_check {
+            self.check.record(snapshot);
+        }
+        if let Some(parsed) = self.pending.take() {
+            self.compare(&parsed, meta);
+        }
+        if now >= self.next_check && !busy {
+            self.next_check = now + every;
+            self.start(Purpose::Check);
+        }
+        if let Some((Purpose::Check, parsed)) = self.finished(wait) {
+            self.pending = parsed;
+        }
+    }
+
+    fn compare(&mut self, parsed: &Parsed, meta: &NodeMetadata) {
+        let c = self.check.compare(&parsed.stats, meta);
+        if c.disagreements.is_empty() {
+            debug!(
+                compared = c.compared,
+                unpaired = c.unpaired,
+                "kubelet cross-check: agree"
+            );
+        } else {
+            let shown: Vec<String> = c
+                .disagreements
+                .iter()
+                .take(5)
+                .map(ToString::to_string)
+                .collect();
+            warn!(
+                compared = c.compared,
+                disagreements = c.disagreements.len(),
+                first = %shown.join("; "),
+                "kubelet cross-check: our figures differ from the kubelet's"
+            );
+        }
+        self.last_comparison = Some(c);
+        self.checks += 1;
+    }
+
+    /// As the source: a snapshot when a scrape came back; a new scrape when
+    /// the last is `interval` old.
+    fn source(&mut self, meta: &NodeMetadata, wait: bool) -> Option<Snapshot> {
+        if self.sourced.is_none_or(|t| t.elapsed() >= self.interval) {
+            self.sourced = Some(Instant::now());
+            self.start(Purpose::Source);
+        }
+        let (_, parsed) = self.finished(wait)?;
+        match source::snapshot(&parsed?.stats, meta, SystemTime::now()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "kubelet stats unusable");
+                None
+            }
+        }
+    }
+}
+
+/// One sample per call: from cgroupfs (CPU from eBPF or cgroupfs counters)
+/// while that can be read, else from the kubelet when one is configured.
+/// Checks our figures against the kubelet's now and then.
+pub struct Sampler {
+    collector: Option<Collector>,
+    kubelet: Option<KubeletSide>,
+    /// The reason cgroupfs is not the source, while it is not.
+    unreadable: Option<String>,
+    /// Block on kubelet scrapes instead of picking them up at a later call
+    /// (tests: every call then sees what its scrape returned).
+    wait: bool,
+}
+
+impl Sampler {
+    /// Opens cgroupfs (and eBPF). When that fails and a kubelet is
+    /// configured, the kubelet is the source from the start.
+    pub fn new(
+        opts: collector::Options,
+        kubelet: Option<Kubelet>,
+        runtime: Handle,
+    ) -> Result<Self, Error> {
+        let (collector, unreadable) = match Collector::new(opts) {
+            Ok(c) => {
+                match c.fallback_reason() {
+                    None => info!(source = %c.source(), "collecting"),
+                    Some(reason) => warn!(source = %c.source(), %reason, "collecting without eBPF"),
+                }
+                (Some(c), None)
+            }
+            Err(e) if kubelet.is_some() => {
+                warn!(error = %e, "cgroupfs unreadable: the kubelet is the source");
+                (None, Some(e.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let kubelet = kubelet.map(|k| KubeletSide {
+            client: Arc::new(k.client),
+            runtime,
+            interval: k.interval,
+            check_every: k.check_every,
+            inflight: None,
+            sourced: None,
+            // The first check one period in: until then the agent warms up.
+            next_check: Instant::now() + k.check_every.unwrap_or_default(),
+            check: CrossCheck::new(k.tolerance, CHECK_LOOKBACK),
+            pending: None,
+            failing: false,
+            last_comparison: None,
+            checks: 0,
+        });
+        Ok(Self {
+            collector,
+            kubelet,
+            unreadable,
+            wait: false,
+        })
+    }
+
+    /// Makes every call wait for a kubelet scrape it started or found in
+    /// flight (for tests; the daemon never waits on the kubelet).
+    pub fn wait_for_kubelet(&mut self, wait: bool) {
+        self.wait = wait;
+    }
+
+    /// The next sample, if there is one now: `None` while neither cgroupfs
+    /// nor the kubelet has given one.
+    pub fn sample(&mut self, meta: &NodeMetadata) -> Option<Snapshot> {
+        let own = match self.collector.as_mut().map(Collector::collect) {
+            Some(Ok(s)) => {
+                if let Some(reason) = self.unreadable.take() {
+                    info!(%reason, "cgroupfs readable again");
+                }
+                Some(s)
+            }
+            Some(Err(e)) => {
+                let reason = e.to_string();
+                if self.unreadable.as_ref() != Some(&reason) {
+                    match self.kubelet {
+                        Some(_) => warn!(%reason, "collection failed: the kubelet is the source"),
+                        None => warn!(%reason, "collection failed"),
+                    }
+                }
+                self.unreadable = Some(reason);
+                None
+            }
+            None => None,
+        };
+        let wait = self.wait;
+        match (own, self.kubelet.as_mut()) {
+            (Some(s), Some(k)) => {
+                k.cross_check(&s, meta, wait);
+                Some(s)
+            }
+            (Some(s), None) => Some(s),
+            (None, Some(k)) => k.source(meta, wait),
+            (None, None) => None,
+        }
+    }
+
+    /// The outcome of the last cross-check, if there was one.
+    pub fn last_comparison(&self) -> Option<&Comparison> {
+        self.kubelet.as_ref()?.last_comparison.as_ref()
+    }
+
+    /// How many cross-checks were made.
+    pub fn checks(&self) -> u64 {
+        self.kubelet.as_ref().map_or(0, |k| k.checks)
+    }
+}
+
+/// How much of our history is kept before a cross-check: the kubelet's
+/// readings lag its scrape by cAdvisor's housekeeping (at most 15 s by
+/// default), plus the scrape.
+const CHECK_LOOKBACK: Duration = Duration::from_secs(30);

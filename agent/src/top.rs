@@ -62,7 +62,7 @@ pub fn render(prev: &Snapshot, cur: &Snapshot) -> String {
             out,
             "{:<38} {:<10} {:<14} {:>10} {:>11.1}Mi",
             pod.uid,
-            pod.qos.to_string(),
+            pod.qos.map_or_else(|| "-".to_string(), |q| q.to_string()),
             "",
             cpu_cell(pod_cpu),
             mib(pod.working_set())
@@ -103,8 +103,8 @@ mod tests {
     fn snap(at: SystemTime, node_ns: u64, c_ns: u64) -> Snapshot {
         let container = ContainerSample {
             id: "abcdef0123456789".into(),
-            runtime: Runtime::Containerd,
-            cgroup: "/x".into(),
+            runtime: Some(Runtime::Containerd),
+            cgroup: Some("/x".into()),
             cpu_ns: c_ns,
             memory: Memory {
                 usage: 3 << 20,
@@ -112,13 +112,14 @@ mod tests {
                 swap: None,
             },
             started: None,
+            read_at: None,
         };
         let mut pods = BTreeMap::new();
         pods.insert(
             "uid-1".into(),
             PodSample {
                 uid: "uid-1".into(),
-                qos: QosClass::Burstable,
+                qos: Some(QosClass::Burstable),
                 containers: vec![container],
             },
         );
@@ -128,6 +129,7 @@ mod tests {
             node: NodeSample {
                 cpu_ns: node_ns,
                 memory: Memory::default(),
+                read_at: None,
             },
             pods,
             errors: vec![],

@@ -579,6 +579,7 @@ impl SimNode {
                         cpu_ns: c.cpu_ns,
                         memory_working_set_bytes: c.memory,
                         swap_bytes: None,
+                        read_unix_nanos: None,
                     }),
                     start_unix_nanos: (start - 86_400_000_000_000 + rng.below(1 << 40)) as i64,
                 });
@@ -607,6 +608,7 @@ impl SimNode {
                 cpu_ns: node_cpu,
                 memory_working_set_bytes: node_memory,
                 swap_bytes: None,
+                read_unix_nanos: None,
             }),
             pods: samples.clone(),
             metadata: Some(NodeMetadata {

@@ -119,6 +119,7 @@ fn report(node: usize, namespaces: usize, at: SystemTime, cpu_scale: u64) -> Nod
                         cpu_ns: cpu_scale * (1_000_000 + (g as u64 % 997) * 7_919),
                         memory_working_set_bytes: (64 << 20) + (g as u64 % 4096) * 4096,
                         swap_bytes: None,
+                        read_unix_nanos: None,
                     }),
                     start_unix_nanos: 1_700_000_000_000_000_000,
                 })
@@ -154,6 +155,7 @@ fn report(node: usize, namespaces: usize, at: SystemTime, cpu_scale: u64) -> Nod
             cpu_ns: cpu_scale * 40_000_000,
             memory_working_set_bytes: 8 << 30,
             swap_bytes: None,
+            read_unix_nanos: None,
         }),
         pods,
         metadata: Some(NodeMetadata {

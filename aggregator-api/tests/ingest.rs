@@ -112,6 +112,7 @@ impl SimNode {
             cpu_ns: elapsed * millicores / 1000,
             memory_working_set_bytes: 64 << 20,
             swap_bytes: None,
+            read_unix_nanos: None,
         };
         let report = NodeReport {
             node: self.name.clone(),

@@ -37,6 +37,7 @@ fn report(node: &str, second: u64, with_meta: bool) -> NodeReport {
         cpu_ns: second * cores * 1_000_000_000,
         memory_working_set_bytes: 1 << 20,
         swap_bytes: None,
+        read_unix_nanos: None,
     };
     let ns = if node == "node-1" { "red" } else { "blue" };
     NodeReport {

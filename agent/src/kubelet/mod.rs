@@ -22,8 +22,10 @@
 //! }
 //! # Ok(()) }
 //! ```
+pub mod check;
 pub mod client;
 pub mod parse;
+pub mod source;
 
 pub use client::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, Error as ClientError, KubeletClient, KubeletConfig,

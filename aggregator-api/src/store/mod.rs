@@ -52,6 +52,10 @@ pub enum Reject {
     TooManyPods { count: usize, limit: usize },
     #[error("report has no node usage")]
     NoUsage,
+    #[error(
+        "a read time of {read} ns is not in (0, the report's sample time {sample}]: readings cannot postdate their report"
+    )]
+    ReadTime { read: i64, sample: i64 },
     /// Labels or names beyond Kubernetes' own limits, or too many of them.
     #[error("report metadata: {0}")]
     Metadata(#[from] limits::Problem),
@@ -208,9 +212,14 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `u` as a point: at its own read time where it has one (checked by
+/// [`Store::check`] to lie in (0, report time]), else at the report's `time`.
 fn point(time: SystemTime, u: &Usage) -> Point {
     Point {
-        time,
+        time: match u.read_unix_nanos {
+            Some(n) => SystemTime::UNIX_EPOCH + Duration::from_nanos(n.unsigned_abs()),
+            None => time,
+        },
         cpu_ns: u.cpu_ns,
         memory_bytes: u.memory_working_set_bytes,
         swap_bytes: u.swap_bytes,
@@ -310,6 +319,21 @@ impl Store {
             });
         }
         let usage = report.node_usage.ok_or(Reject::NoUsage)?;
+        let sample = report.sample_unix_nanos;
+        let read_times = std::iter::once(&usage)
+            .chain(
+                report
+                    .pods
+                    .iter()
+                    .flat_map(|p| &p.containers)
+                    .filter_map(|c| c.usage.as_ref()),
+            )
+            .filter_map(|u| u.read_unix_nanos);
+        for read in read_times {
+            if read <= 0 || read > sample {
+                return Err(Reject::ReadTime { read, sample });
+            }
+        }
         if let Some(meta) = &report.metadata {
             limits::check(&report.node, meta, &self.config.limits)?;
         }

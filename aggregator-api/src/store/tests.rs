@@ -22,6 +22,7 @@ fn usage(cpu_ms: u64, mem: u64) -> Option<Usage> {
         cpu_ns: cpu_ms * 1_000_000,
         memory_working_set_bytes: mem,
         swap_bytes: None,
+        read_unix_nanos: None,
     })
 }
 
@@ -433,4 +434,80 @@ fn repeated_strings_are_kept_once_and_forgotten_when_unused() {
     assert_eq!(store.strings.len(), 5);
     store.evict(Duration::ZERO);
     assert_eq!(store.strings.len(), 0);
+}
+
+/// The kubelet source: each reading carries the time cAdvisor took it, which
+/// lags the report and repeats while cAdvisor's cache is not refreshed.
+#[test]
+fn rates_are_computed_between_read_times() {
+    let store = Store::default();
+    let with_read = |ms: u64, read_ms: u64, cpu_ms: u64| {
+        let mut r = report("n1", ms, cpu_ms, &[("u1", "c1", cpu_ms)]);
+        let usages = std::iter::once(r.node_usage.as_mut()).chain(
+            r.pods
+                .iter_mut()
+                .flat_map(|p| &mut p.containers)
+                .map(|c| c.usage.as_mut()),
+        );
+        for u in usages.flatten() {
+            u.read_unix_nanos = Some(at(read_ms));
+        }
+        r
+    };
+    let mut first = with_read(1000, 0, 0);
+    first.metadata = Some(meta(&[("u1", "default", "web", &[("c1", "app")])]));
+    store.apply(&first, now()).expect("applies");
+    // The same cached reading sent again one report later: not a new point.
+    store.apply(&with_read(2000, 0, 0), now()).expect("applies");
+    assert_eq!(store.node("n1"), Lookup::NoMetrics);
+    assert_eq!(store.stats().stale.load(Ordering::Relaxed), 2);
+    // Refreshed: 3 s of readings (not the 2 s between reports) at 1 core.
+    store
+        .apply(&with_read(4000, 3000, 3000), now())
+        .expect("applies");
+    let Lookup::Found(node) = store.node("n1") else {
+        panic!("node metrics");
+    };
+    assert_eq!(node.window, Duration::from_secs(3));
+    assert_eq!(node.cpu_nanocores, 1_000_000_000);
+    assert_eq!(
+        node.timestamp,
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(at(3000) as u64)
+    );
+    let Lookup::Found(pod) = store.pod("default", "web") else {
+        panic!("pod metrics");
+    };
+    assert_eq!(pod.containers[0].cpu_nanocores, 1_000_000_000);
+    assert_eq!(pod.window, Duration::from_secs(3));
+
+    // A reading after its report, or without a time, is refused whole.
+    let rejected = store.stats().rejected.load(Ordering::Relaxed);
+    let mut later = with_read(5000, 5000, 5000);
+    later.pods[0].containers[0]
+        .usage
+        .as_mut()
+        .expect("usage")
+        .read_unix_nanos = Some(at(5001));
+    assert_eq!(
+        store.apply(&later, now()),
+        Err(Reject::ReadTime {
+            read: at(5001),
+            sample: at(5000)
+        })
+    );
+    let mut zero = with_read(5000, 5000, 5000);
+    zero.node_usage.as_mut().expect("usage").read_unix_nanos = Some(0);
+    assert!(matches!(
+        store.apply(&zero, now()),
+        Err(Reject::ReadTime { read: 0, .. })
+    ));
+    assert_eq!(store.stats().rejected.load(Ordering::Relaxed), rejected + 2);
+    let Lookup::Found(node) = store.node("n1") else {
+        panic!("node metrics");
+    };
+    assert_eq!(
+        node.window,
+        Duration::from_secs(3),
+        "nothing of them applied"
+    );
 }

@@ -830,6 +830,7 @@ async fn metrics_include_ingest_and_store_figures() {
             cpu_ns: 1,
             memory_working_set_bytes: 1,
             swap_bytes: None,
+            read_unix_nanos: None,
         }),
         ..NodeReport::default()
     };

@@ -1,0 +1,2 @@
+//! Shared by the agent's integration tests.
+pub mod kubelet;
