@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
     path::PathBuf,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use tracing::warn;
@@ -76,6 +76,10 @@ pub struct Options {
     /// kubelet `--cgroup-root`, a simulated node). Pods are looked for below
     /// it and the node's totals are its totals.
     pub node_cgroup: String,
+    /// How old the inactive file pages subtracted from memory usage may get
+    /// while usage holds steady (see [`cgroup::files::STAT_MAX_AGE`]); zero:
+    /// `memory.stat` is read at every collection.
+    pub memory_stat_max_age: Duration,
 }
 
 impl Default for Options {
@@ -87,6 +91,7 @@ impl Default for Options {
             cpu_source: CpuSourceChoice::Auto,
             force_tick: false,
             node_cgroup: "/".into(),
+            memory_stat_max_age: cgroup::files::STAT_MAX_AGE,
         }
     }
 }
@@ -155,12 +160,6 @@ pub struct Snapshot {
     pub errors: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Charge {
-    Node,
-    Container(String),
-}
-
 /// The last walk of the tree, kept until the tree changes.
 struct Walked {
     scan: cgroup::Scan,
@@ -191,8 +190,13 @@ pub struct Collector {
     last_raw: HashMap<u64, u64>,
     /// Identity of each cgroup id seen in the previous scan.
     known: HashMap<u64, Option<Identity>>,
-    /// Cumulative ns per container id and for the node.
-    charged: HashMap<Charge, u64>,
+    /// The walk `known`, `charged_containers` and `started` were last pruned
+    /// to (they change only when the tree does).
+    pruned_at_walk: u64,
+    /// Cumulative ns for the node.
+    charged_node: u64,
+    /// Cumulative ns per container id.
+    charged_containers: HashMap<String, u64>,
     /// When each live container was first seen (its cgroup's mtime then): a
     /// start time that stays put while the container lives.
     started: HashMap<String, SystemTime>,
@@ -202,6 +206,7 @@ impl Collector {
     /// Detects the hierarchy and, unless told otherwise, loads the eBPF programs.
     pub fn new(opts: Options) -> Result<Self> {
         let hierarchy = Hierarchy::detect(&opts.cgroup_root)?;
+        let files = CounterFiles::with_stat_max_age(opts.memory_stat_max_age);
         let mut this = Self {
             hierarchy,
             opts,
@@ -211,10 +216,12 @@ impl Collector {
             watch: None,
             foreign: HashSet::new(),
             walks: 0,
-            files: CounterFiles::default(),
+            files,
             last_raw: HashMap::new(),
             known: HashMap::new(),
-            charged: HashMap::new(),
+            pruned_at_walk: 0,
+            charged_node: 0,
+            charged_containers: HashMap::new(),
             started: HashMap::new(),
         };
         match this.opts.cpu_source {
@@ -373,8 +380,10 @@ impl Collector {
         } else {
             raw
         };
+        let tree_changed = self.pruned_at_walk != self.walks;
+        self.pruned_at_walk = self.walks;
         if let Some(raw) = raw {
-            self.attribute(raw, walked);
+            self.attribute(raw, walked, tree_changed);
         }
 
         let ebpf = self.ebpf.is_some();
@@ -391,11 +400,7 @@ impl Collector {
                 continue;
             };
             let cpu = if ebpf {
-                Ok(self
-                    .charged
-                    .get(&Charge::Container(id.clone()))
-                    .copied()
-                    .unwrap_or(0))
+                Ok(self.charged_containers.get(id).copied().unwrap_or(0))
             } else {
                 self.files
                     .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path)
@@ -422,28 +427,32 @@ impl Collector {
                     cgroup: Some(cg.path.clone()),
                     cpu_ns,
                     memory,
-                    started: Some(
-                        *self
-                            .started
-                            .entry(id.clone())
-                            .or_insert_with(|| cg.modified.unwrap_or(timestamp)),
-                    ),
+                    started: Some(match self.started.get(id) {
+                        Some(&t) => t,
+                        None => {
+                            let t = cg.modified.unwrap_or(timestamp);
+                            self.started.insert(id.clone(), t);
+                            t
+                        }
+                    }),
                     read_at: None,
                 });
         }
         for pod in pods.values_mut() {
             pod.containers.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        let live: HashSet<&str> = pods
-            .values()
-            .flat_map(|p| p.containers.iter().map(|c| c.id.as_str()))
-            .collect();
-        self.started.retain(|id, _| live.contains(id.as_str()));
+        if tree_changed {
+            let live: HashSet<&str> = pods
+                .values()
+                .flat_map(|p| p.containers.iter().map(|c| c.id.as_str()))
+                .collect();
+            self.started.retain(|id, _| live.contains(id.as_str()));
+        }
 
         // The walk's first cgroup is the node's own.
         let node_id = scan.cgroups.first().map_or(0, |c| c.id);
         let node_cpu = if ebpf {
-            self.charged.get(&Charge::Node).copied().unwrap_or(0)
+            self.charged_node
         } else {
             self.files
                 .cpu_usage_ns(&self.hierarchy, tree, node_id, &self.opts.node_cgroup)
@@ -481,7 +490,8 @@ impl Collector {
     }
 
     /// Turns the kernel's per-cgroup totals into per-container and node totals.
-    fn attribute(&mut self, raw: HashMap<u64, u64>, walked: &Walked) {
+    /// `tree_changed`: walked again since the last call.
+    fn attribute(&mut self, raw: HashMap<u64, u64>, walked: &Walked, tree_changed: bool) {
         let whole_host = self.whole_host();
         let scan = &walked.scan;
         let current = |id: &u64| walked.by_id.get(id).map(|&i| &scan.cgroups[i].identity);
@@ -496,13 +506,15 @@ impl Collector {
             // On a whole host every cgroup is the node's, even one that came and
             // went between two scans; in a subtree only those seen in it.
             if whole_host || identity.is_some() {
-                *self.charged.entry(Charge::Node).or_default() += delta;
+                self.charged_node += delta;
             }
             if let Some(Some(Identity::Container { id, .. })) = identity {
-                *self
-                    .charged
-                    .entry(Charge::Container(id.clone()))
-                    .or_default() += delta;
+                match self.charged_containers.get_mut(id) {
+                    Some(total) => *total += delta,
+                    None => {
+                        self.charged_containers.insert(id.clone(), delta);
+                    }
+                }
             }
         }
         // Cgroups gone since the read: their last counts are in; drop their state.
@@ -517,6 +529,10 @@ impl Collector {
         if let Some(acc) = self.ebpf.as_mut() {
             acc.forget(gone);
         }
+        if !tree_changed {
+            // Same tree as last time: `known` is it already, nothing left.
+            return;
+        }
         let live: HashSet<&String> = scan
             .cgroups
             .iter()
@@ -525,10 +541,7 @@ impl Collector {
                 _ => None,
             })
             .collect();
-        self.charged.retain(|k, _| match k {
-            Charge::Node => true,
-            Charge::Container(id) => live.contains(id),
-        });
+        self.charged_containers.retain(|id, _| live.contains(id));
         self.known = scan
             .cgroups
             .iter()

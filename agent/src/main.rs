@@ -60,6 +60,18 @@ struct Args {
         global = true
     )]
     node_cgroup: String,
+    /// How long the inactive file pages subtracted from memory usage (for the
+    /// working set) may be reused while usage holds steady (within 1 MiB or
+    /// 1 %); `0`: read `memory.stat` at every interval (exact, and the
+    /// kernel's largest per-container cost).
+    #[arg(
+        long,
+        env = "NODEPULSE_MEMORY_STAT_MAX_AGE",
+        default_value = "10s",
+        value_parser = parse_period,
+        global = true
+    )]
+    memory_stat_max_age: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -116,7 +128,11 @@ struct RunArgs {
     /// This node's kubelet, by address (the DaemonSet passes status.hostIP):
     /// the source when cgroupfs cannot be read, and a periodic cross-check of
     /// our figures. Unset (and no --kubelet-url): neither.
-    #[arg(long, env = "NODEPULSE_KUBELET_ADDRESS", conflicts_with = "kubelet_url")]
+    #[arg(
+        long,
+        env = "NODEPULSE_KUBELET_ADDRESS",
+        conflicts_with = "kubelet_url"
+    )]
     kubelet_address: Option<String>,
     /// The kubelet's port, with --kubelet-address.
     #[arg(long, env = "NODEPULSE_KUBELET_PORT", default_value_t = 10250)]
@@ -157,6 +173,7 @@ fn main() -> Result<()> {
         cpu_source: args.cpu_source,
         force_tick: false,
         node_cgroup: args.node_cgroup,
+        memory_stat_max_age: args.memory_stat_max_age,
     };
     match args.command {
         Command::Top { interval, count } => run_top(opts, interval, count),

@@ -39,6 +39,29 @@ impl Memory {
 pub(super) trait Read {
     /// The whole text of file `name` in directory `dir`.
     fn text(&mut self, dir: &Path, name: &'static str) -> io::Result<&str>;
+
+    /// The figures that change slowly and cost the kernel most to produce
+    /// (inactive file pages from `memory.stat`, swap), given the `usage` just
+    /// read: `read` reads them. A reader that keeps state between intervals
+    /// may return a recent reading instead (see [`super::files`]).
+    fn slow(
+        &mut self,
+        usage: u64,
+        read: &mut dyn FnMut(&mut Self) -> io::Result<Slow>,
+    ) -> io::Result<Slow>
+    where
+        Self: Sized,
+    {
+        let _ = usage;
+        read(self)
+    }
+}
+
+/// See [`Read::slow`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Slow {
+    pub inactive_file: u64,
+    pub swap: Option<u64>,
 }
 
 /// Opens, reads and closes the file each time.
@@ -160,23 +183,44 @@ fn v1_dir(root: Option<&Path>, rel: &str, missing: &'static str) -> io::Result<P
 
 fn memory_v2(r: &mut impl Read, dir: &Path) -> io::Result<Memory> {
     let usage = single(r, dir, "memory.current")?;
-    let inactive = keyed(r, dir, "memory.stat", "inactive_file")?;
-    let swap = single(r, dir, "memory.swap.current").ok();
-    Ok(Memory::from_usage(usage, inactive, swap))
+    let slow = r.slow(usage, &mut |r| {
+        Ok(Slow {
+            inactive_file: keyed(r, dir, "memory.stat", "inactive_file")?,
+            swap: single(r, dir, "memory.swap.current").ok(),
+        })
+    })?;
+    Ok(Memory::from_usage(usage, slow.inactive_file, slow.swap))
 }
 
 fn memory_v1(r: &mut impl Read, dir: &Path, memsw: bool) -> io::Result<Memory> {
     let usage = single(r, dir, "memory.usage_in_bytes")?;
-    let inactive = keyed(r, dir, "memory.stat", "total_inactive_file")?;
-    // memsw counts memory + swap; present only with swap accounting enabled.
-    let swap = if memsw {
-        single(r, dir, "memory.memsw.usage_in_bytes")
-            .ok()
-            .map(|memsw| memsw.saturating_sub(usage))
-    } else {
-        None
-    };
-    Ok(Memory::from_usage(usage, inactive, swap))
+    let slow = r.slow(usage, &mut |r| {
+        let stat = r.text(dir, "memory.stat")?;
+        let inactive_file = keyed_value(stat, "total_inactive_file").ok_or_else(|| {
+            invalid(
+                dir,
+                "memory.stat",
+                "no numeric \"total_inactive_file\"".into(),
+            )
+        })?;
+        // With swap accounting (memsw) memory.stat has the swap in use
+        // (what memory.memsw.usage_in_bytes counts beyond usage).
+        let swap = if memsw {
+            match keyed_value(stat, "total_swap") {
+                Some(swap) => Some(swap),
+                None => single(r, dir, "memory.memsw.usage_in_bytes")
+                    .ok()
+                    .map(|memsw| memsw.saturating_sub(usage)),
+            }
+        } else {
+            None
+        };
+        Ok(Slow {
+            inactive_file,
+            swap,
+        })
+    })?;
+    Ok(Memory::from_usage(usage, slow.inactive_file, slow.swap))
 }
 
 /// Node memory as cAdvisor computes it for a v2 root: usage = MemTotal − MemFree,
@@ -260,6 +304,13 @@ pub(super) mod tests {
         write(&mem, "memory.usage_in_bytes", "1000\n");
         write(&mem, "memory.stat", "cache 5\ntotal_inactive_file 5000\n");
         write(&mem, "memory.memsw.usage_in_bytes", "1500\n");
+        let swapped = root.join("memory/kubepods/swapped");
+        write(&swapped, "memory.usage_in_bytes", "1000\n");
+        write(
+            &swapped,
+            "memory.stat",
+            "swap 300\ntotal_inactive_file 100\ntotal_swap 700\n",
+        );
         write(
             &root.join("cpuacct/kubepods"),
             "cpuacct.usage",
@@ -277,6 +328,15 @@ pub(super) mod tests {
                 usage: 1000,
                 working_set: 0,
                 swap: Some(500)
+            }
+        );
+        // memory.stat's total_swap where it has one (no memsw file read).
+        assert_eq!(
+            h.memory(Tree::V1, "/kubepods/swapped").expect("mem"),
+            Memory {
+                usage: 1000,
+                working_set: 900,
+                swap: Some(700)
             }
         );
     }
