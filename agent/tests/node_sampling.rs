@@ -3,6 +3,9 @@
 //! and holding known memory), sampled every second, checked against the
 //! kernel's own per-cgroup counters over the same windows.
 //!
+//! One test puts a cgroupfs-driver pod in the host's v1 controllers only (as
+//! a kubelet does on a hybrid host like this one; skipped on pure v2 hosts).
+//!
 //! Needs root, BTF and cgroup v2; skips with a message elsewhere (fails instead
 //! under NODEPULSE_REQUIRE_PRIVILEGED=1, as in CI).
 
@@ -378,4 +381,121 @@ fn containers_coming_and_going_are_seen_at_the_next_collection() {
     };
     assert_eq!(container_ids(&ebpf.collect().expect("collect")), want);
     assert_eq!(container_ids(&cgfs.collect().expect("collect")), want);
+}
+
+/// The kernel's own counter of a v1-only cgroup: `cpuacct.usage`, ns.
+fn cpuacct_ns(h: &agent::cgroup::Hierarchy, rel: &str) -> u64 {
+    let root = h.v1_cpuacct.as_ref().expect("v1 cpuacct");
+    std::fs::read_to_string(root.join(rel.trim_start_matches('/')).join("cpuacct.usage"))
+        .expect("cpuacct.usage")
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+/// A cgroupfs-driver kubelet on a hybrid host makes pods only in the v1
+/// controllers: v2 cgroup ids cannot name them, so the agent must fall back
+/// to cgroupfs on its own, say why, and measure them from `cpuacct.usage` and
+/// the v1 memory controller (usage − total_inactive_file).
+#[test]
+fn pods_only_in_cgroup_v1_are_measured_from_cgroupfs() {
+    let Some(h) = support::privileged("cgroup_v1") else {
+        return;
+    };
+    let Some(mut tree) = CgroupTree::new_v1(&h, "v1") else {
+        // A pure v2 host: there is no v1 layout to measure.
+        eprintln!("skipped pods_only_in_cgroup_v1: no v1 memory and cpuacct controllers here");
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let base = tree.base.clone();
+    let (pod, spin, mem) = (
+        support::uid(21),
+        support::container_id(21),
+        support::container_id(22),
+    );
+    let spin_path = support::cgroupfs_container(&base, "burstable", &pod, &spin);
+    let mem_path = support::cgroupfs_container(&base, "burstable", &pod, &mem);
+    let burner = Launcher::test_binary("burner_entry");
+    let cache_file = std::env::temp_dir().join(format!("nodepulse-v1-{}", std::process::id()));
+    const MIB: u64 = 1 << 20;
+    let _burners = [
+        tree.spawn(
+            &spin_path,
+            &Burn::Duty {
+                fraction: 0.5,
+                period_ms: 20,
+            },
+            &burner,
+        ),
+        tree.spawn(
+            &mem_path,
+            &Burn::Memory {
+                mib: 64,
+                cache_mib: 32,
+                file: cache_file.clone(),
+            },
+            &burner,
+        ),
+    ];
+    assert!(
+        !tree.v2_dir(&spin_path).exists(),
+        "the pod must not be in v2"
+    );
+
+    let mut c = Collector::new(Options {
+        node_cgroup: base.clone(),
+        ..Options::default()
+    })
+    .expect("collector");
+    let b0 = cpuacct_ns(&h, &spin_path);
+    let s0 = c.collect().expect("collect");
+    let a0 = cpuacct_ns(&h, &spin_path);
+    assert_eq!(s0.source, CpuSource::Cgroupfs);
+    let reason = c.fallback_reason().expect("a reason");
+    assert!(reason.contains("v1"), "{reason}");
+    std::thread::sleep(Duration::from_secs(2));
+    let b1 = cpuacct_ns(&h, &spin_path);
+    let s1 = c.collect().expect("collect");
+    let a1 = cpuacct_ns(&h, &spin_path);
+    let _ = std::fs::remove_file(&cache_file);
+
+    let ours = container_cpu(&s1, &spin) - container_cpu(&s0, &spin);
+    assert_close(
+        "v1 container",
+        ours,
+        Bracket {
+            before: b0,
+            after: a0,
+        },
+        Bracket {
+            before: b1,
+            after: a1,
+        },
+        1.0,
+    );
+    // Half a core for two seconds, give or take the duty cycle's granularity.
+    assert!(
+        (0.8e9..1.2e9).contains(&(ours as f64)),
+        "0.5 core over 2 s: {ours} ns"
+    );
+    let m = s1.pods[&pod]
+        .containers
+        .iter()
+        .find(|c| c.id == mem)
+        .expect("memory container")
+        .memory;
+    let ws = m.working_set as f64 / MIB as f64;
+    assert!(
+        (ws - 64.0).abs() <= 64.0 * 0.05,
+        "working set {ws:.1} MiB, held 64 MiB (usage {:.1} MiB)",
+        m.usage as f64 / MIB as f64
+    );
+    assert!(
+        m.usage - m.working_set >= 32 * MIB * 9 / 10,
+        "page cache in usage, not in the working set: usage {} ws {}",
+        m.usage,
+        m.working_set
+    );
+    assert_eq!(s1.pods[&pod].containers.len(), 2);
 }

@@ -141,6 +141,8 @@ pub struct CgroupTree {
     /// A unique top directory, so parallel tests never collide.
     pub base: String,
     made: Vec<String>,
+    /// See [`CgroupTree::new_v1`].
+    v1_only: Option<Vec<PathBuf>>,
 }
 
 impl CgroupTree {
@@ -160,9 +162,39 @@ impl CgroupTree {
             v2,
             base: base.clone(),
             made: Vec::new(),
+            v1_only: None,
         };
         tree.mkdir(&base);
         tree
+    }
+
+    /// A tree whose cgroups below `base` are made only in the v1 memory and
+    /// cpuacct controllers, as a cgroupfs-driver kubelet makes them on a
+    /// hybrid host: the node's own `base` exists in v2 too (empty), pods do
+    /// not. `None` where the host has no such v1 controllers.
+    pub fn new_v1(h: &Hierarchy, test: &str) -> Option<Self> {
+        let mut tree = Self::new(h, test);
+        let roots: Vec<PathBuf> = h
+            .v1_memory
+            .iter()
+            .chain(h.v1_cpuacct.iter())
+            .cloned()
+            .collect();
+        if roots.len() < 2 {
+            return None;
+        }
+        // `base` stays in the list of what to remove, in every hierarchy.
+        tree.v1_only = Some(roots);
+        Some(tree)
+    }
+
+    /// Where `rel` is made: the v1 controllers only for a [`CgroupTree::new_v1`]
+    /// tree (below its base), every hierarchy otherwise.
+    fn roots_for(&self, rel: &str) -> &[PathBuf] {
+        match &self.v1_only {
+            Some(v1) if rel.trim_end_matches('/') != self.base => v1,
+            _ => &self.roots,
+        }
     }
 
     /// Creates `rel` and its parents in every hierarchy.
@@ -174,7 +206,7 @@ impl CgroupTree {
             if self.made.contains(&path) {
                 continue;
             }
-            for root in &self.roots {
+            for root in self.roots_for(&path) {
                 let dir = root.join(path.trim_start_matches('/'));
                 if !dir.exists() {
                     fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
@@ -187,7 +219,7 @@ impl CgroupTree {
     /// Removes `rel` (made by [`CgroupTree::mkdir`], empty: no processes, no
     /// children) from every hierarchy.
     pub fn rmdir(&mut self, rel: &str) {
-        for root in &self.roots {
+        for root in self.roots_for(rel) {
             let dir = root.join(rel.trim_start_matches('/'));
             fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
         }
@@ -215,7 +247,7 @@ impl CgroupTree {
     pub fn spawn(&mut self, rel: &str, burn: &Burn, launcher: &Launcher) -> Burner {
         self.mkdir(rel);
         let procs: Vec<CString> = self
-            .roots
+            .roots_for(rel)
             .iter()
             .map(|r| {
                 let p = r.join(rel.trim_start_matches('/')).join("cgroup.procs");
