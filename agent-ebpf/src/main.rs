@@ -51,6 +51,21 @@ static THREADS: HashMap<u32, u64> = HashMap::with_max_entries(THREADS_MAX_ENTRIE
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
+/// Run time charged on this CPU to one cgroup and not yet added to
+/// [`CGROUP_CPU`]: consecutive charges to the same cgroup (a thread and the
+/// ones it wakes, a container's workers) accumulate here, in the CPU's own
+/// slot, instead of costing a hash lookup each. Moved into the map when a
+/// charge to another cgroup comes, and by [`flush_cpu`] / [`tick`] (so a read
+/// right after a flush misses nothing).
+#[repr(C)]
+struct Pending {
+    cgroup: u64,
+    ns: u64,
+}
+
+#[map(name = "PENDING")]
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn global(g: &u64) -> u64 {
     // SAFETY: a plain read of a global in the program's read-only data; volatile so
@@ -139,6 +154,44 @@ fn charge(task: *const u8, tid: u32, dead: bool) {
 
 #[inline(always)]
 fn add_to_cgroup(cgroup: u64, delta: u64) {
+    let Some(pending) = PENDING.get_ptr_mut(0) else {
+        add_to_map(cgroup, delta);
+        return;
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not interleave (see `bump`).
+    let (held, ns) = unsafe { ((*pending).cgroup, (*pending).ns) };
+    if held == cgroup {
+        // SAFETY: as above.
+        unsafe { (*pending).ns = ns + delta };
+        return;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*pending).cgroup = cgroup;
+        (*pending).ns = delta;
+    }
+    if ns != 0 {
+        add_to_map(held, ns);
+    }
+}
+
+/// Moves this CPU's pending charge into [`CGROUP_CPU`].
+#[inline(always)]
+fn flush_pending() {
+    let Some(pending) = PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not interleave (see `bump`).
+    let (cgroup, ns) = unsafe { ((*pending).cgroup, (*pending).ns) };
+    if ns != 0 {
+        // SAFETY: as above.
+        unsafe { (*pending).ns = 0 };
+        add_to_map(cgroup, ns);
+    }
+}
+
+#[inline(always)]
+fn add_to_map(cgroup: u64, delta: u64) {
     if let Some(total) = CGROUP_CPU.get_ptr_mut(&cgroup) {
         // SAFETY: this CPU's slot of a per-CPU value.
         unsafe { *total += delta };
@@ -189,6 +242,7 @@ fn charge_current() -> u32 {
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     charge(task, bpf_get_current_pid_tgid() as u32, false);
+    flush_pending();
     0
 }
 
