@@ -17,15 +17,19 @@
 #![no_std]
 #![no_main]
 
-use agent_common::{CGROUP_CPU_MAX_ENTRIES, Stat, TASK_DEAD, THREADS_MAX_ENTRIES};
+use agent_common::{CGROUP_CPU_MAX_ENTRIES, Stat};
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST, bpf_map_type},
+    cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_task_storage_get,
+        },
     },
-    macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    macros::{btf_map, btf_tracepoint, map, perf_event, raw_tracepoint},
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
 };
 use aya_log_ebpf::error;
@@ -43,10 +47,63 @@ static LOADED_AT_NS: u64 = 0;
 static CGROUP_CPU: PerCpuHashMap<u64, u64> =
     PerCpuHashMap::with_max_entries(CGROUP_CPU_MAX_ENTRIES, 0);
 
-// A plain hash, not an LRU: lookups and in-place updates touch no LRU
-// bookkeeping; entries leave at a thread's last switch instead of by eviction.
-#[map(name = "THREADS")]
-static THREADS: HashMap<u32, u64> = HashMap::with_max_entries(THREADS_MAX_ENTRIES, 0);
+/// A BTF definition of a task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`,
+/// which aya-ebpf does not wrap): one value per task, reached from the task
+/// itself (no hash of a thread id, no shared buckets), created on first use
+/// and freed by the kernel when the task exits. The fields are the BTF
+/// encoding of the map's attributes, read by the loader; never dereferenced.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers the loader replaces; no shared state in Rust.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The value of `task`, created as `init` when it has none (`init`
+    /// `None`: not created). Null when absent, or when the kernel declines
+    /// (out of memory, or a recursive use of task storage on this CPU).
+    #[inline(always)]
+    fn get(&self, task: *mut c_void, init: Option<&mut T>) -> *mut T {
+        let (value, flags) = match init {
+            Some(v) => (
+                core::ptr::from_mut(v).cast(),
+                u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE),
+            ),
+            None => (core::ptr::null_mut(), 0),
+        };
+        // SAFETY: `task` comes from bpf_get_current_task_btf (a trusted
+        // task pointer, what the verifier requires here); `value` is null or
+        // a live stack value the helper copies.
+        unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                task.cast(),
+                value,
+                flags,
+            )
+        }
+        .cast()
+    }
+}
+
+#[btf_map(name = "THREADS")]
+static THREADS: TaskStorage<u64> = TaskStorage::new();
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
@@ -95,10 +152,9 @@ fn read_u64(task: *const u8, offset: u64) -> Option<u64> {
 }
 
 /// Charges the current task of this CPU (`task`, thread id `tid`) for the run
-/// time it accrued since it was last charged. `dead`: it is switching out for the
-/// last time, so its state is dropped.
+/// time it accrued since it was last charged.
 #[inline(always)]
-fn charge(task: *const u8, tid: u32, dead: bool) {
+fn charge(task: *const u8, tid: u32) {
     if tid == 0 {
         // The per-CPU idle tasks: not charged to any cgroup.
         return;
@@ -106,42 +162,37 @@ fn charge(task: *const u8, tid: u32, dead: bool) {
     let Some(now) = read_u64(task, global(&SUM_EXEC_OFFSET)) else {
         return;
     };
-    let delta = match THREADS.get_ptr_mut(&tid) {
-        Some(last) => {
-            // SAFETY: the entry belongs to `tid`, which runs on this CPU only now.
-            let before = unsafe { *last };
-            if dead {
-                let _ = THREADS.remove(&tid);
-            } else {
-                // SAFETY: as above; updated in place, no new allocation.
-                unsafe { *last = now };
-            }
-            if now < before {
-                // A stale entry for a reused tid (its thread's last switch was
-                // before we attached, or seeding raced its exit): start over.
-                bump(Stat::Rebaselined, 1);
-                0
-            } else {
-                now - before
-            }
+    // SAFETY: helper without arguments; the same task as `task`.
+    let me = unsafe { bpf_get_current_task_btf() }.cast::<c_void>();
+    let last = THREADS.get(me, None);
+    let delta = if last.is_null() {
+        let Some(started) = read_u64(task, global(&START_TIME_OFFSET)) else {
+            return;
+        };
+        let mut first = now;
+        if THREADS.get(me, Some(&mut first)).is_null() {
+            // Without a value the next switch would charge the thread's whole
+            // run time again.
+            bump(Stat::ThreadMapFull, 1);
+            return;
         }
-        None => {
-            let Some(started) = read_u64(task, global(&START_TIME_OFFSET)) else {
-                return;
-            };
-            if !dead && THREADS.insert(&tid, &now, BPF_NOEXIST as u64).is_err() {
-                // Full (or raced by our own seeding): without an entry the next
-                // switch would charge the thread's whole run time again.
-                bump(Stat::ThreadMapFull, 1);
-                return;
-            }
-            // Started after we loaded: all of its run time is ours to charge.
-            // Started before: from here on (userspace seeded live threads).
-            if started >= global(&LOADED_AT_NS) {
-                now
-            } else {
-                0
-            }
+        // Started after we loaded: all of its run time is ours to charge.
+        // Started before: from here on.
+        if started >= global(&LOADED_AT_NS) {
+            now
+        } else {
+            0
+        }
+    } else {
+        // SAFETY: this task's own value; the task runs on this CPU only now.
+        let before = unsafe { *last };
+        // SAFETY: as above; updated in place.
+        unsafe { *last = now };
+        if now < before {
+            bump(Stat::Rebaselined, 1);
+            0
+        } else {
+            now - before
         }
     };
     if delta == 0 {
@@ -212,10 +263,11 @@ fn add_to_map(cgroup: u64, delta: u64) {
 }
 
 #[inline(always)]
-fn on_switch(prev: *const u8, prev_state: u32) -> u32 {
-    // At sched_switch `current` is still `prev`: its tid and cgroup come from helpers.
+fn on_switch(prev: *const u8) -> u32 {
+    // At sched_switch `current` is still `prev`: its tid, storage and cgroup
+    // come from helpers. A dying task's storage is freed by the kernel.
     let tid = bpf_get_current_pid_tgid() as u32;
-    charge(prev, tid, prev_state & TASK_DEAD != 0);
+    charge(prev, tid);
     0
 }
 
@@ -224,16 +276,14 @@ fn on_switch(prev: *const u8, prev_state: u32) -> u32 {
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
-    let prev_state: u32 = ctx.arg(3);
-    on_switch(prev, prev_state) as i32
+    on_switch(prev) as i32
 }
 
 /// The same as a raw tracepoint (what the loader attaches first).
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
-    let prev_state: u64 = ctx.arg(3);
-    on_switch(prev, prev_state as u32) as i32
+    on_switch(prev) as i32
 }
 
 #[inline(always)]
@@ -241,7 +291,7 @@ fn charge_current() -> u32 {
     bump(Stat::Flushes, 1);
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    charge(task, bpf_get_current_pid_tgid() as u32, false);
+    charge(task, bpf_get_current_pid_tgid() as u32);
     flush_pending();
     0
 }

@@ -234,7 +234,6 @@ impl Collector {
                 } else {
                     let ebpf_opts = ebpf::Options {
                         btf_path: this.opts.btf_path.clone(),
-                        proc_root: this.opts.proc_root.clone(),
                         force_tick: this.opts.force_tick,
                     };
                     match CpuAccounting::load(&ebpf_opts) {

@@ -499,3 +499,54 @@ fn pods_only_in_cgroup_v1_are_measured_from_cgroupfs() {
     );
     assert_eq!(s1.pods[&pod].containers.len(), 2);
 }
+
+/// A thread that was running before the agent loaded is charged from then on
+/// (never for its past), and exactly from the first interval on.
+#[test]
+fn a_thread_older_than_the_agent_is_charged_from_the_load_on() {
+    let Some(h) = support::privileged("older_thread") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tree = CgroupTree::new(&h, "older");
+    let (pod, cid) = (support::uid(31), support::container_id(31));
+    let path = support::systemd_container(&tree.base.clone(), "burstable", &pod, &cid);
+    let _spin = tree.spawn(
+        &path,
+        &Burn::Duty {
+            fraction: 0.5,
+            period_ms: 20,
+        },
+        &Launcher::test_binary("burner_entry"),
+    );
+    // Let it build up a past the agent must not charge.
+    std::thread::sleep(Duration::from_secs(1));
+    let loaded_after = tree.cpu_stat_ns(&path);
+    let mut ebpf = collector(CpuSourceChoice::Ebpf, false);
+    let before0 = tree.cpu_stat_ns(&path);
+    let s0 = ebpf.collect().expect("collect");
+    let after0 = tree.cpu_stat_ns(&path);
+    assert!(
+        container_cpu(&s0, &cid) <= after0 - loaded_after + 1_000_000,
+        "charged {} ms, but only {} ms ran since the load",
+        container_cpu(&s0, &cid) / 1_000_000,
+        (after0 - loaded_after) / 1_000_000
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let before1 = tree.cpu_stat_ns(&path);
+    let s1 = ebpf.collect().expect("collect");
+    let after1 = tree.cpu_stat_ns(&path);
+    assert_close(
+        "thread older than the agent",
+        container_cpu(&s1, &cid) - container_cpu(&s0, &cid),
+        Bracket {
+            before: before0,
+            after: after0,
+        },
+        Bracket {
+            before: before1,
+            after: after1,
+        },
+        1.0,
+    );
+}

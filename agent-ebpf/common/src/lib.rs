@@ -22,18 +22,16 @@ pub const TRACEPOINT_SCHED_SWITCH: &str = "sched_switch";
 
 /// `PerCpuHashMap<u64 cgroup v2 id, u64 ns>`: on-CPU time charged to each cgroup.
 pub const MAP_CGROUP_CPU: &str = "CGROUP_CPU";
-/// `HashMap<u32 tid, u64 ns>`: each thread's `se.sum_exec_runtime` when last
-/// charged. Updated in place; a thread's entry is removed at its last switch
-/// (`TASK_DEAD`), so the map holds live threads only.
+/// Task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`) of a `u64`: each thread's
+/// `se.sum_exec_runtime` when last charged, reached from the task itself,
+/// updated in place, freed by the kernel when the thread exits. Kernel-side
+/// only (the loader creates it; userspace never reads it).
 pub const MAP_THREADS: &str = "THREADS";
 /// `PerCpuArray<u64>` indexed by [`Stat`].
 pub const MAP_STATS: &str = "STATS";
 
 /// Default capacity of [`MAP_CGROUP_CPU`]; the loader may raise it.
 pub const CGROUP_CPU_MAX_ENTRIES: u32 = 16_384;
-/// Capacity of [`MAP_THREADS`]: more live threads than this on one node and the
-/// excess go uncharged (counted in [`Stat::ThreadMapFull`]).
-pub const THREADS_MAX_ENTRIES: u32 = 65_536;
 
 /// Global: byte offset of `se.sum_exec_runtime` inside `struct task_struct`, from BTF.
 pub const GLOBAL_SUM_EXEC_OFFSET: &str = "SUM_EXEC_OFFSET";
@@ -42,11 +40,9 @@ pub const GLOBAL_SUM_EXEC_OFFSET: &str = "SUM_EXEC_OFFSET";
 pub const GLOBAL_START_TIME_OFFSET: &str = "START_TIME_OFFSET";
 /// Global: CLOCK_MONOTONIC ns when the programs were loaded. A thread first seen
 /// that started after this is charged its whole run time; one that started before
-/// only from the first time it is seen (userspace seeds those from procfs).
+/// only from the first time it is seen (the agent's first read is its
+/// baseline: rates start from the second).
 pub const GLOBAL_LOADED_AT_NS: &str = "LOADED_AT_NS";
-
-/// `task_struct.__state` bit for a task that has exited and switches out for the last time.
-pub const TASK_DEAD: u32 = 0x80;
 
 /// Counters in [`MAP_STATS`], one slot each, summed over CPUs by userspace.
 #[repr(u32)]
@@ -61,10 +57,11 @@ pub enum Stat {
     CgroupMapFull = 1,
     /// `bpf_probe_read_kernel` of a task field failed: time lost.
     ReadErrors = 2,
-    /// A thread's run time went backwards (a stale entry for a reused tid): re-baselined.
+    /// A thread's run time went backwards (should not happen with per-task
+    /// storage; counted rather than trusted): re-baselined.
     Rebaselined = 3,
-    /// A thread could not be added because [`MAP_THREADS`] is full: its time is
-    /// not charged until an entry frees up.
+    /// A thread's storage could not be created (out of memory, or task
+    /// storage busy on this CPU): its time is not charged until it can be.
     ThreadMapFull = 4,
 }
 

@@ -8,16 +8,16 @@
 //! charge instead, at [`TICK_HZ`].
 pub mod btf;
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{collections::HashMap, path::Path};
 
 use agent_common::{
     GLOBAL_LOADED_AT_NS, GLOBAL_START_TIME_OFFSET, GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU,
-    MAP_STATS, MAP_THREADS, PROG_FLUSH, PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat,
+    MAP_STATS, PROG_FLUSH, PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat,
     TRACEPOINT_SCHED_SWITCH,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         BtfTracePoint, PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -89,8 +89,6 @@ pub enum FlushMode {
 pub struct Options {
     /// The kernel's BTF (`/sys/kernel/btf/vmlinux`).
     pub btf_path: std::path::PathBuf,
-    /// procfs, to seed the baseline of threads that exist before loading.
-    pub proc_root: std::path::PathBuf,
     /// Force the per-CPU clock instead of flush-on-read (tests, benchmarks).
     pub force_tick: bool,
 }
@@ -99,7 +97,6 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             btf_path: "/sys/kernel/btf/vmlinux".into(),
-            proc_root: "/proc".into(),
             force_tick: false,
         }
     }
@@ -117,9 +114,6 @@ pub struct CpuAccounting {
     ebpf: Ebpf,
     cgroup_cpu: PerCpuHashMap<MapData, u64, u64>,
     stats: PerCpuArray<MapData, u64>,
-    /// Kept open for the programs' lifetime (and for inspection).
-    #[allow(dead_code)]
-    threads: BpfHashMap<MapData, u32, u64>,
     cpus: Vec<u32>,
     flush: FlushMode,
     hook: SwitchHook,
@@ -137,7 +131,7 @@ fn monotonic_ns() -> u64 {
 }
 
 impl CpuAccounting {
-    /// Loads the programs, attaches the switch hook, seeds live threads and picks
+    /// Loads the programs, attaches the switch hook and picks
     /// a flush mode. Needs CAP_BPF + CAP_PERFMON (or root) and kernel BTF.
     pub fn load(opts: &Options) -> Result<Self> {
         if OBJECT.is_empty() {
@@ -147,6 +141,9 @@ impl CpuAccounting {
         debug!(?offsets, "task_struct offsets from BTF");
         let loaded_at = monotonic_ns();
         let mut ebpf = EbpfLoader::new()
+            // The per-thread state is task-local storage, which aya creates
+            // but does not wrap (userspace never touches it).
+            .allow_unsupported_maps()
             .override_global(GLOBAL_SUM_EXEC_OFFSET, &offsets.sum_exec_runtime, true)
             .override_global(GLOBAL_START_TIME_OFFSET, &offsets.start_time, true)
             .override_global(GLOBAL_LOADED_AT_NS, &loaded_at, true)
@@ -171,10 +168,6 @@ impl CpuAccounting {
             loaded.map_err(|source| Error::Program { name, source })?;
         }
 
-        let mut threads: BpfHashMap<MapData, u32, u64> = take(&mut ebpf, MAP_THREADS)?;
-        let seeded = seed_threads(&mut threads, &opts.proc_root);
-        debug!(seeded, "seeded thread baselines from procfs");
-
         let cgroup_cpu = take(&mut ebpf, MAP_CGROUP_CPU)?;
         let stats = take(&mut ebpf, MAP_STATS)?;
         let mut this = Self {
@@ -182,7 +175,6 @@ impl CpuAccounting {
             cgroup_cpu,
             stats,
             cpus,
-            threads,
             flush: FlushMode::TestRun,
             hook,
             logger,
@@ -385,52 +377,4 @@ fn attach_btf(
     prog.load(TRACEPOINT_SCHED_SWITCH, &btf)?;
     prog.attach()?;
     Ok(())
-}
-
-/// Seeds each live thread's current `sum_exec_runtime` (first field of
-/// `/proc/<pid>/task/<tid>/schedstat`) so its next switch is charged from now
-/// rather than only from its first sighting. Existing entries win (BPF_NOEXIST):
-/// the kernel's own value is newer than ours. Best effort: returns how many were seeded.
-fn seed_threads(threads: &mut BpfHashMap<MapData, u32, u64>, proc_root: &Path) -> usize {
-    const BPF_NOEXIST: u64 = 1;
-    let Ok(procs) = fs::read_dir(proc_root) else {
-        return 0;
-    };
-    let mut seeded = 0;
-    for proc in procs.flatten() {
-        if !proc
-            .file_name()
-            .as_encoded_bytes()
-            .iter()
-            .all(u8::is_ascii_digit)
-        {
-            continue;
-        }
-        let Ok(tasks) = fs::read_dir(proc.path().join("task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(text) = fs::read_to_string(task.path().join("schedstat")) else {
-                continue;
-            };
-            let Some(ns) = text
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if threads.insert(&tid, &ns, BPF_NOEXIST).is_ok() {
-                seeded += 1;
-            }
-        }
-    }
-    seeded
 }
