@@ -13,9 +13,13 @@
 //! own caches, as in production after the first request) serves it on
 //! 127.0.0.1. Three measurements:
 //!
-//! 1. list all pods, JSON vs protobuf, interleaved rounds, median: encoding
-//!    alone (store read + encode, in process) and the whole HTTPS GET with the
-//!    body read by the client;
+//! 1. list all pods, JSON vs protobuf, interleaved rounds, median: in
+//!    process, the server's path (`api::list`: read straight from the store
+//!    and encoded on every core; `--threads N` to change that) next to the
+//!    one-thread path through `PodUsage` values it replaced (store read,
+//!    sort, encode, drop; asserted to give the same bytes), and the whole
+//!    HTTPS GET with the body read by the client (`--list-only` stops after
+//!    the in-process list, for profiling);
 //! 2. one 30-pod namespace under concurrent load (`--clients` keep-alive
 //!    HTTP/1.1 connections, protobuf as client-go asks, random namespace per
 //!    request): latency p50/p99/max;
@@ -29,7 +33,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aggregator_api::api::list::{self, Format, PodList};
 use aggregator_api::api::view::MetricsView;
+use aggregator_api::api::view::PodRef;
 use aggregator_api::api::{ApiVersion, json_list, protobuf};
 use aggregator_api::auth::config::{AuthConfig, AuthConfigHandle};
 use aggregator_api::auth::review::{
@@ -63,6 +69,10 @@ struct Args {
     rounds: usize,
     clients: usize,
     seconds: u64,
+    /// Only the in-process list rounds (for profiling).
+    list_only: bool,
+    /// Threads for the in-process list (default: as the server).
+    threads: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -71,6 +81,8 @@ fn parse_args() -> Args {
         rounds: 5,
         clients: 16,
         seconds: 10,
+        list_only: false,
+        threads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +96,8 @@ fn parse_args() -> Args {
             "--rounds" => args.rounds = value("--rounds").max(1),
             "--clients" => args.clients = value("--clients").max(1),
             "--seconds" => args.seconds = value("--seconds").max(1) as u64,
+            "--list-only" => args.list_only = true,
+            "--threads" => args.threads = Some(value("--threads").max(1)),
             // cargo bench passes --bench; ignore anything else cargo adds.
             _ => {}
         }
@@ -372,55 +386,118 @@ fn main() {
     );
     assert_eq!(served, args.pods.div_ceil(PODS_PER_NODE) * PODS_PER_NODE);
 
-    // 1a. Encoding alone, in process.
-    let (mut json_ms, mut pb_ms, mut read_ms, mut sort_ms) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // 1a. Encoding alone, in process: what the server does (`list`: read
+    // straight from the store and encode on every core), and the one-thread
+    // path through `PodUsage` values it replaced (kept as the reference the
+    // tests compare with), which must give the same bytes.
+    let threads = args.threads.unwrap_or_else(list::threads);
+    let everything = |_: &PodRef<'_>| true;
+    let request = |format, now| PodList {
+        namespace: None,
+        filter: &everything,
+        format,
+        version: ApiVersion::V1Beta1,
+        now,
+        threads,
+    };
+    let mut ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let (mut json_len, mut pb_len) = (0, 0);
-    for _ in 0..args.rounds {
+    let mut time = |name, f: &mut dyn FnMut()| {
         let t = Instant::now();
-        let pods = store.pods(None);
-        read_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        let sorted = aggregator_api::api::sorted_pods(&pods).len();
-        sort_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(sorted, pods.len());
+        f();
+        ms.entry(name)
+            .or_default()
+            .push(t.elapsed().as_secs_f64() * 1e3);
+    };
+    for round in 0..args.rounds {
         let now = SystemTime::now();
-        let t = Instant::now();
-        let body = json_list::pod_list(&pods, ApiVersion::V1Beta1, now).expect("json");
-        json_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        json_len = body.len();
-        drop(body);
-        let t = Instant::now();
-        let body = protobuf::pod_list(&pods, ApiVersion::V1Beta1, now);
-        pb_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        pb_len = body.len();
+        let mut json = Vec::new();
+        time("list JSON", &mut || {
+            json = list::pod_list(&*store, &request(Format::Json, now)).expect("json");
+        });
+        json_len = json.len();
+        let mut pb = Vec::new();
+        time("list protobuf", &mut || {
+            pb = list::pod_list(&*store, &request(Format::Protobuf, now)).expect("protobuf");
+        });
+        pb_len = pb.len();
+        if args.list_only {
+            continue;
+        }
+        let mut pods = Vec::new();
+        time("one thread: store read (`pods(None)`)", &mut || {
+            pods = store.pods(None)
+        });
+        time("one thread: sort by namespace/name", &mut || {
+            assert_eq!(aggregator_api::api::sorted_pods(&pods).len(), pods.len())
+        });
+        let mut old_json = Vec::new();
+        time("one thread: encode JSON (sort included)", &mut || {
+            old_json = json_list::pod_list(&pods, ApiVersion::V1Beta1, now).expect("json")
+        });
+        let mut old_pb = Vec::new();
+        time("one thread: encode protobuf (sort included)", &mut || {
+            old_pb = protobuf::pod_list(&pods, ApiVersion::V1Beta1, now)
+        });
+        time("one thread: drop the pods", &mut || {
+            drop(std::mem::take(&mut pods))
+        });
+        if round == 0 {
+            assert!(json == old_json, "same JSON bytes both ways");
+            assert!(pb == old_pb, "same protobuf bytes both ways");
+        }
     }
-    let (read, sort, json, pb) = (
-        median(read_ms),
-        median(sort_ms),
-        median(json_ms),
-        median(pb_ms),
-    );
     println!(
-        "\n| list {served} pods, in process, median of {} | ms | body |",
+        "\n| list {served} pods, in process, median of {} ({threads} threads for `list`) | ms |",
         args.rounds
     );
-    println!("|---|---|---|");
-    println!("| store read (`pods(None)`) | {read:.0} | |");
-    println!("| sort by namespace/name (part of each encode below) | {sort:.0} | |");
+    println!("|---|---|");
+    for (name, xs) in ms {
+        println!("| {name} | {:.0} |", median(xs));
+    }
     println!(
-        "| encode JSON | {json:.0} | {:.1} MiB |",
-        json_len as f64 / 1048576.0
-    );
-    println!(
-        "| encode protobuf | {pb:.0} | {:.1} MiB |",
+        "| body JSON / protobuf | {:.1} / {:.1} MiB |",
+        json_len as f64 / 1048576.0,
         pb_len as f64 / 1048576.0
     );
+
+    // One 30-pod namespace (the HPA's request), protobuf, in process: the
+    // server's path and the one it replaced, interleaved, mean per request.
+    let (mut list_us, mut old_us) = (Vec::new(), Vec::new());
+    let requests = 2_000;
+    for round in 0..args.rounds {
+        for (path, out) in [(0, &mut list_us), (1, &mut old_us)] {
+            let t = Instant::now();
+            for i in 0..requests {
+                let ns = format!("ns-{}", (i * 7_919 + round) % namespaces);
+                let now = SystemTime::now();
+                let body = if path == 0 {
+                    list::pod_list(
+                        &*store,
+                        &PodList {
+                            namespace: Some(&ns),
+                            threads: 1,
+                            ..request(Format::Protobuf, now)
+                        },
+                    )
+                    .expect("protobuf")
+                } else {
+                    protobuf::pod_list(&store.pods(Some(&ns)), ApiVersion::V1Beta1, now)
+                };
+                assert!(body.len() > 30 * 100, "30 pods in the body");
+            }
+            out.push(t.elapsed().as_secs_f64() * 1e6 / requests as f64);
+        }
+    }
     println!(
-        "| ratio protobuf/JSON | {:.2} | {:.2} |",
-        pb / json,
-        pb_len as f64 / json_len as f64
+        "| one 30-pod namespace, protobuf: `list` / one-thread path (µs per request) | {:.1} / {:.1} |",
+        median(list_us),
+        median(old_us)
     );
+
+    if args.list_only {
+        return;
+    }
 
     // 1b. Over HTTPS.
     let view: Arc<dyn MetricsView> = store.clone();

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use super::quantity::{ByteSink, write_bytes, write_cpu_nanocores};
 use super::types::{self, go_duration, rfc3339_seconds};
+use super::view::{PodRef, with_pod_ref};
 use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
 
 /// Appends `s` as a JSON string (quoted and escaped as serde_json does).
@@ -24,13 +25,13 @@ fn string(buf: &mut Vec<u8>, s: &str) -> types::Result<()> {
 
 /// Remembers the last value formatted, since consecutive items mostly share
 /// it (one timestamp per reporting round, one window per interval).
-struct Memo<K, F> {
+struct Memo<K> {
     last: Option<(K, String)>,
-    format: F,
+    format: fn(K) -> String,
 }
 
-impl<K: PartialEq + Copy, F: Fn(K) -> String> Memo<K, F> {
-    fn new(format: F) -> Self {
+impl<K: PartialEq + Copy> Memo<K> {
+    fn new(format: fn(K) -> String) -> Self {
         Memo { last: None, format }
     }
 
@@ -47,90 +48,112 @@ impl<K: PartialEq + Copy, F: Fn(K) -> String> Memo<K, F> {
     }
 }
 
-/// Per-response state: the formatted response time and the memos.
-struct Writer<T, W> {
-    buf: Vec<u8>,
+fn raw(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// Writes list items: the formatted response time and the memos. One per
+/// thread when a list is encoded in parts ([`super::list`]); the memos only
+/// save formatting, so the bytes do not depend on how items are split.
+pub(crate) struct Items {
     created: String,
-    timestamp: Memo<SystemTime, T>,
-    window: Memo<Duration, W>,
+    timestamp: Memo<SystemTime>,
+    window: Memo<Duration>,
 }
 
-fn writer(
-    capacity: usize,
-    now: SystemTime,
-) -> Writer<impl Fn(SystemTime) -> String, impl Fn(Duration) -> String> {
-    Writer {
-        buf: Vec::with_capacity(capacity),
-        created: rfc3339_seconds(now),
-        timestamp: Memo::new(rfc3339_seconds),
-        window: Memo::new(go_duration),
-    }
-}
-
-impl<T: Fn(SystemTime) -> String, W: Fn(Duration) -> String> Writer<T, W> {
-    fn raw(&mut self, s: &str) {
-        self.buf.extend_from_slice(s.as_bytes());
-    }
-
-    fn list_head(&mut self, kind: &str, version: ApiVersion) {
-        self.raw(r#"{"kind":""#);
-        self.raw(kind);
-        self.raw(r#"","apiVersion":""#);
-        self.raw(version.group_version());
-        self.raw(r#"","metadata":{},"items":["#);
+impl Items {
+    /// Items of a response made at `now`.
+    pub(crate) fn new(now: SystemTime) -> Self {
+        Items {
+            created: rfc3339_seconds(now),
+            timestamp: Memo::new(rfc3339_seconds),
+            window: Memo::new(go_duration),
+        }
     }
 
     /// `"metadata":{…},"timestamp":…,"window":…` of an item.
     fn item_head(
         &mut self,
+        buf: &mut Vec<u8>,
         name: &str,
         namespace: &str,
         labels: &Labels,
         timestamp: SystemTime,
         window: Duration,
     ) -> types::Result<()> {
-        self.raw(r#"{"metadata":{"name":"#);
-        string(&mut self.buf, name)?;
+        raw(buf, r#"{"metadata":{"name":"#);
+        string(buf, name)?;
         if !namespace.is_empty() {
-            self.raw(r#","namespace":"#);
-            string(&mut self.buf, namespace)?;
+            raw(buf, r#","namespace":"#);
+            string(buf, namespace)?;
         }
-        self.raw(r#","creationTimestamp":""#);
-        self.buf.extend_from_slice(self.created.as_bytes());
-        self.raw("\"");
+        raw(buf, r#","creationTimestamp":""#);
+        buf.extend_from_slice(self.created.as_bytes());
+        raw(buf, "\"");
         if !labels.is_empty() {
-            self.raw(r#","labels":{"#);
+            raw(buf, r#","labels":{"#);
             for (i, (k, v)) in labels.iter().enumerate() {
                 if i > 0 {
-                    self.raw(",");
+                    raw(buf, ",");
                 }
-                string(&mut self.buf, k)?;
-                self.raw(":");
-                string(&mut self.buf, v)?;
+                string(buf, k)?;
+                raw(buf, ":");
+                string(buf, v)?;
             }
-            self.raw("}");
+            raw(buf, "}");
         }
-        self.raw(r#"},"timestamp":"#);
-        self.timestamp.write(&mut self.buf, timestamp);
-        self.raw(r#","window":"#);
-        self.window.write(&mut self.buf, window);
+        raw(buf, r#"},"timestamp":"#);
+        self.timestamp.write(buf, timestamp);
+        raw(buf, r#","window":"#);
+        self.window.write(buf, window);
         Ok(())
     }
 
-    /// `"usage":{"cpu":…,"memory":…[,"swap":…]}` (keys sorted, like a Go map).
-    fn usage(&mut self, cpu_nanocores: u64, memory: u64, swap: Option<u64>) {
-        // Writing to a Vec cannot fail.
-        self.raw(r#""usage":{"cpu":""#);
-        let _ = write_cpu_nanocores(&mut ByteSink(&mut self.buf), cpu_nanocores);
-        self.raw(r#"","memory":""#);
-        let _ = write_bytes(&mut ByteSink(&mut self.buf), memory);
-        if let Some(swap) = swap {
-            self.raw(r#"","swap":""#);
-            let _ = write_bytes(&mut ByteSink(&mut self.buf), swap);
+    /// One `PodMetrics` list item (no separator).
+    pub(crate) fn pod(&mut self, buf: &mut Vec<u8>, p: &PodRef<'_>) -> types::Result<()> {
+        self.item_head(buf, p.name, p.namespace, p.labels, p.timestamp, p.window)?;
+        raw(buf, r#","containers":["#);
+        for (j, c) in p.containers.iter().enumerate() {
+            if j > 0 {
+                raw(buf, ",");
+            }
+            raw(buf, r#"{"name":"#);
+            string(buf, c.name)?;
+            raw(buf, ",");
+            usage(buf, c.cpu_nanocores, c.memory_bytes, c.swap_bytes);
+            raw(buf, "}");
         }
-        self.raw(r#""}"#);
+        raw(buf, "]}");
+        Ok(())
     }
 }
+
+/// `"usage":{"cpu":…,"memory":…[,"swap":…]}` (keys sorted, like a Go map).
+fn usage(buf: &mut Vec<u8>, cpu_nanocores: u64, memory: u64, swap: Option<u64>) {
+    // Writing to a Vec cannot fail.
+    raw(buf, r#""usage":{"cpu":""#);
+    let _ = write_cpu_nanocores(&mut ByteSink(buf), cpu_nanocores);
+    raw(buf, r#"","memory":""#);
+    let _ = write_bytes(&mut ByteSink(buf), memory);
+    if let Some(swap) = swap {
+        raw(buf, r#"","swap":""#);
+        let _ = write_bytes(&mut ByteSink(buf), swap);
+    }
+    raw(buf, r#""}"#);
+}
+
+/// `{"kind":…,"apiVersion":…,"metadata":{},"items":[`: what a list starts
+/// with; `]}` ends it.
+pub(crate) fn list_head(buf: &mut Vec<u8>, kind: &str, version: ApiVersion) {
+    raw(buf, r#"{"kind":""#);
+    raw(buf, kind);
+    raw(buf, r#"","apiVersion":""#);
+    raw(buf, version.group_version());
+    raw(buf, r#"","metadata":{},"items":["#);
+}
+
+/// The end of a list.
+pub(crate) const LIST_TAIL: &str = "]}";
 
 /// `GET …/nodes` as JSON: the bytes of `to_json(&types::node_metrics_list(…))`.
 pub fn node_list(
@@ -138,45 +161,37 @@ pub fn node_list(
     version: ApiVersion,
     now: SystemTime,
 ) -> types::Result<Vec<u8>> {
-    let mut w = writer(nodes.len() * 320 + 128, now);
-    w.list_head(Resource::Nodes.list_kind(), version);
+    let mut buf = Vec::with_capacity(nodes.len() * 320 + 128);
+    let mut items = Items::new(now);
+    list_head(&mut buf, Resource::Nodes.list_kind(), version);
     for (i, n) in sorted_nodes(nodes).into_iter().enumerate() {
         if i > 0 {
-            w.raw(",");
+            raw(&mut buf, ",");
         }
-        w.item_head(&n.name, "", &n.labels, n.timestamp, n.window)?;
-        w.raw(",");
-        w.usage(n.cpu_nanocores, n.memory_bytes, n.swap_bytes);
-        w.raw("}");
+        items.item_head(&mut buf, &n.name, "", &n.labels, n.timestamp, n.window)?;
+        raw(&mut buf, ",");
+        usage(&mut buf, n.cpu_nanocores, n.memory_bytes, n.swap_bytes);
+        raw(&mut buf, "}");
     }
-    w.raw("]}");
-    Ok(w.buf)
+    raw(&mut buf, LIST_TAIL);
+    Ok(buf)
 }
 
-/// `GET …/pods` as JSON: the bytes of `to_json(&types::pod_metrics_list(…))`.
+/// `GET …/pods` as JSON: the bytes of `to_json(&types::pod_metrics_list(…))`,
+/// in one pass on this thread ([`super::list::pod_list`] makes the same
+/// bytes from a view, in parallel).
 pub fn pod_list(pods: &[PodUsage], version: ApiVersion, now: SystemTime) -> types::Result<Vec<u8>> {
-    let mut w = writer(pods.len() * 384 + 128, now);
-    w.list_head(Resource::Pods.list_kind(), version);
+    let mut buf = Vec::with_capacity(pods.len() * 384 + 128);
+    let mut items = Items::new(now);
+    list_head(&mut buf, Resource::Pods.list_kind(), version);
     for (i, p) in sorted_pods(pods).into_iter().enumerate() {
         if i > 0 {
-            w.raw(",");
+            raw(&mut buf, ",");
         }
-        w.item_head(&p.name, &p.namespace, &p.labels, p.timestamp, p.window)?;
-        w.raw(r#","containers":["#);
-        for (j, c) in p.containers.iter().enumerate() {
-            if j > 0 {
-                w.raw(",");
-            }
-            w.raw(r#"{"name":"#);
-            string(&mut w.buf, &c.name)?;
-            w.raw(",");
-            w.usage(c.cpu_nanocores, c.memory_bytes, c.swap_bytes);
-            w.raw("}");
-        }
-        w.raw("]}");
+        with_pod_ref(p, |r| items.pod(&mut buf, r))?;
     }
-    w.raw("]}");
-    Ok(w.buf)
+    raw(&mut buf, LIST_TAIL);
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! Everything here is a pure function of its inputs so the HTTP layer stays a
 //! thin adapter and every byte metrics-server's consumers depend on can be
 //! tested without a socket. The store hands over plain [`NodeUsage`] /
-//! [`PodUsage`] values; this module never reads a clock or a lock itself (the
+//! [`PodUsage`] values, or for pod lists lends each pod as a
+//! [`view::PodRef`]; this module never reads a clock or a lock itself (the
 //! caller passes `now`), which keeps responses reproducible in tests.
 //!
 //! Submodules, one concept each:
@@ -19,8 +20,11 @@
 //! - [`negotiate`]: what to answer for an `Accept` header.
 //! - [`protobuf`]: the Kubernetes protobuf encoding of objects and `Status`.
 //! - [`json_list`]: JSON lists written in one pass (same bytes as [`types`]).
+//! - [`list`]: pod lists encoded straight from a view, in parallel (same
+//!   bytes as [`json_list`] and [`protobuf`]).
 
 pub mod json_list;
+pub mod list;
 pub mod negotiate;
 pub mod protobuf;
 pub mod quantity;

@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::quantity::{ByteSink, write_bytes, write_cpu_nanocores};
 use super::status::{Status, StatusDetails};
+use super::view::{PodRef, with_pod_ref};
 use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
 
 /// The 4-byte prefix of every Kubernetes protobuf message.
@@ -201,16 +202,40 @@ fn node_body(buf: &mut Vec<u8>, node: &NodeUsage, now: SystemTime) {
 
 /// `PodMetrics`: metadata = 1, timestamp = 2, window = 3, containers = 4
 /// (`ContainerMetrics`: name = 1, usage = 2).
-fn pod_body(buf: &mut Vec<u8>, pod: &PodUsage, now: SystemTime) {
-    object_meta(buf, &pod.name, &pod.namespace, now, &pod.labels);
+fn pod_body(buf: &mut Vec<u8>, pod: &PodRef<'_>, now: SystemTime) {
+    object_meta(buf, pod.name, pod.namespace, now, pod.labels);
     time(buf, 2, pod.timestamp);
     duration(buf, 3, pod.window);
-    for c in &pod.containers {
+    for c in pod.containers {
         message(buf, 4, |b| {
-            string(b, 1, &c.name);
+            string(b, 1, c.name);
             usage(b, 2, c.cpu_nanocores, c.memory_bytes, c.swap_bytes);
         });
     }
+}
+
+/// One list item: `items = 2` of a `PodMetricsList`, key and length
+/// included, so items encoded apart can be concatenated in any order.
+pub(crate) fn pod_item(buf: &mut Vec<u8>, pod: &PodRef<'_>, now: SystemTime) {
+    message_sized(buf, 2, 2, |b| pod_body(b, pod, now));
+}
+
+/// What a `PodMetricsList` whose items take `items_len` bytes starts with:
+/// the envelope up to `raw`'s length, and the (empty) `ListMeta`. The items
+/// follow and end the message.
+pub(crate) fn pod_list_head(version: ApiVersion, items_len: usize) -> Vec<u8> {
+    // The empty `ListMeta`: field 1, length 0.
+    const LIST_META: [u8; 2] = [(1 << 3) | LEN, 0];
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(&MAGIC);
+    message(&mut buf, 1, |b| {
+        string(b, 1, version.group_version());
+        string(b, 2, Resource::Pods.list_kind());
+    });
+    key(&mut buf, 2, LEN);
+    varint(&mut buf, (LIST_META.len() + items_len) as u64);
+    buf.extend_from_slice(&LIST_META);
+    buf
 }
 
 /// `k8s\0` + `runtime.Unknown` { typeMeta = 1 { apiVersion = 1, kind = 2 },
@@ -263,7 +288,7 @@ pub fn pod(pod: &PodUsage, version: ApiVersion, now: SystemTime) -> Vec<u8> {
         version.group_version(),
         Resource::Pods.kind(),
         ITEM_SIZE_HINT,
-        |b| pod_body(b, pod, now),
+        |b| with_pod_ref(pod, |p| pod_body(b, p, now)),
     )
 }
 
@@ -278,14 +303,16 @@ pub fn node_list(nodes: &[NodeUsage], version: ApiVersion, now: SystemTime) -> V
     )
 }
 
-/// `GET …/pods` and `…/namespaces/{ns}/pods`: sorted by namespace, then name.
+/// `GET …/pods` and `…/namespaces/{ns}/pods`: sorted by namespace, then name,
+/// in one pass on this thread ([`super::list::pod_list`] makes the same
+/// bytes from a view, in parallel).
 pub fn pod_list(pods: &[PodUsage], version: ApiVersion, now: SystemTime) -> Vec<u8> {
     let sorted = sorted_pods(pods);
     envelope(
         version.group_version(),
         Resource::Pods.list_kind(),
         pods.len() * ITEM_SIZE_HINT,
-        list(&sorted, |b, p| pod_body(b, p, now)),
+        list(&sorted, |b, p| with_pod_ref(p, |p| pod_body(b, p, now))),
     )
 }
 

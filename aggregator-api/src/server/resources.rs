@@ -8,11 +8,13 @@
 
 use std::time::SystemTime;
 
+use crate::api::list::{self, Format, PodList};
 use crate::api::negotiate::{self, Encoding, Endpoint, Negotiated, Offer, Target};
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::status::ApiError;
 use crate::api::table::{self, IncludeObject};
 use crate::api::types;
+use crate::api::view::PodRef;
 use crate::api::view::{Lookup, MetricsView};
 use crate::api::{ApiVersion, NodeUsage, PodUsage, Resource};
 use crate::api::{json_list, protobuf};
@@ -93,6 +95,36 @@ pub fn handle(request: &ResourceRequest<'_>, route: &ResourceRoute) -> HandlerRe
         },
         ResourceRoute::PodList(namespace) => {
             let (labels, fields) = list_options(request.query, Resource::Pods)?;
+            if let Target::Object = negotiated.target {
+                // Encoded straight from the view (all namespaces: on every
+                // core), never copied out as `PodUsage` values.
+                let namespace = namespace.as_deref();
+                let filter = |p: &PodRef<'_>| {
+                    namespace.is_none_or(|ns| p.namespace == ns)
+                        && labels.matches(p.labels)
+                        && fields.matches(p.name, p.namespace)
+                };
+                let body = list::pod_list(
+                    request.view,
+                    &PodList {
+                        namespace,
+                        filter: &filter,
+                        format: match negotiated.encoding {
+                            Encoding::Json => Format::Json,
+                            Encoding::Protobuf => Format::Protobuf,
+                        },
+                        version: request.version,
+                        now,
+                        threads: if namespace.is_none() {
+                            list::threads()
+                        } else {
+                            1
+                        },
+                    },
+                )
+                .map_err(respond::encode_failed)?;
+                return Ok(respond::ok(negotiated.content_type(), body));
+            }
             let pods: Vec<PodUsage> = request
                 .view
                 .pods(namespace.as_deref())

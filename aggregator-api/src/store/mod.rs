@@ -534,15 +534,33 @@ impl Store {
         for (name, n) in nodes {
             let state = lock(&n);
             out.extend(
-                state
-                    .pods
-                    .iter()
-                    .filter(|p| p.running && namespace.is_none_or(|ns| *p.namespace == *ns))
+                served_pods(&state, namespace)
                     .filter_map(|p| pod_usage(&state, p))
                     .map(|p| (Arc::clone(&name), p)),
             );
         }
         out
+    }
+
+    /// The nodes to read for `namespace`'s pods: every node, or for one
+    /// namespace (the HPA's and `kubectl top pod -n`'s request) only those
+    /// the index says run its pods.
+    fn nodes_of(&self, namespace: Option<&str>) -> Vec<(Arc<str>, Shared)> {
+        let Some(ns) = namespace else {
+            return self.snapshot_nodes();
+        };
+        let mut names: Vec<Arc<str>> = match read(&self.pods).get(ns) {
+            Some(names) => names.values().cloned().collect(),
+            None => return Vec::new(),
+        };
+        names.sort_unstable();
+        names.dedup();
+        let nodes = read(&self.nodes);
+        names
+            .iter()
+            .filter_map(|name| nodes.get_key_value(name))
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect()
     }
 
     /// Names of the nodes known to the store.
@@ -569,37 +587,100 @@ fn node_usage(name: &Arc<str>, state: &NodeState) -> view::Lookup<NodeUsage> {
     }
 }
 
-/// A pod's usage when every container has a rate (metrics-server's rule: a
-/// partial pod would make the HPA undercount).
-fn pod_usage(state: &NodeState, pod: &PodMeta) -> Option<PodUsage> {
-    if pod.containers.is_empty() {
-        return None;
-    }
-    let mut containers = Vec::with_capacity(pod.containers.len());
+/// The pods of a node that lists serve: Running, in `namespace` if given.
+fn served_pods<'s>(
+    state: &'s NodeState,
+    namespace: Option<&str>,
+) -> impl Iterator<Item = &'s PodMeta> {
+    state
+        .pods
+        .iter()
+        .filter(move |p| p.running && namespace.is_none_or(|ns| *p.namespace == *ns))
+}
+
+/// The rates of a pod's containers when every container has one
+/// (metrics-server's rule: a partial pod would make the HPA undercount), as
+/// (index in `pod.containers`, rate) in response order (by name; the sort is
+/// stable), into `out`; and the timestamp and window of the earliest.
+fn container_rates(
+    state: &NodeState,
+    pod: &PodMeta,
+    out: &mut Vec<(usize, rate::Rate)>,
+) -> Option<(SystemTime, Duration)> {
+    out.clear();
     let mut earliest: Option<rate::Rate> = None;
-    for (id, name) in &pod.containers {
+    for (i, (id, _)) in pod.containers.iter().enumerate() {
         let r = state.containers.get(id)?.series.rate()?;
         if earliest.is_none_or(|e| r.timestamp < e.timestamp) {
             earliest = Some(r);
         }
-        containers.push(ContainerUsage {
-            name: Arc::clone(name),
-            cpu_nanocores: r.cpu_nanocores,
-            memory_bytes: r.memory_bytes,
-            swap_bytes: r.swap_bytes,
-        });
+        out.push((i, r));
     }
-    containers.sort_by(|a, b| a.name.cmp(&b.name));
-    let e = earliest?;
+    out.sort_by(|a, b| pod.containers[a.0].1.cmp(&pod.containers[b.0].1));
+    earliest.map(|e| (e.timestamp, e.window))
+}
+
+/// A pod's usage when every container has a rate.
+fn pod_usage(state: &NodeState, pod: &PodMeta) -> Option<PodUsage> {
+    let mut rates = Vec::with_capacity(pod.containers.len());
+    let (timestamp, window) = container_rates(state, pod, &mut rates)?;
     Some(PodUsage {
         namespace: Arc::clone(&pod.namespace),
         name: Arc::clone(&pod.name),
         labels: pod.labels.clone(),
-        timestamp: e.timestamp,
-        window: e.window,
-        containers,
+        timestamp,
+        window,
+        containers: rates
+            .iter()
+            .map(|&(i, r)| ContainerUsage {
+                name: Arc::clone(&pod.containers[i].1),
+                cpu_nanocores: r.cpu_nanocores,
+                memory_bytes: r.memory_bytes,
+                swap_bytes: r.swap_bytes,
+            })
+            .collect(),
     })
 }
+
+/// Hands `visitor` the pods of `nodes` that `pods(namespace)` would return,
+/// borrowed: one node locked at a time, nothing copied.
+fn visit_nodes(
+    nodes: &[(Arc<str>, Shared)],
+    namespace: Option<&str>,
+    visitor: &mut dyn view::PodVisitor,
+) {
+    let mut rates = Vec::new();
+    for (_, n) in nodes {
+        let state = lock(n);
+        for p in served_pods(&state, namespace) {
+            let Some((timestamp, window)) = container_rates(&state, p, &mut rates) else {
+                continue;
+            };
+            let container = |k: usize| {
+                let (i, r) = rates[k];
+                view::ContainerRef {
+                    name: &p.containers[i].1,
+                    cpu_nanocores: r.cpu_nanocores,
+                    memory_bytes: r.memory_bytes,
+                    swap_bytes: r.swap_bytes,
+                }
+            };
+            view::with_containers(rates.len(), container, |containers| {
+                visitor.visit(&view::PodRef {
+                    namespace: &p.namespace,
+                    name: &p.name,
+                    labels: &p.labels,
+                    timestamp,
+                    window,
+                    containers,
+                });
+            });
+        }
+    }
+}
+
+/// Fewer nodes than this are visited on the calling thread alone.
+const PARALLEL_VISIT_MIN_NODES: usize = 64;
 
 impl view::MetricsView for Store {
     fn nodes(&self) -> Vec<NodeUsage> {
@@ -623,26 +704,37 @@ impl view::MetricsView for Store {
     }
 
     fn pods(&self, namespace: Option<&str>) -> Vec<PodUsage> {
-        let Some(ns) = namespace else {
-            return self
-                .pods_by_node(None, None)
-                .into_iter()
-                .map(|(_, p)| p)
-                .collect();
-        };
-        // One namespace (the HPA's and `kubectl top pod -n`'s request): only
-        // the nodes the index says run its pods, not every node.
-        let mut nodes: Vec<Arc<str>> = match read(&self.pods).get(ns) {
-            Some(names) => names.values().cloned().collect(),
-            None => return Vec::new(),
-        };
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes
-            .iter()
-            .flat_map(|node| self.pods_by_node(Some(node), Some(ns)))
-            .map(|(_, p)| p)
-            .collect()
+        let mut out = Vec::new();
+        for (_, n) in self.nodes_of(namespace) {
+            let state = lock(&n);
+            out.extend(served_pods(&state, namespace).filter_map(|p| pod_usage(&state, p)));
+        }
+        out
+    }
+
+    /// Each visitor gets an equal share of the nodes, on its own thread
+    /// (the first on the calling one) when there are many nodes.
+    fn visit_pods(&self, namespace: Option<&str>, visitors: &mut [&mut dyn view::PodVisitor]) {
+        let nodes = self.nodes_of(namespace);
+        match visitors {
+            [] => {}
+            [first, ..] if nodes.len() < PARALLEL_VISIT_MIN_NODES => {
+                visit_nodes(&nodes, namespace, *first)
+            }
+            _ => {
+                let per = nodes.len().div_ceil(visitors.len());
+                std::thread::scope(|scope| {
+                    let mut shares = visitors.iter_mut().zip(nodes.chunks(per));
+                    let own = shares.next();
+                    for (visitor, share) in shares {
+                        scope.spawn(move || visit_nodes(share, namespace, *visitor));
+                    }
+                    if let Some((visitor, share)) = own {
+                        visit_nodes(share, namespace, *visitor);
+                    }
+                });
+            }
+        }
     }
 
     fn pod(&self, namespace: &str, name: &str) -> view::Lookup<PodUsage> {
