@@ -25,7 +25,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-            bpf_task_storage_get,
+            bpf_ktime_get_ns, bpf_task_storage_get,
         },
     },
     macros::{btf_map, btf_tracepoint, map, perf_event, raw_tracepoint},
@@ -40,6 +40,8 @@ use aya_log_ebpf::error;
 static SUM_EXEC_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static START_TIME_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static PREV_SUM_EXEC_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static LOADED_AT_NS: u64 = 0;
 
@@ -185,12 +187,22 @@ fn charge(task: *const u8, tid: u32) {
             bump(Stat::ThreadMapFull, 1);
             return;
         }
-        // Started after we loaded: all of its run time is ours to charge.
-        // Started before: from here on.
-        if started >= global(&LOADED_AT_NS) {
+        let loaded_at = global(&LOADED_AT_NS);
+        if started >= loaded_at {
+            // Started after we loaded: all of its run time is ours to charge.
             now
         } else {
-            0
+            // Started before: the run that is ending (or being flushed) now,
+            // which began when the scheduler last picked it and set
+            // `se.prev_sum_exec_runtime`, capped at the time since we loaded
+            // (a run that began before the load; a task of another class
+            // whose field is stale). Everything after is charged exactly.
+            let Some(picked_at) = read_u64(task, global(&PREV_SUM_EXEC_OFFSET)) else {
+                return;
+            };
+            // SAFETY: helper without arguments.
+            let since_load = unsafe { bpf_ktime_get_ns() }.saturating_sub(loaded_at);
+            now.saturating_sub(picked_at).min(since_load)
         }
     } else {
         // SAFETY: this task's own value; the task runs on this CPU only now.

@@ -38,10 +38,12 @@ pub const GLOBAL_SUM_EXEC_OFFSET: &str = "SUM_EXEC_OFFSET";
 
 /// Global: byte offset of `start_time` (CLOCK_MONOTONIC ns) inside `struct task_struct`.
 pub const GLOBAL_START_TIME_OFFSET: &str = "START_TIME_OFFSET";
+/// Global: byte offset of `se.prev_sum_exec_runtime` (the run-time counter
+/// when the scheduler last picked the task) inside `struct task_struct`.
+pub const GLOBAL_PREV_SUM_EXEC_OFFSET: &str = "PREV_SUM_EXEC_OFFSET";
 /// Global: CLOCK_MONOTONIC ns when the programs were loaded. A thread first seen
 /// that started after this is charged its whole run time; one that started before
-/// only from the first time it is seen (the agent's first read is its
-/// baseline: rates start from the second).
+/// from the run during which it is first seen (at most the time since the load).
 pub const GLOBAL_LOADED_AT_NS: &str = "LOADED_AT_NS";
 
 /// Counters in [`MAP_STATS`], one slot each, summed over CPUs by userspace.

@@ -32,6 +32,8 @@ pub struct TaskOffsets {
     pub sum_exec_runtime: u64,
     /// `task_struct.start_time`, bytes.
     pub start_time: u64,
+    /// `task_struct.se.prev_sum_exec_runtime`, bytes.
+    pub prev_sum_exec_runtime: u64,
 }
 
 impl TaskOffsets {
@@ -47,10 +49,12 @@ impl TaskOffsets {
     fn from_btf(btf: &Btf<'_>) -> Result<Self> {
         let se = btf.member_offset("task_struct", "se")?;
         let sum = btf.member_offset("sched_entity", "sum_exec_runtime")?;
+        let prev = btf.member_offset("sched_entity", "prev_sum_exec_runtime")?;
         let start = btf.member_offset("task_struct", "start_time")?;
         Ok(Self {
             sum_exec_runtime: (se.bits + sum.bits) / 8,
             start_time: start.bits / 8,
+            prev_sum_exec_runtime: (se.bits + prev.bits) / 8,
         })
     }
 }
@@ -335,5 +339,7 @@ mod tests {
         let offsets = TaskOffsets::from_file(path).expect("task_struct offsets");
         assert!(offsets.sum_exec_runtime > 0 && offsets.sum_exec_runtime.is_multiple_of(8));
         assert!(offsets.start_time > 0 && offsets.start_time.is_multiple_of(8));
+        assert!(offsets.prev_sum_exec_runtime.is_multiple_of(8));
+        assert_ne!(offsets.prev_sum_exec_runtime, offsets.sum_exec_runtime);
     }
 }

@@ -11,9 +11,9 @@ pub mod btf;
 use std::{collections::HashMap, path::Path};
 
 use agent_common::{
-    GLOBAL_LOADED_AT_NS, GLOBAL_START_TIME_OFFSET, GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU,
-    MAP_STATS, PROG_FLUSH, PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat,
-    TRACEPOINT_SCHED_SWITCH,
+    GLOBAL_LOADED_AT_NS, GLOBAL_PREV_SUM_EXEC_OFFSET, GLOBAL_START_TIME_OFFSET,
+    GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU, MAP_STATS, PROG_FLUSH, PROG_SCHED_SWITCH,
+    PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat, TRACEPOINT_SCHED_SWITCH,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -146,6 +146,11 @@ impl CpuAccounting {
             .allow_unsupported_maps()
             .override_global(GLOBAL_SUM_EXEC_OFFSET, &offsets.sum_exec_runtime, true)
             .override_global(GLOBAL_START_TIME_OFFSET, &offsets.start_time, true)
+            .override_global(
+                GLOBAL_PREV_SUM_EXEC_OFFSET,
+                &offsets.prev_sum_exec_runtime,
+                true,
+            )
             .override_global(GLOBAL_LOADED_AT_NS, &loaded_at, true)
             .load(OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
