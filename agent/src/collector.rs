@@ -113,7 +113,9 @@ pub struct ContainerSample {
     /// at creation); constant while the container lives.
     pub started: Option<SystemTime>,
     /// When these figures were read, where that is not the snapshot's
-    /// timestamp (the kubelet's per-container read time); `None`: at it.
+    /// timestamp (the kubelet's per-container read time); never later than
+    /// it (the aggregator refuses a reading that postdates its report);
+    /// `None`: at it.
     pub read_at: Option<SystemTime>,
 }
 

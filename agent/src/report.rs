@@ -15,15 +15,14 @@ fn unix_nanos(t: SystemTime) -> i64 {
 }
 
 /// `read_at`: when the figures were read, where that differs from the
-/// snapshot's time (kubelet source); kept no later than the report's time.
-fn usage(cpu_ns: u64, m: &Memory, read_at: Option<SystemTime>, report_at: SystemTime) -> Usage {
+/// snapshot's time (kubelet source; never later than it, see
+/// [`crate::collector::ContainerSample::read_at`]).
+fn usage(cpu_ns: u64, m: &Memory, read_at: Option<SystemTime>) -> Usage {
     Usage {
         cpu_ns,
         memory_working_set_bytes: m.working_set,
         swap_bytes: m.swap,
-        read_unix_nanos: read_at
-            .map(|t| unix_nanos(t.min(report_at)))
-            .filter(|&n| n > 0),
+        read_unix_nanos: read_at.map(unix_nanos).filter(|&n| n > 0),
     }
 }
 
@@ -32,12 +31,7 @@ pub fn build(node: &str, seq: u64, s: &Snapshot) -> NodeReport {
     NodeReport {
         node: node.to_string(),
         sample_unix_nanos: unix_nanos(s.timestamp),
-        node_usage: Some(usage(
-            s.node.cpu_ns,
-            &s.node.memory,
-            s.node.read_at,
-            s.timestamp,
-        )),
+        node_usage: Some(usage(s.node.cpu_ns, &s.node.memory, s.node.read_at)),
         pods: s
             .pods
             .values()
@@ -48,7 +42,7 @@ pub fn build(node: &str, seq: u64, s: &Snapshot) -> NodeReport {
                     .iter()
                     .map(|c| ContainerSample {
                         id: c.id.clone(),
-                        usage: Some(usage(c.cpu_ns, &c.memory, c.read_at, s.timestamp)),
+                        usage: Some(usage(c.cpu_ns, &c.memory, c.read_at)),
                         start_unix_nanos: c.started.map_or(0, unix_nanos),
                     })
                     .collect(),

@@ -18,7 +18,7 @@ use std::{
 
 use proto::v1::NodeMetadata;
 
-use super::parse::KubeletStats;
+use super::{parse::KubeletStats, source::Names};
 use crate::collector::Snapshot;
 
 /// How far apart the two sides may be before it is called a disagreement:
@@ -190,23 +190,18 @@ impl CrossCheck {
                 (node.memory.time, node.memory.working_set_bytes),
             );
         }
-        let pods: HashMap<(&str, &str), _> = meta
-            .pods
-            .iter()
-            .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
-            .collect();
+        let names = Names::new(meta);
         for pod in &stats.pods {
-            let pm = pods.get(&(pod.namespace.as_str(), pod.name.as_str()));
+            let pm = names.pod(&pod.namespace, &pod.name);
             for c in &pod.containers {
-                let Some(id) = pm.and_then(|pm| pm.containers.iter().find(|n| n.name == c.name))
-                else {
+                let Some(id) = pm.and_then(|pm| Names::container_id(pm, &c.name)) else {
                     out.unpaired += 1;
                     continue;
                 };
                 self.pair(
                     &mut out,
                     &mut anchors,
-                    Key::Container(id.id.clone()),
+                    Key::Container(id.to_string()),
                     format!("{}/{}/{}", pod.namespace, pod.name, c.name),
                     (c.cpu.time, c.cpu.cumulative_ns),
                     (c.memory.time, c.memory.working_set_bytes),

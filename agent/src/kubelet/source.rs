@@ -16,13 +16,40 @@ use std::{
     time::SystemTime,
 };
 
-use proto::v1::NodeMetadata;
+use proto::v1::{NodeMetadata, PodMetadata};
 
 use super::parse::KubeletStats;
 use crate::{
     cgroup::stats::Memory,
     collector::{ContainerSample, CpuSource, NodeSample, PodSample, Snapshot},
 };
+
+/// This node's pods by namespace and name: the join from the kubelet's
+/// names to the wire's UIDs and container ids.
+pub(super) struct Names<'m>(HashMap<(&'m str, &'m str), &'m PodMetadata>);
+
+impl<'m> Names<'m> {
+    pub(super) fn new(meta: &'m NodeMetadata) -> Self {
+        Self(
+            meta.pods
+                .iter()
+                .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
+                .collect(),
+        )
+    }
+
+    pub(super) fn pod(&self, namespace: &str, name: &str) -> Option<&'m PodMetadata> {
+        self.0.get(&(namespace, name)).copied()
+    }
+
+    /// The id of `pod`'s container `name`, once its status names one.
+    pub(super) fn container_id(pod: &'m PodMetadata, name: &str) -> Option<&'m str> {
+        pod.containers
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.id.as_str())
+    }
+}
 
 /// Why kubelet stats could not become a snapshot at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,18 +68,14 @@ pub fn snapshot(
     scraped: SystemTime,
 ) -> Result<Snapshot, Error> {
     let node = stats.node.as_ref().ok_or(Error::NoNode)?;
-    let by_name: HashMap<(&str, &str), &proto::v1::PodMetadata> = meta
-        .pods
-        .iter()
-        .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
-        .collect();
+    let names = Names::new(meta);
     let mut errors = Vec::new();
     if stats.scrape_error {
         errors.push("the kubelet says it failed to collect some container stats".to_string());
     }
     let mut pods = BTreeMap::new();
     for pod in &stats.pods {
-        let Some(pm) = by_name.get(&(pod.namespace.as_str(), pod.name.as_str())) else {
+        let Some(pm) = names.pod(&pod.namespace, &pod.name) else {
             errors.push(format!(
                 "kubelet pod {}/{}: not among this node's pods (yet)",
                 pod.namespace, pod.name
@@ -61,7 +84,7 @@ pub fn snapshot(
         };
         let mut containers = Vec::with_capacity(pod.containers.len());
         for c in &pod.containers {
-            let Some(id) = pm.containers.iter().find(|n| n.name == c.name) else {
+            let Some(id) = Names::container_id(pm, &c.name) else {
                 errors.push(format!(
                     "kubelet container {}/{}/{}: no container id in the pod's status (yet)",
                     pod.namespace, pod.name, c.name
@@ -69,7 +92,7 @@ pub fn snapshot(
                 continue;
             };
             containers.push(ContainerSample {
-                id: id.id.clone(),
+                id: id.to_string(),
                 runtime: None,
                 cgroup: None,
                 cpu_ns: c.cpu.cumulative_ns,
