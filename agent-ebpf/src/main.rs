@@ -3,31 +3,33 @@
 //! The method: every time a thread leaves a CPU, read its `se.sum_exec_runtime`
 //! (the scheduler's own cumulative run time, the same clock cgroup `cpu.stat`
 //! accumulates) and charge the change since we last saw it to the cgroup it runs
-//! in. That is exact where timestamp arithmetic at switches is not (the kernel
-//! emits switch events that do not chain), and for the same reason the state is
-//! per thread, not per CPU: a per-CPU "switched in at" slot loses a whole run
-//! whenever two events do not chain (tried: −2 % on a lone busy loop). A thread
-//! that never leaves its CPU would never be charged, so userspace runs
-//! [`flush_cpu`] on each CPU right before it reads (or, where the kernel cannot
-//! do that, [`tick`] runs from a per-CPU clock), charging whatever is running
-//! there the same way.
+//! in. That is exact where timestamp arithmetic at switches is not, and for the
+//! same reason the state is per thread, not per CPU: the kernel emits switch
+//! events that do not chain (measured here: switches away from some threads run
+//! no program at all), and a per-CPU "who was switched in, at what count" slot
+//! then charges the wrong run (tried twice: −2 % on a lone busy loop with
+//! timestamps; +40 % on a duty-cycled container with run-time counters). A
+//! per-thread count is right whatever happened in between: the counter only
+//! moves while that thread runs. A thread that never leaves its CPU would never
+//! be charged, so userspace runs [`flush_cpu`] on each CPU right before it reads
+//! (or, where the kernel cannot do that, [`tick`] runs from a per-CPU clock),
+//! charging whatever is running there the same way.
 //!
-//! There is no CO-RE for Rust programs: struct offsets come from the kernel's BTF
-//! in userspace and arrive as read-only globals.
+//! The cost that matters is per switch. The BTF tracepoint reads `prev`'s
+//! thread id, run time and cgroup id (`prev->cgroups->dfl_cgrp->kn->id`) with
+//! plain loads the verifier checks against the kernel's BTF, and makes one
+//! helper call: the task-storage lookup. The raw tracepoint (where BTF
+//! tracepoints cannot attach) gets the same typed pointer from
+//! `bpf_get_current_task_btf` (`prev` is still `current` there): one call more.
+//! There is no CO-RE for Rust programs: struct offsets come from the kernel's
+//! BTF in userspace and arrive as read-only globals.
 #![no_std]
 #![no_main]
 
 use agent_common::{CGROUP_CPU_MAX_ENTRIES, Stat};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST, bpf_map_type},
-    cty::c_void,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-            bpf_ktime_get_ns, bpf_task_storage_get,
-        },
-    },
+    helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_storage_get},
     macros::{btf_map, btf_tracepoint, map, perf_event, raw_tracepoint},
     maps::{PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
@@ -36,12 +38,25 @@ use aya_log_ebpf::error;
 
 // Globals, named as `agent_common::GLOBAL_*` (identifiers cannot come from a
 // constant); the loader fails when one is missing, so a rename cannot go unnoticed.
+// Offsets are in bytes: `task_struct.pid`, `.se.sum_exec_runtime`,
+// `.se.prev_sum_exec_runtime`, `.start_time`, `.cgroups`; `css_set.dfl_cgrp`;
+// `cgroup.kn`; `kernfs_node.id`.
+#[unsafe(no_mangle)]
+static PID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static SUM_EXEC_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
+static PREV_SUM_EXEC_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
 static START_TIME_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
-static PREV_SUM_EXEC_OFFSET: u64 = 0;
+static CGROUPS_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static DFL_CGRP_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static KERNFS_ID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static LOADED_AT_NS: u64 = 0;
 
@@ -81,7 +96,7 @@ impl<T> TaskStorage<T> {
     /// `None`: not created). Null when absent, or when the kernel declines
     /// (out of memory, or a recursive use of task storage on this CPU).
     #[inline(always)]
-    fn get(&self, task: *mut c_void, init: Option<&mut T>) -> *mut T {
+    fn get(&self, task: Typed, init: Option<&mut T>) -> *mut T {
         let (value, flags) = match init {
             Some(v) => (
                 core::ptr::from_mut(v).cast(),
@@ -89,13 +104,13 @@ impl<T> TaskStorage<T> {
             ),
             None => (core::ptr::null_mut(), 0),
         };
-        // SAFETY: `task` comes from bpf_get_current_task_btf (a trusted
-        // task pointer, what the verifier requires here); `value` is null or
-        // a live stack value the helper copies.
+        // SAFETY: `task` is a BTF-typed task pointer (what the verifier
+        // requires here); `value` is null or a live stack value the helper
+        // copies.
         unsafe {
             bpf_task_storage_get(
                 core::ptr::from_ref(self).cast_mut().cast(),
-                task.cast(),
+                task.0.cast_mut().cast(),
                 value,
                 flags,
             )
@@ -133,62 +148,69 @@ fn global(g: &u64) -> u64 {
 }
 
 #[inline(always)]
-fn bump(stat: Stat, by: u64) {
+fn bump(stat: Stat) {
     if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
         // SAFETY: per-CPU slot, and programs on one CPU do not interleave here
         // (sched_switch runs with interrupts off; flush/tick do not nest with it).
-        unsafe { *slot += by };
+        unsafe { *slot += 1 };
     }
 }
 
-#[inline(always)]
-fn read_u64(task: *const u8, offset: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
-    match unsafe { bpf_probe_read_kernel(task.wrapping_add(offset as usize) as *const u64) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            bump(Stat::ReadErrors, 1);
-            None
-        }
+/// A BTF-typed pointer to a kernel object (a BTF tracepoint's argument, the
+/// result of `bpf_get_current_task_btf`), read with plain loads. The offsets
+/// are frozen read-only globals, constants to the verifier, which checks every
+/// load against the kernel's BTF; the JIT makes each one instruction with an
+/// exception-table entry. No helper call.
+#[derive(Clone, Copy)]
+struct Typed(*const u8);
+
+impl Typed {
+    #[inline(always)]
+    fn read<T: Copy>(self, offset: u64) -> T {
+        // SAFETY: see the type; the verifier rejects the program otherwise.
+        unsafe { core::ptr::read_volatile(self.0.wrapping_add(offset as usize).cast::<T>()) }
+    }
+
+    /// The pointer at `offset`, if not null.
+    #[inline(always)]
+    fn follow(self, offset: u64) -> Option<Self> {
+        let p = self.read::<*const u8>(offset);
+        (!p.is_null()).then_some(Self(p))
+    }
+
+    /// The cgroup v2 id of this task: `cgroups->dfl_cgrp->kn->id`, what
+    /// `bpf_get_current_cgroup_id` returns for the current task.
+    #[inline(always)]
+    fn cgroup_id(self) -> Option<u64> {
+        Some(
+            self.follow(global(&CGROUPS_OFFSET))?
+                .follow(global(&DFL_CGRP_OFFSET))?
+                .follow(global(&CGROUP_KN_OFFSET))?
+                .read::<u64>(global(&KERNFS_ID_OFFSET)),
+        )
     }
 }
 
-/// Charges the current task of this CPU (`task`, thread id `tid`) for the run
-/// time it accrued since it was last charged.
+/// Charges `task`, the thread running on this CPU, for the run time it
+/// accrued since it was last charged.
 #[inline(always)]
-fn charge(task: *const u8, tid: u32) {
-    if tid == 0 {
+fn charge(task: Typed) {
+    if task.read::<u32>(global(&PID_OFFSET)) == 0 {
         // The per-CPU idle tasks: not charged to any cgroup.
         return;
     }
-    // SAFETY: helper without arguments; the same task as `task`, as a
-    // trusted BTF pointer.
-    let me = unsafe { bpf_get_current_task_btf() }.cast::<c_void>();
-    // A direct load through the trusted pointer (no helper call): the
-    // offset is a frozen read-only global, a constant to the verifier, which
-    // checks it lands on a u64 member of task_struct.
-    // SAFETY: see above; the verifier rejects the program otherwise.
-    let now = unsafe {
-        core::ptr::read_volatile(
-            me.cast::<u8>()
-                .wrapping_add(global(&SUM_EXEC_OFFSET) as usize)
-                .cast::<u64>(),
-        )
-    };
-    let last = THREADS.get(me, None);
+    let now = task.read::<u64>(global(&SUM_EXEC_OFFSET));
+    let last = THREADS.get(task, None);
     let delta = if last.is_null() {
-        let Some(started) = read_u64(task, global(&START_TIME_OFFSET)) else {
-            return;
-        };
         let mut first = now;
-        if THREADS.get(me, Some(&mut first)).is_null() {
+        if THREADS.get(task, Some(&mut first)).is_null() {
             // Without a value the next switch would charge the thread's whole
             // run time again.
-            bump(Stat::ThreadMapFull, 1);
+            bump(Stat::ThreadMapFull);
             return;
         }
         let loaded_at = global(&LOADED_AT_NS);
-        if started >= loaded_at {
+        if task.read::<u64>(global(&START_TIME_OFFSET)) >= loaded_at {
             // Started after we loaded: all of its run time is ours to charge.
             now
         } else {
@@ -197,9 +219,7 @@ fn charge(task: *const u8, tid: u32) {
             // `se.prev_sum_exec_runtime`, capped at the time since we loaded
             // (a run that began before the load; a task of another class
             // whose field is stale). Everything after is charged exactly.
-            let Some(picked_at) = read_u64(task, global(&PREV_SUM_EXEC_OFFSET)) else {
-                return;
-            };
+            let picked_at = task.read::<u64>(global(&PREV_SUM_EXEC_OFFSET));
             // SAFETY: helper without arguments.
             let since_load = unsafe { bpf_ktime_get_ns() }.saturating_sub(loaded_at);
             now.saturating_sub(picked_at).min(since_load)
@@ -210,7 +230,7 @@ fn charge(task: *const u8, tid: u32) {
         // SAFETY: as above; updated in place.
         unsafe { *last = now };
         if now < before {
-            bump(Stat::Rebaselined, 1);
+            bump(Stat::Rebaselined);
             0
         } else {
             now - before
@@ -219,9 +239,10 @@ fn charge(task: *const u8, tid: u32) {
     if delta == 0 {
         return;
     }
-    // SAFETY: helper without arguments.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    add_to_cgroup(cgroup, delta);
+    match task.cgroup_id() {
+        Some(cgroup) => add_to_cgroup(cgroup, delta),
+        None => bump(Stat::ReadErrors),
+    }
 }
 
 #[inline(always)]
@@ -279,40 +300,49 @@ fn add_to_map(cgroup: u64, delta: u64) {
     match CGROUP_CPU.get_ptr_mut(&cgroup) {
         // SAFETY: as above.
         Some(total) => unsafe { *total += delta },
-        None => bump(Stat::CgroupMapFull, 1),
+        None => bump(Stat::CgroupMapFull),
     }
 }
 
+/// The task running on this CPU, as a typed pointer.
 #[inline(always)]
-fn on_switch(prev: *const u8) -> u32 {
-    // At sched_switch `current` is still `prev`: its tid, storage and cgroup
-    // come from helpers. A dying task's storage is freed by the kernel.
-    let tid = bpf_get_current_pid_tgid() as u32;
-    charge(prev, tid);
-    0
+fn current() -> Typed {
+    // SAFETY: helper without arguments.
+    Typed(
+        unsafe { bpf_get_current_task_btf() }
+            .cast::<u8>()
+            .cast_const(),
+    )
 }
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
-/// unsigned int prev_state)`, where raw tracepoints are unavailable.
+/// unsigned int prev_state)`: `prev` is typed (what the loader attaches first).
+/// A dying task's storage is freed by the kernel.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
-    let prev: *const u8 = ctx.arg(1);
-    on_switch(prev) as i32
+    charge(Typed(ctx.arg(1)));
+    0
 }
 
-/// The same as a raw tracepoint (what the loader attaches first).
+/// The same where BTF tracepoints cannot attach. At sched_switch `current` is
+/// still `prev`.
 #[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
-    let prev: *const u8 = ctx.arg(1);
-    on_switch(prev) as i32
+pub fn sched_switch_raw(_ctx: RawTracePointContext) -> i32 {
+    charge(current());
+    0
+}
+
+/// Does nothing: the switch-cost benchmark's reference for what any program at
+/// this hook costs (never attached by the agent).
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_empty(_ctx: RawTracePointContext) -> i32 {
+    0
 }
 
 #[inline(always)]
 fn charge_current() -> u32 {
-    bump(Stat::Flushes, 1);
-    // SAFETY: helper without arguments.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    charge(task, bpf_get_current_pid_tgid() as u32);
+    bump(Stat::Flushes);
+    charge(current());
     flush_pending();
     0
 }

@@ -71,6 +71,8 @@ pub struct Options {
     pub cpu_source: CpuSourceChoice,
     /// Charge running tasks from a per-CPU clock instead of flush-on-read.
     pub force_tick: bool,
+    /// Charge at switches from the raw tracepoint even where the BTF one attaches.
+    pub force_raw_tracepoint: bool,
     /// The node's own cgroup, relative to the hierarchy root: `/` for a whole
     /// host; a subtree where the node is nested in a larger hierarchy (a
     /// kubelet `--cgroup-root`, a simulated node). Pods are looked for below
@@ -90,6 +92,7 @@ impl Default for Options {
             btf_path: "/sys/kernel/btf/vmlinux".into(),
             cpu_source: CpuSourceChoice::Auto,
             force_tick: false,
+            force_raw_tracepoint: false,
             node_cgroup: "/".into(),
             memory_stat_max_age: cgroup::files::STAT_MAX_AGE,
         }
@@ -237,6 +240,7 @@ impl Collector {
                     let ebpf_opts = ebpf::Options {
                         btf_path: this.opts.btf_path.clone(),
                         force_tick: this.opts.force_tick,
+                        force_raw_tracepoint: this.opts.force_raw_tracepoint,
                     };
                     match CpuAccounting::load(&ebpf_opts) {
                         Ok(acc) => {

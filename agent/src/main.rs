@@ -172,6 +172,7 @@ fn main() -> Result<()> {
         btf_path: args.btf,
         cpu_source: args.cpu_source,
         force_tick: false,
+        force_raw_tracepoint: false,
         node_cgroup: args.node_cgroup,
         memory_stat_max_age: args.memory_stat_max_age,
     };

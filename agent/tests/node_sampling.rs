@@ -11,7 +11,10 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use agent::collector::{Collector, CpuSource, CpuSourceChoice, Options, Snapshot};
+use agent::{
+    collector::{Collector, CpuSource, CpuSourceChoice, Options, Snapshot},
+    ebpf::SwitchHook,
+};
 use testkit::{self as support, Burn, CgroupTree, Launcher};
 
 /// The CPU tests measure load: one at a time.
@@ -25,9 +28,14 @@ fn burner_entry() {
 }
 
 fn collector(source: CpuSourceChoice, force_tick: bool) -> Collector {
+    collector_with(source, force_tick, false)
+}
+
+fn collector_with(source: CpuSourceChoice, force_tick: bool, raw_tracepoint: bool) -> Collector {
     let c = Collector::new(Options {
         cpu_source: source,
         force_tick,
+        force_raw_tracepoint: raw_tracepoint,
         ..Options::default()
     })
     .expect("collector");
@@ -36,6 +44,17 @@ fn collector(source: CpuSourceChoice, force_tick: bool) -> Collector {
         _ => CpuSource::Ebpf,
     };
     assert_eq!(c.source(), want, "fallback: {:?}", c.fallback_reason());
+    if let Some(ebpf) = c.ebpf() {
+        // This kernel has BTF tracepoints: unless told otherwise, the cheaper
+        // hook must be the one attached (its attach id comes from our own BTF
+        // reader).
+        let want = if raw_tracepoint {
+            SwitchHook::RawTracepoint
+        } else {
+            SwitchHook::BtfTracepoint
+        };
+        assert_eq!(ebpf.hook(), want);
+    }
     c
 }
 
@@ -83,6 +102,17 @@ fn assert_close(what: &str, ours: u64, k0: Bracket, k1: Bracket, pct: f64) {
 
 #[test]
 fn cpu_per_container_and_pod_matches_the_kernels_cpu_stat() {
+    cpu_matches_the_kernels_cpu_stat(false);
+}
+
+/// The same through the raw tracepoint, the switch hook where BTF tracepoints
+/// cannot attach.
+#[test]
+fn cpu_charged_through_the_raw_tracepoint_matches_the_kernels_cpu_stat() {
+    cpu_matches_the_kernels_cpu_stat(true);
+}
+
+fn cpu_matches_the_kernels_cpu_stat(raw_tracepoint: bool) {
     let Some(h) = support::privileged("cpu_per_container_and_pod") else {
         return;
     };
@@ -103,7 +133,7 @@ fn cpu_per_container_and_pod_matches_the_kernels_cpu_stat() {
     let pod_a_path = a1_path.rsplit_once('/').expect("parent").0.to_string();
     let pod_b_path = b1_path.rsplit_once('/').expect("parent").0.to_string();
 
-    let mut ebpf = collector(CpuSourceChoice::Ebpf, false);
+    let mut ebpf = collector_with(CpuSourceChoice::Ebpf, false, raw_tracepoint);
     let mut cgfs = collector(CpuSourceChoice::Cgroupfs, false);
     let burner = Launcher::test_binary("burner_entry");
     let _burners = [

@@ -78,35 +78,91 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// What a round measures with.
+#[derive(Clone, Copy, Debug)]
+enum Attached {
+    Nothing,
+    /// An empty program at the same hook: what any `sched_switch` program
+    /// costs on this kernel before its first instruction.
+    Empty,
+    Ours,
+}
+
+fn ping_pong_with(attached: Attached, cpu: usize, ops: u64) -> Result<f64> {
+    match attached {
+        Attached::Nothing => ping_pong(cpu, ops),
+        Attached::Empty => {
+            let _empty = agent::ebpf::attach_empty_switch_program().context("loading eBPF")?;
+            ping_pong(cpu, ops)
+        }
+        Attached::Ours => {
+            let _ours = CpuAccounting::load(&Options::default()).context("loading eBPF")?;
+            ping_pong(cpu, ops)
+        }
+    }
+}
+
 /// Cost per context switch of the sched_switch program: pinned ping-pong
-/// without and with it attached, interleaved rounds, medians.
+/// with nothing, an empty program and ours attached, in rotating order each
+/// round; medians, and medians of each round's own differences (which cancel
+/// the machine's slower and faster spells).
 #[allow(clippy::print_stdout)]
 pub fn switch_cost(rounds: usize, ops: u64) -> Result<()> {
+    use Attached::{Empty, Nothing, Ours};
     let cpu = 0;
     // Warm up caches and frequency.
     ping_pong(cpu, ops / 4)?;
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        without.push(ping_pong(cpu, ops)?);
-        let programs = CpuAccounting::load(&Options::default()).context("loading eBPF")?;
-        with.push(ping_pong(cpu, ops)?);
-        drop(programs);
+    let orders = [
+        [Nothing, Empty, Ours],
+        [Ours, Nothing, Empty],
+        [Empty, Ours, Nothing],
+    ];
+    let mut ns = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let mut this = [0.0; 3];
+        for attached in orders[round % orders.len()] {
+            this[attached as usize] = ping_pong_with(attached, cpu, ops)?;
+        }
         eprintln!(
-            "round {round}: {:.1} ns/op without, {:.1} ns/op with",
-            without[round - 1],
-            with[round - 1]
+            "round {}: {:.1} ns/op without, {:.1} with an empty program, {:.1} with ours",
+            round + 1,
+            this[0],
+            this[1],
+            this[2]
         );
+        for (all, one) in ns.iter_mut().zip(this) {
+            all.push(one);
+        }
     }
-    let (w0, w1) = (median(without), median(with));
-    let per_switch = (w1 - w0) / 2.0;
+    let [without, empty, ours] = ns;
+    let per_switch = |with: &[f64], base: &[f64]| {
+        median(with.iter().zip(base).map(|(w, b)| (w - b) / 2.0).collect())
+    };
+    let (m0, me, mo) = (
+        median(without.clone()),
+        median(empty.clone()),
+        median(ours.clone()),
+    );
     let runs = program_run_time(cpu, ops)?;
     println!(
-        "| ping-pong, CPU {cpu}, {ops} ops x {rounds} rounds | without | with sched_switch program |"
+        "| ping-pong, CPU {cpu}, {ops} ops x {rounds} rounds | nothing | empty program | ours |"
     );
-    println!("|---|---|---|");
-    println!("| median ns per op (2 switches) | {w0:.1} | {w1:.1} |");
-    println!("| ratio with/without | 1.000 | {:.3} |", w1 / w0);
-    println!("| added cost per context switch | | {per_switch:.1} ns |");
+    println!("|---|---|---|---|");
+    println!("| median ns per op (2 switches) | {m0:.1} | {me:.1} | {mo:.1} |");
+    println!(
+        "| ratio to nothing | 1.000 | {:.3} | {:.3} |",
+        me / m0,
+        mo / m0
+    );
+    println!(
+        "| added per context switch (median of rounds) | | {:.1} ns | {:.1} ns |",
+        per_switch(&empty, &without),
+        per_switch(&ours, &without)
+    );
+    println!(
+        "| ours over the empty program, per switch | | | {:.1} ns |",
+        per_switch(&ours, &empty)
+    );
     println!();
     println!(
         "| switch program (kernel run-time statistics, one more ping-pong round) | runs | ns per run |"
@@ -119,18 +175,21 @@ pub fn switch_cost(rounds: usize, ops: u64) -> Result<()> {
 }
 
 /// The switch programs' own run time per run, as the kernel measures it with
-/// run-time statistics on, over one ping-pong round. Unlike the wall-clock
-/// difference this is not inflated by other work on the CPU; it leaves out the
-/// tracepoint's dispatch (a few ns). Any other agent's switch program loaded
-/// at the time (say, an older build running beside this one) is measured over
-/// the same switches and listed too.
+/// run-time statistics on, over one ping-pong round, ours attached first and
+/// the empty program second. The statistics add two clock reads to every run
+/// (the empty program's figure: that and nothing else) and leave out the
+/// tracepoint's dispatch. Any other agent's switch program loaded at the time
+/// (say, an older build running beside this one) is measured over the same
+/// switches and listed too.
 fn program_run_time(cpu: usize, ops: u64) -> Result<Vec<(String, u64, f64)>> {
     let programs = CpuAccounting::load(&Options::default()).context("loading eBPF")?;
+    let empty = agent::ebpf::attach_empty_switch_program().context("loading eBPF")?;
     let stats = agent::ebpf::run_time_stats().context("enabling run-time statistics")?;
     let before = agent::ebpf::switch_program_runs();
     ping_pong(cpu, ops)?;
     let after = agent::ebpf::switch_program_runs();
     drop(stats);
+    drop(empty);
     drop(programs);
     Ok(after
         .into_iter()

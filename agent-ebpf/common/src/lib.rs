@@ -4,12 +4,15 @@
 //! Every name here is used on both sides; a bare string in either crate is a bug.
 #![no_std]
 
-/// `tp_btf/sched_switch`: the switch program's body as a BTF tracepoint, used
-/// only where the raw tracepoint cannot attach (attaching it needs the
-/// kernel's whole BTF parsed in userspace).
+/// `tp_btf/sched_switch`: charges the switching-out task's run time to its
+/// cgroup, reading task fields with plain loads (attached first).
 pub const PROG_SCHED_SWITCH: &str = "sched_switch";
-/// `raw_tp/sched_switch`: charges the switching-out task's run time to its cgroup.
+/// `raw_tp/sched_switch`: the same body, where BTF tracepoints cannot attach
+/// (its arguments are untyped: it takes `prev` from `bpf_get_current_task_btf`).
 pub const PROG_SCHED_SWITCH_RAW: &str = "sched_switch_raw";
+/// `raw_tp/sched_switch` that does nothing: attached only by the switch-cost
+/// benchmark, to measure what any program at this hook costs on a kernel.
+pub const PROG_SCHED_SWITCH_EMPTY: &str = "sched_switch_empty";
 /// Never attached: userspace runs it on each CPU (BPF_PROG_TEST_RUN pinned to the
 /// CPU) right before reading, so a task that never leaves its CPU is charged too.
 pub const PROG_FLUSH: &str = "flush_cpu";
@@ -33,8 +36,18 @@ pub const MAP_STATS: &str = "STATS";
 /// Default capacity of [`MAP_CGROUP_CPU`]; the loader may raise it.
 pub const CGROUP_CPU_MAX_ENTRIES: u32 = 16_384;
 
+/// Global: byte offset of `pid` (the thread id) inside `struct task_struct`, from BTF.
+pub const GLOBAL_PID_OFFSET: &str = "PID_OFFSET";
 /// Global: byte offset of `se.sum_exec_runtime` inside `struct task_struct`, from BTF.
 pub const GLOBAL_SUM_EXEC_OFFSET: &str = "SUM_EXEC_OFFSET";
+/// Global: byte offset of `cgroups` (the task's `struct css_set *`) inside `struct task_struct`.
+pub const GLOBAL_CGROUPS_OFFSET: &str = "CGROUPS_OFFSET";
+/// Global: byte offset of `dfl_cgrp` (the cgroup v2 `struct cgroup *`) inside `struct css_set`.
+pub const GLOBAL_DFL_CGRP_OFFSET: &str = "DFL_CGRP_OFFSET";
+/// Global: byte offset of `kn` (`struct kernfs_node *`) inside `struct cgroup`.
+pub const GLOBAL_CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
+/// Global: byte offset of `id` (the cgroup id: the directory's inode number) inside `struct kernfs_node`.
+pub const GLOBAL_KERNFS_ID_OFFSET: &str = "KERNFS_ID_OFFSET";
 
 /// Global: byte offset of `start_time` (CLOCK_MONOTONIC ns) inside `struct task_struct`.
 pub const GLOBAL_START_TIME_OFFSET: &str = "START_TIME_OFFSET";
@@ -57,7 +70,7 @@ pub enum Stat {
     Flushes = 0,
     /// A cgroup could not be added because [`MAP_CGROUP_CPU`] is full: time lost.
     CgroupMapFull = 1,
-    /// `bpf_probe_read_kernel` of a task field failed: time lost.
+    /// A task's cgroup could not be read (a null pointer on the way): time lost.
     ReadErrors = 2,
     /// A thread's run time went backwards (should not happen with per-task
     /// storage; counted rather than trusted): re-baselined.

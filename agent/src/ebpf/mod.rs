@@ -8,12 +8,14 @@
 //! charge instead, at [`TICK_HZ`].
 pub mod btf;
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 use agent_common::{
-    GLOBAL_LOADED_AT_NS, GLOBAL_PREV_SUM_EXEC_OFFSET, GLOBAL_START_TIME_OFFSET,
-    GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU, MAP_STATS, PROG_FLUSH, PROG_SCHED_SWITCH,
-    PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat, TRACEPOINT_SCHED_SWITCH,
+    GLOBAL_CGROUP_KN_OFFSET, GLOBAL_CGROUPS_OFFSET, GLOBAL_DFL_CGRP_OFFSET,
+    GLOBAL_KERNFS_ID_OFFSET, GLOBAL_LOADED_AT_NS, GLOBAL_PID_OFFSET, GLOBAL_PREV_SUM_EXEC_OFFSET,
+    GLOBAL_START_TIME_OFFSET, GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU, MAP_STATS, PROG_FLUSH,
+    PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_EMPTY, PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat,
+    TRACEPOINT_SCHED_SWITCH,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -26,7 +28,7 @@ use aya::{
 };
 use tracing::{debug, info, warn};
 
-pub use btf::TaskOffsets;
+pub use btf::{Kernel, TaskOffsets};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENT_EBPF_OBJECT"));
@@ -66,9 +68,9 @@ pub enum Error {
     },
     #[error("listing online CPUs ({0}): {1}")]
     Cpus(&'static str, #[source] std::io::Error),
-    #[error("attaching sched_switch: BTF tracepoint failed ({btf}); raw tracepoint failed ({raw})")]
+    #[error("attaching sched_switch: BTF tracepoint: {btf}; raw tracepoint: {raw}")]
     Attach {
-        btf: Box<aya::programs::ProgramError>,
+        btf: String,
         raw: Box<aya::programs::ProgramError>,
     },
 }
@@ -91,6 +93,8 @@ pub struct Options {
     pub btf_path: std::path::PathBuf,
     /// Force the per-CPU clock instead of flush-on-read (tests, benchmarks).
     pub force_tick: bool,
+    /// Attach the raw tracepoint even where the BTF one attaches (tests).
+    pub force_raw_tracepoint: bool,
 }
 
 impl Default for Options {
@@ -98,6 +102,7 @@ impl Default for Options {
         Self {
             btf_path: "/sys/kernel/btf/vmlinux".into(),
             force_tick: false,
+            force_raw_tracepoint: false,
         }
     }
 }
@@ -137,20 +142,26 @@ impl CpuAccounting {
         if OBJECT.is_empty() {
             return Err(Error::NotEmbedded);
         }
-        let offsets = TaskOffsets::from_file(&opts.btf_path)?;
-        debug!(?offsets, "task_struct offsets from BTF");
+        let kernel = Kernel::from_file(&opts.btf_path)?;
+        let offsets = kernel.offsets;
+        debug!(?kernel, "offsets and attach id from BTF");
         let loaded_at = monotonic_ns();
         let mut ebpf = EbpfLoader::new()
             // The per-thread state is task-local storage, which aya creates
             // but does not wrap (userspace never touches it).
             .allow_unsupported_maps()
+            .override_global(GLOBAL_PID_OFFSET, &offsets.pid, true)
             .override_global(GLOBAL_SUM_EXEC_OFFSET, &offsets.sum_exec_runtime, true)
-            .override_global(GLOBAL_START_TIME_OFFSET, &offsets.start_time, true)
             .override_global(
                 GLOBAL_PREV_SUM_EXEC_OFFSET,
                 &offsets.prev_sum_exec_runtime,
                 true,
             )
+            .override_global(GLOBAL_START_TIME_OFFSET, &offsets.start_time, true)
+            .override_global(GLOBAL_CGROUPS_OFFSET, &offsets.cgroups, true)
+            .override_global(GLOBAL_DFL_CGRP_OFFSET, &offsets.dfl_cgrp, true)
+            .override_global(GLOBAL_CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)
+            .override_global(GLOBAL_KERNFS_ID_OFFSET, &offsets.kernfs_id, true)
             .override_global(GLOBAL_LOADED_AT_NS, &loaded_at, true)
             .load(OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -161,7 +172,11 @@ impl CpuAccounting {
             }
         };
 
-        let hook = attach_switch(&mut ebpf, &opts.btf_path)?;
+        let hook = attach_switch(
+            &mut ebpf,
+            kernel.sched_switch_typedef,
+            opts.force_raw_tracepoint,
+        )?;
         let cpus = online_cpus().map_err(|(what, e)| Error::Cpus(what, e))?;
         // Load every program before taking maps out of `ebpf`: a program loads
         // against the map fds the object still holds.
@@ -326,6 +341,24 @@ pub fn switch_program_runs() -> Vec<ProgramRuns> {
         .collect()
 }
 
+/// For benchmarks: the object's empty `sched_switch` program, attached as a
+/// raw tracepoint until the returned handle is dropped (what any program at
+/// this hook costs before its first instruction).
+pub fn attach_empty_switch_program() -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        return Err(Error::NotEmbedded);
+    }
+    let mut ebpf = EbpfLoader::new().allow_unsupported_maps().load(OBJECT)?;
+    let prog: &mut RawTracePoint = program(&mut ebpf, PROG_SCHED_SWITCH_EMPTY)?;
+    prog.load()
+        .and_then(|()| prog.attach(TRACEPOINT_SCHED_SWITCH).map(drop))
+        .map_err(|source| Error::Program {
+            name: PROG_SCHED_SWITCH_EMPTY,
+            source,
+        })?;
+    Ok(ebpf)
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
@@ -344,41 +377,52 @@ where
     T::try_from(map).map_err(|source| Error::Map { name, source })
 }
 
-/// Attaches the switch program: the raw tracepoint first, the BTF tracepoint
+/// Attaches the switch program: the BTF tracepoint first, the raw tracepoint
 /// where that fails. Both run the same body at the same kernel hook
-/// (`bpf_trace_run4`) and read their arguments the same way, so they cost the
-/// same per switch; but a BTF tracepoint needs the kernel's whole BTF parsed
-/// by aya to find its attach id (~15 MiB more peak RSS here, on top of our own offset
-/// reader), which the raw tracepoint does not.
-fn attach_switch(ebpf: &mut Ebpf, btf_path: &Path) -> Result<SwitchHook> {
-    let raw: &mut RawTracePoint = program(ebpf, PROG_SCHED_SWITCH_RAW)?;
-    let raw_err = match raw
-        .load()
-        .and_then(|()| raw.attach(TRACEPOINT_SCHED_SWITCH))
-    {
-        Ok(_) => return Ok(SwitchHook::RawTracepoint),
-        Err(e) => e,
+/// (`bpf_trace_run4`), but the BTF tracepoint's arguments are typed, so it
+/// reads `prev` directly where the raw one first calls
+/// `bpf_get_current_task_btf` (a helper call: ~25 ns here).
+fn attach_switch(ebpf: &mut Ebpf, typedef: Option<u32>, force_raw: bool) -> Result<SwitchHook> {
+    let btf_err = if force_raw {
+        "not tried (raw tracepoint forced)".to_string()
+    } else {
+        match attach_btf(ebpf, typedef) {
+            Ok(()) => return Ok(SwitchHook::BtfTracepoint),
+            Err(e) => {
+                warn!(error = %e, "BTF tracepoint unavailable; using the raw tracepoint");
+                e.to_string()
+            }
+        }
     };
-    warn!(error = %raw_err, "raw tracepoint unavailable; trying the BTF tracepoint");
-    match attach_btf(ebpf, btf_path) {
-        Ok(()) => Ok(SwitchHook::BtfTracepoint),
-        Err(btf) => Err(Error::Attach {
-            btf: Box::new(btf),
-            raw: Box::new(raw_err),
+    let raw: &mut RawTracePoint = program(ebpf, PROG_SCHED_SWITCH_RAW)?;
+    match raw
+        .load()
+        .and_then(|()| raw.attach(TRACEPOINT_SCHED_SWITCH).map(drop))
+    {
+        Ok(()) => Ok(SwitchHook::RawTracepoint),
+        Err(raw) => Err(Error::Attach {
+            btf: btf_err,
+            raw: Box::new(raw),
         }),
     }
 }
 
 fn attach_btf(
     ebpf: &mut Ebpf,
-    btf_path: &Path,
+    typedef: Option<u32>,
 ) -> std::result::Result<(), aya::programs::ProgramError> {
-    let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default())
+    let name = format!("btf_trace_{TRACEPOINT_SCHED_SWITCH}");
+    let id = typedef.ok_or_else(|| {
+        aya::programs::ProgramError::Btf(aya::BtfError::UnknownBtfTypeName {
+            type_name: name.clone(),
+        })
+    })?;
+    // aya looks the typedef up by name for its id; a stand-in with just that
+    // typedef at that id spares it parsing the kernel's whole BTF.
+    let btf = aya::Btf::parse(&btf::typedef_only(&name, id), aya::Endianness::default())
         .map_err(aya::programs::ProgramError::Btf)?;
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(PROG_SCHED_SWITCH)
-        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-        .try_into()?;
+    let prog: &mut BtfTracePoint = program(ebpf, PROG_SCHED_SWITCH)
+        .map_err(|_| aya::programs::ProgramError::UnexpectedProgramType)?;
     prog.load(TRACEPOINT_SCHED_SWITCH, &btf)?;
     prog.attach()?;
     Ok(())
