@@ -389,10 +389,22 @@ fn control_plane_nodes_pods_and_nodepulse_registration() {
             "APIServices Available through the stand-in after {:.1?}",
             t.elapsed()
         );
+        // kube-apiserver's proxy learns that an APIService is Available from
+        // its own APIService informer, a moment after the condition is
+        // written: until then it answers 503 ServiceUnavailable itself.
         let out = c
-            .kubectl_as(
-                USER_METRICS_READER,
-                &["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"],
+            .wait_for(
+                "the aggregation layer proxying to the stand-in",
+                Duration::from_secs(30),
+                |c| {
+                    let out = c.kubectl_as(
+                        USER_METRICS_READER,
+                        &["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"],
+                    )?;
+                    let unavailable = !out.status.success()
+                        && String::from_utf8_lossy(&out.stderr).contains("(ServiceUnavailable)");
+                    Ok((!unavailable).then_some(out))
+                },
             )
             .expect("kubectl get --raw");
         assert!(
