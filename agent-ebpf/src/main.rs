@@ -17,10 +17,13 @@
 //!
 //! The cost that matters is per switch. The BTF tracepoint reads `prev`'s
 //! thread id, run time and cgroup id (`prev->cgroups->dfl_cgrp->kn->id`) with
-//! plain loads the verifier checks against the kernel's BTF, and makes one
-//! helper call: the task-storage lookup. The raw tracepoint (where BTF
-//! tracepoints cannot attach) gets the same typed pointer from
-//! `bpf_get_current_task_btf` (`prev` is still `current` there): one call more.
+//! plain loads through its typed argument, and in the common case (the same
+//! cgroup as this CPU's previous charge) makes one helper call: the
+//! task-storage lookup. A charge to another cgroup adds a per-CPU hash lookup;
+//! a thread's first charge a second storage call (and a clock read if it is
+//! older than the programs). The raw tracepoint (the fallback, attached by
+//! name) gets the same typed pointer from `bpf_get_current_task_btf` (`prev`
+//! is still `current` there): one call more.
 //! There is no CO-RE for Rust programs: struct offsets come from the kernel's
 //! BTF in userspace and arrive as read-only globals.
 #![no_std]
@@ -158,9 +161,11 @@ fn bump(stat: Stat) {
 
 /// A BTF-typed pointer to a kernel object (a BTF tracepoint's argument, the
 /// result of `bpf_get_current_task_btf`), read with plain loads. The offsets
-/// are frozen read-only globals, constants to the verifier, which checks every
-/// load against the kernel's BTF; the JIT makes each one instruction with an
-/// exception-table entry. No helper call.
+/// are frozen read-only globals, constants to the verifier, which types each
+/// pointer loaded against the kernel's BTF (a scalar field at a wrong offset
+/// would still load: the offsets must come from the running kernel's BTF); the
+/// JIT makes each a guarded load with an exception-table entry. No helper
+/// call.
 #[derive(Clone, Copy)]
 struct Typed(*const u8);
 
@@ -324,8 +329,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The same where BTF tracepoints cannot attach. At sched_switch `current` is
-/// still `prev`.
+/// The fallback, attached by name where the BTF tracepoint will not attach by
+/// the id the loader found. At sched_switch `current` is still `prev`.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(_ctx: RawTracePointContext) -> i32 {
     charge(current());

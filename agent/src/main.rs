@@ -35,7 +35,9 @@ struct Args {
         global = true
     )]
     proc_root: PathBuf,
-    /// The kernel's BTF, for task_struct offsets.
+    /// The running kernel's BTF (on a DaemonSet: the host's, mounted), for the
+    /// struct offsets and the switch tracepoint's BTF id. BTF of another
+    /// kernel build would point the programs at the wrong fields.
     #[arg(
         long,
         env = "NODEPULSE_BTF",

@@ -7,8 +7,9 @@
 /// `tp_btf/sched_switch`: charges the switching-out task's run time to its
 /// cgroup, reading task fields with plain loads (attached first).
 pub const PROG_SCHED_SWITCH: &str = "sched_switch";
-/// `raw_tp/sched_switch`: the same body, where BTF tracepoints cannot attach
-/// (its arguments are untyped: it takes `prev` from `bpf_get_current_task_btf`).
+/// `raw_tp/sched_switch`: the same body, attached by name where the BTF
+/// tracepoint fails to attach by our BTF id (its arguments are untyped: it
+/// takes `prev` from `bpf_get_current_task_btf`, one helper call more).
 pub const PROG_SCHED_SWITCH_RAW: &str = "sched_switch_raw";
 /// `raw_tp/sched_switch` that does nothing: attached only by the switch-cost
 /// benchmark, to measure what any program at this hook costs on a kernel.
@@ -22,6 +23,9 @@ pub const PROG_TICK: &str = "tick";
 
 /// The tracepoint both switch programs attach to.
 pub const TRACEPOINT_SCHED_SWITCH: &str = "sched_switch";
+/// The kernel's BTF typedef for that tracepoint, whose type id a BTF
+/// tracepoint program attaches by.
+pub const TYPEDEF_SCHED_SWITCH: &str = "btf_trace_sched_switch";
 
 /// `PerCpuHashMap<u64 cgroup v2 id, u64 ns>`: on-CPU time charged to each cgroup.
 pub const MAP_CGROUP_CPU: &str = "CGROUP_CPU";
@@ -70,7 +74,8 @@ pub enum Stat {
     Flushes = 0,
     /// A cgroup could not be added because [`MAP_CGROUP_CPU`] is full: time lost.
     CgroupMapFull = 1,
-    /// A task's cgroup could not be read (a null pointer on the way): time lost.
+    /// A task's cgroup could not be read (a null pointer on the way, which
+    /// should not happen): time lost.
     ReadErrors = 2,
     /// A thread's run time went backwards (should not happen with per-task
     /// storage; counted rather than trusted): re-baselined.

@@ -5,7 +5,9 @@
 //! id a BTF tracepoint attaches by. Only what that needs is parsed: the type
 //! section is walked once, structs are looked up by name, and anonymous
 //! struct/union members are searched through as the C compiler would.
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, num::NonZeroU32, path::Path};
+
+use agent_common::TYPEDEF_SCHED_SWITCH;
 
 /// Errors reading offsets from BTF.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +57,7 @@ pub struct Kernel {
     pub offsets: TaskOffsets,
     /// Type id of the `btf_trace_sched_switch` typedef, what a BTF tracepoint
     /// on `sched_switch` attaches by (absent: no BTF tracepoints here).
-    pub sched_switch_typedef: Option<u32>,
+    pub sched_switch_typedef: Option<NonZeroU32>,
 }
 
 impl Kernel {
@@ -68,7 +70,7 @@ impl Kernel {
         let btf = Btf::parse(&data)?;
         Ok(Self {
             offsets: TaskOffsets::from_btf(&btf)?,
-            sched_switch_typedef: btf.typedef_id("btf_trace_sched_switch"),
+            sched_switch_typedef: btf.typedef_id(TYPEDEF_SCHED_SWITCH),
         })
     }
 }
@@ -94,9 +96,12 @@ impl TaskOffsets {
 /// before it), for aya's BTF tracepoint loader, which looks up nothing else:
 /// it finds the typedef by name and attaches by its id, which the kernel
 /// checks against its own BTF. Handing aya this instead of the kernel's
-/// whole BTF saves its full parse (~15 MiB of peak memory, ~20 ms here).
-pub fn typedef_only(name: &str, id: u32) -> Vec<u8> {
+/// whole BTF saves its full parse (~15 MiB of peak memory, ~20 ms here). It
+/// grows with `id` (12 bytes here and ~50 in aya per filler): ~0.6 MiB for
+/// this kernel's 10,306.
+pub fn typedef_only(name: &str, id: NonZeroU32) -> Vec<u8> {
     const KIND_PTR: u32 = 2;
+    let id = id.get();
     let mut types = Vec::with_capacity(12 * id as usize);
     let mut push = |name_off: u32, info: u32| {
         for v in [name_off, info, 0] {
@@ -279,12 +284,13 @@ impl<'a> Btf<'a> {
         &rest[..end]
     }
 
-    /// The type id of the typedef named `name` (the lowest, if several).
-    fn typedef_id(&self, name: &str) -> Option<u32> {
+    /// The type id of the typedef named `name` (the lowest, if several; ids
+    /// start at 1).
+    fn typedef_id(&self, name: &str) -> Option<NonZeroU32> {
         self.typedefs
             .iter()
             .filter(|&(_, &off)| self.name(off) == name.as_bytes())
-            .map(|(&id, _)| id)
+            .filter_map(|(&id, _)| NonZeroU32::new(id))
             .min()
     }
 
@@ -415,18 +421,38 @@ mod tests {
         }
         let kernel = Kernel::from_file(path).expect("task_struct offsets");
         let offsets = kernel.offsets;
-        assert!(offsets.sum_exec_runtime > 0 && offsets.sum_exec_runtime.is_multiple_of(8));
-        assert!(offsets.start_time > 0 && offsets.start_time.is_multiple_of(8));
-        assert!(offsets.prev_sum_exec_runtime.is_multiple_of(8));
+        // None of these is a struct's first member; all are 8-byte fields
+        // but the pid.
+        for u64_field in [
+            offsets.sum_exec_runtime,
+            offsets.prev_sum_exec_runtime,
+            offsets.start_time,
+            offsets.cgroups,
+            offsets.dfl_cgrp,
+            offsets.cgroup_kn,
+            offsets.kernfs_id,
+        ] {
+            assert!(u64_field > 0 && u64_field.is_multiple_of(8), "{offsets:?}");
+        }
         assert_ne!(offsets.prev_sum_exec_runtime, offsets.sum_exec_runtime);
         assert!(offsets.pid > 0 && offsets.pid.is_multiple_of(4));
-        for pointer in [offsets.cgroups, offsets.dfl_cgrp, offsets.cgroup_kn] {
-            assert!(pointer.is_multiple_of(8), "{offsets:?}");
-        }
-        assert!(offsets.kernfs_id.is_multiple_of(8));
-        // (That the kernel accepts the id is shown by the privileged tests,
-        // which attach the BTF tracepoint with it.)
-        assert!(kernel.sched_switch_typedef.is_some_and(|id| id > 0));
+        // The attach id is the one aya finds in the whole BTF, and aya finds
+        // it in the stand-in too. (That the kernel accepts it is shown by the
+        // privileged tests, which attach the BTF tracepoint with it.)
+        let id = kernel.sched_switch_typedef.expect("btf_trace_sched_switch");
+        let whole = std::fs::read(path).expect("read BTF");
+        assert_eq!(aya_typedef_id(&whole), id.get());
+        assert_eq!(
+            aya_typedef_id(&typedef_only(TYPEDEF_SCHED_SWITCH, id)),
+            id.get()
+        );
+    }
+
+    fn aya_typedef_id(data: &[u8]) -> u32 {
+        aya::Btf::parse(data, aya::Endianness::default())
+            .expect("aya parses it")
+            .id_by_type_name_kind(TYPEDEF_SCHED_SWITCH, aya_obj::btf::BtfKind::Typedef)
+            .expect("aya finds the typedef")
     }
 
     #[test]
@@ -440,12 +466,15 @@ mod tests {
             ],
         );
         let btf = Btf::parse(&data).expect("parses");
-        assert_eq!(btf.typedef_id("t"), Some(2));
+        assert_eq!(btf.typedef_id("t"), NonZeroU32::new(2));
         assert_eq!(btf.typedef_id("int"), None);
-        let stand_in = typedef_only("t", 7);
-        assert_eq!(
-            Btf::parse(&stand_in).expect("parses").typedef_id("t"),
-            Some(7)
-        );
+        for id in [1, 7] {
+            let id = NonZeroU32::new(id).expect("non-zero");
+            let stand_in = typedef_only("t", id);
+            assert_eq!(
+                Btf::parse(&stand_in).expect("parses").typedef_id("t"),
+                Some(id)
+            );
+        }
     }
 }

@@ -8,14 +8,14 @@
 //! charge instead, at [`TICK_HZ`].
 pub mod btf;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, num::NonZeroU32};
 
 use agent_common::{
     GLOBAL_CGROUP_KN_OFFSET, GLOBAL_CGROUPS_OFFSET, GLOBAL_DFL_CGRP_OFFSET,
     GLOBAL_KERNFS_ID_OFFSET, GLOBAL_LOADED_AT_NS, GLOBAL_PID_OFFSET, GLOBAL_PREV_SUM_EXEC_OFFSET,
     GLOBAL_START_TIME_OFFSET, GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU, MAP_STATS, PROG_FLUSH,
     PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_EMPTY, PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat,
-    TRACEPOINT_SCHED_SWITCH,
+    TRACEPOINT_SCHED_SWITCH, TYPEDEF_SCHED_SWITCH,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -378,19 +378,26 @@ where
 }
 
 /// Attaches the switch program: the BTF tracepoint first, the raw tracepoint
-/// where that fails. Both run the same body at the same kernel hook
-/// (`bpf_trace_run4`), but the BTF tracepoint's arguments are typed, so it
-/// reads `prev` directly where the raw one first calls
-/// `bpf_get_current_task_btf` (a helper call: ~25 ns here).
-fn attach_switch(ebpf: &mut Ebpf, typedef: Option<u32>, force_raw: bool) -> Result<SwitchHook> {
+/// (attached by name) where that fails. Both run the same body at the same
+/// kernel hook (`bpf_trace_run4`), but the BTF tracepoint's arguments are
+/// typed, so it reads `prev` directly where the raw one first calls
+/// `bpf_get_current_task_btf` (a helper call: ~25 ns here). Both need the
+/// kernel features the other does (BTF, task storage); the fallback covers a
+/// BTF tracepoint that will not attach by the id our reader found.
+fn attach_switch(
+    ebpf: &mut Ebpf,
+    typedef: Option<NonZeroU32>,
+    force_raw: bool,
+) -> Result<SwitchHook> {
     let btf_err = if force_raw {
         "not tried (raw tracepoint forced)".to_string()
     } else {
         match attach_btf(ebpf, typedef) {
             Ok(()) => return Ok(SwitchHook::BtfTracepoint),
             Err(e) => {
+                let e = brief(&e);
                 warn!(error = %e, "BTF tracepoint unavailable; using the raw tracepoint");
-                e.to_string()
+                e
             }
         }
     };
@@ -407,23 +414,45 @@ fn attach_switch(ebpf: &mut Ebpf, typedef: Option<u32>, force_raw: bool) -> Resu
     }
 }
 
-fn attach_btf(
-    ebpf: &mut Ebpf,
-    typedef: Option<u32>,
-) -> std::result::Result<(), aya::programs::ProgramError> {
-    let name = format!("btf_trace_{TRACEPOINT_SCHED_SWITCH}");
+fn attach_btf(ebpf: &mut Ebpf, typedef: Option<NonZeroU32>) -> Result<()> {
+    let err = |source| Error::Program {
+        name: PROG_SCHED_SWITCH,
+        source,
+    };
     let id = typedef.ok_or_else(|| {
-        aya::programs::ProgramError::Btf(aya::BtfError::UnknownBtfTypeName {
-            type_name: name.clone(),
-        })
+        err(aya::programs::ProgramError::Btf(
+            aya::BtfError::UnknownBtfTypeName {
+                type_name: TYPEDEF_SCHED_SWITCH.into(),
+            },
+        ))
     })?;
     // aya looks the typedef up by name for its id; a stand-in with just that
     // typedef at that id spares it parsing the kernel's whole BTF.
-    let btf = aya::Btf::parse(&btf::typedef_only(&name, id), aya::Endianness::default())
-        .map_err(aya::programs::ProgramError::Btf)?;
-    let prog: &mut BtfTracePoint = program(ebpf, PROG_SCHED_SWITCH)
-        .map_err(|_| aya::programs::ProgramError::UnexpectedProgramType)?;
-    prog.load(TRACEPOINT_SCHED_SWITCH, &btf)?;
-    prog.attach()?;
+    let btf = aya::Btf::parse(
+        &btf::typedef_only(TYPEDEF_SCHED_SWITCH, id),
+        aya::Endianness::default(),
+    )
+    .map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
+    let prog: &mut BtfTracePoint = program(ebpf, PROG_SCHED_SWITCH)?;
+    prog.load(TRACEPOINT_SCHED_SWITCH, &btf).map_err(err)?;
+    prog.attach().map_err(err)?;
     Ok(())
+}
+
+/// An error without the verifier's log (thousands of lines, logged at debug).
+fn brief(e: &Error) -> String {
+    match e {
+        Error::Program {
+            name,
+            source:
+                aya::programs::ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                },
+        } => {
+            debug!(program = name, %verifier_log, "verifier log");
+            format!("program {name}: loading failed: {io_error}")
+        }
+        other => other.to_string(),
+    }
 }
