@@ -42,19 +42,60 @@ fn read_byte(fd: &OwnedFd) -> bool {
 }
 
 /// Two threads pinned to one CPU bounce a byte through two pipes `ops` times:
-/// every op is two context switches. Returns ns per op.
-fn ping_pong(cpu: usize, ops: u64) -> Result<f64> {
+/// every op is two context switches. Returns ns per op. With `split`, the
+/// other end is a child process in another cgroup, so every switch charges a
+/// different cgroup than the one before.
+fn ping_pong(cpu: usize, ops: u64, split: Option<&SplitCgroups>) -> Result<f64> {
     let (a_read, b_write) = pipe()?;
     let (b_read, a_write) = pipe()?;
-    let peer = std::thread::spawn(move || -> Result<()> {
-        pin(cpu)?;
+    let peer = move || {
         for _ in 0..ops {
             if !read_byte(&a_read) || !write_byte(&a_write) {
-                bail!("peer pipe closed");
+                return false;
             }
         }
-        Ok(())
-    });
+        true
+    };
+    let join: Box<dyn FnOnce() -> Result<()>> = match split {
+        None => {
+            let thread = std::thread::spawn(move || -> Result<()> {
+                pin(cpu)?;
+                if !peer() {
+                    bail!("peer pipe closed");
+                }
+                Ok(())
+            });
+            Box::new(move || {
+                thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("peer panicked"))?
+            })
+        }
+        Some(split) => {
+            // SAFETY: the child only makes system calls (no allocation, no
+            // locks) and leaves with _exit.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                let ok = pin(cpu).is_ok() && peer();
+                // SAFETY: ends the child without running the parent's exit handlers.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            if child < 0 {
+                bail!("fork: {}", std::io::Error::last_os_error());
+            }
+            // Blocked on its first read until we are both placed.
+            split.place(child as u32, std::process::id())?;
+            Box::new(move || {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                    bail!("peer process failed: status {status}");
+                }
+                Ok(())
+            })
+        }
+    };
     pin(cpu)?;
     let start = Instant::now();
     for _ in 0..ops {
@@ -63,9 +104,64 @@ fn ping_pong(cpu: usize, ops: u64) -> Result<f64> {
         }
     }
     let took = start.elapsed();
-    peer.join()
-        .map_err(|_| anyhow::anyhow!("peer panicked"))??;
+    join()?;
+    if let Some(split) = split {
+        split.go_home()?;
+    }
     Ok(took.as_nanos() as f64 / ops as f64)
+}
+
+/// Two sibling cgroup v2 directories for the two ends of a ping-pong, removed
+/// on drop (after this process is back in its own cgroup).
+struct SplitCgroups {
+    ends: [std::path::PathBuf; 2],
+    home: std::path::PathBuf,
+}
+
+impl SplitCgroups {
+    fn new() -> Result<Self> {
+        let v2 = agent::cgroup::Hierarchy::detect(std::path::Path::new("/sys/fs/cgroup"))?
+            .v2
+            .context("no cgroup v2 hierarchy")?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .context("not in a cgroup v2 cgroup")?;
+        let home = v2.join(rel.trim_start_matches('/'));
+        let ends =
+            ["a", "b"].map(|end| v2.join(format!("nodepulse-bench-{}-{end}", std::process::id())));
+        for dir in &ends {
+            std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(Self { ends, home })
+    }
+
+    fn place(&self, peer: u32, me: u32) -> Result<()> {
+        for (dir, pid) in self.ends.iter().zip([me, peer]) {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .with_context(|| format!("moving {pid} into {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    fn go_home(&self) -> Result<()> {
+        std::fs::write(
+            self.home.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .with_context(|| format!("moving back into {}", self.home.display()))
+    }
+}
+
+impl Drop for SplitCgroups {
+    fn drop(&mut self) {
+        for dir in &self.ends {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("removing {}: {e}", dir.display());
+            }
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -88,16 +184,21 @@ enum Attached {
     Ours,
 }
 
-fn ping_pong_with(attached: Attached, cpu: usize, ops: u64) -> Result<f64> {
+fn ping_pong_with(
+    attached: Attached,
+    cpu: usize,
+    ops: u64,
+    split: Option<&SplitCgroups>,
+) -> Result<f64> {
     match attached {
-        Attached::Nothing => ping_pong(cpu, ops),
+        Attached::Nothing => ping_pong(cpu, ops, split),
         Attached::Empty => {
             let _empty = agent::ebpf::attach_empty_switch_program().context("loading eBPF")?;
-            ping_pong(cpu, ops)
+            ping_pong(cpu, ops, split)
         }
         Attached::Ours => {
             let _ours = CpuAccounting::load(&Options::default()).context("loading eBPF")?;
-            ping_pong(cpu, ops)
+            ping_pong(cpu, ops, split)
         }
     }
 }
@@ -105,13 +206,17 @@ fn ping_pong_with(attached: Attached, cpu: usize, ops: u64) -> Result<f64> {
 /// Cost per context switch of the sched_switch program: pinned ping-pong
 /// with nothing, an empty program and ours attached, in rotating order each
 /// round; medians, and medians of each round's own differences (which cancel
-/// the machine's slower and faster spells).
+/// the machine's slower and faster spells). With `cross_cgroup` the two ends
+/// are processes in two cgroups: every switch charges another cgroup than
+/// the one before (the program's costlier path).
 #[allow(clippy::print_stdout)]
-pub fn switch_cost(rounds: usize, ops: u64) -> Result<()> {
+pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool) -> Result<()> {
     use Attached::{Empty, Nothing, Ours};
     let cpu = 0;
+    let split = cross_cgroup.then(SplitCgroups::new).transpose()?;
+    let split = split.as_ref();
     // Warm up caches and frequency.
-    ping_pong(cpu, ops / 4)?;
+    ping_pong(cpu, ops / 4, split)?;
     let orders = [
         [Nothing, Empty, Ours],
         [Ours, Nothing, Empty],
@@ -121,7 +226,7 @@ pub fn switch_cost(rounds: usize, ops: u64) -> Result<()> {
     for round in 0..rounds {
         let mut this = [0.0; 3];
         for attached in orders[round % orders.len()] {
-            this[attached as usize] = ping_pong_with(attached, cpu, ops)?;
+            this[attached as usize] = ping_pong_with(attached, cpu, ops, split)?;
         }
         eprintln!(
             "round {}: {:.1} ns/op without, {:.1} with an empty program, {:.1} with ours",
@@ -143,9 +248,14 @@ pub fn switch_cost(rounds: usize, ops: u64) -> Result<()> {
         median(empty.clone()),
         median(ours.clone()),
     );
-    let runs = program_run_time(cpu, ops)?;
+    let runs = program_run_time(cpu, ops, split)?;
+    let ends = if cross_cgroup {
+        "two processes in two cgroups"
+    } else {
+        "two threads, one cgroup"
+    };
     println!(
-        "| ping-pong, CPU {cpu}, {ops} ops x {rounds} rounds | nothing | empty program | ours |"
+        "| ping-pong, CPU {cpu}, {ends}, {ops} ops x {rounds} rounds | nothing | empty program | ours |"
     );
     println!("|---|---|---|---|");
     println!("| median ns per op (2 switches) | {m0:.1} | {me:.1} | {mo:.1} |");
@@ -181,12 +291,16 @@ pub fn switch_cost(rounds: usize, ops: u64) -> Result<()> {
 /// tracepoint's dispatch. Any other agent's switch program loaded at the time
 /// (say, an older build running beside this one) is measured over the same
 /// switches and listed too.
-fn program_run_time(cpu: usize, ops: u64) -> Result<Vec<(String, u64, f64)>> {
+fn program_run_time(
+    cpu: usize,
+    ops: u64,
+    split: Option<&SplitCgroups>,
+) -> Result<Vec<(String, u64, f64)>> {
     let programs = CpuAccounting::load(&Options::default()).context("loading eBPF")?;
     let empty = agent::ebpf::attach_empty_switch_program().context("loading eBPF")?;
     let stats = agent::ebpf::run_time_stats().context("enabling run-time statistics")?;
     let before = agent::ebpf::switch_program_runs();
-    ping_pong(cpu, ops)?;
+    ping_pong(cpu, ops, split)?;
     let after = agent::ebpf::switch_program_runs();
     drop(stats);
     drop(empty);

@@ -22,12 +22,17 @@ struct Args {
 #[derive(Subcommand)]
 enum Bench {
     /// Cost per context switch of the sched_switch program (pinned pipe
-    /// ping-pong without and with it, interleaved rounds). Needs root.
+    /// ping-pong with nothing, an empty program and ours, rotating rounds).
+    /// Needs root.
     Switch {
-        #[arg(long, default_value_t = 9)]
+        #[arg(long, default_value_t = 21)]
         rounds: usize,
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 60_000)]
         ops: u64,
+        /// The two ends in two cgroups (every switch charges a different
+        /// cgroup than the one before) instead of two threads in one.
+        #[arg(long)]
+        cross_cgroup: bool,
     },
     /// Agent CPU and peak RSS tracking N pods at 1 s: eBPF against cgroupfs,
     /// measured in the same run. Needs root.
@@ -72,7 +77,11 @@ fn main() -> Result<()> {
         }),
         Cmd::Lint => lint(),
         Cmd::Demo { seconds } => demo::run(seconds),
-        Cmd::Bench(Bench::Switch { rounds, ops }) => bench::switch_cost(rounds, ops),
+        Cmd::Bench(Bench::Switch {
+            rounds,
+            ops,
+            cross_cgroup,
+        }) => bench::switch_cost(rounds, ops, cross_cgroup),
         Cmd::Bench(Bench::Agent { pods, seconds }) => {
             bench::agent_cost(&workspace_root(), pods, seconds)
         }
