@@ -17,10 +17,10 @@
 //!
 //! The cost that matters is per switch. The BTF tracepoint reads `prev`'s
 //! thread id, run time and cgroup id (`prev->cgroups->dfl_cgrp->kn->id`) with
-//! plain loads through its typed argument, and in the common case (the same
-//! cgroup as this CPU's previous charge) makes one helper call: the
-//! task-storage lookup. A charge to another cgroup adds a per-CPU hash lookup;
-//! a thread's first charge a second storage call (and a clock read if it is
+//! plain loads through its typed argument, and in the common case makes one
+//! helper call: the task-storage lookup (charges gather in a per-CPU cache of
+//! cgroup slots; a cgroup finding its slot taken adds a hash lookup, a
+//! thread's first charge a second storage call, and a clock read if it is
 //! older than the programs). The raw tracepoint (the fallback, attached by
 //! name) gets the same typed pointer from `bpf_get_current_task_btf` (`prev`
 //! is still `current` there): one call more.
@@ -29,7 +29,7 @@
 #![no_std]
 #![no_main]
 
-use agent_common::{CGROUP_CPU_MAX_ENTRIES, Stat};
+use agent_common::{CGROUP_CPU_MAX_ENTRIES, PENDING_SLOTS, Stat};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST, bpf_map_type},
     helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_storage_get},
@@ -62,6 +62,8 @@ static CGROUP_KN_OFFSET: u64 = 0;
 static KERNFS_ID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static LOADED_AT_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static PENDING_SLOTS_USED: u64 = PENDING_SLOTS as u64;
 
 #[map(name = "CGROUP_CPU")]
 static CGROUP_CPU: PerCpuHashMap<u64, u64> =
@@ -129,11 +131,12 @@ static THREADS: TaskStorage<u64> = TaskStorage::new();
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
 /// Run time charged on this CPU to one cgroup and not yet added to
-/// [`CGROUP_CPU`]: consecutive charges to the same cgroup (a thread and the
-/// ones it wakes, a container's workers) accumulate here, in the CPU's own
-/// slot, instead of costing a hash lookup each. Moved into the map when a
-/// charge to another cgroup comes, and by [`flush_cpu`] / [`tick`] (so a read
-/// right after a flush misses nothing).
+/// [`CGROUP_CPU`]. [`PENDING`] is a direct-mapped cache of these in the CPU's
+/// own slots: a charge to a cgroup whose slot it holds adds there, with no
+/// hash lookup (a helper call, and cache misses on the bucket); a charge to a
+/// cgroup that maps to a slot another cgroup holds moves that one into the
+/// map first. Every slot is moved into the map by [`flush_cpu`] / [`tick`],
+/// so a read right after a flush misses nothing.
 #[repr(C)]
 struct Pending {
     cgroup: u64,
@@ -141,7 +144,16 @@ struct Pending {
 }
 
 #[map(name = "PENDING")]
-static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(PENDING_SLOTS, 0);
+
+/// The slot of `cgroup` (cgroup ids are inode numbers, handed out in order:
+/// a multiplicative hash spreads neighbours).
+#[inline(always)]
+fn pending_slot(cgroup: u64) -> u32 {
+    // Both powers of two: a mask, in range whatever the global holds.
+    let mask = global(&PENDING_SLOTS_USED).wrapping_sub(1) & u64::from(PENDING_SLOTS - 1);
+    ((cgroup.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) & mask) as u32
+}
 
 #[inline(always)]
 fn global(g: &u64) -> u64 {
@@ -252,7 +264,7 @@ fn charge(task: Typed) {
 
 #[inline(always)]
 fn add_to_cgroup(cgroup: u64, delta: u64) {
-    let Some(pending) = PENDING.get_ptr_mut(0) else {
+    let Some(pending) = PENDING.get_ptr_mut(pending_slot(cgroup)) else {
         add_to_map(cgroup, delta);
         return;
     };
@@ -273,18 +285,20 @@ fn add_to_cgroup(cgroup: u64, delta: u64) {
     }
 }
 
-/// Moves this CPU's pending charge into [`CGROUP_CPU`].
+/// Moves this CPU's pending charges into [`CGROUP_CPU`].
 #[inline(always)]
 fn flush_pending() {
-    let Some(pending) = PENDING.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot; programs on one CPU do not interleave (see `bump`).
-    let (cgroup, ns) = unsafe { ((*pending).cgroup, (*pending).ns) };
-    if ns != 0 {
-        // SAFETY: as above.
-        unsafe { (*pending).ns = 0 };
-        add_to_map(cgroup, ns);
+    for slot in 0..PENDING_SLOTS {
+        let Some(pending) = PENDING.get_ptr_mut(slot) else {
+            return;
+        };
+        // SAFETY: this CPU's slot; programs on one CPU do not interleave (see `bump`).
+        let (cgroup, ns) = unsafe { ((*pending).cgroup, (*pending).ns) };
+        if ns != 0 {
+            // SAFETY: as above.
+            unsafe { (*pending).ns = 0 };
+            add_to_map(cgroup, ns);
+        }
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Options {
     pub force_tick: bool,
     /// Charge at switches from the raw tracepoint even where the BTF one attaches.
     pub force_raw_tracepoint: bool,
+    /// Slots per CPU of the kernel side's cache of pending charges (see
+    /// [`ebpf::Options::pending_slots`]; fewer than the default only in tests).
+    pub pending_slots: u32,
     /// The node's own cgroup, relative to the hierarchy root: `/` for a whole
     /// host; a subtree where the node is nested in a larger hierarchy (a
     /// kubelet `--cgroup-root`, a simulated node). Pods are looked for below
@@ -93,6 +96,7 @@ impl Default for Options {
             cpu_source: CpuSourceChoice::Auto,
             force_tick: false,
             force_raw_tracepoint: false,
+            pending_slots: agent_common::PENDING_SLOTS,
             node_cgroup: "/".into(),
             memory_stat_max_age: cgroup::files::STAT_MAX_AGE,
         }
@@ -241,6 +245,7 @@ impl Collector {
                         btf_path: this.opts.btf_path.clone(),
                         force_tick: this.opts.force_tick,
                         force_raw_tracepoint: this.opts.force_raw_tracepoint,
+                        pending_slots: this.opts.pending_slots,
                     };
                     match CpuAccounting::load(&ebpf_opts) {
                         Ok(acc) => {

@@ -175,6 +175,7 @@ fn main() -> Result<()> {
         cpu_source: args.cpu_source,
         force_tick: false,
         force_raw_tracepoint: false,
+        pending_slots: agent_common::PENDING_SLOTS,
         node_cgroup: args.node_cgroup,
         memory_stat_max_age: args.memory_stat_max_age,
     };

@@ -36,6 +36,13 @@ fn collector_with(source: CpuSourceChoice, force_tick: bool, raw_tracepoint: boo
         cpu_source: source,
         force_tick,
         force_raw_tracepoint: raw_tracepoint,
+        // With the raw tracepoint, one pending slot per CPU too: every charge
+        // to another cgroup than the CPU's last moves that one to the map.
+        pending_slots: if raw_tracepoint {
+            1
+        } else {
+            Options::default().pending_slots
+        },
         ..Options::default()
     })
     .expect("collector");
@@ -105,8 +112,9 @@ fn cpu_per_container_and_pod_matches_the_kernels_cpu_stat() {
     cpu_matches_the_kernels_cpu_stat(false);
 }
 
-/// The same through the raw tracepoint, the switch hook where BTF tracepoints
-/// cannot attach.
+/// The same through the raw tracepoint (the switch hook where the BTF one
+/// will not attach), with one pending-charge slot per CPU (the kernel side's
+/// eviction path on every change of cgroup).
 #[test]
 fn cpu_charged_through_the_raw_tracepoint_matches_the_kernels_cpu_stat() {
     cpu_matches_the_kernels_cpu_stat(true);

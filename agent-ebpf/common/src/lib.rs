@@ -37,6 +37,20 @@ pub const MAP_THREADS: &str = "THREADS";
 /// `PerCpuArray<u64>` indexed by [`Stat`].
 pub const MAP_STATS: &str = "STATS";
 
+/// Slots per CPU of the kernel side's direct-mapped cache of pending charges:
+/// room for the cgroups one CPU charges between two reads (1 KiB per CPU; a
+/// cgroup finding its slot taken costs the hash lookup the cache saves).
+/// Every flush walks all of them, and the verifier walks that loop at load:
+/// here 256 slots cost ~100 ms more start-up CPU, 64 ~20 ms.
+pub const PENDING_SLOTS: u32 = 64;
+const _: () = assert!(
+    PENDING_SLOTS.is_power_of_two(),
+    "slots are picked by a mask"
+);
+/// Global: how many of the [`PENDING_SLOTS`] are used (a power of two, 1 to
+/// all; fewer only in tests, to make cgroups share slots).
+pub const GLOBAL_PENDING_SLOTS_USED: &str = "PENDING_SLOTS_USED";
+
 /// Default capacity of [`MAP_CGROUP_CPU`]; the loader may raise it.
 pub const CGROUP_CPU_MAX_ENTRIES: u32 = 16_384;
 

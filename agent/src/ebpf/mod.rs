@@ -12,10 +12,10 @@ use std::{collections::HashMap, num::NonZeroU32};
 
 use agent_common::{
     GLOBAL_CGROUP_KN_OFFSET, GLOBAL_CGROUPS_OFFSET, GLOBAL_DFL_CGRP_OFFSET,
-    GLOBAL_KERNFS_ID_OFFSET, GLOBAL_LOADED_AT_NS, GLOBAL_PID_OFFSET, GLOBAL_PREV_SUM_EXEC_OFFSET,
-    GLOBAL_START_TIME_OFFSET, GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU, MAP_STATS, PROG_FLUSH,
-    PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_EMPTY, PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat,
-    TRACEPOINT_SCHED_SWITCH, TYPEDEF_SCHED_SWITCH,
+    GLOBAL_KERNFS_ID_OFFSET, GLOBAL_LOADED_AT_NS, GLOBAL_PENDING_SLOTS_USED, GLOBAL_PID_OFFSET,
+    GLOBAL_PREV_SUM_EXEC_OFFSET, GLOBAL_START_TIME_OFFSET, GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU,
+    MAP_STATS, PENDING_SLOTS, PROG_FLUSH, PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_EMPTY,
+    PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat, TRACEPOINT_SCHED_SWITCH, TYPEDEF_SCHED_SWITCH,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -95,6 +95,10 @@ pub struct Options {
     pub force_tick: bool,
     /// Attach the raw tracepoint even where the BTF one attaches (tests).
     pub force_raw_tracepoint: bool,
+    /// Slots per CPU of the kernel side's cache of pending charges, 1 to
+    /// [`PENDING_SLOTS`], rounded up to a power of two (fewer only in tests,
+    /// to make cgroups share slots).
+    pub pending_slots: u32,
 }
 
 impl Default for Options {
@@ -103,6 +107,7 @@ impl Default for Options {
             btf_path: "/sys/kernel/btf/vmlinux".into(),
             force_tick: false,
             force_raw_tracepoint: false,
+            pending_slots: PENDING_SLOTS,
         }
     }
 }
@@ -146,6 +151,9 @@ impl CpuAccounting {
         let offsets = kernel.offsets;
         debug!(?kernel, "offsets and attach id from BTF");
         let loaded_at = monotonic_ns();
+        // A power of two (the program masks with it), 1 to all.
+        let pending_slots =
+            u64::from(opts.pending_slots.clamp(1, PENDING_SLOTS)).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
             // The per-thread state is task-local storage, which aya creates
             // but does not wrap (userspace never touches it).
@@ -163,6 +171,7 @@ impl CpuAccounting {
             .override_global(GLOBAL_CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)
             .override_global(GLOBAL_KERNFS_ID_OFFSET, &offsets.kernfs_id, true)
             .override_global(GLOBAL_LOADED_AT_NS, &loaded_at, true)
+            .override_global(GLOBAL_PENDING_SLOTS_USED, &pending_slots, true)
             .load(OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
