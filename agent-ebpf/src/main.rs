@@ -18,18 +18,18 @@
 //! The cost that matters is per switch. The BTF tracepoint reads `prev`'s
 //! thread id, run time and cgroup id (`prev->cgroups->dfl_cgrp->kn->id`) with
 //! plain loads through its typed argument, and in the common case makes one
-//! helper call: the task-storage lookup (charges gather in a per-CPU cache of
-//! cgroup slots; a cgroup finding its slot taken adds a hash lookup, a
-//! thread's first charge a second storage call, and a clock read if it is
-//! older than the programs). The raw tracepoint (the fallback, attached by
+//! helper call: the task-storage lookup, which creates a thread's value the
+//! first time (charges gather in a per-CPU cache of cgroup slots; a cgroup
+//! finding its slot taken adds a hash lookup, a thread's first charge a clock
+//! read if it is older than the programs). The raw tracepoint (the fallback, attached by
 //! name) gets the same typed pointer from `bpf_get_current_task_btf` (`prev`
 //! is still `current` there): one call more.
 //! There is no CO-RE for Rust programs: struct offsets come from the kernel's
-//! BTF in userspace and arrive as read-only globals.
+//! BTF in userspace and arrive as one read-only global.
 #![no_std]
 #![no_main]
 
-use agent_common::{CGROUP_CPU_MAX_ENTRIES, PENDING_SLOTS, Stat};
+use agent_common::{CGROUP_CPU_MAX_ENTRIES, PENDING_SLOTS, Stat, TaskOffsets};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST, bpf_map_type},
     helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_storage_get},
@@ -41,25 +41,8 @@ use aya_log_ebpf::error;
 
 // Globals, named as `agent_common::GLOBAL_*` (identifiers cannot come from a
 // constant); the loader fails when one is missing, so a rename cannot go unnoticed.
-// Offsets are in bytes: `task_struct.pid`, `.se.sum_exec_runtime`,
-// `.se.prev_sum_exec_runtime`, `.start_time`, `.cgroups`; `css_set.dfl_cgrp`;
-// `cgroup.kn`; `kernfs_node.id`.
 #[unsafe(no_mangle)]
-static PID_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static SUM_EXEC_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static PREV_SUM_EXEC_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static START_TIME_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static CGROUPS_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static DFL_CGRP_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static CGROUP_KN_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static KERNFS_ID_OFFSET: u64 = 0;
+static TASK_OFFSETS: TaskOffsets = TaskOffsets::UNSET;
 #[unsafe(no_mangle)]
 static LOADED_AT_NS: u64 = 0;
 #[unsafe(no_mangle)]
@@ -97,27 +80,19 @@ impl<T> TaskStorage<T> {
         }
     }
 
-    /// The value of `task`, created as `init` when it has none (`init`
-    /// `None`: not created). Null when absent, or when the kernel declines
-    /// (out of memory, or a recursive use of task storage on this CPU).
+    /// The value of `task`, created as a copy of `init` when it has none.
+    /// Null when the kernel declines (out of memory, or a recursive use of
+    /// task storage on this CPU). One call, found or created.
     #[inline(always)]
-    fn get(&self, task: Typed, init: Option<&mut T>) -> *mut T {
-        let (value, flags) = match init {
-            Some(v) => (
-                core::ptr::from_mut(v).cast(),
-                u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE),
-            ),
-            None => (core::ptr::null_mut(), 0),
-        };
+    fn get_or_create(&self, task: Typed, init: &mut T) -> *mut T {
         // SAFETY: `task` is a BTF-typed task pointer (what the verifier
-        // requires here); `value` is null or a live stack value the helper
-        // copies.
+        // requires here); `init` is a live stack value the helper copies.
         unsafe {
             bpf_task_storage_get(
                 core::ptr::from_ref(self).cast_mut().cast(),
                 task.0.cast_mut().cast(),
-                value,
-                flags,
+                core::ptr::from_mut(init).cast(),
+                u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE),
             )
         }
         .cast()
@@ -200,58 +175,65 @@ impl Typed {
     #[inline(always)]
     fn cgroup_id(self) -> Option<u64> {
         Some(
-            self.follow(global(&CGROUPS_OFFSET))?
-                .follow(global(&DFL_CGRP_OFFSET))?
-                .follow(global(&CGROUP_KN_OFFSET))?
-                .read::<u64>(global(&KERNFS_ID_OFFSET)),
+            self.follow(global(&TASK_OFFSETS.cgroups))?
+                .follow(global(&TASK_OFFSETS.dfl_cgrp))?
+                .follow(global(&TASK_OFFSETS.cgroup_kn))?
+                .read::<u64>(global(&TASK_OFFSETS.kernfs_id)),
         )
     }
+}
+
+/// A thread's value before its first charge: no run-time counter gets there.
+const UNSEEN: u64 = u64::MAX;
+
+/// What to charge a thread seen for the first time, whose run-time counter
+/// reads `now`.
+#[inline(always)]
+fn first_charge(task: Typed, now: u64) -> u64 {
+    let loaded_at = global(&LOADED_AT_NS);
+    if task.read::<u64>(global(&TASK_OFFSETS.start_time)) >= loaded_at {
+        // Started after we loaded: all of its run time is ours to charge.
+        return now;
+    }
+    // Started before: the run that is ending (or being flushed) now, which
+    // began when the scheduler last picked it and set
+    // `se.prev_sum_exec_runtime`, capped at the time since we loaded (a run
+    // that began before the load; a task of another class whose field is
+    // stale). Everything after is charged exactly.
+    let picked_at = task.read::<u64>(global(&TASK_OFFSETS.prev_sum_exec_runtime));
+    // SAFETY: helper without arguments.
+    let since_load = unsafe { bpf_ktime_get_ns() }.saturating_sub(loaded_at);
+    now.saturating_sub(picked_at).min(since_load)
 }
 
 /// Charges `task`, the thread running on this CPU, for the run time it
 /// accrued since it was last charged.
 #[inline(always)]
 fn charge(task: Typed) {
-    if task.read::<u32>(global(&PID_OFFSET)) == 0 {
+    if task.read::<u32>(global(&TASK_OFFSETS.pid)) == 0 {
         // The per-CPU idle tasks: not charged to any cgroup.
         return;
     }
-    let now = task.read::<u64>(global(&SUM_EXEC_OFFSET));
-    let last = THREADS.get(task, None);
-    let delta = if last.is_null() {
-        let mut first = now;
-        if THREADS.get(task, Some(&mut first)).is_null() {
-            // Without a value the next switch would charge the thread's whole
-            // run time again.
-            bump(Stat::ThreadMapFull);
-            return;
-        }
-        let loaded_at = global(&LOADED_AT_NS);
-        if task.read::<u64>(global(&START_TIME_OFFSET)) >= loaded_at {
-            // Started after we loaded: all of its run time is ours to charge.
-            now
-        } else {
-            // Started before: the run that is ending (or being flushed) now,
-            // which began when the scheduler last picked it and set
-            // `se.prev_sum_exec_runtime`, capped at the time since we loaded
-            // (a run that began before the load; a task of another class
-            // whose field is stale). Everything after is charged exactly.
-            let picked_at = task.read::<u64>(global(&PREV_SUM_EXEC_OFFSET));
-            // SAFETY: helper without arguments.
-            let since_load = unsafe { bpf_ktime_get_ns() }.saturating_sub(loaded_at);
-            now.saturating_sub(picked_at).min(since_load)
-        }
+    let now = task.read::<u64>(global(&TASK_OFFSETS.sum_exec_runtime));
+    let mut unseen = UNSEEN;
+    let last = THREADS.get_or_create(task, &mut unseen);
+    if last.is_null() {
+        // Nothing charged now: the thread counts as first seen when its
+        // value can be created.
+        bump(Stat::ThreadMapFull);
+        return;
+    }
+    // SAFETY: this task's own value; the task runs on this CPU only now.
+    let before = unsafe { *last };
+    // SAFETY: as above; updated in place.
+    unsafe { *last = now };
+    let delta = if before == UNSEEN {
+        first_charge(task, now)
+    } else if now < before {
+        bump(Stat::Rebaselined);
+        0
     } else {
-        // SAFETY: this task's own value; the task runs on this CPU only now.
-        let before = unsafe { *last };
-        // SAFETY: as above; updated in place.
-        unsafe { *last = now };
-        if now < before {
-            bump(Stat::Rebaselined);
-            0
-        } else {
-            now - before
-        }
+        now - before
     };
     if delta == 0 {
         return;
@@ -302,24 +284,36 @@ fn flush_pending() {
     }
 }
 
-#[inline(always)]
-fn add_to_map(cgroup: u64, delta: u64) {
+/// Adds `delta` to this CPU's total of `cgroup` in [`CGROUP_CPU`]; 1 when
+/// the map is full and the time is lost (counted), else 0. A global function
+/// (which must return a scalar): the verifier checks it once, not at each of
+/// its calls, which the flush's walk of the pending slots made ~35 ms of
+/// start-up CPU here.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn add_to_map(cgroup: u64, delta: u64) -> u32 {
     if let Some(total) = CGROUP_CPU.get_ptr_mut(&cgroup) {
         // SAFETY: this CPU's slot of a per-CPU value.
         unsafe { *total += delta };
-        return;
+        return 0;
     }
     if CGROUP_CPU
         .insert(&cgroup, &delta, BPF_NOEXIST as u64)
         .is_ok()
     {
-        return;
+        return 0;
     }
     // Lost a race with our own insert on another CPU, or the map is full.
     match CGROUP_CPU.get_ptr_mut(&cgroup) {
-        // SAFETY: as above.
-        Some(total) => unsafe { *total += delta },
-        None => bump(Stat::CgroupMapFull),
+        Some(total) => {
+            // SAFETY: as above.
+            unsafe { *total += delta };
+            0
+        }
+        None => {
+            bump(Stat::CgroupMapFull);
+            1
+        }
     }
 }
 
@@ -369,7 +363,7 @@ fn charge_current() -> u32 {
 /// Run by userspace with BPF_PROG_TEST_RUN pinned to each CPU before a read.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn flush_cpu(ctx: RawTracePointContext) -> i32 {
-    if global(&SUM_EXEC_OFFSET) == 0 {
+    if global(&TASK_OFFSETS.sum_exec_runtime) == 0 {
         // Not on the hot path: only when the loader failed to set the offsets.
         error!(
             &ctx,

@@ -54,24 +54,55 @@ pub const GLOBAL_PENDING_SLOTS_USED: &str = "PENDING_SLOTS_USED";
 /// Default capacity of [`MAP_CGROUP_CPU`]; the loader may raise it.
 pub const CGROUP_CPU_MAX_ENTRIES: u32 = 16_384;
 
-/// Global: byte offset of `pid` (the thread id) inside `struct task_struct`, from BTF.
-pub const GLOBAL_PID_OFFSET: &str = "PID_OFFSET";
-/// Global: byte offset of `se.sum_exec_runtime` inside `struct task_struct`, from BTF.
-pub const GLOBAL_SUM_EXEC_OFFSET: &str = "SUM_EXEC_OFFSET";
-/// Global: byte offset of `cgroups` (the task's `struct css_set *`) inside `struct task_struct`.
-pub const GLOBAL_CGROUPS_OFFSET: &str = "CGROUPS_OFFSET";
-/// Global: byte offset of `dfl_cgrp` (the cgroup v2 `struct cgroup *`) inside `struct css_set`.
-pub const GLOBAL_DFL_CGRP_OFFSET: &str = "DFL_CGRP_OFFSET";
-/// Global: byte offset of `kn` (`struct kernfs_node *`) inside `struct cgroup`.
-pub const GLOBAL_CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
-/// Global: byte offset of `id` (the cgroup id: the directory's inode number) inside `struct kernfs_node`.
-pub const GLOBAL_KERNFS_ID_OFFSET: &str = "KERNFS_ID_OFFSET";
+/// Global: the [`TaskOffsets`] the programs read with, from the kernel's BTF.
+pub const GLOBAL_TASK_OFFSETS: &str = "TASK_OFFSETS";
 
-/// Global: byte offset of `start_time` (CLOCK_MONOTONIC ns) inside `struct task_struct`.
-pub const GLOBAL_START_TIME_OFFSET: &str = "START_TIME_OFFSET";
-/// Global: byte offset of `se.prev_sum_exec_runtime` (the run-time counter
-/// when the scheduler last picked the task) inside `struct task_struct`.
-pub const GLOBAL_PREV_SUM_EXEC_OFFSET: &str = "PREV_SUM_EXEC_OFFSET";
+/// The struct member offsets (bytes) the kernel programs read: a task's
+/// thread id and run-time counters, and the chain from a task to its cgroup
+/// v2 id (`task->cgroups->dfl_cgrp->kn->id`). Rust eBPF programs get no CO-RE
+/// relocations: the loader reads these from the running kernel's BTF and sets
+/// them as one read-only global ([`GLOBAL_TASK_OFFSETS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.pid` (the thread id).
+    pub pid: u64,
+    /// `task_struct.se.sum_exec_runtime`.
+    pub sum_exec_runtime: u64,
+    /// `task_struct.se.prev_sum_exec_runtime` (the run-time counter when the
+    /// scheduler last picked the task).
+    pub prev_sum_exec_runtime: u64,
+    /// `task_struct.start_time` (CLOCK_MONOTONIC ns).
+    pub start_time: u64,
+    /// `task_struct.cgroups` (the task's `struct css_set *`).
+    pub cgroups: u64,
+    /// `css_set.dfl_cgrp` (the cgroup v2 `struct cgroup *`).
+    pub dfl_cgrp: u64,
+    /// `cgroup.kn` (`struct kernfs_node *`).
+    pub cgroup_kn: u64,
+    /// `kernfs_node.id` (the cgroup id: the directory's inode number).
+    pub kernfs_id: u64,
+}
+
+impl TaskOffsets {
+    /// What the object file carries until the loader sets the global: the
+    /// programs refuse to charge with it.
+    pub const UNSET: Self = Self {
+        pid: 0,
+        sum_exec_runtime: 0,
+        prev_sum_exec_runtime: 0,
+        start_time: 0,
+        cgroups: 0,
+        dfl_cgrp: 0,
+        cgroup_kn: 0,
+        kernfs_id: 0,
+    };
+}
+
+// SAFETY: `#[repr(C)]`, only `u64` fields: no padding, any bytes are a value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TaskOffsets {}
+
 /// Global: CLOCK_MONOTONIC ns when the programs were loaded. A thread first seen
 /// that started after this is charged its whole run time; one that started before
 /// from the run during which it is first seen (at most the time since the load).

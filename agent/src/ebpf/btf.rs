@@ -7,7 +7,7 @@
 //! struct/union members are searched through as the C compiler would.
 use std::{collections::HashMap, num::NonZeroU32, path::Path};
 
-use agent_common::TYPEDEF_SCHED_SWITCH;
+use agent_common::{TYPEDEF_SCHED_SWITCH, TaskOffsets};
 
 /// Errors reading offsets from BTF.
 #[derive(Debug, thiserror::Error)]
@@ -28,29 +28,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The struct member offsets (bytes) the kernel programs read: a task's
-/// thread id and run-time counters, and the chain from a task to its cgroup
-/// v2 id (`task->cgroups->dfl_cgrp->kn->id`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskOffsets {
-    /// `task_struct.pid` (the thread id).
-    pub pid: u64,
-    /// `task_struct.se.sum_exec_runtime`.
-    pub sum_exec_runtime: u64,
-    /// `task_struct.se.prev_sum_exec_runtime`.
-    pub prev_sum_exec_runtime: u64,
-    /// `task_struct.start_time`.
-    pub start_time: u64,
-    /// `task_struct.cgroups`.
-    pub cgroups: u64,
-    /// `css_set.dfl_cgrp`.
-    pub dfl_cgrp: u64,
-    /// `cgroup.kn`.
-    pub cgroup_kn: u64,
-    /// `kernfs_node.id`.
-    pub kernfs_id: u64,
-}
-
 /// What the loader needs from the kernel's BTF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernel {
@@ -69,27 +46,25 @@ impl Kernel {
         })?;
         let btf = Btf::parse(&data)?;
         Ok(Self {
-            offsets: TaskOffsets::from_btf(&btf)?,
+            offsets: task_offsets(&btf)?,
             sched_switch_typedef: btf.typedef_id(TYPEDEF_SCHED_SWITCH),
         })
     }
 }
 
-impl TaskOffsets {
-    fn from_btf(btf: &Btf<'_>) -> Result<Self> {
-        let bytes = |strukt, member| btf.member_offset(strukt, member).map(|m| m.bits / 8);
-        let se = bytes("task_struct", "se")?;
-        Ok(Self {
-            pid: bytes("task_struct", "pid")?,
-            sum_exec_runtime: se + bytes("sched_entity", "sum_exec_runtime")?,
-            prev_sum_exec_runtime: se + bytes("sched_entity", "prev_sum_exec_runtime")?,
-            start_time: bytes("task_struct", "start_time")?,
-            cgroups: bytes("task_struct", "cgroups")?,
-            dfl_cgrp: bytes("css_set", "dfl_cgrp")?,
-            cgroup_kn: bytes("cgroup", "kn")?,
-            kernfs_id: bytes("kernfs_node", "id")?,
-        })
-    }
+fn task_offsets(btf: &Btf<'_>) -> Result<TaskOffsets> {
+    let bytes = |strukt, member| btf.member_offset(strukt, member).map(|m| m.bits / 8);
+    let se = bytes("task_struct", "se")?;
+    Ok(TaskOffsets {
+        pid: bytes("task_struct", "pid")?,
+        sum_exec_runtime: se + bytes("sched_entity", "sum_exec_runtime")?,
+        prev_sum_exec_runtime: se + bytes("sched_entity", "prev_sum_exec_runtime")?,
+        start_time: bytes("task_struct", "start_time")?,
+        cgroups: bytes("task_struct", "cgroups")?,
+        dfl_cgrp: bytes("css_set", "dfl_cgrp")?,
+        cgroup_kn: bytes("cgroup", "kn")?,
+        kernfs_id: bytes("kernfs_node", "id")?,
+    })
 }
 
 /// A BTF blob holding one typedef named `name` with type id `id` (fillers

@@ -10,12 +10,11 @@ pub mod btf;
 
 use std::{collections::HashMap, num::NonZeroU32};
 
+pub use agent_common::TaskOffsets;
 use agent_common::{
-    GLOBAL_CGROUP_KN_OFFSET, GLOBAL_CGROUPS_OFFSET, GLOBAL_DFL_CGRP_OFFSET,
-    GLOBAL_KERNFS_ID_OFFSET, GLOBAL_LOADED_AT_NS, GLOBAL_PENDING_SLOTS_USED, GLOBAL_PID_OFFSET,
-    GLOBAL_PREV_SUM_EXEC_OFFSET, GLOBAL_START_TIME_OFFSET, GLOBAL_SUM_EXEC_OFFSET, MAP_CGROUP_CPU,
-    MAP_STATS, PENDING_SLOTS, PROG_FLUSH, PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_EMPTY,
-    PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat, TRACEPOINT_SCHED_SWITCH, TYPEDEF_SCHED_SWITCH,
+    GLOBAL_LOADED_AT_NS, GLOBAL_PENDING_SLOTS_USED, GLOBAL_TASK_OFFSETS, MAP_CGROUP_CPU, MAP_STATS,
+    PENDING_SLOTS, PROG_FLUSH, PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_EMPTY, PROG_SCHED_SWITCH_RAW,
+    PROG_TICK, Stat, TRACEPOINT_SCHED_SWITCH, TYPEDEF_SCHED_SWITCH,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -28,7 +27,7 @@ use aya::{
 };
 use tracing::{debug, info, warn};
 
-pub use btf::{Kernel, TaskOffsets};
+pub use btf::Kernel;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENT_EBPF_OBJECT"));
@@ -69,10 +68,7 @@ pub enum Error {
     #[error("listing online CPUs ({0}): {1}")]
     Cpus(&'static str, #[source] std::io::Error),
     #[error("attaching sched_switch: BTF tracepoint: {btf}; raw tracepoint: {raw}")]
-    Attach {
-        btf: String,
-        raw: Box<aya::programs::ProgramError>,
-    },
+    Attach { btf: String, raw: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -148,7 +144,6 @@ impl CpuAccounting {
             return Err(Error::NotEmbedded);
         }
         let kernel = Kernel::from_file(&opts.btf_path)?;
-        let offsets = kernel.offsets;
         debug!(?kernel, "offsets and attach id from BTF");
         let loaded_at = monotonic_ns();
         // A power of two (the program masks with it), 1 to all.
@@ -158,22 +153,11 @@ impl CpuAccounting {
             // The per-thread state is task-local storage, which aya creates
             // but does not wrap (userspace never touches it).
             .allow_unsupported_maps()
-            .override_global(GLOBAL_PID_OFFSET, &offsets.pid, true)
-            .override_global(GLOBAL_SUM_EXEC_OFFSET, &offsets.sum_exec_runtime, true)
-            .override_global(
-                GLOBAL_PREV_SUM_EXEC_OFFSET,
-                &offsets.prev_sum_exec_runtime,
-                true,
-            )
-            .override_global(GLOBAL_START_TIME_OFFSET, &offsets.start_time, true)
-            .override_global(GLOBAL_CGROUPS_OFFSET, &offsets.cgroups, true)
-            .override_global(GLOBAL_DFL_CGRP_OFFSET, &offsets.dfl_cgrp, true)
-            .override_global(GLOBAL_CGROUP_KN_OFFSET, &offsets.cgroup_kn, true)
-            .override_global(GLOBAL_KERNFS_ID_OFFSET, &offsets.kernfs_id, true)
+            .override_global(GLOBAL_TASK_OFFSETS, &kernel.offsets, true)
             .override_global(GLOBAL_LOADED_AT_NS, &loaded_at, true)
             .override_global(GLOBAL_PENDING_SLOTS_USED, &pending_slots, true)
             .load(OBJECT)?;
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        let mut logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
                 warn!(error = %e, "eBPF load-time diagnostics unavailable");
@@ -187,78 +171,30 @@ impl CpuAccounting {
             opts.force_raw_tracepoint,
         )?;
         let cpus = online_cpus().map_err(|(what, e)| Error::Cpus(what, e))?;
-        // Load every program before taking maps out of `ebpf`: a program loads
-        // against the map fds the object still holds.
-        for name in [PROG_FLUSH, PROG_TICK] {
-            let loaded = match name {
-                PROG_FLUSH => program::<RawTracePoint>(&mut ebpf, name)?.load(),
-                _ => program::<PerfEvent>(&mut ebpf, name)?.load(),
-            };
-            loaded.map_err(|source| Error::Program { name, source })?;
+        // Settle the flush mode, loading only the program it runs, before
+        // taking maps out of `ebpf`: a program loads against the map fds the
+        // object still holds.
+        let flush = choose_flush(&mut ebpf, &cpus, opts.force_tick)?;
+        if let Some(logger) = &mut logger {
+            logger.flush();
         }
-
         let cgroup_cpu = take(&mut ebpf, MAP_CGROUP_CPU)?;
         let stats = take(&mut ebpf, MAP_STATS)?;
-        let mut this = Self {
+        info!(
+            ?hook,
+            ?flush,
+            cpus = cpus.len(),
+            "eBPF CPU accounting attached"
+        );
+        Ok(Self {
             ebpf,
             cgroup_cpu,
             stats,
             cpus,
-            flush: FlushMode::TestRun,
+            flush,
             hook,
             logger,
-        };
-        this.flush = this.choose_flush(opts.force_tick)?;
-        info!(hook = ?this.hook, flush = ?this.flush, cpus = this.cpus.len(), "eBPF CPU accounting attached");
-        Ok(this)
-    }
-
-    fn choose_flush(&mut self, force_tick: bool) -> Result<FlushMode> {
-        if !force_tick {
-            match self.run_flush() {
-                Ok(()) => return Ok(FlushMode::TestRun),
-                Err(e) => warn!(error = %e, "flush-on-read unavailable; using a per-CPU clock"),
-            }
-        }
-        let tick: &mut PerfEvent = program(&mut self.ebpf, PROG_TICK)?;
-        let err = |source| Error::Program {
-            name: PROG_TICK,
-            source,
-        };
-        for &cpu in &self.cpus {
-            tick.attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(TICK_HZ),
-                false,
-            )
-            .map_err(err)?;
-        }
-        Ok(FlushMode::Tick(TICK_HZ))
-    }
-
-    fn run_flush(&mut self) -> Result<()> {
-        let prog: &RawTracePoint = self
-            .ebpf
-            .program(PROG_FLUSH)
-            .ok_or(Error::MissingProgram(PROG_FLUSH))?
-            .try_into()
-            .map_err(|source| Error::Program {
-                name: PROG_FLUSH,
-                source,
-            })?;
-        for &cpu in &self.cpus {
-            let mut opts = RawTracePointRunOptions::new();
-            opts.cpu = Some(cpu);
-            prog.test_run(opts).map_err(|source| Error::Program {
-                name: PROG_FLUSH,
-                source,
-            })?;
-        }
-        if let Some(logger) = &mut self.logger {
-            logger.flush();
-        }
-        Ok(())
+        })
     }
 
     /// The hook charging at context switches.
@@ -275,7 +211,10 @@ impl CpuAccounting {
     /// this call (in [`FlushMode::TestRun`]) or to the last clock tick.
     pub fn read(&mut self) -> Result<HashMap<u64, u64>> {
         if self.flush == FlushMode::TestRun {
-            self.run_flush()?;
+            run_flush(&self.ebpf, &self.cpus)?;
+            if let Some(logger) = &mut self.logger {
+                logger.flush();
+            }
         }
         let mut out = HashMap::with_capacity(256);
         for entry in self.cgroup_cpu.iter() {
@@ -368,6 +307,63 @@ pub fn attach_empty_switch_program() -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// Flush-on-read where `flush_cpu` loads and test-runs on every CPU (it
+/// charges what runs there, so that run is not wasted); otherwise the per-CPU
+/// clock, loaded and attached only then.
+fn choose_flush(ebpf: &mut Ebpf, cpus: &[u32], force_tick: bool) -> Result<FlushMode> {
+    if !force_tick {
+        let flush = program::<RawTracePoint>(ebpf, PROG_FLUSH)?
+            .load()
+            .map_err(|source| Error::Program {
+                name: PROG_FLUSH,
+                source,
+            })
+            .and_then(|()| run_flush(ebpf, cpus));
+        match flush {
+            Ok(()) => return Ok(FlushMode::TestRun),
+            Err(e) => {
+                debug_verifier_log(&e);
+                warn!(error = %brief(&e), "flush-on-read unavailable; using a per-CPU clock");
+            }
+        }
+    }
+    let err = |source| Error::Program {
+        name: PROG_TICK,
+        source,
+    };
+    let tick: &mut PerfEvent = program(ebpf, PROG_TICK)?;
+    tick.load().map_err(err)?;
+    for &cpu in cpus {
+        tick.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(TICK_HZ),
+            false,
+        )
+        .map_err(err)?;
+    }
+    Ok(FlushMode::Tick(TICK_HZ))
+}
+
+/// Test-runs the loaded `flush_cpu` on each of `cpus`.
+fn run_flush(ebpf: &Ebpf, cpus: &[u32]) -> Result<()> {
+    let err = |source| Error::Program {
+        name: PROG_FLUSH,
+        source,
+    };
+    let prog: &RawTracePoint = ebpf
+        .program(PROG_FLUSH)
+        .ok_or(Error::MissingProgram(PROG_FLUSH))?
+        .try_into()
+        .map_err(err)?;
+    for &cpu in cpus {
+        let mut opts = RawTracePointRunOptions::new();
+        opts.cpu = Some(cpu);
+        prog.test_run(opts).map_err(err)?;
+    }
+    Ok(())
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
@@ -404,6 +400,7 @@ fn attach_switch(
         match attach_btf(ebpf, typedef) {
             Ok(()) => return Ok(SwitchHook::BtfTracepoint),
             Err(e) => {
+                debug_verifier_log(&e);
                 let e = brief(&e);
                 warn!(error = %e, "BTF tracepoint unavailable; using the raw tracepoint");
                 e
@@ -416,10 +413,17 @@ fn attach_switch(
         .and_then(|()| raw.attach(TRACEPOINT_SCHED_SWITCH).map(drop))
     {
         Ok(()) => Ok(SwitchHook::RawTracepoint),
-        Err(raw) => Err(Error::Attach {
-            btf: btf_err,
-            raw: Box::new(raw),
-        }),
+        Err(source) => {
+            let raw = Error::Program {
+                name: PROG_SCHED_SWITCH_RAW,
+                source,
+            };
+            debug_verifier_log(&raw);
+            Err(Error::Attach {
+                btf: btf_err,
+                raw: brief(&raw),
+            })
+        }
     }
 }
 
@@ -448,20 +452,25 @@ fn attach_btf(ebpf: &mut Ebpf, typedef: Option<NonZeroU32>) -> Result<()> {
     Ok(())
 }
 
-/// An error without the verifier's log (thousands of lines, logged at debug).
+/// `e` for a log line, without a failed load's verifier log (thousands of
+/// lines: see [`debug_verifier_log`]).
 fn brief(e: &Error) -> String {
     match e {
         Error::Program {
             name,
-            source:
-                aya::programs::ProgramError::LoadError {
-                    io_error,
-                    verifier_log,
-                },
-        } => {
-            debug!(program = name, %verifier_log, "verifier log");
-            format!("program {name}: loading failed: {io_error}")
-        }
+            source: aya::programs::ProgramError::LoadError { io_error, .. },
+        } => format!("program {name}: loading failed: {io_error} (verifier log at debug)"),
         other => other.to_string(),
+    }
+}
+
+/// Logs the verifier's log of a failed load at debug.
+fn debug_verifier_log(e: &Error) {
+    if let Error::Program {
+        name,
+        source: aya::programs::ProgramError::LoadError { verifier_log, .. },
+    } = e
+    {
+        debug!(program = name, %verifier_log, "verifier log");
     }
 }
