@@ -76,6 +76,9 @@ pub struct Options {
     /// Slots per CPU of the kernel side's cache of pending charges (see
     /// [`ebpf::Options::pending_slots`]; fewer than the default only in tests).
     pub pending_slots: u32,
+    /// How many cgroups the kernel side counts at once (see
+    /// [`ebpf::Options::max_cgroups`]).
+    pub max_cgroups: u32,
     /// The node's own cgroup, relative to the hierarchy root: `/` for a whole
     /// host; a subtree where the node is nested in a larger hierarchy (a
     /// kubelet `--cgroup-root`, a simulated node). Pods are looked for below
@@ -97,6 +100,7 @@ impl Default for Options {
             force_tick: false,
             force_raw_tracepoint: false,
             pending_slots: agent_common::PENDING_SLOTS,
+            max_cgroups: agent_common::CGROUP_CPU_MAX_ENTRIES,
             node_cgroup: "/".into(),
             memory_stat_max_age: cgroup::files::STAT_MAX_AGE,
         }
@@ -246,6 +250,7 @@ impl Collector {
                         force_tick: this.opts.force_tick,
                         force_raw_tracepoint: this.opts.force_raw_tracepoint,
                         pending_slots: this.opts.pending_slots,
+                        max_cgroups: this.opts.max_cgroups,
                     };
                     match CpuAccounting::load(&ebpf_opts) {
                         Ok(acc) => {

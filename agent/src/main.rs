@@ -74,6 +74,19 @@ struct Args {
         global = true
     )]
     memory_stat_max_age: Duration,
+    /// How many cgroups the eBPF accounting counts at once: every live cgroup
+    /// that has run since the agent started (a node's 110 pods make ~400 with
+    /// the host's own). Kernel memory, charged to the agent: 8 bytes ×
+    /// possible CPUs per cgroup. Beyond it CPU time is lost, and the agent
+    /// warns.
+    #[arg(
+        long,
+        env = "NODEPULSE_MAX_CGROUPS",
+        default_value_t = agent_common::CGROUP_CPU_MAX_ENTRIES,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    max_cgroups: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -176,6 +189,7 @@ fn main() -> Result<()> {
         force_tick: false,
         force_raw_tracepoint: false,
         pending_slots: agent_common::PENDING_SLOTS,
+        max_cgroups: args.max_cgroups,
         node_cgroup: args.node_cgroup,
         memory_stat_max_age: args.memory_stat_max_age,
     };

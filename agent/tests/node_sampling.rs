@@ -15,6 +15,7 @@ use agent::{
     collector::{Collector, CpuSource, CpuSourceChoice, Options, Snapshot},
     ebpf::SwitchHook,
 };
+use agent_common::Stat;
 use testkit::{self as support, Burn, CgroupTree, Launcher};
 
 /// The CPU tests measure load: one at a time.
@@ -589,4 +590,44 @@ fn a_thread_older_than_the_agent_is_charged_from_the_load_on() {
         },
         1.0,
     );
+}
+
+#[test]
+fn cgroups_beyond_max_cgroups_are_counted_as_lost_and_sampling_goes_on() {
+    let Some(h) = support::privileged("max_cgroups") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tree = CgroupTree::new(&h, "full");
+    let (pod, cid) = (support::uid(41), support::container_id(41));
+    let path = support::systemd_container(&tree.base.clone(), "burstable", &pod, &cid);
+    let _spin = tree.spawn(
+        &path,
+        &Burn::Spin {
+            threads: 1,
+            cpu: None,
+        },
+        &Launcher::test_binary("burner_entry"),
+    );
+    // Room for one cgroup, and at least two run: the burner's, and this
+    // test's own (with the root's kernel threads, where it is elsewhere).
+    let mut c = Collector::new(Options {
+        cpu_source: CpuSourceChoice::Ebpf,
+        max_cgroups: 1,
+        ..Options::default()
+    })
+    .expect("collector");
+    assert_eq!(c.source(), CpuSource::Ebpf, "{:?}", c.fallback_reason());
+    let lost = |c: &Collector| c.ebpf().expect("eBPF").stat(Stat::CgroupMapFull);
+    let s0 = c.collect().expect("a full map is not a failed read");
+    let lost0 = lost(&c);
+    assert!(
+        lost0 > 0,
+        "nothing counted as lost with room for one cgroup"
+    );
+    // Sampling goes on: the next read works and the counter only grows.
+    let s1 = c.collect().expect("a full map is not a failed read");
+    assert!(lost(&c) >= lost0);
+    assert_eq!((s0.source, s1.source), (CpuSource::Ebpf, CpuSource::Ebpf));
+    assert!(s1.node.cpu_ns >= s0.node.cpu_ns);
 }

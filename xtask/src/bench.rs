@@ -56,21 +56,14 @@ fn ping_pong(cpu: usize, ops: u64, split: Option<&SplitCgroups>) -> Result<f64> 
         }
         true
     };
-    let join: Box<dyn FnOnce() -> Result<()>> = match split {
-        None => {
-            let thread = std::thread::spawn(move || -> Result<()> {
-                pin(cpu)?;
-                if !peer() {
-                    bail!("peer pipe closed");
-                }
-                Ok(())
-            });
-            Box::new(move || {
-                thread
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("peer panicked"))?
-            })
-        }
+    let peer = match split {
+        None => Peer::Thread(std::thread::spawn(move || -> Result<()> {
+            pin(cpu)?;
+            if !peer() {
+                bail!("peer pipe closed");
+            }
+            Ok(())
+        })),
         Some(split) => {
             // SAFETY: the child only makes system calls (no allocation, no
             // locks) and leaves with _exit.
@@ -85,15 +78,7 @@ fn ping_pong(cpu: usize, ops: u64, split: Option<&SplitCgroups>) -> Result<f64> 
             }
             // Blocked on its first read until we are both placed.
             split.place(child as u32, std::process::id())?;
-            Box::new(move || {
-                let mut status = 0;
-                // SAFETY: waits for our own child.
-                unsafe { libc::waitpid(child, &mut status, 0) };
-                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-                    bail!("peer process failed: status {status}");
-                }
-                Ok(())
-            })
+            Peer::Process(child)
         }
     };
     pin(cpu)?;
@@ -104,11 +89,37 @@ fn ping_pong(cpu: usize, ops: u64, split: Option<&SplitCgroups>) -> Result<f64> 
         }
     }
     let took = start.elapsed();
-    join()?;
+    peer.join()?;
     if let Some(split) = split {
         split.go_home()?;
     }
     Ok(took.as_nanos() as f64 / ops as f64)
+}
+
+/// The other end of a ping-pong.
+enum Peer {
+    Thread(std::thread::JoinHandle<Result<()>>),
+    /// A forked child (in its own cgroup).
+    Process(libc::pid_t),
+}
+
+impl Peer {
+    fn join(self) -> Result<()> {
+        match self {
+            Peer::Thread(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("peer panicked"))?,
+            Peer::Process(child) => {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                    bail!("peer process failed: status {status}");
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Two sibling cgroup v2 directories for the two ends of a ping-pong, removed

@@ -30,9 +30,11 @@ pub const TYPEDEF_SCHED_SWITCH: &str = "btf_trace_sched_switch";
 /// `PerCpuHashMap<u64 cgroup v2 id, u64 ns>`: on-CPU time charged to each cgroup.
 pub const MAP_CGROUP_CPU: &str = "CGROUP_CPU";
 /// Task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`) of a `u64`: each thread's
-/// `se.sum_exec_runtime` when last charged, reached from the task itself,
-/// updated in place, freed by the kernel when the thread exits. Kernel-side
-/// only (the loader creates it; userspace never reads it).
+/// `se.sum_exec_runtime` when last charged (created as `u64::MAX` and
+/// overwritten in the same run), reached from the task itself, updated in
+/// place, freed by the kernel when the thread exits. Kernel-side only (the
+/// loader creates it; userspace never reads it). One allocation per thread,
+/// charged to the agent's memory cgroup.
 pub const MAP_THREADS: &str = "THREADS";
 /// `PerCpuArray<u64>` indexed by [`Stat`].
 pub const MAP_STATS: &str = "STATS";
@@ -51,8 +53,15 @@ const _: () = assert!(
 /// all; fewer only in tests, to make cgroups share slots).
 pub const GLOBAL_PENDING_SLOTS_USED: &str = "PENDING_SLOTS_USED";
 
-/// Default capacity of [`MAP_CGROUP_CPU`]; the loader may raise it.
-pub const CGROUP_CPU_MAX_ENTRIES: u32 = 16_384;
+/// Default capacity of [`MAP_CGROUP_CPU`] (the loader sets the agent's
+/// `--max-cgroups`): every live cgroup that has run since the agent started
+/// (a gone one is dropped after its last read; a subtree node also holds the
+/// cgroups outside it that ran in the last interval). A kubelet's 110 pods
+/// make ~400 cgroups with the host's own. The map is preallocated (before
+/// Linux 6.1 the verifier refuses a run-time allocated hash map to the
+/// `tick` perf-event program) and per CPU: 8 bytes per entry per possible
+/// CPU, charged to the agent's memory cgroup (4 MiB on 128 CPUs).
+pub const CGROUP_CPU_MAX_ENTRIES: u32 = 4_096;
 
 /// Global: the [`TaskOffsets`] the programs read with, from the kernel's BTF.
 pub const GLOBAL_TASK_OFFSETS: &str = "TASK_OFFSETS";
@@ -85,8 +94,9 @@ pub struct TaskOffsets {
 }
 
 impl TaskOffsets {
-    /// What the object file carries until the loader sets the global: the
-    /// programs refuse to charge with it.
+    /// What the object file carries until the loader sets the global:
+    /// `flush_cpu` refuses to run with it (returns 1, which the loader
+    /// treats as an error).
     pub const UNSET: Self = Self {
         pid: 0,
         sum_exec_runtime: 0,
@@ -125,8 +135,10 @@ pub enum Stat {
     /// A thread's run time went backwards (should not happen with per-task
     /// storage; counted rather than trusted): re-baselined.
     Rebaselined = 3,
-    /// A thread's storage could not be created (out of memory, or task
-    /// storage busy on this CPU): its time is not charged until it can be.
+    /// A thread's storage could not be created (kernel memory, the agent's
+    /// memory limit, or task storage busy on this CPU): not charged then; at
+    /// the next success a thread started after the load is charged all of
+    /// its time, an older one only its current run.
     ThreadMapFull = 4,
 }
 

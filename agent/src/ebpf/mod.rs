@@ -8,19 +8,24 @@
 //! charge instead, at [`TICK_HZ`].
 pub mod btf;
 
-use std::{collections::HashMap, num::NonZeroU32};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    time::{Duration, Instant},
+};
 
 pub use agent_common::TaskOffsets;
 use agent_common::{
-    GLOBAL_LOADED_AT_NS, GLOBAL_PENDING_SLOTS_USED, GLOBAL_TASK_OFFSETS, MAP_CGROUP_CPU, MAP_STATS,
-    PENDING_SLOTS, PROG_FLUSH, PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_EMPTY, PROG_SCHED_SWITCH_RAW,
-    PROG_TICK, Stat, TRACEPOINT_SCHED_SWITCH, TYPEDEF_SCHED_SWITCH,
+    CGROUP_CPU_MAX_ENTRIES, GLOBAL_LOADED_AT_NS, GLOBAL_PENDING_SLOTS_USED, GLOBAL_TASK_OFFSETS,
+    MAP_CGROUP_CPU, MAP_STATS, PENDING_SLOTS, PROG_FLUSH, PROG_SCHED_SWITCH,
+    PROG_SCHED_SWITCH_EMPTY, PROG_SCHED_SWITCH_RAW, PROG_TICK, Stat, TRACEPOINT_SCHED_SWITCH,
+    TYPEDEF_SCHED_SWITCH,
 };
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        BtfTracePoint, PerfEvent, RawTracePoint, RawTracePointRunOptions, TestRun,
+        BtfTracePoint, PerfEvent, ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -36,6 +41,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENT_EBPF_OBJECT"));
 /// per-second error to 1 %.
 pub const TICK_HZ: u64 = 100;
 
+/// How often reads check the kernel side's counters of lost charges (and
+/// warn when they grew).
+pub const LOSS_CHECK_PERIOD: Duration = Duration::from_secs(30);
+
 /// Errors loading or reading the programs. Any of them makes the agent fall back
 /// to cgroupfs counters.
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +58,11 @@ pub enum Error {
     Btf(#[from] btf::Error),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {name}: {}", brief(.source))]
     Program {
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
     },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
@@ -68,7 +77,9 @@ pub enum Error {
     #[error("listing online CPUs ({0}): {1}")]
     Cpus(&'static str, #[source] std::io::Error),
     #[error("attaching sched_switch: BTF tracepoint: {btf}; raw tracepoint: {raw}")]
-    Attach { btf: String, raw: String },
+    Attach { btf: String, raw: Box<Error> },
+    #[error("program {0} returned {1}: the loader did not set the kernel side's offsets")]
+    Refused(&'static str, u32),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -95,6 +106,10 @@ pub struct Options {
     /// [`PENDING_SLOTS`], rounded up to a power of two (fewer only in tests,
     /// to make cgroups share slots).
     pub pending_slots: u32,
+    /// How many cgroups the kernel side counts at once (see
+    /// [`CGROUP_CPU_MAX_ENTRIES`]); the time of any more is lost, and
+    /// [`CpuAccounting::read`] warns.
+    pub max_cgroups: u32,
 }
 
 impl Default for Options {
@@ -104,6 +119,7 @@ impl Default for Options {
             force_tick: false,
             force_raw_tracepoint: false,
             pending_slots: PENDING_SLOTS,
+            max_cgroups: CGROUP_CPU_MAX_ENTRIES,
         }
     }
 }
@@ -123,7 +139,11 @@ pub struct CpuAccounting {
     cpus: Vec<u32>,
     flush: FlushMode,
     hook: SwitchHook,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    logger: Option<Logger>,
+    /// The kernel side's [`Stat`] counters when last checked, to warn when a
+    /// counter of lost charges grows.
+    seen: [u64; Stat::COUNT as usize],
+    losses_checked_at: Option<Instant>,
 }
 
 fn monotonic_ns() -> u64 {
@@ -153,6 +173,7 @@ impl CpuAccounting {
             // The per-thread state is task-local storage, which aya creates
             // but does not wrap (userspace never touches it).
             .allow_unsupported_maps()
+            .map_max_entries(MAP_CGROUP_CPU, opts.max_cgroups.max(1))
             .override_global(GLOBAL_TASK_OFFSETS, &kernel.offsets, true)
             .override_global(GLOBAL_LOADED_AT_NS, &loaded_at, true)
             .override_global(GLOBAL_PENDING_SLOTS_USED, &pending_slots, true)
@@ -174,10 +195,7 @@ impl CpuAccounting {
         // Settle the flush mode, loading only the program it runs, before
         // taking maps out of `ebpf`: a program loads against the map fds the
         // object still holds.
-        let flush = choose_flush(&mut ebpf, &cpus, opts.force_tick)?;
-        if let Some(logger) = &mut logger {
-            logger.flush();
-        }
+        let flush = choose_flush(&mut ebpf, &cpus, opts.force_tick, &mut logger)?;
         let cgroup_cpu = take(&mut ebpf, MAP_CGROUP_CPU)?;
         let stats = take(&mut ebpf, MAP_STATS)?;
         info!(
@@ -194,6 +212,8 @@ impl CpuAccounting {
             flush,
             hook,
             logger,
+            seen: [0; Stat::COUNT as usize],
+            losses_checked_at: None,
         })
     }
 
@@ -211,10 +231,9 @@ impl CpuAccounting {
     /// this call (in [`FlushMode::TestRun`]) or to the last clock tick.
     pub fn read(&mut self) -> Result<HashMap<u64, u64>> {
         if self.flush == FlushMode::TestRun {
-            run_flush(&self.ebpf, &self.cpus)?;
-            if let Some(logger) = &mut self.logger {
-                logger.flush();
-            }
+            let flushed = run_flush(&self.ebpf, &self.cpus);
+            drain(&mut self.logger);
+            flushed?;
         }
         let mut out = HashMap::with_capacity(256);
         for entry in self.cgroup_cpu.iter() {
@@ -227,7 +246,36 @@ impl CpuAccounting {
                 per_cpu.iter().copied().fold(0u64, u64::wrapping_add),
             );
         }
+        self.warn_on_losses();
         Ok(out)
+    }
+
+    /// Warns when the kernel side counted charges it lost (or doubted): at
+    /// the first read and then at most every [`LOSS_CHECK_PERIOD`], with the
+    /// counts since the last warning.
+    fn warn_on_losses(&mut self) {
+        let now = Instant::now();
+        if self
+            .losses_checked_at
+            .is_some_and(|at| now.duration_since(at) < LOSS_CHECK_PERIOD)
+        {
+            return;
+        }
+        self.losses_checked_at = Some(now);
+        for stat in Stat::ALL {
+            let Some(meaning) = loss(stat) else { continue };
+            let total = self.stat(stat);
+            let seen = &mut self.seen[stat as usize];
+            if total > *seen {
+                warn!(
+                    counter = stat.name(),
+                    new = total - *seen,
+                    total,
+                    "eBPF CPU accounting: {meaning}"
+                );
+                *seen = total;
+            }
+        }
     }
 
     /// Drops the counters of cgroups that no longer exist, after their last read.
@@ -241,17 +289,34 @@ impl CpuAccounting {
 
     /// The kernel programs' own counters, summed over CPUs.
     pub fn stats(&self) -> Vec<(Stat, u64)> {
-        Stat::ALL
-            .iter()
-            .map(|&s| {
-                let v = self
-                    .stats
-                    .get(&(s as u32), 0)
-                    .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
-                    .unwrap_or(0);
-                (s, v)
-            })
-            .collect()
+        Stat::ALL.iter().map(|&s| (s, self.stat(s))).collect()
+    }
+
+    /// One of the kernel programs' counters, summed over CPUs (0 if unreadable).
+    pub fn stat(&self, stat: Stat) -> u64 {
+        self.stats
+            .get(&(stat as u32), 0)
+            .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
+            .unwrap_or(0)
+    }
+}
+
+/// What a growing [`Stat`] means to the operator; `None`: not a loss.
+fn loss(stat: Stat) -> Option<&'static str> {
+    match stat {
+        Stat::Flushes => None,
+        Stat::CgroupMapFull => Some(
+            "more cgroups ran than --max-cgroups holds; their CPU time was not counted (raise it)",
+        ),
+        Stat::ReadErrors => Some("a task's cgroup could not be read; its CPU time was not counted"),
+        Stat::Rebaselined => {
+            Some("a thread's run-time counter went backwards; it was re-baselined")
+        }
+        Stat::ThreadMapFull => Some(
+            "a thread's state could not be created (kernel memory, the agent's memory limit, or \
+             task storage busy on that CPU); it was not charged then, and a thread older than \
+             the agent loses that time",
+        ),
     }
 }
 
@@ -300,39 +365,34 @@ pub fn attach_empty_switch_program() -> Result<Ebpf> {
     let prog: &mut RawTracePoint = program(&mut ebpf, PROG_SCHED_SWITCH_EMPTY)?;
     prog.load()
         .and_then(|()| prog.attach(TRACEPOINT_SCHED_SWITCH).map(drop))
-        .map_err(|source| Error::Program {
-            name: PROG_SCHED_SWITCH_EMPTY,
-            source,
-        })?;
+        .map_err(program_error(PROG_SCHED_SWITCH_EMPTY))?;
     Ok(ebpf)
 }
 
 /// Flush-on-read where `flush_cpu` loads and test-runs on every CPU (it
 /// charges what runs there, so that run is not wasted); otherwise the per-CPU
 /// clock, loaded and attached only then.
-fn choose_flush(ebpf: &mut Ebpf, cpus: &[u32], force_tick: bool) -> Result<FlushMode> {
+fn choose_flush(
+    ebpf: &mut Ebpf,
+    cpus: &[u32],
+    force_tick: bool,
+    logger: &mut Option<Logger>,
+) -> Result<FlushMode> {
     if !force_tick {
         let flush = program::<RawTracePoint>(ebpf, PROG_FLUSH)?
             .load()
-            .map_err(|source| Error::Program {
-                name: PROG_FLUSH,
-                source,
-            })
+            .map_err(program_error(PROG_FLUSH))
             .and_then(|()| run_flush(ebpf, cpus));
+        // What the program said about it comes before our conclusion.
+        drain(logger);
         match flush {
             Ok(()) => return Ok(FlushMode::TestRun),
-            Err(e) => {
-                debug_verifier_log(&e);
-                warn!(error = %brief(&e), "flush-on-read unavailable; using a per-CPU clock");
-            }
+            Err(e) => warn!(error = %e, "flush-on-read unavailable; using a per-CPU clock"),
         }
     }
-    let err = |source| Error::Program {
-        name: PROG_TICK,
-        source,
-    };
+    let err = program_error(PROG_TICK);
     let tick: &mut PerfEvent = program(ebpf, PROG_TICK)?;
-    tick.load().map_err(err)?;
+    tick.load().map_err(&err)?;
     for &cpu in cpus {
         tick.attach(
             PerfEventConfig::Software(SoftwareEvent::CpuClock),
@@ -340,38 +400,47 @@ fn choose_flush(ebpf: &mut Ebpf, cpus: &[u32], force_tick: bool) -> Result<Flush
             SamplePolicy::Frequency(TICK_HZ),
             false,
         )
-        .map_err(err)?;
+        .map_err(&err)?;
     }
     Ok(FlushMode::Tick(TICK_HZ))
 }
 
 /// Test-runs the loaded `flush_cpu` on each of `cpus`.
 fn run_flush(ebpf: &Ebpf, cpus: &[u32]) -> Result<()> {
-    let err = |source| Error::Program {
-        name: PROG_FLUSH,
-        source,
-    };
+    let err = program_error(PROG_FLUSH);
     let prog: &RawTracePoint = ebpf
         .program(PROG_FLUSH)
         .ok_or(Error::MissingProgram(PROG_FLUSH))?
         .try_into()
-        .map_err(err)?;
+        .map_err(&err)?;
     for &cpu in cpus {
         let mut opts = RawTracePointRunOptions::new();
         opts.cpu = Some(cpu);
-        prog.test_run(opts).map_err(err)?;
+        let ran = prog.test_run(opts).map_err(&err)?;
+        if ran.return_value != 0 {
+            return Err(Error::Refused(PROG_FLUSH, ran.return_value));
+        }
     }
     Ok(())
 }
 
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Passes on what the kernel side logged.
+fn drain(logger: &mut Option<Logger>) {
+    if let Some(logger) = logger {
+        logger.flush();
+    }
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
 where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
     ebpf.program_mut(name)
         .ok_or(Error::MissingProgram(name))?
         .try_into()
-        .map_err(|source| Error::Program { name, source })
+        .map_err(program_error(name))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -400,44 +469,27 @@ fn attach_switch(
         match attach_btf(ebpf, typedef) {
             Ok(()) => return Ok(SwitchHook::BtfTracepoint),
             Err(e) => {
-                debug_verifier_log(&e);
-                let e = brief(&e);
                 warn!(error = %e, "BTF tracepoint unavailable; using the raw tracepoint");
-                e
+                e.to_string()
             }
         }
     };
     let raw: &mut RawTracePoint = program(ebpf, PROG_SCHED_SWITCH_RAW)?;
-    match raw
-        .load()
+    raw.load()
         .and_then(|()| raw.attach(TRACEPOINT_SCHED_SWITCH).map(drop))
-    {
-        Ok(()) => Ok(SwitchHook::RawTracepoint),
-        Err(source) => {
-            let raw = Error::Program {
-                name: PROG_SCHED_SWITCH_RAW,
-                source,
-            };
-            debug_verifier_log(&raw);
-            Err(Error::Attach {
-                btf: btf_err,
-                raw: brief(&raw),
-            })
-        }
-    }
+        .map(|()| SwitchHook::RawTracepoint)
+        .map_err(|source| Error::Attach {
+            btf: btf_err,
+            raw: Box::new(program_error(PROG_SCHED_SWITCH_RAW)(source)),
+        })
 }
 
 fn attach_btf(ebpf: &mut Ebpf, typedef: Option<NonZeroU32>) -> Result<()> {
-    let err = |source| Error::Program {
-        name: PROG_SCHED_SWITCH,
-        source,
-    };
+    let err = program_error(PROG_SCHED_SWITCH);
     let id = typedef.ok_or_else(|| {
-        err(aya::programs::ProgramError::Btf(
-            aya::BtfError::UnknownBtfTypeName {
-                type_name: TYPEDEF_SCHED_SWITCH.into(),
-            },
-        ))
+        err(ProgramError::Btf(aya::BtfError::UnknownBtfTypeName {
+            type_name: TYPEDEF_SCHED_SWITCH.into(),
+        }))
     })?;
     // aya looks the typedef up by name for its id; a stand-in with just that
     // typedef at that id spares it parsing the kernel's whole BTF.
@@ -445,32 +497,36 @@ fn attach_btf(ebpf: &mut Ebpf, typedef: Option<NonZeroU32>) -> Result<()> {
         &btf::typedef_only(TYPEDEF_SCHED_SWITCH, id),
         aya::Endianness::default(),
     )
-    .map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
+    .map_err(|e| err(ProgramError::Btf(e)))?;
     let prog: &mut BtfTracePoint = program(ebpf, PROG_SCHED_SWITCH)?;
-    prog.load(TRACEPOINT_SCHED_SWITCH, &btf).map_err(err)?;
+    prog.load(TRACEPOINT_SCHED_SWITCH, &btf).map_err(&err)?;
     prog.attach().map_err(err)?;
     Ok(())
 }
 
-/// `e` for a log line, without a failed load's verifier log (thousands of
-/// lines: see [`debug_verifier_log`]).
-fn brief(e: &Error) -> String {
-    match e {
-        Error::Program {
-            name,
-            source: aya::programs::ProgramError::LoadError { io_error, .. },
-        } => format!("program {name}: loading failed: {io_error} (verifier log at debug)"),
-        other => other.to_string(),
+/// Wraps a program's error. A failed load's verifier log (thousands of
+/// lines, which the error's text leaves out) is logged here, at debug.
+fn program_error(name: &'static str) -> impl Fn(ProgramError) -> Error {
+    move |source| {
+        if let ProgramError::LoadError { verifier_log, .. } = &source {
+            debug!(program = name, %verifier_log, "verifier log");
+        }
+        Error::Program { name, source }
     }
 }
 
-/// Logs the verifier's log of a failed load at debug.
-fn debug_verifier_log(e: &Error) {
-    if let Error::Program {
-        name,
-        source: aya::programs::ProgramError::LoadError { verifier_log, .. },
-    } = e
-    {
-        debug!(program = name, %verifier_log, "verifier log");
+/// A program's error on one line: a failed load without the verifier's log,
+/// anything else with its causes (aya keeps a system call's errno there).
+fn brief(e: &ProgramError) -> String {
+    if let ProgramError::LoadError { io_error, .. } = e {
+        return format!("loading failed: {io_error} (verifier log at debug)");
     }
+    let mut line = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }
