@@ -6,6 +6,7 @@ use std::{
 };
 
 use agent::ebpf::{CpuAccounting, Options};
+use agent_common::PENDING_SLOTS;
 use anyhow::{Context, Result, bail};
 
 fn pin(cpu: usize) -> Result<()> {
@@ -197,6 +198,7 @@ enum Attached {
 
 fn ping_pong_with(
     attached: Attached,
+    ours: &Options,
     cpu: usize,
     ops: u64,
     split: Option<&SplitCgroups>,
@@ -208,7 +210,7 @@ fn ping_pong_with(
             ping_pong(cpu, ops, split)
         }
         Attached::Ours => {
-            let _ours = CpuAccounting::load(&Options::default()).context("loading eBPF")?;
+            let _ours = CpuAccounting::load(ours).context("loading eBPF")?;
             ping_pong(cpu, ops, split)
         }
     }
@@ -219,11 +221,16 @@ fn ping_pong_with(
 /// round; medians, and medians of each round's own differences (which cancel
 /// the machine's slower and faster spells). With `cross_cgroup` the two ends
 /// are processes in two cgroups: every switch charges another cgroup than
-/// the one before (the program's costlier path).
+/// the one before; with `pending_slots` 1 as well, each such charge moves
+/// the CPU's one pending slot into the hash (the eviction path).
 #[allow(clippy::print_stdout)]
-pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool) -> Result<()> {
+pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool, pending_slots: u32) -> Result<()> {
     use Attached::{Empty, Nothing, Ours};
     let cpu = 0;
+    let opts = Options {
+        pending_slots,
+        ..Options::default()
+    };
     let split = cross_cgroup.then(SplitCgroups::new).transpose()?;
     let split = split.as_ref();
     // Warm up caches and frequency.
@@ -237,7 +244,7 @@ pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool) -> Result<()> {
     for round in 0..rounds {
         let mut this = [0.0; 3];
         for attached in orders[round % orders.len()] {
-            this[attached as usize] = ping_pong_with(attached, cpu, ops, split)?;
+            this[attached as usize] = ping_pong_with(attached, &opts, cpu, ops, split)?;
         }
         eprintln!(
             "round {}: {:.1} ns/op without, {:.1} with an empty program, {:.1} with ours",
@@ -259,14 +266,18 @@ pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool) -> Result<()> {
         median(empty.clone()),
         median(ours.clone()),
     );
-    let runs = program_run_time(cpu, ops, split)?;
+    let runs = program_run_time(&opts, cpu, ops, split)?;
     let ends = if cross_cgroup {
         "two processes in two cgroups"
     } else {
         "two threads, one cgroup"
     };
+    let slots = opts
+        .pending_slots
+        .clamp(1, PENDING_SLOTS)
+        .next_power_of_two();
     println!(
-        "| ping-pong, CPU {cpu}, {ends}, {ops} ops x {rounds} rounds | nothing | empty program | ours |"
+        "| ping-pong, CPU {cpu}, {ends}, {slots} pending slots, {ops} ops x {rounds} rounds | nothing | empty program | ours |"
     );
     println!("|---|---|---|---|");
     println!("| median ns per op (2 switches) | {m0:.1} | {me:.1} | {mo:.1} |");
@@ -303,11 +314,12 @@ pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool) -> Result<()> {
 /// (say, an older build running beside this one) is measured over the same
 /// switches and listed too.
 fn program_run_time(
+    ours: &Options,
     cpu: usize,
     ops: u64,
     split: Option<&SplitCgroups>,
 ) -> Result<Vec<(String, u64, f64)>> {
-    let programs = CpuAccounting::load(&Options::default()).context("loading eBPF")?;
+    let programs = CpuAccounting::load(ours).context("loading eBPF")?;
     let empty = agent::ebpf::attach_empty_switch_program().context("loading eBPF")?;
     let stats = agent::ebpf::run_time_stats().context("enabling run-time statistics")?;
     let before = agent::ebpf::switch_program_runs();

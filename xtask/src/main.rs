@@ -33,6 +33,10 @@ enum Bench {
         /// cgroup than the one before) instead of two threads in one.
         #[arg(long)]
         cross_cgroup: bool,
+        /// Pending-charge slots per CPU for ours (1 to 64, a power of two):
+        /// with 1 and --cross-cgroup every switch evicts, the costliest path.
+        #[arg(long, default_value_t = agent_common::PENDING_SLOTS)]
+        pending_slots: u32,
     },
     /// Agent CPU and peak RSS tracking N pods at 1 s: eBPF against cgroupfs,
     /// measured in the same run. Needs root.
@@ -81,7 +85,8 @@ fn main() -> Result<()> {
             rounds,
             ops,
             cross_cgroup,
-        }) => bench::switch_cost(rounds, ops, cross_cgroup),
+            pending_slots,
+        }) => bench::switch_cost(rounds, ops, cross_cgroup, pending_slots),
         Cmd::Bench(Bench::Agent { pods, seconds }) => {
             bench::agent_cost(&workspace_root(), pods, seconds)
         }
