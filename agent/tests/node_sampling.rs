@@ -11,12 +11,13 @@
 
 use std::{sync::Mutex, time::Duration};
 
+use agent::cgroup::Hierarchy;
 use agent::{
     collector::{Collector, CpuSource, CpuSourceChoice, Options, Snapshot},
     ebpf::SwitchHook,
 };
 use agent_common::Stat;
-use testkit::{self as support, Burn, CgroupTree, Launcher};
+use testkit::{self as support, Burn, Burner, CgroupTree, Launcher};
 
 /// The CPU tests measure load: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -64,6 +65,29 @@ fn collector_with(source: CpuSourceChoice, force_tick: bool, raw_tracepoint: boo
         assert_eq!(ebpf.hook(), want);
     }
     c
+}
+
+/// One burstable container (systemd layout) in a test tree of its own,
+/// burning from the start.
+struct OneContainer {
+    /// Stopped before `tree` removes the cgroups (fields drop in order).
+    _burner: Burner,
+    tree: CgroupTree,
+    path: String,
+    cid: String,
+}
+
+fn one_container(h: &Hierarchy, test: &str, n: u32, burn: &Burn) -> OneContainer {
+    let mut tree = CgroupTree::new(h, test);
+    let (pod, cid) = (support::uid(n), support::container_id(n));
+    let path = support::systemd_container(&tree.base.clone(), "burstable", &pod, &cid);
+    let burner = tree.spawn(&path, burn, &Launcher::test_binary("burner_entry"));
+    OneContainer {
+        _burner: burner,
+        tree,
+        path,
+        cid,
+    }
 }
 
 fn container_cpu(s: &Snapshot, cid: &str) -> u64 {
@@ -549,16 +573,16 @@ fn a_thread_older_than_the_agent_is_charged_from_the_load_on() {
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut tree = CgroupTree::new(&h, "older");
-    let (pod, cid) = (support::uid(31), support::container_id(31));
-    let path = support::systemd_container(&tree.base.clone(), "burstable", &pod, &cid);
-    let _spin = tree.spawn(
-        &path,
+    let OneContainer {
+        tree, path, cid, ..
+    } = &one_container(
+        &h,
+        "older",
+        31,
         &Burn::Duty {
             fraction: 0.5,
             period_ms: 20,
         },
-        &Launcher::test_binary("burner_entry"),
     );
     // Let it build up a past the agent must not charge.
     std::thread::sleep(Duration::from_secs(1));
@@ -598,16 +622,14 @@ fn cgroups_beyond_max_cgroups_are_counted_as_lost_and_sampling_goes_on() {
         return;
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut tree = CgroupTree::new(&h, "full");
-    let (pod, cid) = (support::uid(41), support::container_id(41));
-    let path = support::systemd_container(&tree.base.clone(), "burstable", &pod, &cid);
-    let _spin = tree.spawn(
-        &path,
+    let _burning = one_container(
+        &h,
+        "full",
+        41,
         &Burn::Spin {
             threads: 1,
             cpu: None,
         },
-        &Launcher::test_binary("burner_entry"),
     );
     // Room for one cgroup, and at least two run: the burner's, and this
     // test's own (with the root's kernel threads, where it is elsewhere).

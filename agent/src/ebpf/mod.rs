@@ -241,10 +241,7 @@ impl CpuAccounting {
                 name: MAP_CGROUP_CPU,
                 source,
             })?;
-            out.insert(
-                cgroup,
-                per_cpu.iter().copied().fold(0u64, u64::wrapping_add),
-            );
+            out.insert(cgroup, sum_over_cpus(&per_cpu));
         }
         self.warn_on_losses();
         Ok(out)
@@ -287,18 +284,19 @@ impl CpuAccounting {
         }
     }
 
-    /// The kernel programs' own counters, summed over CPUs.
-    pub fn stats(&self) -> Vec<(Stat, u64)> {
-        Stat::ALL.iter().map(|&s| (s, self.stat(s))).collect()
-    }
-
     /// One of the kernel programs' counters, summed over CPUs (0 if unreadable).
     pub fn stat(&self, stat: Stat) -> u64 {
         self.stats
             .get(&(stat as u32), 0)
-            .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
+            .map(|per_cpu| sum_over_cpus(&per_cpu))
             .unwrap_or(0)
     }
+}
+
+/// A per-CPU counter's total (each CPU's part only grows; the sum wraps as
+/// the kernel's would).
+fn sum_over_cpus(per_cpu: &[u64]) -> u64 {
+    per_cpu.iter().copied().fold(0u64, u64::wrapping_add)
 }
 
 /// What a growing [`Stat`] means to the operator; `None`: not a loss.
