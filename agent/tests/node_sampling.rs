@@ -586,24 +586,24 @@ fn a_thread_older_than_the_agent_is_charged_from_the_load_on() {
     );
     // Let it build up a past the agent must not charge.
     std::thread::sleep(Duration::from_secs(1));
-    let loaded_after = tree.cpu_stat_ns(&path);
+    let loaded_after = tree.cpu_stat_ns(path);
     let mut ebpf = collector(CpuSourceChoice::Ebpf, false);
-    let before0 = tree.cpu_stat_ns(&path);
+    let before0 = tree.cpu_stat_ns(path);
     let s0 = ebpf.collect().expect("collect");
-    let after0 = tree.cpu_stat_ns(&path);
+    let after0 = tree.cpu_stat_ns(path);
     assert!(
-        container_cpu(&s0, &cid) <= after0 - loaded_after + 25_000_000,
+        container_cpu(&s0, cid) <= after0 - loaded_after + 25_000_000,
         "charged {} ms, but only {} ms ran since the load",
-        container_cpu(&s0, &cid) / 1_000_000,
+        container_cpu(&s0, cid) / 1_000_000,
         (after0 - loaded_after) / 1_000_000
     );
     std::thread::sleep(Duration::from_secs(1));
-    let before1 = tree.cpu_stat_ns(&path);
+    let before1 = tree.cpu_stat_ns(path);
     let s1 = ebpf.collect().expect("collect");
-    let after1 = tree.cpu_stat_ns(&path);
+    let after1 = tree.cpu_stat_ns(path);
     assert_close(
         "thread older than the agent",
-        container_cpu(&s1, &cid) - container_cpu(&s0, &cid),
+        container_cpu(&s1, cid) - container_cpu(&s0, cid),
         Bracket {
             before: before0,
             after: after0,
