@@ -26,8 +26,19 @@ fn usage(cpu_ns: u64, m: &Memory, read_at: Option<SystemTime>) -> Usage {
     }
 }
 
-/// Builds report number `seq` of `node` from a snapshot.
-pub fn build(node: &str, seq: u64, s: &Snapshot) -> NodeReport {
+/// A fresh `agent_epoch`: random per call (the standard library's hasher
+/// keys come from the OS's randomness), never 0.
+pub fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_i64(unix_nanos(SystemTime::now()));
+    h.finish().max(1)
+}
+
+/// Builds report number `seq` of `node`, whose counters count from
+/// `epoch` (see [`new_epoch`]), from a snapshot.
+pub fn build(node: &str, seq: u64, epoch: u64, s: &Snapshot) -> NodeReport {
     NodeReport {
         node: node.to_string(),
         sample_unix_nanos: unix_nanos(s.timestamp),
@@ -55,5 +66,6 @@ pub fn build(node: &str, seq: u64, s: &Snapshot) -> NodeReport {
             CpuSource::Kubelet => WireSource::Kubelet,
         } as i32,
         seq,
+        agent_epoch: epoch,
     }
 }

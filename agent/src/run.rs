@@ -94,6 +94,10 @@ fn collect_loop(
 ) {
     let mut next = Instant::now();
     let mut seq = 0u64;
+    // This process's counters: the aggregators restart the node's series
+    // when it (or the CPU source) changes rather than read a new agent's
+    // counters against the last one's.
+    let epoch = report::new_epoch();
     let mut version = 0u64;
     let mut errors_logged = Instant::now() - Duration::from_secs(3600);
     while !cancel.is_cancelled() {
@@ -108,7 +112,7 @@ fn collect_loop(
             }
             seq += 1;
             tx.send_replace(Some(Arc::new(Outgoing {
-                report: report::build(node, seq, &snapshot),
+                report: report::build(node, seq, epoch, &snapshot),
                 metadata: meta,
                 metadata_version: version,
             })));

@@ -156,7 +156,7 @@ fn the_kubelet_is_the_source_when_cgroupfs_cannot_be_read() {
         s.errors
     );
 
-    let wire = report::build("node-1", 1, &s);
+    let wire = report::build("node-1", 1, 7, &s);
     assert_eq!(wire.cpu_source, WireSource::Kubelet as i32);
     let read = wire.pods.iter().flat_map(|p| &p.containers).map(|c| {
         c.usage

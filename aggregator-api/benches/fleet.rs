@@ -617,6 +617,7 @@ impl SimNode {
             }),
             cpu_source: CpuSource::Ebpf as i32,
             seq: 0,
+            agent_epoch: 1,
         };
 
         let mut enc = Enc::default();

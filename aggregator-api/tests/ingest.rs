@@ -71,6 +71,8 @@ struct SimNode {
     pods: usize,
     seq: u64,
     start: SystemTime,
+    /// How far ahead of the aggregator this node's clock runs.
+    ahead: Duration,
 }
 
 impl SimNode {
@@ -99,6 +101,7 @@ impl SimNode {
             pods,
             seq: 0,
             start: SystemTime::now(),
+            ahead: Duration::ZERO,
         };
         (node, rx)
     }
@@ -106,7 +109,7 @@ impl SimNode {
     /// Publishes the sample for "now".
     fn tick(&mut self) {
         self.seq += 1;
-        let now = SystemTime::now();
+        let now = SystemTime::now() + self.ahead;
         let elapsed = now.duration_since(self.start).expect("clock").as_nanos() as u64;
         let usage = |millicores: u64| Usage {
             cpu_ns: elapsed * millicores / 1000,
@@ -131,6 +134,7 @@ impl SimNode {
             metadata: None,
             cpu_source: 1,
             seq: self.seq,
+            agent_epoch: 1,
         };
         self.tx.send_replace(Some(Arc::new(Outgoing {
             report,
@@ -188,6 +192,20 @@ fn full_and_correct(store: &Store, nodes: &[(&str, usize)]) -> bool {
     })
 }
 
+/// Publishes a sample of every node each interval until `cancel`.
+fn ticking(mut nodes: Vec<SimNode>, cancel: &CancellationToken) -> JoinHandle<()> {
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(INTERVAL);
+        loop {
+            tokio::select! {
+                _ = every.tick() => nodes.iter_mut().for_each(SimNode::tick),
+                _ = cancel.cancelled() => return,
+            }
+        }
+    })
+}
+
 async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.expect("bind")
 }
@@ -206,18 +224,7 @@ async fn every_replica_holds_the_full_view_and_a_restarted_one_recovers() {
         exporters.push(exporter(targets.clone(), rx, None, &cancel));
         nodes.push(node);
     }
-    let ticker = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => nodes.iter_mut().for_each(SimNode::tick),
-                    _ = cancel.cancelled() => return,
-                }
-            }
-        })
-    };
+    let ticker = ticking(nodes, &cancel);
     let deadline = INTERVAL * 10;
     until(&a.store, "replica A full", deadline, |s| {
         full_and_correct(s, &layout)
@@ -305,9 +312,9 @@ async fn unauthenticated_and_spoofed_streams_are_refused_others_unaffected() {
     };
     let cancel = CancellationToken::new();
     // Honest node-1; node-2 without a token; node-3 claiming to be node-1's neighbour.
-    let (mut honest, rx1) = SimNode::new("node-1", 2);
-    let (mut anonymous, rx2) = SimNode::new("node-2", 2);
-    let (mut spoofer, rx3) = SimNode::new("node-9", 2);
+    let (honest, rx1) = SimNode::new("node-1", 2);
+    let (anonymous, rx2) = SimNode::new("node-2", 2);
+    let (spoofer, rx3) = SimNode::new("node-9", 2);
     let exporters = [
         exporter(
             vec![r.addr],
@@ -323,22 +330,7 @@ async fn unauthenticated_and_spoofed_streams_are_refused_others_unaffected() {
             &cancel,
         ),
     ];
-    let ticker = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {
-                        honest.tick();
-                        anonymous.tick();
-                        spoofer.tick();
-                    }
-                    _ = cancel.cancelled() => return,
-                }
-            }
-        })
-    };
+    let ticker = ticking(vec![honest, anonymous, spoofer], &cancel);
     until(&r.store, "honest node served", INTERVAL * 10, |s| {
         full_and_correct(s, &[("node-1", 2)])
     })
@@ -362,4 +354,47 @@ async fn unauthenticated_and_spoofed_streams_are_refused_others_unaffected() {
     }
     r.stop().await;
     let _ = BTreeMap::<String, String>::new();
+}
+
+/// A stream's first report carries the node's metadata. When the replica
+/// refuses it (here the node's clock is a minute ahead until NTP steps it
+/// back), the later reports alone could never be served: the replica ends
+/// that stream, and the agent's next one starts with the metadata again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_metadata_was_refused_is_served_after_a_new_stream() {
+    let r = replica(bind().await, Arc::new(Unauthenticated)).await;
+    let cancel = CancellationToken::new();
+    let (mut node, rx) = SimNode::new("node-1", 2);
+    node.ahead = Duration::from_secs(60);
+    node.tick();
+    let export = exporter(vec![r.addr], rx, None, &cancel);
+    let rejected = || {
+        r.store
+            .stats()
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let refused = async {
+        while rejected() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(INTERVAL * 10, refused)
+        .await
+        .expect("the report from the future is refused");
+    node.ahead = Duration::ZERO;
+    let ticker = ticking(vec![node], &cancel);
+    until(&r.store, "node served", INTERVAL * 10, |s| {
+        full_and_correct(s, &[("node-1", 2)])
+    })
+    .await;
+    assert!(
+        rejected() >= 2,
+        "the clock-skewed report, then one without metadata: {}",
+        rejected()
+    );
+    cancel.cancel();
+    let _ = ticker.await;
+    let _ = export.await;
+    r.stop().await;
 }

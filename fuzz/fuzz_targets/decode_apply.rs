@@ -14,8 +14,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(report) = NodeReport::decode(data) else {
         return;
     };
-    let store = Store::default();
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let _ = Store::default().apply(&report, now);
+    // A stream's first report carries metadata (a store refuses counters for
+    // a node it has no names for): give it some, so the rest is exercised.
+    let mut report = report;
+    report.metadata.get_or_insert_with(Default::default);
+    let store = Store::default();
     let _ = store.apply(&report, now);
     let mut later = report.clone();
     later.sample_unix_nanos = later.sample_unix_nanos.saturating_add(1_000_000_000);

@@ -746,6 +746,7 @@ mod tests {
                     }),
                     cpu_source: 1,
                     seq: round as u64,
+                    agent_epoch: 1,
                 };
                 store
                     .apply(&report, at + Duration::from_millis(1))

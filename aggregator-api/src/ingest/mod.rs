@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::{info, warn};
 
-use crate::store::Store;
+use crate::store::{Reject, Store};
 
 /// Who is on the other end of a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +175,11 @@ impl Ingest for IngestService {
             }
             match self.store.apply(&report, SystemTime::now()) {
                 Ok(()) => accepted += 1,
+                Err(reject @ Reject::NoMetadata(_)) => {
+                    // The agent sends full metadata first on a new stream.
+                    info!(node = %report.node, "no metadata for this node; asking the agent to reconnect");
+                    return Err(Status::failed_precondition(reject.to_string()));
+                }
                 Err(reject) => {
                     if let Some(suppressed) = self.reject_log.open() {
                         warn!(node = %report.node, %reject, suppressed, "report refused");

@@ -59,6 +59,11 @@ pub enum Reject {
     /// Labels or names beyond Kubernetes' own limits, or too many of them.
     #[error("report metadata: {0}")]
     Metadata(#[from] limits::Problem),
+    /// A report without metadata for a node this store has none of: it was
+    /// on a refused report, or the node was evicted while its stream stayed
+    /// open. Only a new stream (whose first report carries it) mends that.
+    #[error("no metadata known for node {0:?}: reconnect, the first report of a stream carries it")]
+    NoMetadata(String),
 }
 
 /// Store limits and policies.
@@ -95,6 +100,8 @@ pub struct Stats {
     pub evicted_nodes: AtomicU64,
     /// Reports refused for metadata over the limits (also in `rejected`).
     pub bad_metadata: AtomicU64,
+    /// Nodes whose series all restarted: a new agent process or CPU source.
+    pub restarts: AtomicU64,
 }
 
 impl Stats {
@@ -119,7 +126,10 @@ impl Stats {
              nodepulse_store_samples_total{{reason=\"duplicate\"}} {}\n\
              # HELP nodepulse_store_evicted_nodes_total Nodes forgotten after they stopped reporting.\n\
              # TYPE nodepulse_store_evicted_nodes_total counter\n\
-             nodepulse_store_evicted_nodes_total {}\n",
+             nodepulse_store_evicted_nodes_total {}\n\
+             # HELP nodepulse_store_counter_restarts_total Nodes whose series all restarted: a new agent process or CPU source.\n\
+             # TYPE nodepulse_store_counter_restarts_total counter\n\
+             nodepulse_store_counter_restarts_total {}\n",
             n(&self.reports),
             n(&self.rejected),
             n(&self.bad_metadata),
@@ -129,6 +139,7 @@ impl Stats {
             n(&self.too_soon),
             n(&self.duplicates),
             n(&self.evicted_nodes),
+            n(&self.restarts),
         );
     }
 }
@@ -153,6 +164,9 @@ struct NodeState {
     pods: Vec<PodMeta>,
     usage: Option<Series>,
     containers: Containers,
+    /// The origin of the counters in `usage` and `containers`: the agent's
+    /// `(agent_epoch, cpu_source)`; `None` until the first report.
+    counters: Option<(u64, i32)>,
     last_report: Instant,
     /// Counted in [`Store::with_data`].
     counted: bool,
@@ -169,6 +183,7 @@ impl NodeState {
             pods: Vec::new(),
             usage: None,
             containers: Containers::default(),
+            counters: None,
             last_report: Instant::now(),
             counted: false,
             evicted: false,
@@ -342,6 +357,9 @@ impl Store {
 
     fn apply_inner(&self, report: &NodeReport, now: SystemTime) -> Result<(), Reject> {
         let (time, usage) = self.check(report, now)?;
+        if report.metadata.is_none() && !read(&self.nodes).contains_key(report.node.as_str()) {
+            return Err(Reject::NoMetadata(report.node.clone()));
+        }
         let (name, node) = loop {
             let (name, node) = self.node_entry(&report.node);
             if !lock(&node).evicted {
@@ -349,9 +367,25 @@ impl Store {
             }
         };
         let mut state = lock(&node);
+        if report.metadata.is_none() && !state.known {
+            // Nothing applied: without names its series could never be
+            // served, and the stream would never say them again.
+            return Err(Reject::NoMetadata(report.node.clone()));
+        }
         state.last_report = Instant::now();
         if let Some(meta) = &report.metadata {
             self.replace_metadata(&name, &mut state, meta);
+        }
+        let counters = (report.agent_epoch, report.cpu_source);
+        if state
+            .counters
+            .replace(counters)
+            .is_some_and(|c| c != counters)
+        {
+            // Another origin: the new counters say nothing about the old.
+            state.usage = None;
+            state.containers = Containers::default();
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         self.push(&mut state.usage, point(time, &usage), 0);
 
@@ -598,10 +632,13 @@ fn served_pods<'s>(
         .filter(move |p| p.running && namespace.is_none_or(|ns| *p.namespace == *ns))
 }
 
-/// The rates of a pod's containers when every container has one
-/// (metrics-server's rule: a partial pod would make the HPA undercount), as
-/// (index in `pod.containers`, rate) in response order (by name; the sort is
-/// stable), into `out`; and the timestamp and window of the earliest.
+/// The rates of a pod's containers when every container in the node's
+/// latest report has one (metrics-server's rule: a partial pod would make
+/// the HPA undercount), as (index in `pod.containers`, rate) in response
+/// order (by name; the sort is stable), into `out`; and the timestamp and
+/// window of the earliest. A listed container the latest report did not
+/// carry is not running (it exited, waits to restart, or is a finished init
+/// container): left out, as the kubelet leaves it out for metrics-server.
 fn container_rates(
     state: &NodeState,
     pod: &PodMeta,
@@ -610,7 +647,10 @@ fn container_rates(
     out.clear();
     let mut earliest: Option<rate::Rate> = None;
     for (i, (id, _)) in pod.containers.iter().enumerate() {
-        let r = state.containers.get(id)?.series.rate()?;
+        let Some(c) = state.containers.get(id) else {
+            continue;
+        };
+        let r = c.series.rate()?;
         if earliest.is_none_or(|e| r.timestamp < e.timestamp) {
             earliest = Some(r);
         }

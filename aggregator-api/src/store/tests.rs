@@ -76,6 +76,7 @@ fn report(node: &str, ms: u64, cpu_ms: u64, containers: &[(&str, &str, u64)]) ->
         metadata: None,
         cpu_source: 1,
         seq: ms,
+        agent_epoch: 1,
     }
 }
 
@@ -145,6 +146,125 @@ fn a_pod_is_complete_only_when_every_container_is() {
             now(),
         )
         .expect("applies");
+    assert!(matches!(store.pod("ns", "p"), Lookup::Found(_)));
+}
+
+/// A container the node's latest report does not carry is not running (it
+/// exited and waits to restart, or is a finished init container): its pod
+/// is served with the others, as the kubelet reports it to metrics-server.
+#[test]
+fn a_container_missing_from_the_latest_report_is_left_out_of_its_pod() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0), ("u1", "c2", 0)]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a"), ("c2", "b")])]));
+    store.apply(&first, now()).expect("applies");
+    store
+        .apply(
+            &report("n1", 1000, 10, &[("u1", "c1", 500), ("u1", "c2", 100)]),
+            now(),
+        )
+        .expect("applies");
+    // c2 crashed: its cgroup is gone from the report, its name still listed.
+    store
+        .apply(&report("n1", 2000, 20, &[("u1", "c1", 1000)]), now())
+        .expect("applies");
+    let Lookup::Found(p) = store.pod("ns", "p") else {
+        panic!("the running container is served");
+    };
+    assert_eq!(
+        p.containers
+            .iter()
+            .map(|c| (&*c.name, c.cpu_nanocores))
+            .collect::<Vec<_>>(),
+        [("a", 500_000_000)]
+    );
+    assert_eq!(store.pods(Some("ns")).len(), 1);
+    // Restarted: one point only, so the pod waits for its second.
+    store
+        .apply(
+            &report("n1", 3000, 30, &[("u1", "c1", 1500), ("u1", "c2", 0)]),
+            now(),
+        )
+        .expect("applies");
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+    // No container running at all: nothing to serve.
+    store
+        .apply(&report("n1", 4000, 40, &[]), now())
+        .expect("applies");
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+    assert!(store.pods(None).is_empty());
+}
+
+/// A new agent process (another `agent_epoch`) or another CPU source counts
+/// from another origin: eBPF counters from when the agent first saw a
+/// cgroup, cgroupfs ones from its creation. Read against the old counters
+/// that jump would be served as thousands of cores.
+#[test]
+fn a_new_agent_or_cpu_source_restarts_every_series_of_the_node() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&first, now()).expect("applies");
+    store
+        .apply(&report("n1", 1000, 1000, &[("u1", "c1", 100)]), now())
+        .expect("applies");
+    assert!(matches!(store.pod("ns", "p"), Lookup::Found(_)));
+
+    // Same agent, now on cgroupfs: an hour of the container's CPU appears.
+    let mut cgroupfs = report("n1", 2000, 7_200_000, &[("u1", "c1", 3_600_000)]);
+    cgroupfs.cpu_source = 2;
+    store.apply(&cgroupfs, now()).expect("applies");
+    assert_eq!(store.node("n1"), Lookup::NoMetrics);
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+    let mut next = report("n1", 3000, 7_201_000, &[("u1", "c1", 3_600_200)]);
+    next.cpu_source = 2;
+    store.apply(&next, now()).expect("applies");
+    let Lookup::Found(p) = store.pod("ns", "p") else {
+        panic!("rate from the new source's two points");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 200_000_000);
+    let Lookup::Found(n) = store.node("n1") else {
+        panic!("node rate");
+    };
+    assert_eq!(n.cpu_nanocores, 1_000_000_000);
+
+    // A restarted agent, same source: its counters start near the old ones.
+    let mut restarted = report("n1", 4000, 7_201_100, &[("u1", "c1", 3_600_300)]);
+    restarted.cpu_source = 2;
+    restarted.agent_epoch = 2;
+    store.apply(&restarted, now()).expect("applies");
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+    assert_eq!(store.stats().restarts.load(Ordering::Relaxed), 2);
+    // Metadata and labels are kept across the restart.
+    assert!(matches!(store.node("n1"), Lookup::NoMetrics));
+}
+
+/// Metadata comes on a stream's first report only. If that report was
+/// refused (or the node evicted while its stream stayed open), later ones
+/// could never be served: they are refused too, which ends the stream, and
+/// the agent's next stream starts with the metadata.
+#[test]
+fn a_report_without_metadata_for_a_node_without_any_is_refused() {
+    let store = Store::default();
+    let r = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    assert_eq!(store.apply(&r, now()), Err(Reject::NoMetadata("n1".into())));
+    assert!(store.node_names().is_empty(), "nothing applied");
+    let mut future = report("n1", 60_000, 0, &[("u1", "c1", 0)]);
+    future.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    assert!(matches!(
+        store.apply(&future, now()),
+        Err(Reject::Future { .. })
+    ));
+    assert_eq!(
+        store.apply(&report("n1", 1000, 0, &[("u1", "c1", 0)]), now()),
+        Err(Reject::NoMetadata("n1".into()))
+    );
+    let mut again = report("n1", 2000, 0, &[("u1", "c1", 0)]);
+    again.metadata = future.metadata.clone();
+    store.apply(&again, now()).expect("applies");
+    store
+        .apply(&report("n1", 3000, 1000, &[("u1", "c1", 100)]), now())
+        .expect("metadata known: applies");
     assert!(matches!(store.pod("ns", "p"), Lookup::Found(_)));
 }
 

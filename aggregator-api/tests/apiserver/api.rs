@@ -832,6 +832,7 @@ async fn metrics_include_ingest_and_store_figures() {
             swap_bytes: None,
             read_unix_nanos: None,
         }),
+        metadata: Some(Default::default()),
         ..NodeReport::default()
     };
     store.apply(&good, now).expect("a good report applies");
@@ -852,6 +853,7 @@ async fn metrics_include_ingest_and_store_figures() {
         "nodepulse_store_reports_total{outcome=\"rejected\"} 1",
         "nodepulse_store_samples_total{reason=\"reset\"} 0",
         "# TYPE nodepulse_store_evicted_nodes_total counter",
+        "nodepulse_store_counter_restarts_total 0",
         // The server's own figures are still there.
         "# TYPE apiserver_request_total counter",
     ] {
