@@ -107,37 +107,41 @@ async fn main() -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(64));
-    match (
+    let tls = match (
         &ingest.ingest_tls_cert_file,
         &ingest.ingest_tls_private_key_file,
     ) {
         (Some(cert), Some(key)) => {
-            let identity = tonic::transport::Identity::from_pem(
-                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
-                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
-            );
-            server = server
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .context("ingest TLS")?;
+            Some(aggregator_api::ingest::listener::server_config(cert, key).context("ingest TLS")?)
         }
         (None, None) => {
-            tracing::warn!("ingest without TLS (no --ingest-tls-cert-file): development only")
+            tracing::warn!("ingest without TLS (no --ingest-tls-cert-file): development only");
+            None
         }
         _ => anyhow::bail!("--ingest-tls-cert-file and --ingest-tls-private-key-file go together"),
-    }
+    };
     let listener = tokio::net::TcpListener::bind(ingest.listen())
         .await
         .with_context(|| format!("binding ingest {}", ingest.listen()))?;
-    tracing::info!(addr = %ingest.listen(), "ingest listening");
-    let ingest_task = tokio::spawn(
-        server
-            .add_service(service)
-            .add_service(watch)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                cancel.clone().cancelled_owned(),
+    tracing::info!(addr = %ingest.listen(), tls = tls.is_some(), "ingest listening");
+    let router = server.add_service(service).add_service(watch);
+    let shutdown = cancel.clone().cancelled_owned();
+    let ingest_task = match tls {
+        // The certificate is reloaded when its files change.
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            aggregator_api::ingest::listener::incoming(
+                listener,
+                tls,
+                aggregator_api::ingest::listener::HANDSHAKE_TIMEOUT,
+                cancel.clone(),
             ),
-    );
+            shutdown,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )),
+    };
     let evict_task = {
         let (store, cancel, after) = (Arc::clone(&store), cancel.clone(), ingest.node_eviction);
         tokio::spawn(async move {

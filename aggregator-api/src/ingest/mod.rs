@@ -7,6 +7,7 @@
 //! breaks the rules is ended with a clear status, and no other stream notices.
 pub mod auth;
 pub mod config;
+pub mod listener;
 
 use crate::server::metrics::LogGate;
 use std::fmt::Write as _;

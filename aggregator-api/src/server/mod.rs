@@ -257,6 +257,28 @@ impl AppInner {
     }
 }
 
+/// The next connection on `listener`. A failed accept (EMFILE and friends)
+/// is logged (the first, then every hundredth, counted in `errors`) and
+/// retried after a short pause instead of spinning. Cancel-safe.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    errors: &mut u64,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                *errors += 1;
+                if *errors == 1 || errors.is_multiple_of(100) {
+                    let addr = listener.local_addr().ok();
+                    tracing::warn!(%error, accept_errors = *errors, ?addr, "accepting a connection failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Counts an open connection for its lifetime, aborted tasks included.
 struct OpenConnection(App);
 
@@ -316,18 +338,7 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    accept_errors += 1;
-                    if accept_errors == 1 || accept_errors.is_multiple_of(100) {
-                        tracing::warn!(%error, accept_errors, "accepting a connection failed");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, &mut accept_errors) => accepted,
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();

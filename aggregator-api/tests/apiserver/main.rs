@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod ingest_tls;
 mod kube;
 mod protobuf;
 mod support;

@@ -555,6 +555,11 @@ impl Client {
         }
     }
 
+    /// The client's rustls config, for raw TLS connections.
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        Arc::clone(&self.tls)
+    }
+
     /// With a custom rustls config (e.g. a recording certificate resolver).
     pub fn from_config(addr: SocketAddr, config: rustls::ClientConfig) -> Client {
         Client {
