@@ -80,7 +80,8 @@ pub struct Args {
     #[arg(long, env = "NODEPULSE_METRIC_RESOLUTION", default_value = "60s", value_parser = duration_arg)]
     pub metric_resolution: Duration,
 
-    /// Only nodes whose labels match are served (label selector syntax).
+    /// Only nodes whose labels match are served, with their pods (label
+    /// selector syntax); reports from other nodes are taken and dropped.
     #[arg(long, env = "NODEPULSE_NODE_SELECTOR", default_value = "")]
     pub node_selector: String,
 

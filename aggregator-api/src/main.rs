@@ -70,7 +70,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = cli.api.into_config().context("invalid flags")?;
     let ingest = cli.ingest;
-    let store = Arc::new(Store::default());
+    let store = Arc::new(Store::new(aggregator_api::store::Config {
+        node_selector: config.node_selector.clone(),
+        ..Default::default()
+    }));
     let cancel = CancellationToken::new();
 
     let (auth, watch_auth): (Arc<dyn IngestAuth>, Option<WatchAuth>) = match ingest.ingest_auth {

@@ -3,8 +3,11 @@
 //! One stream reports one node. The caller is authenticated once per stream
 //! ([`IngestAuth`]); when its credential names a node, every report must be
 //! about that node — a node can only report itself. A refused report is
-//! counted and logged (rate-limited) and the stream goes on; a stream that
-//! breaks the rules is ended with a clear status, and no other stream notices.
+//! counted and logged (rate-limited) and the stream goes on, except when the
+//! store has no metadata for the node: metadata comes on a stream's first
+//! report, so that stream is ended (FAILED_PRECONDITION) for the agent to
+//! start a new one. A stream that breaks the rules is ended with a clear
+//! status, and no other stream notices. [`listener`] is the port's TLS.
 pub mod auth;
 pub mod config;
 pub mod listener;

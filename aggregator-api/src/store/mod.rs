@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 use proto::v1::{NodeReport, Usage};
 use tokio::sync::watch;
 
-use crate::api::{ContainerUsage, NodeUsage, PodUsage, view};
+use crate::api::{ContainerUsage, NodeUsage, PodUsage, selector::LabelSelector, view};
 use containers::{ContainerId, Containers};
 use intern::{Interner, Labels};
 use rate::{Outcome, Point, Series};
@@ -75,6 +75,10 @@ pub struct Config {
     pub max_pods: usize,
     /// Label and container counts per object.
     pub limits: limits::Limits,
+    /// Only nodes whose labels match are kept and served, with their pods
+    /// (`--node-selector`, as metrics-server scrapes only matching nodes).
+    /// Other nodes' agents may stream; their reports are taken and dropped.
+    pub node_selector: LabelSelector,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             max_future: Duration::from_secs(30),
             max_pods: 2000,
             limits: limits::Limits::default(),
+            node_selector: LabelSelector::everything(),
         }
     }
 }
@@ -160,6 +165,9 @@ struct PodMeta {
 struct NodeState {
     /// Metadata received: the node's labels, its pods' names.
     known: bool,
+    /// Its labels match the store's node selector (as of its metadata):
+    /// otherwise nothing of it is kept or served.
+    selected: bool,
     labels: Labels,
     pods: Vec<PodMeta>,
     usage: Option<Series>,
@@ -179,6 +187,7 @@ impl NodeState {
     fn new() -> Self {
         Self {
             known: false,
+            selected: false,
             labels: Labels::default(),
             pods: Vec::new(),
             usage: None,
@@ -192,7 +201,7 @@ impl NodeState {
 
     /// What the node-level metrics API would serve for this node.
     fn has_data(&self) -> bool {
-        self.known && self.usage.as_ref().and_then(Series::rate).is_some()
+        self.known && self.selected && self.usage.as_ref().and_then(Series::rate).is_some()
     }
 }
 
@@ -376,6 +385,16 @@ impl Store {
         if let Some(meta) = &report.metadata {
             self.replace_metadata(&name, &mut state, meta);
         }
+        if !state.selected {
+            // Kept only as labels, to notice when they come to match.
+            state.usage = None;
+            state.containers = Containers::default();
+            state.counters = None;
+            if std::mem::take(&mut state.counted) {
+                self.with_data.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
         let counters = (report.agent_epoch, report.cpu_source);
         if state
             .counters
@@ -470,8 +489,9 @@ impl Store {
         {
             let mut strings = self.strings.lock();
             state.labels = strings.labels(&meta.labels);
+            state.selected = self.config.node_selector.matches(&state.labels);
             let mut uids = HashSet::with_capacity(meta.pods.len());
-            for p in &meta.pods {
+            for p in meta.pods.iter().filter(|_| state.selected) {
                 if !uids.insert(p.uid.as_str()) {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -604,7 +624,7 @@ impl Store {
 }
 
 fn node_usage(name: &Arc<str>, state: &NodeState) -> view::Lookup<NodeUsage> {
-    if !state.known {
+    if !state.known || !state.selected {
         return view::Lookup::Unknown;
     }
     match state.usage.as_ref().and_then(Series::rate) {

@@ -5,6 +5,7 @@ use proto::v1::{
 };
 
 use super::*;
+use crate::api::selector::LabelSelector;
 use crate::api::view::{Lookup, MetricsView};
 
 const T0: u64 = 1_800_000_000;
@@ -266,6 +267,49 @@ fn a_report_without_metadata_for_a_node_without_any_is_refused() {
         .apply(&report("n1", 3000, 1000, &[("u1", "c1", 100)]), now())
         .expect("metadata known: applies");
     assert!(matches!(store.pod("ns", "p"), Lookup::Found(_)));
+}
+
+/// `--node-selector`: metrics-server scrapes only the matching nodes, so
+/// neither the others nor their pods are served; a node whose labels come
+/// to match (or stop matching) follows.
+#[test]
+fn only_nodes_the_selector_matches_are_served_with_their_pods() {
+    let store = Store::new(Config {
+        node_selector: LabelSelector::parse("zone=b").expect("selector"),
+        ..Config::default()
+    });
+    let apply = |node: &str, zone: &str, ms: u64, cpu: u64, with_meta: bool| {
+        let mut r = report(node, ms, cpu, &[(node, node, cpu / 2)]);
+        if with_meta {
+            let mut m = meta(&[(node, "ns", node, &[(node, "c")])]);
+            m.labels.insert("zone".into(), zone.into());
+            r.metadata = Some(m);
+        }
+        store.apply(&r, now()).expect("applies");
+    };
+    apply("in-b", "b", 0, 0, true);
+    apply("in-a", "a", 0, 0, true);
+    apply("in-b", "b", 1000, 1000, false);
+    apply("in-a", "a", 1000, 1000, false);
+    assert!(matches!(store.node("in-b"), Lookup::Found(_)));
+    assert!(matches!(store.pod("ns", "in-b"), Lookup::Found(_)));
+    assert_eq!(store.node("in-a"), Lookup::Unknown);
+    assert_eq!(store.pod("ns", "in-a"), Lookup::Unknown);
+    assert_eq!(store.nodes().len(), 1);
+    assert_eq!(store.pods(None).len(), 1);
+    assert_eq!(store.pods(Some("ns")).len(), 1);
+
+    // Relabelled: in-b leaves the selection, in-a joins it.
+    apply("in-b", "a", 2000, 2000, true);
+    apply("in-a", "b", 2000, 2000, true);
+    assert_eq!(store.node("in-b"), Lookup::Unknown);
+    assert_eq!(store.pod("ns", "in-b"), Lookup::Unknown);
+    assert!(store.pods(None).is_empty(), "in-a has one point only");
+    assert!(!store.has_data());
+    apply("in-a", "b", 3000, 3000, false);
+    assert!(matches!(store.pod("ns", "in-a"), Lookup::Found(_)));
+    assert_eq!(store.pods(None).len(), 1);
+    assert!(store.has_data());
 }
 
 #[test]
