@@ -33,6 +33,17 @@ app.kubernetes.io/name: nodepulse
 app.kubernetes.io/component: {{ . }}
 {{- end }}
 
+{{/*
+Extra pod labels (agent.podLabels, aggregator.podLabels), without the selector
+labels, which a workload's selector depends on. Call with the map; renders
+nothing for an empty one.
+*/}}
+{{- define "nodepulse.podLabels" -}}
+{{- with omit (. | default dict) "app.kubernetes.io/name" "app.kubernetes.io/component" }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "nodepulse.image" -}}
 {{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) -}}
 {{- end }}
