@@ -339,16 +339,23 @@ impl Collector {
         self.watch = watch;
         self.walks += 1;
         let by_id = scan.by_id();
-        self.foreign = raw
-            .map(|raw| {
-                raw.keys()
-                    .copied()
-                    .filter(|id| !by_id.contains_key(id))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.files
-            .retain(|rel, id| by_id.get(&id).is_some_and(|&i| scan.cgroups[i].path == rel));
+        if scan.is_complete() {
+            self.foreign = raw
+                .map(|raw| {
+                    raw.keys()
+                        .copied()
+                        .filter(|id| !by_id.contains_key(id))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.files
+                .retain(|rel, id| by_id.get(&id).is_some_and(|&i| scan.cgroups[i].path == rel));
+        } else {
+            // Part of the tree could not be read: what it left out may still
+            // exist, so nothing is taken as outside the node or gone (the
+            // watch reports a change at every check: walked again next time).
+            self.foreign.clear();
+        }
         Ok(Walked { scan, by_id })
     }
 
@@ -395,10 +402,13 @@ impl Collector {
         } else {
             raw
         };
-        let tree_changed = self.pruned_at_walk != self.walks;
+        // State of cgroups a new walk did not see is dropped, unless the walk
+        // was incomplete (they may only have been unreadable this time: their
+        // counters must go on, not restart).
+        let prune = self.pruned_at_walk != self.walks && scan.is_complete();
         self.pruned_at_walk = self.walks;
         if let Some(raw) = raw {
-            self.attribute(raw, walked, tree_changed);
+            self.attribute(raw, walked, prune);
         }
 
         let ebpf = self.ebpf.is_some();
@@ -456,7 +466,7 @@ impl Collector {
         for pod in pods.values_mut() {
             pod.containers.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        if tree_changed {
+        if prune {
             let live: HashSet<&str> = pods
                 .values()
                 .flat_map(|p| p.containers.iter().map(|c| c.id.as_str()))
@@ -505,8 +515,9 @@ impl Collector {
     }
 
     /// Turns the kernel's per-cgroup totals into per-container and node totals.
-    /// `tree_changed`: walked again since the last call.
-    fn attribute(&mut self, raw: HashMap<u64, u64>, walked: &Walked, tree_changed: bool) {
+    /// `prune`: walked again (completely) since the last call, so cgroups
+    /// the walk did not see are gone.
+    fn attribute(&mut self, raw: HashMap<u64, u64>, walked: &Walked, prune: bool) {
         let whole_host = self.whole_host();
         let scan = &walked.scan;
         let current = |id: &u64| walked.by_id.get(id).map(|&i| &scan.cgroups[i].identity);
@@ -532,11 +543,12 @@ impl Collector {
                 }
             }
         }
-        // Cgroups gone since the read: their last counts are in; drop their state.
+        // Cgroups gone since the read: their last counts are in; drop their
+        // state. After an incomplete walk an unseen one may still be there.
         let gone: Vec<u64> = raw
             .keys()
             .copied()
-            .filter(|id| !walked.by_id.contains_key(id))
+            .filter(|id| scan.is_complete() && !walked.by_id.contains_key(id))
             .collect();
         for id in &gone {
             self.last_raw.remove(id);
@@ -544,8 +556,9 @@ impl Collector {
         if let Some(acc) = self.ebpf.as_mut() {
             acc.forget(gone);
         }
-        if !tree_changed {
-            // Same tree as last time: `known` is it already, nothing left.
+        if !prune {
+            // Same tree as last time (`known` is it already), or an incomplete
+            // walk: `known` still names what it missed.
             return;
         }
         let live: HashSet<&String> = scan

@@ -4,6 +4,7 @@ use std::{path::PathBuf, time::Duration};
 use std::sync::Arc;
 
 use agent::{
+    cgroup::files,
     collector::{Collector, CpuSourceChoice, Options},
     export::{self, Targets},
     kubelet::{KubeletClient, KubeletConfig, check::Tolerance, resource_url},
@@ -180,6 +181,7 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let args = Args::parse();
     let opts = Options {
         cgroup_root: args.cgroup_root,
@@ -200,6 +202,33 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(run_agent(opts, *run)),
+    }
+}
+
+/// Before anything opens files: the counter files kept open per container
+/// outgrow the soft limit of 1024 that container runtimes hand out (see
+/// [`files::raise_open_file_limit`]). Not fatal: a small node fits, and on a
+/// large one the cgroups whose files could not be opened are reported as
+/// skipped.
+fn raise_open_file_limit() {
+    match files::raise_open_file_limit() {
+        Ok(limit) if limit.was < limit.soft => tracing::debug!(
+            from = limit.was,
+            to = limit.soft,
+            "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"
+        ),
+        Ok(limit) => tracing::debug!(
+            soft = limit.soft,
+            hard = limit.hard,
+            "open-file limit (RLIMIT_NOFILE) already at its hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not raise the open-file limit (RLIMIT_NOFILE) to its hard limit: \
+             a node of many pods may run out of descriptors (the agent keeps 3-4 files \
+             open per container); raise the container's limit (the runtime's \
+             LimitNOFILE, or `ulimit -n` before starting the agent)"
+        ),
     }
 }
 

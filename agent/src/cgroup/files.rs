@@ -228,6 +228,63 @@ impl CounterFiles {
     }
 }
 
+/// The process's open-file limit (`RLIMIT_NOFILE`) before and after
+/// [`raise_open_file_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFileLimit {
+    /// The soft limit found.
+    pub was: libc::rlim_t,
+    /// The soft limit now.
+    pub soft: libc::rlim_t,
+    /// The hard limit, which an unprivileged process may raise the soft one to.
+    pub hard: libc::rlim_t,
+}
+
+/// Raises the soft open-file limit to the hard one.
+///
+/// [`CounterFiles`] keeps three or four files open per container (four per
+/// pod with its sandbox), so a node of 110 pods needs over a thousand
+/// descriptors, besides sockets and the eBPF maps. Container runtimes hand
+/// containers a soft limit of 1024 (containerd 2 no longer sets
+/// `LimitNOFILE`, so the systemd default applies) with a far higher hard one.
+/// Go programs raise their soft limit at start; Rust's runtime does not, so
+/// the agent does it here, before it opens anything. Nothing the agent runs
+/// uses `select(2)`, whose descriptors must stay below 1024 (the reason the
+/// soft default is low).
+pub fn raise_open_file_limit() -> io::Result<OpenFileLimit> {
+    let (was, hard) = open_file_limit()?;
+    if was < hard {
+        set_open_file_limit(hard, hard)?;
+    }
+    let (soft, hard) = open_file_limit()?;
+    Ok(OpenFileLimit { was, soft, hard })
+}
+
+/// The soft and hard `RLIMIT_NOFILE`.
+fn open_file_limit() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+fn set_open_file_limit(soft: libc::rlim_t, hard: libc::rlim_t) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit only reads the rlimit we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::{fs, path::Path};
@@ -345,6 +402,27 @@ mod tests {
         assert_eq!(ws(&mut fresh), 80);
         // ... while the default one still holds its recent reading.
         assert_eq!(ws(&mut files), 60);
+    }
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let (_, hard) = open_file_limit().expect("getrlimit");
+        // As a container runtime leaves it (the test harness may have raised
+        // it already; lowering the soft limit needs no privilege).
+        let low = hard.min(1024);
+        set_open_file_limit(low, hard).expect("lower the soft limit");
+        let limit = raise_open_file_limit().expect("raise");
+        assert_eq!(
+            limit,
+            OpenFileLimit {
+                was: low,
+                soft: hard,
+                hard
+            }
+        );
+        assert_eq!(open_file_limit().expect("getrlimit"), (hard, hard));
+        // Already raised: nothing to do, and no error.
+        assert_eq!(raise_open_file_limit().expect("again").was, hard);
     }
 
     #[test]

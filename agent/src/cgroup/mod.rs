@@ -87,15 +87,36 @@ pub struct Cgroup {
     pub modified: Option<SystemTime>,
 }
 
-/// The result of walking the tree: cgroups, and paths that did not parse.
+/// Something a walk met that it skipped; the rest of the walk stands.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// A path in the kubelet's tree that did not parse.
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
+    /// A directory that could not be listed, or a cgroup that could not be
+    /// looked at (other than one removed during the walk): the walk missed
+    /// part of the tree, and a pod may be missing from it.
+    #[error("cgroup tree walk incomplete (walked again at the next interval): {0}")]
+    Walk(#[source] Error),
+}
+
+/// The result of walking the tree: cgroups, and what was skipped.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub tree: Option<Tree>,
     pub cgroups: Vec<Cgroup>,
-    pub errors: Vec<identity::Error>,
+    pub errors: Vec<ScanError>,
 }
 
 impl Scan {
+    /// Whether the walk saw the whole tree: no directory listing or cgroup
+    /// lookup failed. An incomplete walk's missing cgroups may still exist;
+    /// the watch passed to it reports a change at every check, so the
+    /// caller walks again.
+    pub fn is_complete(&self) -> bool {
+        !self.errors.iter().any(|e| matches!(e, ScanError::Walk(_)))
+    }
+
     /// Cgroup id → index into `cgroups`.
     pub fn by_id(&self) -> HashMap<u64, usize> {
         self.cgroups
@@ -203,6 +224,23 @@ fn has_pods(scan: &Scan) -> bool {
         .any(|c| matches!(c.identity, Some(Identity::Pod { .. })))
 }
 
+/// Records a failure to list a directory or look at a cgroup. Other than
+/// ENOENT (a cgroup removed while we walked, which its parent's watch reports)
+/// it means part of the tree went unseen: the scan says so, and the watch is
+/// made to report a change, so the caller walks again at the next interval
+/// rather than leaving the missed pods out until something else changes the
+/// tree.
+fn missed(scan: &mut Scan, watch: Option<&mut TreeWatch>, path: PathBuf, source: io::Error) {
+    if source.kind() == io::ErrorKind::NotFound {
+        return;
+    }
+    if let Some(watch) = watch {
+        watch.set_incomplete();
+    }
+    scan.errors
+        .push(ScanError::Walk(Error::Io { path, source }));
+}
+
 fn walk(root: &Path, base: &str, tree: Tree, mut watch: Option<&mut TreeWatch>) -> Result<Scan> {
     let base = base.trim_end_matches('/');
     let start = root.join(base.trim_start_matches('/'));
@@ -232,24 +270,48 @@ fn walk(root: &Path, base: &str, tree: Tree, mut watch: Option<&mut TreeWatch>) 
         }
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
-            // Removed while we walked: it is simply gone.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) if depth == 0 => return Err(Error::Io { path: dir, source }),
-            Err(_) => continue,
+            Err(source) if depth == 0 && source.kind() != io::ErrorKind::NotFound => {
+                return Err(Error::Io { path: dir, source });
+            }
+            Err(source) => {
+                missed(&mut scan, watch.as_deref_mut(), dir, source);
+                continue;
+            }
         };
-        for entry in entries.flatten() {
-            let Ok(ft) = entry.file_type() else { continue };
+        for entry in entries {
+            // A listing cut short is as incomplete as one that failed.
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(source) => {
+                    missed(&mut scan, watch.as_deref_mut(), dir.clone(), source);
+                    break;
+                }
+            };
+            let ft = match entry.file_type() {
+                Ok(ft) => ft,
+                Err(source) => {
+                    missed(&mut scan, watch.as_deref_mut(), entry.path(), source);
+                    continue;
+                }
+            };
             if !ft.is_dir() {
                 continue;
             }
-            let Ok(meta) = entry.metadata() else { continue };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(source) => {
+                    missed(&mut scan, watch.as_deref_mut(), entry.path(), source);
+                    continue;
+                }
+            };
             let name = entry.file_name();
+            // Not a name the kubelet or a runtime makes.
             let Some(name) = name.to_str() else { continue };
             let path = format!("{rel}/{name}");
             let identity = match identity::parse(&path) {
                 Ok(id) => id,
                 Err(e) => {
-                    scan.errors.push(e);
+                    scan.errors.push(e.into());
                     None
                 }
             };
@@ -265,4 +327,169 @@ fn walk(root: &Path, base: &str, tree: Tree, mut watch: Option<&mut TreeWatch>) 
         }
     }
     Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::cgroup::stats::tests::write;
+
+    const UID_A: &str = "0c9a4e5e-2b1f-4f7a-9c55-0a1b2c3d4e5f";
+    const UID_B: &str = "1d8b5f6f-3c2a-4a8b-8d66-1b2c3d4e5f60";
+    const UID_C: &str = "2e7c6a7a-4d3b-4b9c-9e77-2c3d4e5f6071";
+
+    fn container(qos: &str, uid: &str, cid: char) -> String {
+        let pod = uid.replace('-', "_");
+        format!(
+            "/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{pod}.slice/cri-containerd-{}.scope",
+            cid.to_string().repeat(64)
+        )
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn containers(scan: &Scan) -> Vec<&str> {
+        let mut pods: Vec<&str> = scan
+            .cgroups
+            .iter()
+            .filter_map(|c| match &c.identity {
+                Some(Identity::Container { pod_uid, .. }) => Some(pod_uid.as_str()),
+                _ => None,
+            })
+            .collect();
+        pods.sort_unstable();
+        pods
+    }
+
+    fn walk_errors(scan: &Scan) -> Vec<String> {
+        scan.errors
+            .iter()
+            .filter_map(|e| match e {
+                ScanError::Walk(Error::Io { path, .. }) => Some(path.display().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Permissions are what make a directory unreadable here; root has them
+    /// overridden. Switching this thread's filesystem uid away from 0 drops
+    /// that override for this thread only (until dropped).
+    struct Unprivileged {
+        was_root: bool,
+    }
+
+    impl Unprivileged {
+        /// `None` where root cannot switch (a user namespace without uid 65534).
+        fn enter() -> Option<Self> {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if unsafe { libc::geteuid() } != 0 {
+                return Some(Self { was_root: false });
+            }
+            // SAFETY: setfsuid changes only this thread's filesystem uid;
+            // `u32::MAX` (-1) is invalid, so that call only reports the current one.
+            let now = unsafe {
+                libc::setfsuid(65534);
+                libc::setfsuid(u32::MAX)
+            };
+            (now == 65534).then_some(Self { was_root: true })
+        }
+    }
+
+    impl Drop for Unprivileged {
+        fn drop(&mut self) {
+            if self.was_root {
+                // SAFETY: as in `enter`; back to root's filesystem uid.
+                unsafe { libc::setfsuid(0) };
+            }
+        }
+    }
+
+    #[test]
+    fn walk_failures_other_than_removal_make_the_walk_incomplete() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        chmod(root, 0o755);
+        write(root, "cgroup.controllers", "cpu memory\n");
+        write(root, "cgroup.procs", "");
+        for (qos, uid, cid) in [
+            ("burstable", UID_A, 'a'),
+            ("besteffort", UID_B, 'b'),
+            ("burstable", UID_C, 'c'),
+        ] {
+            let dir = root.join(container(qos, uid, cid).trim_start_matches('/'));
+            fs::create_dir_all(dir).expect("mkdir");
+        }
+        let h = Hierarchy::detect(root).expect("detect");
+        let pod_c = root.join(
+            container("burstable", UID_C, 'c')
+                .trim_start_matches('/')
+                .rsplit_once('/')
+                .expect("pod dir")
+                .0,
+        );
+        let besteffort = root.join("kubepods.slice/kubepods-besteffort.slice");
+
+        // Pod C's directory lists but its container cannot be looked at.
+        chmod(&pod_c, 0o444);
+        let (scan, mut watch) = {
+            let Some(_unprivileged) = Unprivileged::enter() else {
+                eprintln!("skipped: cannot drop root's permission override here");
+                chmod(&pod_c, 0o755);
+                return;
+            };
+            let mut watch = TreeWatch::new().expect("inotify");
+            (h.scan_watched("/", Some(&mut watch)), watch)
+        };
+        chmod(&pod_c, 0o755);
+        let scan = scan.expect("scan");
+        assert_eq!(
+            containers(&scan),
+            [UID_A, UID_B],
+            "the rest of the walk stands"
+        );
+        assert!(!scan.is_complete());
+        let missed = walk_errors(&scan);
+        assert_eq!(missed.len(), 1, "{missed:?}");
+        assert!(missed[0].contains("cri-containerd-ccc"), "{missed:?}");
+        assert!(watch.is_incomplete(), "the caller must walk again");
+        assert!(watch.changed());
+
+        // A directory that cannot be listed below the top.
+        chmod(&besteffort, 0o000);
+        let scan = {
+            let Some(_unprivileged) = Unprivileged::enter() else {
+                unreachable!("entered above");
+            };
+            h.scan("/")
+        };
+        chmod(&besteffort, 0o755);
+        let scan = scan.expect("scan");
+        assert_eq!(containers(&scan), [UID_A, UID_C]);
+        assert_eq!(
+            walk_errors(&scan),
+            [besteffort.display().to_string()],
+            "{:?}",
+            scan.errors
+        );
+        let message = scan
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        assert!(
+            message.iter().any(|m| m.contains("walked again")),
+            "{message:?}"
+        );
+
+        // Readable again: a complete walk, and a watch that waits for changes.
+        let mut watch = TreeWatch::new().expect("inotify");
+        let scan = h.scan_watched("/", Some(&mut watch)).expect("scan");
+        assert_eq!(containers(&scan), [UID_A, UID_B, UID_C]);
+        assert!(scan.is_complete(), "{:?}", scan.errors);
+        assert!(!watch.changed());
+    }
 }
