@@ -94,13 +94,15 @@ pub fn nodepulse_objects(metrics_reader: &str, service_port: u16) -> Vec<Value> 
                         "name": "extension-apiserver-authentication-reader"},
             "subjects": [sa_subject(AGGREGATOR_SA)],
         }),
-        // The agents read their node and its pods.
+        // The agents list and watch their node's pods and GET their node:
+        // exactly what deploy/components.yaml grants, so these tests prove it
+        // is enough.
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": {"name": "nodepulse-agent"},
-            "rules": [{"apiGroups": [""], "resources": ["pods", "nodes"],
-                       "verbs": ["get", "list", "watch"]}],
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+                      {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
         }),
         cluster_role_binding("nodepulse-agent", "nodepulse-agent", sa_subject(AGENT_SA)),
         // For readers, aggregated into view/edit/admin (metrics-server ships it).
