@@ -32,6 +32,8 @@ pub enum Error {
     Collector(#[from] collector::Error),
     #[error("spawning the collector thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("the collector thread panicked: exiting, to be restarted")]
+    CollectorPanicked,
 }
 
 /// The kubelet as a second source.
@@ -70,18 +72,38 @@ pub async fn run(
     )?;
     let (tx, rx) = watch::channel(None);
     let thread = {
-        let cancel = cancel.clone();
+        let stop = cancel.clone();
         let (node, interval) = (config.node_name.clone(), config.interval);
-        thread::Builder::new()
-            .name("collector".into())
-            .spawn(move || collect_loop(sampler, &node, interval, metadata, &tx, &cancel))
-            .map_err(Error::Thread)?
+        spawn_collector(&cancel, move || {
+            collect_loop(sampler, &node, interval, metadata, &tx, &stop)
+        })
+        .map_err(Error::Thread)?
     };
     export::run(config.export, rx, cancel.clone()).await;
     cancel.cancel();
     // The thread notices within one interval.
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    Ok(())
+    match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Err(_panicked)) => Err(Error::CollectorPanicked),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `body` on the collector thread, which cancels `cancel` when it
+/// ends, however it ends: after a panic the exporters would otherwise go on
+/// with the last sample (never changing again) and the agent would look
+/// alive. Cancelled, the whole agent stops and exits with an error, and the
+/// kubelet restarts it.
+fn spawn_collector(
+    cancel: &CancellationToken,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    let stop = cancel.clone().drop_guard();
+    thread::Builder::new()
+        .name("collector".into())
+        .spawn(move || {
+            let _stop = stop;
+            body();
+        })
 }
 
 fn collect_loop(
@@ -378,3 +400,34 @@ impl Sampler {
 /// readings lag its scrape by cAdvisor's housekeeping (at most 15 s by
 /// default), plus the scrape.
 const CHECK_LOOKBACK: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collector_thread_that_panics_stops_the_agent() {
+        let cancel = CancellationToken::new();
+        let thread = spawn_collector(&cancel, || panic!("a bug in collection")).expect("spawn");
+        assert!(thread.join().is_err(), "the panic reaches the join");
+        assert!(
+            cancel.is_cancelled(),
+            "exporters and watchers are told to stop"
+        );
+    }
+
+    #[test]
+    fn a_collector_thread_runs_until_cancelled_and_ends_cleanly() {
+        let cancel = CancellationToken::new();
+        let seen = cancel.clone();
+        let thread = spawn_collector(&cancel, move || {
+            while !seen.is_cancelled() {
+                thread::park_timeout(Duration::from_millis(10));
+            }
+        })
+        .expect("spawn");
+        assert!(!cancel.is_cancelled(), "running: nothing stops");
+        cancel.cancel();
+        thread.join().expect("ends without a panic");
+    }
+}
