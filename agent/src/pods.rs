@@ -3,9 +3,11 @@
 //! these to the cgroups it measures and sends them to the aggregators, so the
 //! aggregators need no pod informer of their own.
 //!
-//! List, then watch from the list's resourceVersion (the kubelet does the same
-//! with the same field selector, so kube-apiserver serves it from its watch
-//! cache); list again when the watch ends: at once after a watch that lived
+//! List, then watch from the list's resourceVersion, selecting the node's
+//! pods by `spec.nodeName` as the kubelet does (kube-apiserver's watch cache
+//! indexes that field) and leaving out pods that have terminated (Succeeded,
+//! Failed): they are never served, and on a node that runs many Jobs with no
+//! TTL they pile up past what an aggregator takes in one report; list again when the watch ends: at once after a watch that lived
 //! (they end every five minutes), after a growing, jittered pause after one
 //! that failed or ended at once. The Node's labels are re-read every minute,
 //! beside the watch.
@@ -149,6 +151,11 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// This node's pods that have not terminated.
+fn field_selector(node: &str) -> String {
+    format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed")
+}
+
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -182,7 +189,7 @@ trait Api {
 struct Kube {
     client: KubeClient,
     node: String,
-    /// `spec.nodeName=<node>`, escaped for a query.
+    /// [`field_selector`], escaped for a query.
     selector: String,
 }
 
@@ -249,7 +256,7 @@ pub async fn run(
     tx: watch::Sender<Arc<NodeMetadata>>,
     cancel: CancellationToken,
 ) {
-    let selector = percent_encode(&format!("spec.nodeName={node}"));
+    let selector = percent_encode(&field_selector(&node));
     let api = Kube {
         client,
         node,
@@ -694,8 +701,8 @@ mod tests {
     #[test]
     fn selectors_are_escaped() {
         assert_eq!(
-            percent_encode("spec.nodeName=node-1"),
-            "spec.nodeName%3Dnode-1"
+            percent_encode(&field_selector("node-1")),
+            "spec.nodeName%3Dnode-1%2Cstatus.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed"
         );
     }
 }
