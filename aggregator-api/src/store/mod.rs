@@ -79,6 +79,31 @@ pub struct Config {
     /// (`--node-selector`, as metrics-server scrapes only matching nodes).
     /// Other nodes' agents may stream; their reports are taken and dropped.
     pub node_selector: LabelSelector,
+    /// How long a node's metrics are served after its last report.
+    pub freshness: Freshness,
+}
+
+/// A node's metrics (and its pods') are served only while its last report
+/// is at most `windows` of its own report intervals old, and never less
+/// than `at_least`: an agent that stopped (its node lost power, its network
+/// split) leaves a gap rather than numbers that no longer hold, as
+/// metrics-server drops a node whose scrape failed. The node is forgotten
+/// later (`--node-eviction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Freshness {
+    pub windows: u32,
+    pub at_least: Duration,
+}
+
+impl Default for Freshness {
+    /// Three reports missed: 10 s for agents reporting every second, 30 s
+    /// for one whose source is the kubelet (every 10 s).
+    fn default() -> Self {
+        Self {
+            windows: 3,
+            at_least: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for Config {
@@ -88,6 +113,7 @@ impl Default for Config {
             max_pods: 2000,
             limits: limits::Limits::default(),
             node_selector: LabelSelector::everything(),
+            freshness: Freshness::default(),
         }
     }
 }
@@ -197,6 +223,16 @@ impl NodeState {
             counted: false,
             evicted: false,
         }
+    }
+
+    /// Whether its metrics are recent enough to serve (see [`Freshness`]).
+    fn fresh(&self, f: &Freshness) -> bool {
+        let window = self
+            .usage
+            .as_ref()
+            .and_then(Series::rate)
+            .map_or(Duration::ZERO, |r| r.window);
+        self.last_report.elapsed() <= window.saturating_mul(f.windows).max(f.at_least)
     }
 
     /// What the node-level metrics API would serve for this node.
@@ -588,7 +624,7 @@ impl Store {
         for (name, n) in nodes {
             let state = lock(&n);
             out.extend(
-                served_pods(&state, namespace)
+                served_pods(&state, namespace, &self.config.freshness)
                     .filter_map(|p| pod_usage(&state, p))
                     .map(|p| (Arc::clone(&name), p)),
             );
@@ -623,9 +659,12 @@ impl Store {
     }
 }
 
-fn node_usage(name: &Arc<str>, state: &NodeState) -> view::Lookup<NodeUsage> {
+fn node_usage(name: &Arc<str>, state: &NodeState, f: &Freshness) -> view::Lookup<NodeUsage> {
     if !state.known || !state.selected {
         return view::Lookup::Unknown;
+    }
+    if !state.fresh(f) {
+        return view::Lookup::NoMetrics;
     }
     match state.usage.as_ref().and_then(Series::rate) {
         Some(r) => view::Lookup::Found(NodeUsage {
@@ -641,14 +680,15 @@ fn node_usage(name: &Arc<str>, state: &NodeState) -> view::Lookup<NodeUsage> {
     }
 }
 
-/// The pods of a node that lists serve: Running, in `namespace` if given.
+/// The pods of a node that lists serve: Running, in `namespace` if given,
+/// none while the node's metrics are not fresh.
 fn served_pods<'s>(
     state: &'s NodeState,
     namespace: Option<&str>,
+    f: &Freshness,
 ) -> impl Iterator<Item = &'s PodMeta> {
-    state
-        .pods
-        .iter()
+    let pods: &[PodMeta] = if state.fresh(f) { &state.pods } else { &[] };
+    pods.iter()
         .filter(move |p| p.running && namespace.is_none_or(|ns| *p.namespace == *ns))
 }
 
@@ -707,12 +747,13 @@ fn pod_usage(state: &NodeState, pod: &PodMeta) -> Option<PodUsage> {
 fn visit_nodes(
     nodes: &[(Arc<str>, Shared)],
     namespace: Option<&str>,
+    f: &Freshness,
     visitor: &mut dyn view::PodVisitor,
 ) {
     let mut rates = Vec::new();
     for (_, n) in nodes {
         let state = lock(n);
-        for p in served_pods(&state, namespace) {
+        for p in served_pods(&state, namespace, f) {
             let Some((timestamp, window)) = container_rates(&state, p, &mut rates) else {
                 continue;
             };
@@ -746,10 +787,12 @@ impl view::MetricsView for Store {
     fn nodes(&self) -> Vec<NodeUsage> {
         self.snapshot_nodes()
             .iter()
-            .filter_map(|(name, n)| match node_usage(name, &lock(n)) {
-                view::Lookup::Found(u) => Some(u),
-                _ => None,
-            })
+            .filter_map(
+                |(name, n)| match node_usage(name, &lock(n), &self.config.freshness) {
+                    view::Lookup::Found(u) => Some(u),
+                    _ => None,
+                },
+            )
             .collect()
     }
 
@@ -758,7 +801,7 @@ impl view::MetricsView for Store {
             .get_key_value(name)
             .map(|(k, v)| (Arc::clone(k), Arc::clone(v)));
         match node {
-            Some((name, n)) => node_usage(&name, &lock(&n)),
+            Some((name, n)) => node_usage(&name, &lock(&n), &self.config.freshness),
             None => view::Lookup::Unknown,
         }
     }
@@ -767,7 +810,10 @@ impl view::MetricsView for Store {
         let mut out = Vec::new();
         for (_, n) in self.nodes_of(namespace) {
             let state = lock(&n);
-            out.extend(served_pods(&state, namespace).filter_map(|p| pod_usage(&state, p)));
+            out.extend(
+                served_pods(&state, namespace, &self.config.freshness)
+                    .filter_map(|p| pod_usage(&state, p)),
+            );
         }
         out
     }
@@ -776,10 +822,11 @@ impl view::MetricsView for Store {
     /// (the first on the calling one) when there are many nodes.
     fn visit_pods(&self, namespace: Option<&str>, visitors: &mut [&mut dyn view::PodVisitor]) {
         let nodes = self.nodes_of(namespace);
+        let fresh = &self.config.freshness;
         match visitors {
             [] => {}
             [first, ..] if nodes.len() < PARALLEL_VISIT_MIN_NODES => {
-                visit_nodes(&nodes, namespace, *first)
+                visit_nodes(&nodes, namespace, fresh, *first)
             }
             _ => {
                 let per = nodes.len().div_ceil(visitors.len());
@@ -787,10 +834,10 @@ impl view::MetricsView for Store {
                     let mut shares = visitors.iter_mut().zip(nodes.chunks(per));
                     let own = shares.next();
                     for (visitor, share) in shares {
-                        scope.spawn(move || visit_nodes(share, namespace, *visitor));
+                        scope.spawn(move || visit_nodes(share, namespace, fresh, *visitor));
                     }
                     if let Some((visitor, share)) = own {
-                        visit_nodes(share, namespace, *visitor);
+                        visit_nodes(share, namespace, fresh, *visitor);
                     }
                 });
             }
@@ -814,6 +861,7 @@ impl view::MetricsView for Store {
             .iter()
             .find(|p| *p.namespace == *namespace && *p.name == *name);
         match pod {
+            Some(p) if p.running && !state.fresh(&self.config.freshness) => view::Lookup::NoMetrics,
             Some(p) if p.running => match pod_usage(&state, p) {
                 Some(u) => view::Lookup::Found(u),
                 None => view::Lookup::NoMetrics,

@@ -312,6 +312,47 @@ fn only_nodes_the_selector_matches_are_served_with_their_pods() {
     assert!(store.has_data());
 }
 
+/// An agent that stops reporting (its node lost power) leaves a gap, not
+/// its last numbers: metrics-server drops a node whose scrape failed.
+#[test]
+fn a_node_that_stopped_reporting_is_not_served_until_it_reports_again() {
+    const FRESH: Duration = Duration::from_secs(2);
+    let store = Store::new(Config {
+        freshness: Freshness {
+            windows: 0,
+            at_least: FRESH,
+        },
+        ..Config::default()
+    });
+    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&first, now()).expect("applies");
+    store
+        .apply(&report("n1", 1000, 1000, &[("u1", "c1", 100)]), now())
+        .expect("applies");
+    assert!(matches!(store.node("n1"), Lookup::Found(_)));
+    assert!(matches!(store.pod("ns", "p"), Lookup::Found(_)));
+    assert_eq!(store.pods(None).len(), 1);
+
+    // The time under test passing, not a wait for readiness.
+    std::thread::sleep(FRESH + Duration::from_millis(200));
+    assert_eq!(store.node("n1"), Lookup::NoMetrics);
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+    assert!(store.nodes().is_empty());
+    assert!(store.pods(None).is_empty());
+    assert!(store.pods(Some("ns")).is_empty());
+    assert!(store.pods_by_node(None, None).is_empty());
+
+    store
+        .apply(&report("n1", 2000, 2000, &[("u1", "c1", 200)]), now())
+        .expect("applies");
+    let Lookup::Found(p) = store.pod("ns", "p") else {
+        panic!("served again");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 100_000_000);
+    assert_eq!(store.pods(None).len(), 1);
+}
+
 #[test]
 fn pods_not_running_are_unknown() {
     let store = Store::default();
