@@ -545,10 +545,11 @@ impl Collector {
         }
         // Cgroups gone since the read: their last counts are in; drop their
         // state. After an incomplete walk an unseen one may still be there.
+        let complete = scan.is_complete();
         let gone: Vec<u64> = raw
             .keys()
             .copied()
-            .filter(|id| scan.is_complete() && !walked.by_id.contains_key(id))
+            .filter(|id| complete && !walked.by_id.contains_key(id))
             .collect();
         for id in &gone {
             self.last_raw.remove(id);

@@ -230,9 +230,16 @@ impl NodeState {
         let window = self
             .usage
             .as_ref()
-            .and_then(Series::rate)
-            .map_or(Duration::ZERO, |r| r.window);
+            .and_then(Series::window)
+            .unwrap_or_default();
         self.last_report.elapsed() <= window.saturating_mul(f.windows).max(f.at_least)
+    }
+
+    /// Forgets every counter of the node: they are from another origin
+    /// (`counters`), or the node is not selected.
+    fn restart_series(&mut self) {
+        self.usage = None;
+        self.containers = Containers::default();
     }
 
     /// What the node-level metrics API would serve for this node.
@@ -402,6 +409,8 @@ impl Store {
 
     fn apply_inner(&self, report: &NodeReport, now: SystemTime) -> Result<(), Reject> {
         let (time, usage) = self.check(report, now)?;
+        // Refused before an entry is made for it (checked again under the
+        // node's lock: an entry can exist without metadata).
         if report.metadata.is_none() && !read(&self.nodes).contains_key(report.node.as_str()) {
             return Err(Reject::NoMetadata(report.node.clone()));
         }
@@ -423,12 +432,9 @@ impl Store {
         }
         if !state.selected {
             // Kept only as labels, to notice when they come to match.
-            state.usage = None;
-            state.containers = Containers::default();
+            state.restart_series();
             state.counters = None;
-            if std::mem::take(&mut state.counted) {
-                self.with_data.fetch_sub(1, Ordering::Relaxed);
-            }
+            self.recount(&mut state);
             return Ok(());
         }
         let counters = (report.agent_epoch, report.cpu_source);
@@ -438,8 +444,7 @@ impl Store {
             .is_some_and(|c| c != counters)
         {
             // Another origin: the new counters say nothing about the old.
-            state.usage = None;
-            state.containers = Containers::default();
+            state.restart_series();
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         self.push(&mut state.usage, point(time, &usage), 0);
@@ -467,6 +472,12 @@ impl Store {
         }
         state.containers.retain_seen();
 
+        self.recount(&mut state);
+        Ok(())
+    }
+
+    /// Keeps [`Store::with_data`] in step with whether `state` has data.
+    fn recount(&self, state: &mut NodeState) {
         let has = state.has_data();
         if has != state.counted {
             state.counted = has;
@@ -476,7 +487,6 @@ impl Store {
                 self.with_data.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        Ok(())
     }
 
     fn count(&self, outcome: Outcome) {
@@ -526,8 +536,10 @@ impl Store {
             let mut strings = self.strings.lock();
             state.labels = strings.labels(&meta.labels);
             state.selected = self.config.node_selector.matches(&state.labels);
-            let mut uids = HashSet::with_capacity(meta.pods.len());
-            for p in meta.pods.iter().filter(|_| state.selected) {
+            // A node not selected keeps no pods.
+            let listed: &[_] = if state.selected { &meta.pods } else { &[] };
+            let mut uids = HashSet::with_capacity(listed.len());
+            for p in listed {
                 if !uids.insert(p.uid.as_str()) {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;

@@ -91,10 +91,16 @@ impl Series {
         Outcome::Accepted
     }
 
+    /// The time between the two points, when there are two (and the
+    /// later is later).
+    pub fn window(&self) -> Option<Duration> {
+        self.last.time.duration_since(self.prev?.time).ok()
+    }
+
     /// The rate between the two points, when there are two.
     pub fn rate(&self) -> Option<Rate> {
         let prev = self.prev?;
-        let window = self.last.time.duration_since(prev.time).ok()?;
+        let window = self.window()?;
         Some(Rate {
             timestamp: self.last.time,
             window,

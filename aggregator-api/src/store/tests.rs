@@ -81,6 +81,14 @@ fn report(node: &str, ms: u64, cpu_ms: u64, containers: &[(&str, &str, u64)]) ->
     }
 }
 
+/// Node `n1`'s first report, with metadata: pod `ns/p` of one container
+/// `c1` ("a") at `cpu_ms` of CPU.
+fn first_report_of_one_pod(store: &Store, cpu_ms: u64) {
+    let mut first = report("n1", 0, 0, &[("u1", "c1", cpu_ms)]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&first, now()).expect("applies");
+}
+
 #[test]
 fn node_and_pod_rates_after_two_points() {
     let store = Store::default();
@@ -203,9 +211,7 @@ fn a_container_missing_from_the_latest_report_is_left_out_of_its_pod() {
 #[test]
 fn a_new_agent_or_cpu_source_restarts_every_series_of_the_node() {
     let store = Store::default();
-    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
-    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
-    store.apply(&first, now()).expect("applies");
+    first_report_of_one_pod(&store, 0);
     store
         .apply(&report("n1", 1000, 1000, &[("u1", "c1", 100)]), now())
         .expect("applies");
@@ -324,9 +330,7 @@ fn a_node_that_stopped_reporting_is_not_served_until_it_reports_again() {
         },
         ..Config::default()
     });
-    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
-    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
-    store.apply(&first, now()).expect("applies");
+    first_report_of_one_pod(&store, 0);
     store
         .apply(&report("n1", 1000, 1000, &[("u1", "c1", 100)]), now())
         .expect("applies");
@@ -371,9 +375,7 @@ fn pods_not_running_are_unknown() {
 #[test]
 fn restarted_container_gives_no_rate_until_its_second_point() {
     let store = Store::default();
-    let mut first = report("n1", 0, 0, &[("u1", "c1", 900)]);
-    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
-    store.apply(&first, now()).expect("applies");
+    first_report_of_one_pod(&store, 900);
     store
         .apply(&report("n1", 1000, 10, &[("u1", "c1", 1000)]), now())
         .expect("applies");
@@ -450,9 +452,7 @@ fn duplicates_are_counted_and_the_first_kept() {
 #[test]
 fn containers_gone_from_a_report_are_dropped() {
     let store = Store::default();
-    let mut first = report("n1", 0, 0, &[("u1", "c1", 0)]);
-    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
-    store.apply(&first, now()).expect("applies");
+    first_report_of_one_pod(&store, 0);
     store
         .apply(&report("n1", 1000, 0, &[]), now())
         .expect("applies");
