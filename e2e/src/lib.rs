@@ -41,13 +41,14 @@ pub mod cluster;
 pub mod kubectl;
 pub mod manifests;
 pub mod netns;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod time;
 
 pub use binaries::{AgentArgs, AggregatorArgs, Ours, agent_command, aggregator_command};
 pub use cluster::{
-    AGENT_AUDIENCE, AGGREGATOR_PORT, API_IP, API_PORT, Cluster, Container, ContainerInfo,
+    AGENT_AUDIENCE, AGGREGATOR_PORT, API_IP, API_PORT, Cluster, Container, ContainerInfo, DNS_IP,
     INGEST_PORT, Options, PodInfo, SERVER_NAME, Timings, USER_ADMIN, USER_METRICS_READER,
     USER_NO_RBAC, replica_ip,
 };

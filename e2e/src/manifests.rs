@@ -54,6 +54,27 @@ fn sa_subject(name: &str) -> Value {
     json!({"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE})
 }
 
+/// What CoreDNS's `kubernetes` plugin reads, as upstream's manifest grants it
+/// (ClusterRole `system:coredns`), bound to the user `user`.
+pub fn coredns_rbac(user: &str) -> Vec<Value> {
+    vec![
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+            ],
+        }),
+        cluster_role_binding(
+            "system:coredns",
+            "system:coredns",
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}),
+        ),
+    ]
+}
+
 /// ServiceAccounts, RBAC, the Service and the APIServices of nodepulse, plus
 /// the role the `metrics_reader` test user is bound to.
 pub fn nodepulse_objects(metrics_reader: &str, service_port: u16) -> Vec<Value> {

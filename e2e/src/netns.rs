@@ -90,37 +90,13 @@ impl NetNs {
     /// Makes the child that `cmd` spawns join this namespace before it execs.
     /// The namespace must outlive the spawn (it does: the cluster owns both).
     pub fn enter_in_child(&self, cmd: &mut Command) {
-        let fd = self.file.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; it only reads `fd`, which stays
-        // open in the parent (and so in the forked child) until after exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        setns_in_child(cmd, &self.file, libc::CLONE_NEWNET);
     }
 
     /// Runs `f` on a thread that has joined this namespace (a thread's network
     /// namespace is its own: the rest of the process stays where it is).
     pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
-        let fd = self.file.as_raw_fd();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                // SAFETY: setns on the calling thread with a valid namespace fd.
-                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                    return Err(anyhow!(
-                        "setns into the test namespace: {}",
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow!("thread inside the test namespace panicked"))?
-        })
+        run_on_thread_in(&self.file, libc::CLONE_NEWNET, f)
     }
 
     /// Whether a TCP connection to `addr` inside the namespace succeeds.
@@ -160,6 +136,56 @@ impl Drop for NetNs {
             eprintln!("e2e: deleting network namespace {}: {e:#}", self.name);
         }
     }
+}
+
+/// Makes the child that `cmd` spawns join the namespace `ns` (of type `kind`,
+/// `CLONE_NEWNET` or `CLONE_NEWNS`) before it execs. `ns` must stay open
+/// until the spawn returns.
+pub(crate) fn setns_in_child(cmd: &mut Command, ns: &File, kind: libc::c_int) {
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; it only reads `fd`, which stays open
+    // in the parent (and so in the forked child) until after exec. A forked
+    // child is single-threaded, as joining a mount namespace requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, kind) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `f` on a new thread that has joined the namespace `ns` (of type
+/// `kind`); the rest of the process stays where it is. A mount namespace
+/// needs the thread's own filesystem context, so the thread unshares that
+/// first.
+pub(crate) fn run_on_thread_in<R: Send>(
+    ns: &File,
+    kind: libc::c_int,
+    f: impl FnOnce() -> R + Send,
+) -> Result<R> {
+    let fd = ns.as_raw_fd();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: unshare and setns act on the calling thread only, with
+            // a valid namespace fd.
+            unsafe {
+                if kind == libc::CLONE_NEWNS && libc::unshare(libc::CLONE_FS) != 0 {
+                    return Err(anyhow!(
+                        "unshare(CLONE_FS): {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                if libc::setns(fd, kind) != 0 {
+                    return Err(anyhow!("setns: {}", std::io::Error::last_os_error()));
+                }
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("thread inside a test namespace panicked"))?
+    })
 }
 
 /// Runs `ip <args>`, failing with its stderr.

@@ -246,37 +246,17 @@ impl CgroupTree {
     /// Returns once the burner says it is running.
     pub fn spawn(&mut self, rel: &str, burn: &Burn, launcher: &Launcher) -> Burner {
         self.mkdir(rel);
-        let procs: Vec<CString> = self
+        let procs: Vec<PathBuf> = self
             .roots_for(rel)
             .iter()
-            .map(|r| {
-                let p = r.join(rel.trim_start_matches('/')).join("cgroup.procs");
-                CString::new(p.into_os_string().into_encoded_bytes()).expect("no NUL in path")
-            })
+            .map(|r| r.join(rel.trim_start_matches('/')).join("cgroup.procs"))
             .collect();
         let mut cmd = Command::new(&launcher.program);
         cmd.args(&launcher.args)
             .env(BURN_ENV, burn.spec())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        // SAFETY: the hook only calls async-signal-safe functions (open, write,
-        // close) on buffers prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                for p in &procs {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        join_cgroups_in_child(&mut cmd, &procs);
         let mut burner = Burner {
             child: cmd.spawn().expect("spawn burner"),
         };
@@ -313,6 +293,36 @@ impl Drop for CgroupTree {
                 }
             }
         }
+    }
+}
+
+/// Makes the child that `cmd` spawns join the cgroups whose `cgroup.procs`
+/// files are `procs` before it execs, so that everything it ever runs is
+/// theirs.
+pub fn join_cgroups_in_child(cmd: &mut Command, procs: &[PathBuf]) {
+    let procs: Vec<CString> = procs
+        .iter()
+        .map(|p| {
+            CString::new(p.clone().into_os_string().into_encoded_bytes()).expect("no NUL in path")
+        })
+        .collect();
+    // SAFETY: the hook only calls async-signal-safe functions (open, write,
+    // close) on buffers prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 
@@ -367,7 +377,7 @@ impl Burn {
 
 /// The burner's body; runs in the child when `NODEPULSE_BURN` is set.
 pub fn burner_main() {
-    use std::{hint::black_box, io::Write, time::Instant};
+    use std::{hint::black_box, io::Write};
     let Ok(spec) = std::env::var(BURN_ENV) else {
         return;
     };
@@ -402,45 +412,12 @@ pub fn burner_main() {
             let fraction: f64 = fraction.parse().expect("fraction");
             let period = std::time::Duration::from_millis(period.parse().expect("period"));
             ready();
-            // Counting busy time on the wall clock falls 5-10 % short on a VM
-            // even when idle: a sleeping vCPU can take a millisecond or more to
-            // wake, which stretches every period. So: by the end of each period
-            // this thread's CPU time must reach `fraction` of the wall time
-            // since start; debt beyond two periods' worth (a starved machine)
-            // is forgiven rather than burnt later in one long burst.
-            let start = Instant::now();
-            let cpu0 = thread_cpu_time();
-            let most_owed = period.mul_f64(2.0 * fraction);
-            let mut forgiven = std::time::Duration::ZERO;
-            let mut next = start;
-            loop {
-                next += period;
-                let now = Instant::now();
-                if next < now {
-                    next = now + period;
-                }
-                let goal = (next - start).mul_f64(fraction);
-                let used = thread_cpu_time().saturating_sub(cpu0) + forgiven;
-                if goal > used + most_owed {
-                    forgiven += goal - used - most_owed;
-                }
-                while thread_cpu_time().saturating_sub(cpu0) + forgiven < goal {
-                    black_box(());
-                }
-                let now = Instant::now();
-                if now < next {
-                    std::thread::sleep(next - now);
-                }
-            }
+            burn_duty(fraction, period)
         }
         ["mem", mib, cache, file] => {
             let mib: usize = mib.parse().expect("mib");
             let cache: usize = cache.parse().expect("cache");
-            let mut held = vec![0u8; mib << 20];
-            for page in held.chunks_mut(4096) {
-                page[0] = 1;
-            }
-            black_box(&held);
+            let held = hold_anonymous(mib << 20);
             let mut f = fs::File::create(file).expect("cache file");
             let chunk = vec![7u8; 1 << 20];
             for _ in 0..cache {
@@ -455,6 +432,52 @@ pub fn burner_main() {
         }
         _ => panic!("bad {BURN_ENV} {spec:?}"),
     }
+}
+
+/// Keeps this thread busy `fraction` of every `period` (on its own CPU clock),
+/// forever.
+///
+/// Counting busy time on the wall clock falls 5-10 % short on a VM even when
+/// idle: a sleeping vCPU can take a millisecond or more to wake, which
+/// stretches every period. So: by the end of each period this thread's CPU
+/// time must reach `fraction` of the wall time since start; debt beyond two
+/// periods' worth (a starved machine) is forgiven rather than burnt later in
+/// one long burst.
+pub fn burn_duty(fraction: f64, period: std::time::Duration) -> ! {
+    use std::{hint::black_box, time::Instant};
+    let start = Instant::now();
+    let cpu0 = thread_cpu_time();
+    let most_owed = period.mul_f64(2.0 * fraction);
+    let mut forgiven = std::time::Duration::ZERO;
+    let mut next = start;
+    loop {
+        next += period;
+        let now = Instant::now();
+        if next < now {
+            next = now + period;
+        }
+        let goal = (next - start).mul_f64(fraction);
+        let used = thread_cpu_time().saturating_sub(cpu0) + forgiven;
+        if goal > used + most_owed {
+            forgiven += goal - used - most_owed;
+        }
+        while thread_cpu_time().saturating_sub(cpu0) + forgiven < goal {
+            black_box(());
+        }
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep(next - now);
+        }
+    }
+}
+
+/// `bytes` of anonymous memory, every page touched so that it is resident.
+pub fn hold_anonymous(bytes: usize) -> Vec<u8> {
+    let mut held = vec![0u8; bytes];
+    for page in held.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(held)
 }
 
 /// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).

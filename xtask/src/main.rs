@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench;
 mod demo;
+mod image;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -66,6 +67,10 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Container images as OCI archives (target/images/<name>.oci.tar) from
+    /// the release binaries, without a Docker engine: `ctr images import`,
+    /// `docker load` or `skopeo copy oci-archive:…` take them.
+    Image(image::Request),
     /// Benchmarks (results go to BENCHMARKS.md).
     #[command(subcommand)]
     Bench(Bench),
@@ -81,6 +86,7 @@ fn main() -> Result<()> {
         }),
         Cmd::Lint => lint(),
         Cmd::Demo { seconds } => demo::run(seconds),
+        Cmd::Image(req) => image::run(req),
         Cmd::Bench(Bench::Switch {
             rounds,
             ops,
