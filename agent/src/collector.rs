@@ -12,6 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use proto::v1::NodeMetadata;
 use tracing::warn;
 
 use crate::{
@@ -171,6 +172,32 @@ pub struct Snapshot {
     pub pods: BTreeMap<String, PodSample>,
     /// Cgroups that could not be read or parsed this time (skipped, not fatal).
     pub errors: Vec<String>,
+}
+
+impl Snapshot {
+    /// Keeps only the containers `meta` names (by pod UID and container id)
+    /// and the pods left with any; returns how many containers went.
+    ///
+    /// What goes is what no pod's status lists: a pod's sandbox (`pause`,
+    /// which the kubelet and metrics-server never count as a container), or a
+    /// container so new that the kubelet has not reported its id yet (it is
+    /// kept from the next sample on, once its pod says what it is).
+    pub fn retain_named(&mut self, meta: &NodeMetadata) -> usize {
+        let mut dropped = 0;
+        self.pods.retain(|uid, pod| {
+            let named = meta
+                .pods
+                .iter()
+                .find(|p| p.uid == *uid)
+                .map(|p| &p.containers);
+            let before = pod.containers.len();
+            pod.containers
+                .retain(|c| named.is_some_and(|n| n.iter().any(|n| n.id == c.id)));
+            dropped += before - pod.containers.len();
+            !pod.containers.is_empty()
+        });
+        dropped
+    }
 }
 
 /// The last walk of the tree, kept until the tree changes.
@@ -576,5 +603,80 @@ impl Collector {
             .iter()
             .map(|c| (c.id, c.identity.clone()))
             .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::v1::{ContainerName, PodMetadata};
+
+    use super::*;
+
+    fn container(id: &str) -> ContainerSample {
+        ContainerSample {
+            id: id.into(),
+            runtime: Some(Runtime::Unnamed),
+            cgroup: None,
+            cpu_ns: 1,
+            memory: Memory::default(),
+            started: None,
+            read_at: None,
+        }
+    }
+
+    #[test]
+    fn only_containers_a_pod_names_are_kept() {
+        let pod = |uid: &str, ids: &[&str]| PodSample {
+            uid: uid.into(),
+            qos: Some(QosClass::BestEffort),
+            containers: ids.iter().map(|id| container(id)).collect(),
+        };
+        let mut s = Snapshot {
+            timestamp: SystemTime::UNIX_EPOCH,
+            source: CpuSource::Cgroupfs,
+            node: NodeSample {
+                cpu_ns: 0,
+                memory: Memory::default(),
+                read_at: None,
+            },
+            // u1: an app container and its sandbox; u2: a sandbox only (its
+            // containers not started); u3: a pod the API does not know.
+            pods: [
+                ("u1".into(), pod("u1", &["app", "sandbox1"])),
+                ("u2".into(), pod("u2", &["sandbox2"])),
+                ("u3".into(), pod("u3", &["x"])),
+            ]
+            .into(),
+            errors: vec![],
+        };
+        let meta = NodeMetadata {
+            labels: Default::default(),
+            pods: vec![
+                PodMetadata {
+                    uid: "u2".into(),
+                    ..Default::default()
+                },
+                PodMetadata {
+                    uid: "u1".into(),
+                    containers: vec![ContainerName {
+                        id: "app".into(),
+                        name: "web".into(),
+                    }],
+                    ..Default::default()
+                },
+            ],
+        };
+        assert_eq!(s.retain_named(&meta), 3);
+        let left: Vec<(&str, Vec<&str>)> = s
+            .pods
+            .values()
+            .map(|p| {
+                (
+                    p.uid.as_str(),
+                    p.containers.iter().map(|c| c.id.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(left, [("u1", vec!["app"])]);
     }
 }

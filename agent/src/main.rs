@@ -97,7 +97,10 @@ enum Command {
     /// Run the agent: sample this node every interval and stream to every
     /// aggregator replica.
     Run(Box<RunArgs>),
-    /// Print a live table of this node's pods and containers (no cluster needed).
+    /// Print a live table of this node's pods and containers. No cluster is
+    /// needed; given this node's name and credentials (as in the agent's pod:
+    /// `kubectl exec ds/nodepulse-agent -- nodepulse-agent top`) it names
+    /// pods and containers and leaves out pod sandboxes.
     Top {
         /// Refresh interval (`1s`, `500ms`, or seconds).
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
@@ -105,6 +108,12 @@ enum Command {
         /// Stop after this many refreshes (default: until Ctrl-C).
         #[arg(long)]
         count: Option<u64>,
+        /// This node's name, to read its pods from kube-apiserver.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// kubeconfig for reading this node's pods (default: in-cluster).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -196,7 +205,15 @@ fn main() -> Result<()> {
         memory_stat_max_age: args.memory_stat_max_age,
     };
     match args.command {
-        Command::Top { interval, count } => run_top(opts, interval, count),
+        Command::Top {
+            interval,
+            count,
+            node_name,
+            kubeconfig,
+        } => {
+            let names = node_name.map(|node| watch_pods(node, kubeconfig.as_deref()));
+            run_top(opts, interval, count, names)
+        }
         Command::Run(run) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -372,17 +389,69 @@ fn parse_period(s: &str) -> Result<Duration, String> {
     parse_interval(s)
 }
 
-fn run_top(opts: Options, interval: Duration, count: Option<u64>) -> Result<()> {
+/// The pod watch for `top`, on a thread of its own; its first listing is
+/// awaited (up to 5 s) so that the first table already has names. `Err`:
+/// why there are no names.
+fn watch_pods(
+    node: String,
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<watch::Receiver<Arc<NodeMetadata>>, String> {
+    let client = match kubeconfig {
+        Some(path) => KubeClient::from_kubeconfig(path),
+        None => KubeClient::in_cluster(),
+    }
+    .map_err(|e| format!("no kube-apiserver credentials: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let (tx, mut rx) = watch::channel(Arc::new(NodeMetadata::default()));
+    std::thread::Builder::new()
+        .name("pods".into())
+        .spawn(move || runtime.block_on(pods::run(client, node, tx, CancellationToken::new())))
+        .map_err(|e| format!("starting the pod watch: {e}"))?;
+    let listed = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), rx.changed()).await });
+    match listed {
+        Ok(Ok(())) => Ok(rx),
+        _ => Err("this node's pods could not be listed within 5 s".into()),
+    }
+}
+
+fn run_top(
+    opts: Options,
+    interval: Duration,
+    count: Option<u64>,
+    names: Option<Result<watch::Receiver<Arc<NodeMetadata>>, String>>,
+) -> Result<()> {
     let mut collector = Collector::new(opts).context("starting the collector")?;
     if let Some(reason) = collector.fallback_reason() {
         eprintln!("cpu source: cgroupfs ({reason})");
     }
+    let names = match names {
+        Some(Ok(rx)) => Some(rx),
+        Some(Err(why)) => {
+            eprintln!("pods by UID, containers by id, pod sandboxes included: {why}");
+            None
+        }
+        None => {
+            eprintln!(
+                "pods by UID, containers by id, pod sandboxes included \
+                 (--node-name and cluster credentials give names)"
+            );
+            None
+        }
+    };
     let mut prev = collector.collect()?;
     let mut shown = 0u64;
     while count.is_none_or(|c| shown < c) {
         std::thread::sleep(interval);
         let cur = collector.collect()?;
-        let table = top::render(&prev, &cur);
+        let meta = names.as_ref().map(|rx| Arc::clone(&rx.borrow()));
+        let table = top::render(&prev, &cur, meta.as_deref());
         // Clear the screen only on a terminal; piped output stays a plain log.
         #[allow(clippy::print_stdout)]
         if std::io::IsTerminal::is_terminal(&std::io::stdout()) {

@@ -127,7 +127,10 @@ fn collect_loop(
             version += 1;
         }
         let meta = Arc::clone(&metadata.borrow_and_update());
-        if let Some(snapshot) = sampler.sample(&meta) {
+        if let Some(mut snapshot) = sampler.sample(&meta) {
+            // Unnamed containers (pod sandboxes, containers the kubelet has
+            // not reported yet) are nothing the aggregators could serve.
+            snapshot.retain_named(&meta);
             if !snapshot.errors.is_empty() && errors_logged.elapsed() > Duration::from_secs(60) {
                 warn!(source = %snapshot.source, count = snapshot.errors.len(), first = %snapshot.errors[0], "skipped");
                 errors_logged = Instant::now();
@@ -245,11 +248,31 @@ impl KubeletSide {
     fn compare(&mut self, parsed: &Parsed, meta: &NodeMetadata) {
         let c = self.check.compare(&parsed.stats, meta);
         if c.disagreements.is_empty() {
-            debug!(
-                compared = c.compared,
-                unpaired = c.unpaired,
-                "kubelet cross-check: agree"
-            );
+            // Said once, when CPU is first compared and when agreement
+            // returns; then only at debug (it runs every minute).
+            let cpu_compared_before = self
+                .last_comparison
+                .as_ref()
+                .is_some_and(|l| l.cpu_worst.is_some() && l.disagreements.is_empty());
+            let pct =
+                |f: Option<f64>| f.map_or_else(|| "-".into(), |f| format!("{:.2}%", f * 100.0));
+            if c.cpu_worst.is_some() && !cpu_compared_before {
+                info!(
+                    compared = c.compared,
+                    unpaired = c.unpaired,
+                    cpu_max_diff = %pct(c.cpu_worst),
+                    memory_max_diff = %pct(c.memory_worst),
+                    "kubelet cross-check: agree"
+                );
+            } else {
+                debug!(
+                    compared = c.compared,
+                    unpaired = c.unpaired,
+                    cpu_max_diff = %pct(c.cpu_worst),
+                    memory_max_diff = %pct(c.memory_worst),
+                    "kubelet cross-check: agree"
+                );
+            }
         } else {
             let shown: Vec<String> = c
                 .disagreements

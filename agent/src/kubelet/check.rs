@@ -93,7 +93,7 @@ impl fmt::Display for Disagreement {
 }
 
 /// The outcome of one check.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Comparison {
     /// Figures compared (a CPU rate or a working set each).
     pub compared: usize,
@@ -101,6 +101,27 @@ pub struct Comparison {
     /// Kubelet containers we could not pair with a reading of ours at their
     /// read time (not in our history, not joined to an id, too new).
     pub unpaired: usize,
+    /// The largest difference between the two sides' CPU rates, as a
+    /// fraction of the larger, among figures above the absolute floor (how
+    /// close agreement was); `None` when no such figure was compared.
+    pub cpu_worst: Option<f64>,
+    /// The same for working sets.
+    pub memory_worst: Option<f64>,
+}
+
+impl Comparison {
+    fn note(&mut self, resource: Resource, ours: u64, kubelet: u64, floor: u64) {
+        let larger = ours.max(kubelet);
+        if larger <= floor {
+            return;
+        }
+        let diff = ours.abs_diff(kubelet) as f64 / larger as f64;
+        let worst = match resource {
+            Resource::Cpu => &mut self.cpu_worst,
+            Resource::Memory => &mut self.memory_worst,
+        };
+        *worst = Some(worst.map_or(diff, |w| w.max(diff)));
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -228,6 +249,12 @@ impl CrossCheck {
         };
         if let Some(ours_ws) = nearest(history, mem_at) {
             out.compared += 1;
+            out.note(
+                Resource::Memory,
+                ours_ws,
+                kubelet_ws,
+                self.tolerance.memory_bytes,
+            );
             if !self
                 .tolerance
                 .agree(ours_ws, kubelet_ws, self.tolerance.memory_bytes)
@@ -264,6 +291,7 @@ impl CrossCheck {
                 let rate = |ns: u64| (ns as f64 / window.as_secs_f64()) as u64;
                 let (kubelet, ours) = (rate(k), rate(o));
                 out.compared += 1;
+                out.note(Resource::Cpu, ours, kubelet, self.tolerance.cpu_nanocores);
                 if !self
                     .tolerance
                     .agree(ours, kubelet, self.tolerance.cpu_nanocores)
@@ -465,11 +493,14 @@ mod tests {
         assert_eq!(first.compared, 3, "{first:?}");
         assert!(first.disagreements.is_empty(), "{first:?}");
         assert_eq!(first.unpaired, 0);
+        assert_eq!(first.cpu_worst, None, "no rate yet");
+        assert!(first.memory_worst.is_some_and(|w| w < 0.01), "{first:?}");
 
         record(&mut check, 50_000, 80_000, 1.0);
         let second = check.compare(&kubelet(71_300, 1.0, 100 << 20), &meta());
         assert_eq!(second.compared, 6, "{second:?}");
         assert!(second.disagreements.is_empty(), "{second:?}");
+        assert!(second.cpu_worst.is_some_and(|w| w < 0.01), "{second:?}");
     }
 
     #[test]
@@ -499,6 +530,7 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(c.cpu_worst, Some(0.5), "half of the larger figure");
         assert_eq!(
             c.disagreements[1].to_string(),
             "shop/web/app cpu: ours 1000.0m, kubelet 500.0m"
