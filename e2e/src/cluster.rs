@@ -19,6 +19,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 use testkit::{Burn, Burner, CgroupTree, Launcher};
 
+mod install;
 mod nodepulse;
 mod nodes;
 mod real_node;

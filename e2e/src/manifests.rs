@@ -54,6 +54,41 @@ fn sa_subject(name: &str) -> Value {
     json!({"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE})
 }
 
+/// A pod on a real node whose containers run the burner image
+/// (`nodepulse-burner <args>`, e.g. `["--cpu=300m"]`), each requesting 50m
+/// and 16 MiB; stopped within a second of its deletion.
+pub fn burner_pod(
+    image: &str,
+    namespace: &str,
+    name: &str,
+    containers: &[(&str, &[&str])],
+) -> Value {
+    let containers: Vec<Value> = containers
+        .iter()
+        .map(|(name, args)| {
+            json!({
+                "name": name,
+                "image": image,
+                // Imported into the node's containerd; no registry to pull from.
+                "imagePullPolicy": "Never",
+                "args": args,
+                "resources": {"requests": {"cpu": "50m", "memory": "16Mi"}},
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {
+            "containers": containers,
+            "terminationGracePeriodSeconds": 1,
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+        },
+    })
+}
+
 /// What CoreDNS's `kubernetes` plugin reads, as upstream's manifest grants it
 /// (ClusterRole `system:coredns`), bound to the user `user`.
 pub fn coredns_rbac(user: &str) -> Vec<Value> {

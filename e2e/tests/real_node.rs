@@ -16,8 +16,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -60,7 +58,8 @@ fn nodepulse_on_a_real_node() {
     let mut c = Cluster::start(h, e2e::Options::real_nodes("real-node")).expect("control plane");
     c.add_real_node(NODE).expect("a real node, Ready");
     say(t0, "node Ready");
-    install(&mut c).expect("install as deploy/README.md says");
+    c.install_deploy()
+        .expect("install as deploy/README.md says");
     let agent_started = Instant::now();
     say(
         t0,
@@ -87,108 +86,6 @@ fn say(t0: Instant, what: &str) {
     eprintln!("real_node [{:>5.1}s]: {what}", t0.elapsed().as_secs_f64());
 }
 
-// --- install ---------------------------------------------------------------
-
-/// deploy/README.md's steps: the ingest TLS by its openssl recipe, then
-/// `kubectl apply -f deploy/components.yaml` (the images it names are the
-/// ones built here); then everything Running, Ready, Available.
-fn install(c: &mut Cluster) -> Result<()> {
-    let root = e2e::binaries::workspace_root();
-    let manifest = root.join("deploy/components.yaml");
-    let text = std::fs::read_to_string(&manifest)?;
-    for spec in [catalog::AGENT, catalog::AGGREGATOR] {
-        let want = c.image_reference(&spec)?;
-        ensure!(
-            text.contains(&format!("image: {want}\n")),
-            "deploy/components.yaml does not name {want}, the image built here"
-        );
-    }
-    run_readme_recipe(c, &root.join("deploy/README.md"), "### With openssl")?;
-    c.kubectl_ok(&["apply", "-f", &manifest.display().to_string()])
-        .context("kubectl apply -f deploy/components.yaml")?;
-
-    c.wait_for(
-        "the agent DaemonSet rolled out",
-        Duration::from_secs(180),
-        |c| {
-            let ds = c.kubectl_json(&["-n", SYSTEM, "get", "daemonset", "nodepulse-agent"])?;
-            let s = &ds["status"];
-            Ok((s["desiredNumberScheduled"] == 1
-                && s["numberReady"] == 1
-                && s["updatedNumberScheduled"] == 1)
-                .then_some(()))
-        },
-    )?;
-    c.wait_for(
-        "the aggregator Deployment ready",
-        Duration::from_secs(180),
-        |c| {
-            let d = c.kubectl_json(&["-n", SYSTEM, "get", "deployment", "nodepulse"])?;
-            let s = &d["status"];
-            Ok((s["readyReplicas"] == 2 && s["updatedReplicas"] == 2).then_some(()))
-        },
-    )?;
-    wait_apiservices(c)
-}
-
-fn wait_apiservices(c: &mut Cluster) -> Result<()> {
-    c.wait_for(
-        "both APIServices Available",
-        Duration::from_secs(120),
-        |c| {
-            let mut ok = true;
-            for v in ["v1beta1", "v1"] {
-                let a = c.kubectl_json(&["get", "apiservice", &format!("{v}.metrics.k8s.io")])?;
-                ok &= a["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Available" && c["status"] == "True");
-            }
-            Ok(ok.then_some(()))
-        },
-    )
-}
-
-/// Runs the first ```sh block after `heading` in `doc` with bash, inside the
-/// test's network namespace, with the pinned kubectl first on PATH and the
-/// admin kubeconfig: the documented commands themselves, not a copy.
-fn run_readme_recipe(c: &Cluster, doc: &Path, heading: &str) -> Result<()> {
-    let text = std::fs::read_to_string(doc)?;
-    let after = text
-        .split_once(heading)
-        .with_context(|| format!("{}: no {heading:?}", doc.display()))?
-        .1;
-    let script = after
-        .split_once("```sh\n")
-        .and_then(|(_, rest)| rest.split_once("\n```"))
-        .with_context(|| format!("{}: no sh block after {heading:?}", doc.display()))?
-        .0;
-    let scratch = c.work_dir().join("recipe");
-    std::fs::create_dir_all(&scratch)?;
-    let mut path = c.upstream_bin().as_os_str().to_owned();
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_default());
-    let mut cmd: Command = c.command_in_netns("bash");
-    cmd.arg("-euo")
-        .arg("pipefail")
-        .arg("-c")
-        .arg(script)
-        .env("PATH", path)
-        .env("KUBECONFIG", c.admin_kubeconfig())
-        .env("HOME", &scratch)
-        .env("TMPDIR", &scratch);
-    let out = e2e::process::run(cmd, None, Duration::from_secs(120))?;
-    ensure!(
-        out.status.success(),
-        "the recipe under {heading:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// The agent's own log says it attached its programs and collects with
 /// them: the shipped securityContext (BPF + PERFMON, RuntimeDefault seccomp,
 /// read-only everything) is enough under containerd and runc.
@@ -209,29 +106,7 @@ fn ebpf_under_the_shipped_security_context(c: &Cluster) -> Result<()> {
 
 fn burner_pod(c: &Cluster, name: &str, containers: &[(&str, &[&str])]) -> Result<Value> {
     let image = c.image_reference(&catalog::BURNER)?;
-    let containers: Vec<Value> = containers
-        .iter()
-        .map(|(name, args)| {
-            json!({
-                "name": name,
-                "image": image,
-                "imagePullPolicy": "Never",
-                "args": args,
-                "resources": {"requests": {"cpu": "50m", "memory": "16Mi"}},
-            })
-        })
-        .collect();
-    Ok(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": SHOP, "labels": {"app": name}},
-        "spec": {
-            "containers": containers,
-            "terminationGracePeriodSeconds": 1,
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-        },
-    }))
+    Ok(e2e::manifests::burner_pod(&image, SHOP, name, containers))
 }
 
 /// Two pods of known loads (0.45 cores in all, on a 2-core machine that also
@@ -1108,7 +983,7 @@ fn restarts(c: &mut Cluster, api: &Curl) -> Result<()> {
         gap <= Duration::from_secs(1),
         "web went unserved for {gap:?} while one of two replicas was replaced"
     );
-    wait_apiservices(c)?;
+    c.wait_apiservices_available(Duration::from_secs(120))?;
     let logs = c.kubectl_ok(&["-n", SYSTEM, "logs", "ds/nodepulse-agent"])?;
     ensure!(
         !logs

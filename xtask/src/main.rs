@@ -59,13 +59,19 @@ enum Cmd {
     },
     /// rustfmt --check and clippy -D warnings over every crate, host and eBPF.
     Lint,
-    /// The local demo: real control plane, simulated nodes and pods burning
-    /// known CPU, two aggregators, agents, and `kubectl top` refreshing. Needs
-    /// root. Ctrl-C ends it and removes everything it made.
+    /// The local demo: a real control plane and a real node (kubelet,
+    /// containerd) running deploy/components.yaml from images built here,
+    /// pods burning known CPU, and `kubectl top` refreshing. Needs root.
+    /// Ctrl-C ends it and removes everything it made.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+        /// Two simulated nodes (Node objects, kubelet-style cgroups, burner
+        /// processes) with aggregators and agents run as processes, instead
+        /// of the real node.
+        #[arg(long)]
+        simulated: bool,
     },
     /// Container images as OCI archives (target/images/<name>.oci.tar) from
     /// the release binaries, without a Docker engine: `ctr images import`,
@@ -85,7 +91,7 @@ fn main() -> Result<()> {
             eprintln!("eBPF object: {}", path.display());
         }),
         Cmd::Lint => lint(),
-        Cmd::Demo { seconds } => demo::run(seconds),
+        Cmd::Demo { seconds, simulated } => demo::run(seconds, simulated),
         Cmd::Image(req) => image::run(req),
         Cmd::Bench(Bench::Switch {
             rounds,
