@@ -12,3 +12,4 @@ pub mod server;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod untrusted;

@@ -398,3 +398,74 @@ async fn a_node_whose_metadata_was_refused_is_served_after_a_new_stream() {
     let _ = export.await;
     r.stop().await;
 }
+
+/// Every line the aggregator logs in this test binary (a global subscriber:
+/// the server's tasks run on the runtime's threads).
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    Arc::clone(LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(Arc::clone(&sink)))
+            .try_init();
+        buf
+    }))
+}
+
+/// A node name is checked before anything logs it: a newline cannot forge
+/// a log line and a 1 MiB name cannot write a 1 MiB line; the stream is
+/// refused with an escaped, bounded message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_names_are_checked_before_they_are_logged() {
+    let logs = captured_logs();
+    let r = replica(bind().await, Arc::new(Unauthenticated)).await;
+    let mut client = proto::v1::ingest_client::IngestClient::connect(format!("http://{}", r.addr))
+        .await
+        .expect("connect");
+    let huge = "n".repeat(1 << 20);
+    for name in ["node-1\nINFO forged line", huge.as_str(), "node\u{1b}[2J"] {
+        let report = NodeReport {
+            node: name.to_string(),
+            sample_unix_nanos: unix_nanos(SystemTime::now()),
+            node_usage: Some(Usage::default()),
+            metadata: Some(NodeMetadata::default()),
+            ..NodeReport::default()
+        };
+        let status = client
+            .report(futures::stream::iter([report]))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().len() < 400, "{}", status.message().len());
+        assert!(!status.message().contains('\n') && !status.message().contains('\u{1b}'));
+    }
+    r.stop().await;
+    let text =
+        String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    assert!(text.contains("ingest stream refused"), "{text}");
+    for line in text.lines() {
+        assert!(!line.starts_with("INFO forged"), "a forged line: {line}");
+        assert!(line.len() < 2000, "a {} byte log line", line.len());
+        assert!(!line.contains('\u{1b}'), "an escape sequence: {line:?}");
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}

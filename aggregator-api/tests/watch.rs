@@ -352,3 +352,63 @@ async fn watchers_are_authenticated_and_authorized() {
     );
     stop.cancel();
 }
+
+/// Nothing costly happens for a caller that is not authenticated: a huge,
+/// invalid selector without a token is answered UNAUTHENTICATED (it was
+/// never parsed); an authenticated caller's selector has a size limit, and a
+/// request too large to be a watch request is not even decoded.
+#[tokio::test]
+async fn selectors_are_parsed_after_authentication_and_bounded() {
+    let store = filled_store();
+    let auth = WatchAuth {
+        tokens: Arc::new(Tokens),
+        access: Arc::new(Rbac),
+    };
+    let (mut client, stop) = serve(store, Some(auth)).await;
+    let client_big = client.clone().max_encoding_message_size(16 << 20);
+    let ask = |token: Option<&str>, selector: String| {
+        let mut r = tonic::Request::new(WatchRequest {
+            label_selector: selector,
+            ..WatchRequest::default()
+        });
+        if let Some(t) = token {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
+        }
+        r
+    };
+    // A selector just under the request limit, and invalid ("(" never closes).
+    let values: Vec<String> = (0..6_000).map(|i| format!("v{i}")).collect();
+    let huge = format!("k in ({}", values.join(","));
+    assert!(huge.len() > aggregator_api::stream::MAX_SELECTOR_BYTES);
+    assert!(huge.len() < aggregator_api::stream::MAX_REQUEST_BYTES);
+    let status = client
+        .watch(ask(None, huge.clone()))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let status = client
+        .watch(ask(Some("alice"), huge))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("limit"), "{}", status.message());
+    // 3.3 MiB, as the probe sent it: not decoded at all.
+    let values: Vec<String> = (0..450_000).map(|i| format!("v{i}")).collect();
+    let probe = format!("k in ({})", values.join(","));
+    let status = client_big
+        .clone()
+        .watch(ask(None, probe))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    stop.cancel();
+}

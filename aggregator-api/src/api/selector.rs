@@ -336,12 +336,11 @@ impl Requirement {
             }
         }
         // utilerrors aggregate: one message alone, several deduplicated in brackets.
-        let mut unique: Vec<String> = Vec::new();
-        for e in errs {
-            if !unique.contains(&e) {
-                unique.push(e);
-            }
-        }
+        let mut seen = std::collections::HashSet::with_capacity(errs.len());
+        let mut unique: Vec<String> = errs
+            .into_iter()
+            .filter(|e| seen.insert(e.clone()))
+            .collect();
         match unique.len() {
             0 => Ok(Requirement {
                 key,
@@ -753,13 +752,18 @@ impl Parser {
         }
     }
 
+    /// The values, sorted and without repeats (a `sets.String`); sorted once
+    /// at the end, so that a long list costs n log n, not n².
     fn parse_identifiers_list(&mut self) -> Result<Vec<String>> {
+        let mut set = self.parse_identifiers_unsorted()?;
+        set.sort_unstable();
+        set.dedup();
+        Ok(set)
+    }
+
+    fn parse_identifiers_unsorted(&mut self) -> Result<Vec<String>> {
         let mut set: Vec<String> = Vec::new();
-        let insert = |set: &mut Vec<String>, v: String| {
-            if let Err(at) = set.binary_search(&v) {
-                set.insert(at, v);
-            }
-        };
+        let insert = Vec::push;
         loop {
             let (tok, lit) = self.consume(Context::Values);
             match tok {

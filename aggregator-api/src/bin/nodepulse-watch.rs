@@ -100,6 +100,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Names from the stream as they may go to a terminal: control characters
+/// (which could move the cursor or recolour the screen) escaped, length cut.
+fn shown(s: &str) -> String {
+    aggregator_api::untrusted::shown(s)
+}
+
 fn render(
     nodes: &std::collections::BTreeMap<String, NodeMetrics>,
     pods: &std::collections::BTreeMap<String, PodMetrics>,
@@ -111,7 +117,7 @@ fn render(
         let _ = writeln!(
             out,
             "{:<40} {:>12} {:>12}",
-            n.name,
+            shown(&n.name),
             format_cpu_nanocores(u.cpu_nanocores),
             format_bytes(u.memory_working_set_bytes)
         );
@@ -129,11 +135,34 @@ fn render(
         let _ = writeln!(
             out,
             "{:<50} {:<20} {:>12} {:>12}",
-            key,
-            p.node,
+            shown(key),
+            shown(&p.node),
             format_cpu_nanocores(cpu),
             format_bytes(mem)
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let mut pods = std::collections::BTreeMap::new();
+        let evil = PodMetrics {
+            namespace: "ns".into(),
+            name: "p\u{1b}[2J\u{7}".into(),
+            node: "n\nforged".into(),
+            ..PodMetrics::default()
+        };
+        pods.insert("ns/p\u{1b}[2J\u{7}".to_string(), evil);
+        let table = render(&Default::default(), &pods);
+        assert!(
+            !table.contains('\u{1b}') && !table.contains('\u{7}'),
+            "{table:?}"
+        );
+        assert!(table.contains("n\\nforged"), "{table}");
+    }
 }

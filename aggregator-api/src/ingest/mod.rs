@@ -27,7 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::{info, warn};
 
-use crate::store::{Reject, Store};
+use crate::{
+    store::{Reject, Store, limits},
+    untrusted::shown,
+};
 
 /// Who is on the other end of a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,7 +95,10 @@ pub struct IngestService {
     store: Arc<Store>,
     auth: Arc<dyn IngestAuth>,
     stats: Arc<IngestStats>,
+    /// Refused streams.
     reject_log: Arc<LogGate>,
+    /// Refused reports: one gate per reason, so each cause is logged.
+    report_logs: Arc<[LogGate; Reject::REASONS.len()]>,
     shutdown: CancellationToken,
 }
 
@@ -106,6 +112,9 @@ impl IngestService {
             auth,
             stats: Arc::default(),
             reject_log: Arc::new(LogGate::new(Duration::from_secs(10))),
+            report_logs: Arc::new(std::array::from_fn(|_| {
+                LogGate::new(Duration::from_secs(60))
+            })),
             shutdown,
         }
     }
@@ -158,21 +167,29 @@ impl Ingest for IngestService {
                 && &report.node != bound
             {
                 self.stats.spoofed.fetch_add(1, Ordering::Relaxed);
-                warn!(user = %caller.user, bound, claimed = %report.node, "stream reported another node");
+                let claimed = shown(&report.node);
+                warn!(user = %shown(&caller.user), bound, %claimed, "stream reported another node");
                 return Err(Status::permission_denied(format!(
-                    "credential is bound to node {bound:?}; a node can only report itself (got {:?})",
-                    report.node
+                    "credential is bound to node \"{bound}\"; a node can only report itself (got \"{claimed}\")"
                 )));
             }
             match &node {
+                None if !limits::node_name(&report.node) => {
+                    let reject = Reject::BadNodeName(shown(&report.node));
+                    self.stats.streams_rejected.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = self.reject_log.open() {
+                        warn!(user = %shown(&caller.user), %reject, suppressed, "ingest stream refused");
+                    }
+                    return Err(Status::invalid_argument(reject.to_string()));
+                }
                 None => {
-                    info!(node = %report.node, user = %caller.user, "agent stream opened");
+                    info!(node = %report.node, user = %shown(&caller.user), "agent stream opened");
                     node = Some(report.node.clone());
                 }
                 Some(n) if n != &report.node => {
                     return Err(Status::invalid_argument(format!(
-                        "a stream reports one node: started with {n:?}, got {:?}",
-                        report.node
+                        "a stream reports one node: started with \"{n}\", got \"{}\"",
+                        shown(&report.node)
                     )));
                 }
                 Some(_) => {}
@@ -185,8 +202,8 @@ impl Ingest for IngestService {
                     return Err(Status::failed_precondition(reject.to_string()));
                 }
                 Err(reject) => {
-                    if let Some(suppressed) = self.reject_log.open() {
-                        warn!(node = %report.node, %reject, suppressed, "report refused");
+                    if let Some(suppressed) = self.report_logs[reject.index()].open() {
+                        warn!(node = %report.node, reason = reject.reason(), %reject, suppressed, "report refused");
                     }
                 }
             }

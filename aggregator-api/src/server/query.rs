@@ -51,7 +51,10 @@ impl Query {
     }
 }
 
-/// `+` → space, `%XX` → byte; `None` on a bad escape or invalid UTF-8.
+/// `+` → space, `%XX` → byte; `None` on a bad escape (Go drops the pair).
+/// Bytes that are not UTF-8 become U+FFFD: Go keeps them, and whatever parses
+/// the value (a selector) then refuses it, rather than the parameter
+/// vanishing and a selector matching everything.
 fn form_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -69,7 +72,7 @@ fn form_decode(text: &str) -> Option<String> {
         }
         i += 1;
     }
-    String::from_utf8(out).ok()
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -86,6 +89,13 @@ mod tests {
         assert_eq!(q.get("watch"), Some(""));
         assert_eq!(q.get("x"), None, "bad escape dropped");
         assert_eq!(Query::parse(None), Query::default());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_stay_visible() {
+        let q = Query::parse(Some("labelSelector=%ff%fe&fieldSelector=role%3D%ff"));
+        assert_eq!(q.get("labelSelector"), Some("\u{fffd}\u{fffd}"));
+        assert_eq!(q.get("fieldSelector"), Some("role=\u{fffd}"));
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Limits on the metadata a report carries: Kubernetes' own rules for label
-//! keys and values (apimachinery `validation.IsQualifiedName` and
-//! `IsValidLabelValue`), Kubernetes' lengths for names, and counts.
+//! Limits on what a report carries: Kubernetes' own rules for label keys and
+//! values (apimachinery `validation.IsQualifiedName` and `IsValidLabelValue`)
+//! and for names (namespaces and container names are DNS-1123 labels, pod
+//! names DNS-1123 subdomains), the shapes of pod UIDs and container ids,
+//! counts, and uniqueness (one pod per UID and per name, one container per id
+//! and, within a pod, per name).
 //!
 //! Everything an agent sends comes from objects kube-apiserver has already
 //! validated, so a report over these limits is from a broken or hostile
@@ -8,6 +11,8 @@
 //! [`Stats::bad_metadata`](super::Stats)), never clamped into something the
 //! metrics API would then serve as if the cluster had it, and never kept in
 //! memory.
+use std::collections::HashSet;
+
 use proto::v1::NodeMetadata;
 
 /// Longest label key prefix (a DNS-1123 subdomain).
@@ -27,8 +32,10 @@ pub const MAX_ID: usize = 128;
 pub struct Limits {
     /// Most labels on one node or pod.
     pub max_labels: usize,
-    /// Most containers one pod may list.
+    /// Most containers one pod may list or report.
     pub max_containers: usize,
+    /// Most container samples one report may carry, in all its pods.
+    pub max_samples: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +43,8 @@ impl Default for Limits {
         Self {
             max_labels: 256,
             max_containers: 256,
+            // 2,000 pods (the report limit) of four containers.
+            max_samples: 8_000,
         }
     }
 }
@@ -43,13 +52,13 @@ impl Default for Limits {
 /// What is wrong with a report's metadata.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Problem {
-    #[error("label key {key:?} on {object}: {why}")]
+    #[error("label key \"{key}\" on {object}: {why}")]
     LabelKey {
         object: String,
         key: String,
         why: &'static str,
     },
-    #[error("label {key:?} on {object}: value {value:?} {why}")]
+    #[error("label \"{key}\" on {object}: value \"{value}\" {why}")]
     LabelValue {
         object: String,
         key: String,
@@ -68,18 +77,25 @@ pub enum Problem {
         count: usize,
         limit: usize,
     },
-    #[error("{what} {value:?} is longer than {limit} bytes")]
+    #[error("{what} \"{value}\" is longer than {limit} bytes")]
     TooLong {
         what: &'static str,
         value: String,
         limit: usize,
     },
+    #[error("{what} \"{value}\" {why}")]
+    BadName {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("{what} \"{value}\" appears more than once")]
+    Duplicate { what: &'static str, value: String },
+    #[error("the report carries {count} container samples, more than the limit of {limit}")]
+    TooManySamples { count: usize, limit: usize },
 }
 
-/// At most this much of untrusted text goes into an error message.
-fn shown(s: &str) -> String {
-    s.chars().take(80).collect()
-}
+use crate::untrusted::shown;
 
 fn alnum(b: u8) -> bool {
     b.is_ascii_alphanumeric()
@@ -106,6 +122,52 @@ pub fn dns1123_subdomain(s: &str) -> bool {
                 && b.iter()
                     .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         })
+}
+
+/// A node name: a non-empty DNS-1123 subdomain, as Kubernetes requires.
+pub fn node_name(s: &str) -> bool {
+    !s.is_empty() && dns1123_subdomain(s)
+}
+
+/// apimachinery `IsDNS1123Label`: namespaces, container names.
+pub fn dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_DNS_LABEL
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// A pod UID or container id: what kube-apiserver and container runtimes
+/// make (a UUID, a config hash, 64 hex digits), never anything else.
+pub fn id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+}
+
+fn name(what: &'static str, value: &str, ok: bool, why: &'static str) -> Result<(), Problem> {
+    if ok {
+        return Ok(());
+    }
+    Err(Problem::BadName {
+        what,
+        value: shown(value),
+        why,
+    })
+}
+
+const LABEL_RULE: &str = "is not a lowercase RFC 1123 label (a-z, 0-9, '-'; at most 63)";
+const SUBDOMAIN_RULE: &str =
+    "is not a lowercase RFC 1123 subdomain (a-z, 0-9, '-', '.'; at most 253)";
+const ID_RULE: &str = "is not an id (A-Z, a-z, 0-9, '-', '_', '.'; 1 to 128)";
+
+/// Checks a pod UID or container id's shape.
+pub fn check_id(what: &'static str, value: &str) -> Result<(), Problem> {
+    name(what, value, id(value), ID_RULE)
 }
 
 /// apimachinery `IsQualifiedName`: the rule for label keys.
@@ -197,11 +259,39 @@ fn length(what: &'static str, value: &str, limit: usize) -> Result<(), Problem> 
 /// Checks a report's metadata against Kubernetes' rules and `limits`.
 pub fn check(node: &str, meta: &NodeMetadata, limits: &Limits) -> Result<(), Problem> {
     labels(|| format!("node {node}"), meta.labels.iter(), limits)?;
+    let mut uids = HashSet::with_capacity(meta.pods.len());
+    let mut names = HashSet::with_capacity(meta.pods.len());
+    let mut ids = HashSet::new();
     for pod in &meta.pods {
         length("pod uid", &pod.uid, MAX_ID)?;
         length("namespace", &pod.namespace, MAX_DNS_LABEL)?;
         length("pod name", &pod.name, MAX_OBJECT_NAME)?;
+        check_id("pod uid", &pod.uid)?;
+        name(
+            "namespace",
+            &pod.namespace,
+            dns1123_label(&pod.namespace),
+            LABEL_RULE,
+        )?;
+        name(
+            "pod name",
+            &pod.name,
+            !pod.name.is_empty() && dns1123_subdomain(&pod.name),
+            SUBDOMAIN_RULE,
+        )?;
         let object = || format!("pod {}/{}", shown(&pod.namespace), shown(&pod.name));
+        if !uids.insert(pod.uid.as_str()) {
+            return Err(Problem::Duplicate {
+                what: "pod uid",
+                value: shown(&pod.uid),
+            });
+        }
+        if !names.insert((pod.namespace.as_str(), pod.name.as_str())) {
+            return Err(Problem::Duplicate {
+                what: "pod",
+                value: object(),
+            });
+        }
         labels(object, pod.labels.iter(), limits)?;
         if pod.containers.len() > limits.max_containers {
             return Err(Problem::TooManyContainers {
@@ -210,9 +300,70 @@ pub fn check(node: &str, meta: &NodeMetadata, limits: &Limits) -> Result<(), Pro
                 limit: limits.max_containers,
             });
         }
+        let mut container_names = HashSet::with_capacity(pod.containers.len());
         for c in &pod.containers {
             length("container id", &c.id, MAX_ID)?;
             length("container name", &c.name, MAX_DNS_LABEL)?;
+            check_id("container id", &c.id)?;
+            name(
+                "container name",
+                &c.name,
+                dns1123_label(&c.name),
+                LABEL_RULE,
+            )?;
+            if !ids.insert(c.id.as_str()) {
+                return Err(Problem::Duplicate {
+                    what: "container id",
+                    value: shown(&c.id),
+                });
+            }
+            if !container_names.insert(c.name.as_str()) {
+                return Err(Problem::Duplicate {
+                    what: "container name",
+                    value: format!("{}/{}", object(), shown(&c.name)),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a report's samples: pod UIDs and container ids of the right
+/// shape, each id once, at most `max_containers` per pod and `max_samples`
+/// in all.
+pub fn check_samples(pods: &[proto::v1::PodSample], limits: &Limits) -> Result<(), Problem> {
+    let count: usize = pods.iter().map(|p| p.containers.len()).sum();
+    if count > limits.max_samples {
+        return Err(Problem::TooManySamples {
+            count,
+            limit: limits.max_samples,
+        });
+    }
+    let mut uids = HashSet::with_capacity(pods.len());
+    let mut ids = HashSet::with_capacity(count);
+    for pod in pods {
+        check_id("pod uid", &pod.uid)?;
+        if !uids.insert(pod.uid.as_str()) {
+            return Err(Problem::Duplicate {
+                what: "pod uid",
+                value: shown(&pod.uid),
+            });
+        }
+        if pod.containers.len() > limits.max_containers {
+            return Err(Problem::TooManyContainers {
+                pod: shown(&pod.uid),
+                count: pod.containers.len(),
+                limit: limits.max_containers,
+            });
+        }
+        for c in &pod.containers {
+            check_id("container id", &c.id)?;
+            if !ids.insert(c.id.as_str()) {
+                return Err(Problem::Duplicate {
+                    what: "container id",
+                    value: shown(&c.id),
+                });
+            }
         }
     }
     Ok(())
@@ -287,6 +438,7 @@ mod tests {
         let limits = Limits {
             max_labels: 2,
             max_containers: 2,
+            max_samples: 10,
         };
         let fine = NodeMetadata {
             labels: [("zone".to_string(), "a".to_string())].into(),

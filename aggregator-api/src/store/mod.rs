@@ -40,7 +40,10 @@ use rate::{Outcome, Point, Series};
 pub enum Reject {
     #[error("report has no node name")]
     NoNode,
-    #[error("node name {0:?} is not a valid Kubernetes object name")]
+    /// The name, escaped and cut (see [`crate::untrusted::shown`]).
+    #[error(
+        "node name \"{0}\" is not a valid Kubernetes node name (a lowercase RFC 1123 subdomain)"
+    )]
     BadNodeName(String),
     #[error("sample time {0} ns is before 1970 or not set")]
     NoTime(i64),
@@ -48,17 +51,26 @@ pub enum Reject {
         "sample time is {ahead:?} ahead of this aggregator's clock (more than {limit:?}); check the node's clock"
     )]
     Future { ahead: Duration, limit: Duration },
+    #[error(
+        "sample time is {behind:?} behind this aggregator's clock (more than {limit:?}); check the node's clock"
+    )]
+    Past { behind: Duration, limit: Duration },
+    #[error("node working set of {bytes} bytes is more than any machine has ({limit} bytes)")]
+    AbsurdMemory { bytes: u64, limit: u64 },
     #[error("report has {count} pods, more than the limit of {limit}")]
     TooManyPods { count: usize, limit: usize },
     #[error("report has no node usage")]
     NoUsage,
     #[error(
-        "a read time of {read} ns is not in (0, the report's sample time {sample}]: readings cannot postdate their report"
+        "a read time of {read} ns is after the report's sample time {sample} ns or older than the oldest sample time taken: readings cannot postdate their report"
     )]
     ReadTime { read: i64, sample: i64 },
     /// Labels or names beyond Kubernetes' own limits, or too many of them.
     #[error("report metadata: {0}")]
     Metadata(#[from] limits::Problem),
+    /// Samples of the wrong shape or number.
+    #[error("report samples: {0}")]
+    Samples(limits::Problem),
     /// A report without metadata for a node this store has none of: it was
     /// on a refused report, or the node was evicted while its stream stayed
     /// open. Only a new stream (whose first report carries it) mends that.
@@ -66,11 +78,66 @@ pub enum Reject {
     NoMetadata(String),
 }
 
+/// More memory than any one machine has (64 TiB): a working set beyond it is
+/// corrupt or a lie.
+pub const MAX_MEMORY_BYTES: u64 = 64 << 40;
+
+/// How much a container may seem to exceed its node within one report (the
+/// two are read a few microseconds apart): CPU by this fraction of the node's
+/// rate plus [`CONTAINER_SLACK_NANOCORES`], memory by this fraction of the
+/// node's working set plus [`CONTAINER_SLACK_BYTES`].
+const CONTAINER_SLACK: f64 = 0.05;
+const CONTAINER_SLACK_NANOCORES: u64 = 50_000_000;
+const CONTAINER_SLACK_BYTES: u64 = 64 << 20;
+
+impl Reject {
+    /// Every reason, as [`Reject::reason`] names them.
+    pub const REASONS: [&'static str; 12] = [
+        "no_node",
+        "bad_node_name",
+        "no_time",
+        "future",
+        "past",
+        "absurd_memory",
+        "too_many_pods",
+        "no_usage",
+        "read_time",
+        "metadata",
+        "samples",
+        "no_metadata",
+    ];
+
+    /// A short name of the cause, for metrics and one log line per cause.
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.index()]
+    }
+
+    /// Where [`Reject::reason`] is in [`Reject::REASONS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Reject::NoNode => 0,
+            Reject::BadNodeName(_) => 1,
+            Reject::NoTime(_) => 2,
+            Reject::Future { .. } => 3,
+            Reject::Past { .. } => 4,
+            Reject::AbsurdMemory { .. } => 5,
+            Reject::TooManyPods { .. } => 6,
+            Reject::NoUsage => 7,
+            Reject::ReadTime { .. } => 8,
+            Reject::Metadata(_) => 9,
+            Reject::Samples(_) => 10,
+            Reject::NoMetadata(_) => 11,
+        }
+    }
+}
+
 /// Store limits and policies.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// How far ahead of our clock a sample may be (node clock skew).
     pub max_future: Duration,
+    /// How far behind it (skew, and the kubelet source's older readings).
+    pub max_past: Duration,
     /// Most pods one report may carry (samples, and pods in metadata).
     pub max_pods: usize,
     /// Label and container counts per object.
@@ -110,6 +177,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_future: Duration::from_secs(30),
+            max_past: Duration::from_secs(120),
             max_pods: 2000,
             limits: limits::Limits::default(),
             node_selector: LabelSelector::everything(),
@@ -131,6 +199,10 @@ pub struct Stats {
     pub evicted_nodes: AtomicU64,
     /// Reports refused for metadata over the limits (also in `rejected`).
     pub bad_metadata: AtomicU64,
+    /// Refused reports by [`Reject::reason`] (in `rejected` too).
+    pub rejected_by: [AtomicU64; Reject::REASONS.len()],
+    /// Container samples dropped for claiming more than their node used.
+    pub over_node: AtomicU64,
     /// Nodes whose series all restarted: a new agent process or CPU source.
     pub restarts: AtomicU64,
 }
@@ -160,7 +232,12 @@ impl Stats {
              nodepulse_store_evicted_nodes_total {}\n\
              # HELP nodepulse_store_counter_restarts_total Nodes whose series all restarted: a new agent process or CPU source.\n\
              # TYPE nodepulse_store_counter_restarts_total counter\n\
-             nodepulse_store_counter_restarts_total {}\n",
+             nodepulse_store_counter_restarts_total {}\n\
+             # HELP nodepulse_store_samples_over_node_total Container samples dropped for claiming more CPU or memory than their node reported.\n\
+             # TYPE nodepulse_store_samples_over_node_total counter\n\
+             nodepulse_store_samples_over_node_total {}\n\
+             # HELP nodepulse_store_rejected_reports_total Refused reports by reason.\n\
+             # TYPE nodepulse_store_rejected_reports_total counter\n",
             n(&self.reports),
             n(&self.rejected),
             n(&self.bad_metadata),
@@ -171,7 +248,15 @@ impl Stats {
             n(&self.duplicates),
             n(&self.evicted_nodes),
             n(&self.restarts),
+            n(&self.over_node),
         );
+        for (reason, c) in Reject::REASONS.iter().zip(&self.rejected_by) {
+            let _ = writeln!(
+                out,
+                "nodepulse_store_rejected_reports_total{{reason=\"{reason}\"}} {}",
+                n(c)
+            );
+        }
     }
 }
 
@@ -293,20 +378,6 @@ fn point(time: SystemTime, u: &Usage) -> Point {
     }
 }
 
-/// A DNS subdomain, as Kubernetes requires of node names.
-fn valid_name(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
 impl Default for Store {
     fn default() -> Self {
         Self::new(Config::default())
@@ -341,11 +412,13 @@ impl Store {
         let result = self.apply_inner(report, now);
         let counter = match &result {
             Ok(()) => &self.stats.reports,
-            Err(Reject::Metadata(_)) => {
-                self.stats.bad_metadata.fetch_add(1, Ordering::Relaxed);
+            Err(reject) => {
+                if let Reject::Metadata(_) = reject {
+                    self.stats.bad_metadata.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats.rejected_by[reject.index()].fetch_add(1, Ordering::Relaxed);
                 &self.stats.rejected
             }
-            Err(_) => &self.stats.rejected,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if result.is_ok() {
@@ -359,8 +432,8 @@ impl Store {
         if report.node.is_empty() {
             return Err(Reject::NoNode);
         }
-        if !valid_name(&report.node) {
-            return Err(Reject::BadNodeName(report.node.chars().take(300).collect()));
+        if !limits::node_name(&report.node) {
+            return Err(Reject::BadNodeName(crate::untrusted::shown(&report.node)));
         }
         let nanos = u64::try_from(report.sample_unix_nanos)
             .ok()
@@ -375,6 +448,14 @@ impl Store {
                 limit: self.config.max_future,
             });
         }
+        if let Ok(behind) = now.duration_since(time)
+            && behind > self.config.max_past
+        {
+            return Err(Reject::Past {
+                behind,
+                limit: self.config.max_past,
+            });
+        }
         let pods = report
             .pods
             .len()
@@ -385,7 +466,14 @@ impl Store {
                 limit: self.config.max_pods,
             });
         }
+        limits::check_samples(&report.pods, &self.config.limits).map_err(Reject::Samples)?;
         let usage = report.node_usage.ok_or(Reject::NoUsage)?;
+        if usage.memory_working_set_bytes > MAX_MEMORY_BYTES {
+            return Err(Reject::AbsurdMemory {
+                bytes: usage.memory_working_set_bytes,
+                limit: MAX_MEMORY_BYTES,
+            });
+        }
         let sample = report.sample_unix_nanos;
         let read_times = std::iter::once(&usage)
             .chain(
@@ -396,8 +484,10 @@ impl Store {
                     .filter_map(|c| c.usage.as_ref()),
             )
             .filter_map(|u| u.read_unix_nanos);
+        let oldest = sample
+            .saturating_sub(i64::try_from(self.config.max_past.as_nanos()).unwrap_or(i64::MAX));
         for read in read_times {
-            if read <= 0 || read > sample {
+            if read <= 0 || read > sample || read < oldest {
                 return Err(Reject::ReadTime { read, sample });
             }
         }
@@ -448,6 +538,14 @@ impl Store {
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         self.push(&mut state.usage, point(time, &usage), 0);
+        // What no container of this node can exceed (see CONTAINER_SLACK).
+        let node_rate = state.usage.as_ref().and_then(Series::rate);
+        let cpu_ceiling = node_rate.map(|r| {
+            (r.cpu_nanocores as f64 * (1.0 + CONTAINER_SLACK)) as u64 + CONTAINER_SLACK_NANOCORES
+        });
+        let memory_ceiling = (usage.memory_working_set_bytes as f64 * (1.0 + CONTAINER_SLACK))
+            as u64
+            + CONTAINER_SLACK_BYTES;
 
         // Marks every container in the report; the rest are gone (every
         // report lists all of the node's containers). No allocation unless
@@ -456,6 +554,11 @@ impl Store {
         for c in report.pods.iter().flat_map(|p| &p.containers) {
             let Some(u) = &c.usage else { continue };
             let p = point(time, u);
+            if p.memory_bytes > memory_ceiling {
+                // Not kept: the series' next sane point starts it again.
+                self.stats.over_node.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match state.containers.get_mut(&c.id) {
                 Some(slot) if slot.seen == generation => {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -464,6 +567,15 @@ impl Store {
                     slot.seen = generation;
                     let outcome = slot.series.push(p, c.start_unix_nanos);
                     self.count(outcome);
+                    let over = cpu_ceiling.is_some_and(|ceiling| {
+                        slot.series
+                            .rate()
+                            .is_some_and(|r| r.cpu_nanocores > ceiling)
+                    });
+                    if over {
+                        slot.series = Series::new(p, c.start_unix_nanos);
+                        self.stats.over_node.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 None => state
                     .containers

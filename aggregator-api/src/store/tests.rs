@@ -169,13 +169,13 @@ fn a_container_missing_from_the_latest_report_is_left_out_of_its_pod() {
     store.apply(&first, now()).expect("applies");
     store
         .apply(
-            &report("n1", 1000, 10, &[("u1", "c1", 500), ("u1", "c2", 100)]),
+            &report("n1", 1000, 1000, &[("u1", "c1", 500), ("u1", "c2", 100)]),
             now(),
         )
         .expect("applies");
     // c2 crashed: its cgroup is gone from the report, its name still listed.
     store
-        .apply(&report("n1", 2000, 20, &[("u1", "c1", 1000)]), now())
+        .apply(&report("n1", 2000, 2000, &[("u1", "c1", 1000)]), now())
         .expect("applies");
     let Lookup::Found(p) = store.pod("ns", "p") else {
         panic!("the running container is served");
@@ -377,17 +377,17 @@ fn restarted_container_gives_no_rate_until_its_second_point() {
     let store = Store::default();
     first_report_of_one_pod(&store, 900);
     store
-        .apply(&report("n1", 1000, 10, &[("u1", "c1", 1000)]), now())
+        .apply(&report("n1", 1000, 1000, &[("u1", "c1", 1000)]), now())
         .expect("applies");
     assert!(matches!(store.pod("ns", "p"), Lookup::Found(_)));
     // Counter back to near zero: a restart.
     store
-        .apply(&report("n1", 2000, 20, &[("u1", "c1", 3)]), now())
+        .apply(&report("n1", 2000, 2000, &[("u1", "c1", 3)]), now())
         .expect("applies");
     assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
     assert_eq!(store.stats().resets.load(Ordering::Relaxed), 1);
     store
-        .apply(&report("n1", 3000, 30, &[("u1", "c1", 503)]), now())
+        .apply(&report("n1", 3000, 3000, &[("u1", "c1", 503)]), now())
         .expect("applies");
     let Lookup::Found(p) = store.pod("ns", "p") else {
         panic!("rate again");
@@ -433,20 +433,57 @@ fn bad_reports_are_refused_whole_and_counted() {
     assert_eq!(store.node("n1"), Lookup::NoMetrics);
 }
 
+/// One container id twice (in one pod, or in two) is a report no agent
+/// makes: refused whole and counted, never served twice or mixed up.
 #[test]
-fn duplicates_are_counted_and_the_first_kept() {
+fn duplicate_container_ids_are_refused() {
     let store = Store::default();
-    let mut first = report("n1", 0, 0, &[("u1", "c1", 0), ("u1", "c1", 999)]);
-    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
-    store.apply(&first, now()).expect("applies");
-    store
-        .apply(&report("n1", 1000, 0, &[("u1", "c1", 100)]), now())
-        .expect("applies");
-    let Lookup::Found(p) = store.pod("ns", "p") else {
-        panic!("metrics");
-    };
-    assert_eq!(p.containers[0].cpu_nanocores, 100_000_000);
-    assert_eq!(store.stats().duplicates.load(Ordering::Relaxed), 1);
+    first_report_of_one_pod(&store, 0);
+    for dup in [
+        report("n1", 1000, 1000, &[("u1", "c1", 100), ("u1", "c1", 999)]),
+        report("n1", 1000, 1000, &[("u1", "c1", 100), ("u2", "c1", 999)]),
+    ] {
+        let err = store.apply(&dup, now()).expect_err("refused");
+        assert!(
+            matches!(
+                &err,
+                Reject::Samples(limits::Problem::Duplicate {
+                    what: "container id",
+                    ..
+                })
+            ),
+            "{err}"
+        );
+    }
+    for m in [
+        meta(&[("u1", "ns", "p", &[("c1", "a"), ("c1", "b")])]),
+        meta(&[
+            ("u1", "ns", "p", &[("c1", "a")]),
+            ("u2", "ns", "q", &[("c1", "a")]),
+        ]),
+    ] {
+        let mut r = report("n1", 1000, 1000, &[("u1", "c1", 100)]);
+        r.metadata = Some(m);
+        let err = store.apply(&r, now()).expect_err("refused");
+        assert!(
+            matches!(
+                &err,
+                Reject::Metadata(limits::Problem::Duplicate {
+                    what: "container id",
+                    ..
+                })
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        store.stats().rejected_by
+            [Reject::Samples(limits::Problem::TooManySamples { count: 0, limit: 0 }).index()]
+        .load(Ordering::Relaxed),
+        2
+    );
+    // The first report's point is still the only one.
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
 }
 
 #[test]
@@ -477,7 +514,7 @@ fn a_pod_moved_to_another_node_is_found_there() {
     a2.metadata = Some(meta(&[]));
     store.apply(&a2, now()).expect("applies");
     store
-        .apply(&report("n2", 1000, 0, &[("u2", "c9", 300)]), now())
+        .apply(&report("n2", 1000, 1000, &[("u2", "c9", 300)]), now())
         .expect("applies");
     let Lookup::Found(p) = store.pod("ns", "p") else {
         panic!("found on n2");
@@ -714,5 +751,159 @@ fn rates_are_computed_between_read_times() {
         node.window,
         Duration::from_secs(3),
         "nothing of them applied"
+    );
+}
+
+/// Names kube-apiserver would never have accepted (so no honest agent sends
+/// them) are refused with the report, and nothing of them is served.
+#[test]
+fn names_kubernetes_would_refuse_are_refused() {
+    let store = Store::default();
+    let bad_namespaces = [
+        "",
+        "../../x",
+        "a/b",
+        "Prod",
+        "a\nb",
+        "esc\u{1b}[31m",
+        "bel\u{7}",
+    ];
+    let bad_pod_names = ["", "../../x", "a/b", "Web", "a\nb", &"p".repeat(254)];
+    let bad_container_names = ["", "a/b", "App", "a.b", "x\ty"];
+    let bad_ids = ["", "a b", "x\n", "../c", &"f".repeat(129)];
+    let mut cases: Vec<NodeMetadata> = Vec::new();
+    for ns in bad_namespaces {
+        cases.push(meta(&[("u1", ns, "p", &[("c1", "a")])]));
+    }
+    for name in bad_pod_names {
+        cases.push(meta(&[("u1", "ns", name, &[("c1", "a")])]));
+    }
+    for c in bad_container_names {
+        cases.push(meta(&[("u1", "ns", "p", &[("c1", c)])]));
+    }
+    for id in bad_ids {
+        cases.push(meta(&[(id, "ns", "p", &[("c1", "a")])]));
+        cases.push(meta(&[("u1", "ns", "p", &[(id, "a")])]));
+    }
+    for m in cases {
+        let mut r = report("n1", 0, 0, &[]);
+        r.metadata = Some(m.clone());
+        let err = store.apply(&r, now()).expect_err("refused");
+        assert!(matches!(err, Reject::Metadata(_)), "{m:?}: {err}");
+        // The message escapes what it quotes: one line, bounded.
+        let text = err.to_string();
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text:?}");
+        assert!(text.len() < 400, "{}", text.len());
+    }
+    assert!(store.pods(None).is_empty());
+    // Samples carry ids too.
+    let mut ok = report("n1", 0, 0, &[]);
+    ok.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&ok, now()).expect("applies");
+    let r = report("n1", 1000, 1000, &[("u1", "c\n1", 5)]);
+    assert!(matches!(store.apply(&r, now()), Err(Reject::Samples(_))));
+}
+
+/// The limits that bound metadata bound the samples too: a report of
+/// 100,000 container samples is refused, not stored.
+#[test]
+fn samples_are_bounded_like_metadata() {
+    let store = Store::default();
+    let mut first = report("n1", 0, 0, &[]);
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store.apply(&first, now()).expect("applies");
+    let ids: Vec<String> = (0..100_000).map(|i| format!("{i:064x}")).collect();
+    let many: Vec<(&str, &str, u64)> = ids.iter().map(|id| ("u1", id.as_str(), 0)).collect();
+    let err = store
+        .apply(&report("n1", 1000, 1000, &many), now())
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            Reject::Samples(limits::Problem::TooManySamples { count: 100_000, .. })
+        ),
+        "{err}"
+    );
+    // Within the total but over the per-pod limit.
+    let some: Vec<(&str, &str, u64)> = ids[..300].iter().map(|id| ("u1", id.as_str(), 0)).collect();
+    let err = store
+        .apply(&report("n1", 1000, 1000, &some), now())
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            Reject::Samples(limits::Problem::TooManyContainers { .. })
+        ),
+        "{err}"
+    );
+}
+
+/// Figures no machine produces are not served: a working set of 2^64 − 1
+/// bytes, a container burning 500 cores on a node that used one, a sample
+/// from 1970.
+#[test]
+fn absurd_values_are_not_served() {
+    let store = Store::default();
+    first_report_of_one_pod(&store, 0);
+    // The node itself claims more memory than any machine has: refused.
+    let mut r = report("n1", 1000, 1000, &[("u1", "c1", 500)]);
+    r.node_usage
+        .as_mut()
+        .expect("usage")
+        .memory_working_set_bytes = u64::MAX;
+    assert!(matches!(
+        store.apply(&r, now()),
+        Err(Reject::AbsurdMemory { .. })
+    ));
+    // A container claims more memory than its node: dropped.
+    let mut r = report("n1", 1000, 1000, &[("u1", "c1", 500)]);
+    r.pods[0].containers[0]
+        .usage
+        .as_mut()
+        .expect("usage")
+        .memory_working_set_bytes = u64::MAX;
+    store.apply(&r, now()).expect("applies");
+    assert_eq!(store.pod("ns", "p"), Lookup::NoMetrics);
+    // 500 cores in a second on a node that used one.
+    store
+        .apply(&report("n1", 2000, 2000, &[("u1", "c1", 1_000)]), now())
+        .expect("applies");
+    store
+        .apply(&report("n1", 3000, 3000, &[("u1", "c1", 501_000)]), now())
+        .expect("applies");
+    assert_eq!(
+        store.pod("ns", "p"),
+        Lookup::NoMetrics,
+        "500 cores not served"
+    );
+    assert_eq!(store.stats().over_node.load(Ordering::Relaxed), 2);
+    // Honest again: served from the next point on.
+    store
+        .apply(&report("n1", 4000, 4000, &[("u1", "c1", 501_500)]), now())
+        .expect("applies");
+    let Lookup::Found(p) = store.pod("ns", "p") else {
+        panic!("served again");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 500_000_000);
+    // A sample from 1970, and one older than the aggregator allows.
+    let mut r = report("n1", 5000, 5000, &[]);
+    r.sample_unix_nanos = 1_000_000_000;
+    assert!(matches!(store.apply(&r, now()), Err(Reject::Past { .. })));
+    let mut r = report("n1", 5000, 5000, &[]);
+    r.sample_unix_nanos = at(0) - 200_000_000_000;
+    assert!(matches!(store.apply(&r, now()), Err(Reject::Past { .. })));
+    let mut text = String::new();
+    store.stats().render(&mut text);
+    assert!(
+        text.contains("nodepulse_store_rejected_reports_total{reason=\"past\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nodepulse_store_rejected_reports_total{reason=\"absurd_memory\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nodepulse_store_samples_over_node_total 2"),
+        "{text}"
     );
 }

@@ -34,6 +34,14 @@ use crate::{
 /// Fastest a watcher recomputes and sends.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Longest label selector a watcher may send (kube-apiserver's own requests
+/// are bounded by its URL limits; a selector of thousands of values is a
+/// mistake or an attack).
+pub const MAX_SELECTOR_BYTES: usize = 16 << 10;
+
+/// Largest `WatchRequest` decoded at all: the selector and a few names.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+
 /// Who may watch: the caller's bearer token is reviewed (TokenReview) and
 /// the user must be allowed to `watch` `metrics.k8s.io` pods and/or nodes
 /// (SubjectAccessReview), in the namespace asked for — the same permission the
@@ -47,7 +55,7 @@ impl WatchAuth {
     async fn check(
         &self,
         metadata: &tonic::metadata::MetadataMap,
-        filter: &Filter,
+        scope: &Scope,
     ) -> Result<(), Status> {
         let token = crate::ingest::auth::bearer_token(metadata)?;
         let user = match self.tokens.review(token).await {
@@ -62,11 +70,11 @@ impl WatchAuth {
             }
         };
         let resources = [
-            ("nodes", filter.nodes, String::new()),
+            ("nodes", scope.nodes, String::new()),
             (
                 "pods",
-                filter.pods,
-                filter.namespace.clone().unwrap_or_default(),
+                scope.pods,
+                scope.namespace.clone().unwrap_or_default(),
             ),
         ];
         for (resource, wanted, namespace) in resources {
@@ -127,7 +135,7 @@ impl WatchService {
     }
 
     pub fn into_server(self) -> MetricsServer<Self> {
-        MetricsServer::new(self)
+        MetricsServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 }
 
@@ -171,28 +179,45 @@ fn pod_wire(node: &str, p: &PodUsage) -> PodMetrics {
     }
 }
 
-/// What one watcher asked for.
-struct Filter {
+/// What one watcher asked to see, as far as authorization goes: cheap to
+/// read, so it is all that is read before the caller is authenticated.
+struct Scope {
     node: Option<String>,
     namespace: Option<String>,
-    labels: LabelSelector,
     nodes: bool,
     pods: bool,
 }
 
-impl Filter {
-    fn new(req: &WatchRequest) -> Result<Self, Status> {
-        let labels = LabelSelector::parse(&req.label_selector)
-            .map_err(|e| Status::invalid_argument(format!("label_selector: {e}")))?;
+impl Scope {
+    fn new(req: &WatchRequest) -> Self {
         let neither = !req.nodes && !req.pods;
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        Ok(Self {
+        Self {
             node: some(&req.node),
             namespace: some(&req.namespace),
-            labels,
             nodes: req.nodes || neither,
             pods: req.pods || neither,
-        })
+        }
+    }
+}
+
+/// What one watcher asked for, its selector parsed (after authentication).
+struct Filter {
+    scope: Scope,
+    labels: LabelSelector,
+}
+
+impl Filter {
+    fn new(scope: Scope, selector: &str) -> Result<Self, Status> {
+        if selector.len() > MAX_SELECTOR_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "label_selector: {} bytes, more than the limit of {MAX_SELECTOR_BYTES}",
+                selector.len()
+            )));
+        }
+        let labels = LabelSelector::parse(selector)
+            .map_err(|e| Status::invalid_argument(format!("label_selector: {e}")))?;
+        Ok(Self { scope, labels })
     }
 }
 
@@ -215,10 +240,14 @@ fn next_event(
         snapshot,
         ..WatchEvent::default()
     };
-    if filter.nodes {
+    if filter.scope.nodes {
         let mut seen = HashMap::new();
         for n in store.nodes() {
-            if filter.node.as_deref().is_some_and(|want| want != &*n.name)
+            if filter
+                .scope
+                .node
+                .as_deref()
+                .is_some_and(|want| want != &*n.name)
                 || !filter.labels.matches(&n.labels)
             {
                 continue;
@@ -237,9 +266,12 @@ fn next_event(
             .collect();
         sent.nodes = seen;
     }
-    if filter.pods {
+    if filter.scope.pods {
         let mut seen = HashMap::new();
-        for (node, p) in store.pods_by_node(filter.node.as_deref(), filter.namespace.as_deref()) {
+        for (node, p) in store.pods_by_node(
+            filter.scope.node.as_deref(),
+            filter.scope.namespace.as_deref(),
+        ) {
             if !filter.labels.matches(&p.labels) {
                 continue;
             }
@@ -281,10 +313,12 @@ impl Metrics for WatchService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let filter = Filter::new(request.get_ref())?;
+        // Who asks first: nothing costly is done for an unauthenticated caller.
+        let scope = Scope::new(request.get_ref());
         if let Some(auth) = &self.auth {
-            auth.check(request.metadata(), &filter).await?;
+            auth.check(request.metadata(), &scope).await?;
         }
+        let filter = Filter::new(scope, &request.get_ref().label_selector)?;
         let (tx, rx) = mpsc::channel(1);
         let store = Arc::clone(&self.store);
         let shutdown = self.shutdown.clone();

@@ -243,6 +243,19 @@ async fn field_selectors_and_rejected_ones() {
             assert_eq!(reply.json()["reason"], "BadRequest");
             assert!(!status_message(&reply).is_empty());
         }
+        // Bytes that are not UTF-8 are a bad selector, as kube-apiserver
+        // says, not an absent one that matches everything.
+        for query in [
+            "labelSelector=%ff%fe",
+            "labelSelector=role%3D%ff",
+            "fieldSelector=%ff",
+        ] {
+            for path in ["nodes", "pods"] {
+                let reply = client.get(&format!("{b}/{path}?{query}")).await;
+                assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}?{query}");
+                assert_eq!(reply.json()["reason"], "BadRequest", "{path}?{query}");
+            }
+        }
     }
     server.stop().await;
 }
