@@ -90,9 +90,16 @@ pub struct Args {
     #[arg(long, env = "NODEPULSE_SHUTDOWN_DELAY_DURATION", default_value = "0s", value_parser = duration_arg)]
     pub shutdown_delay_duration: Duration,
 
-    /// Connections served at once.
-    #[arg(long, env = "NODEPULSE_MAX_CONNECTIONS", default_value_t = 1024)]
+    /// Connections held at once on the metrics.k8s.io port.
+    #[arg(long, env = "NODEPULSE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Connections held at once from one address on that port.
+    #[arg(
+        long,
+        env = "NODEPULSE_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 256
+    )]
+    pub max_connections_per_peer: usize,
 
     /// Delegated authentication and authorization.
     #[command(flatten)]
@@ -153,7 +160,7 @@ impl Args {
         if self.metric_resolution.is_zero() {
             return Err(Error::Resolution);
         }
-        if self.max_connections == 0 {
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return Err(Error::MaxConnections);
         }
         Ok(Config {
@@ -164,9 +171,16 @@ impl Args {
             node_selector: LabelSelector::parse(&self.node_selector)?,
             auth: self.auth,
             shutdown_delay: self.shutdown_delay_duration,
-            limits: ServerLimits {
-                max_connections: self.max_connections,
-                ..ServerLimits::default()
+            limits: {
+                let d = ServerLimits::default();
+                ServerLimits {
+                    connections: crate::connections::Limits {
+                        max: self.max_connections,
+                        per_peer: self.max_connections_per_peer,
+                        pending: d.connections.pending.min(self.max_connections),
+                    },
+                    ..d
+                }
             },
         })
     }

@@ -35,6 +35,34 @@ struct Cli {
 }
 
 /// Resolves on SIGTERM (how the kubelet stops a pod) or Ctrl-C.
+/// Connections cost a descriptor each, and container runtimes hand out a
+/// soft limit of 1024: raise it to the hard limit (nothing here uses
+/// `select(2)`, the reason the soft default is low).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(error) => tracing::warn!(%error, soft, hard, "could not raise the open-file limit"),
+        }
+    }
+    if let Some(soft) = getrlimit(Resource::Nofile).current
+        && soft < 4096
+    {
+        tracing::warn!(
+            soft,
+            "the open-file limit holds few connections: raise the container's LimitNOFILE"
+        );
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -110,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(64));
+    raise_open_file_limit();
+    let ingest_connections =
+        aggregator_api::connections::Connections::new("ingest", ingest.settings().connections);
+    let ingest_connections_metrics = ingest_connections.clone();
     let tls = match (
         &ingest.ingest_tls_cert_file,
         &ingest.ingest_tls_private_key_file,
@@ -129,22 +161,17 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %ingest.listen(), tls = tls.is_some(), "ingest listening");
     let router = server.add_service(service).add_service(watch);
     let shutdown = cancel.clone().cancelled_owned();
-    let ingest_task = match tls {
-        // The certificate is reloaded when its files change.
-        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-            aggregator_api::ingest::listener::incoming(
-                listener,
-                tls,
-                aggregator_api::ingest::listener::HANDSHAKE_TIMEOUT,
-                cancel.clone(),
-            ),
-            shutdown,
-        )),
-        None => tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )),
-    };
+    // The certificate is reloaded when its files change.
+    let ingest_task = tokio::spawn(router.serve_with_incoming_shutdown(
+        aggregator_api::ingest::listener::incoming(
+            listener,
+            tls,
+            ingest_connections,
+            ingest.settings(),
+            cancel.clone(),
+        ),
+        shutdown,
+    ));
     let evict_task = {
         let (store, cancel, after) = (Arc::clone(&store), cancel.clone(), ingest.node_eviction);
         tokio::spawn(async move {
@@ -179,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
         view,
         move |app| {
             app.metrics_source(move |out| {
+                ingest_connections_metrics.render(out);
                 ingest_stats.render(out);
                 store.stats().render(out);
             })

@@ -469,3 +469,86 @@ fn unix_nanos(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
+
+/// Raw sockets that never send the HTTP/2 preface, hundreds from one
+/// address and more from many: the ingest port's timeouts are set far
+/// beyond the test's deadline, so only admission (per-peer limits, the
+/// oldest pending connection making room) lets an honest agent through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_lock_agents_out() {
+    use aggregator_api::{
+        connections::{Connections, Limits},
+        ingest::listener::{Settings, incoming},
+    };
+    let listener = bind().await;
+    let addr = listener.local_addr().expect("addr");
+    let store = Arc::new(Store::default());
+    let stop = CancellationToken::new();
+    let settings = Settings {
+        connections: Limits {
+            max: 300,
+            per_peer: 30,
+            pending: 16,
+        },
+        handshake_timeout: Duration::from_secs(600),
+        preface_timeout: Duration::from_secs(600),
+    };
+    let connections = Connections::new("ingest", settings.connections);
+    let service = IngestService::new(Arc::clone(&store), Arc::new(Unauthenticated), stop.clone())
+        .into_server(16 << 20);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                incoming(listener, None, connections.clone(), settings, stop.clone()),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+    let connect_from = |from: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket
+            .bind(SocketAddr::new(
+                std::net::IpAddr::from([127, 0, 0, from]),
+                0,
+            ))
+            .ok()?;
+        socket.connect(addr).await.ok()
+    };
+    let mut held = Vec::new();
+    for _ in 0..1_100 {
+        held.extend(connect_from(2).await);
+    }
+    for from in 3..30u8 {
+        for _ in 0..25 {
+            held.extend(connect_from(from).await);
+        }
+    }
+    let cancel = CancellationToken::new();
+    let (node, rx) = SimNode::new("node-1", 2);
+    let agent = exporter(vec![addr], rx, None, &cancel);
+    let ticker = ticking(vec![node], &cancel);
+    until(
+        &store,
+        "the agent served despite the flood",
+        Duration::from_secs(20),
+        |s| full_and_correct(s, &[("node-1", 2)]),
+    )
+    .await;
+    let stats = connections.stats();
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // Of 1,775 silent connections, all but the pending budget were closed:
+    // refused at the door (one address over its share) or evicted.
+    assert!(
+        n(&stats.refused_per_peer) + n(&stats.evicted) >= 1_775 - 16,
+        "refused {}, evicted {}",
+        n(&stats.refused_per_peer),
+        n(&stats.evicted)
+    );
+    assert!(connections.open() <= 300 + 16, "{}", connections.open());
+    cancel.cancel();
+    let _ = ticker.await;
+    let _ = agent.await;
+    drop(held);
+    stop.cancel();
+    let _ = server.await;
+}

@@ -51,6 +51,21 @@ pub struct IngestArgs {
     /// Largest report accepted, bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub ingest_max_message_bytes: usize,
+    /// Connections held at once on the ingest port (each agent holds one
+    /// per replica).
+    #[arg(
+        long,
+        env = "NODEPULSE_INGEST_MAX_CONNECTIONS",
+        default_value_t = 20_000
+    )]
+    pub ingest_max_connections: usize,
+    /// Connections held at once from one address on the ingest port.
+    #[arg(
+        long,
+        env = "NODEPULSE_INGEST_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 64
+    )]
+    pub ingest_max_connections_per_peer: usize,
     /// Forget a node that has not reported for this long (Go duration or seconds).
     #[arg(long, env = "NODEPULSE_NODE_EVICTION", default_value = "60s", value_parser = parse_duration)]
     pub node_eviction: Duration,
@@ -59,6 +74,22 @@ pub struct IngestArgs {
 impl IngestArgs {
     pub fn listen(&self) -> SocketAddr {
         SocketAddr::new(self.ingest_bind_address, self.ingest_port)
+    }
+
+    /// The ingest port's limits and timeouts.
+    pub fn settings(&self) -> super::listener::Settings {
+        let d = super::listener::Settings::default();
+        super::listener::Settings {
+            connections: crate::connections::Limits {
+                max: self.ingest_max_connections.max(1),
+                per_peer: self.ingest_max_connections_per_peer.max(1),
+                pending: d
+                    .connections
+                    .pending
+                    .min(self.ingest_max_connections.max(1)),
+            },
+            ..d
+        }
     }
 
     /// `(namespace, name)` of the agents' ServiceAccount.

@@ -2,10 +2,12 @@
 //! over tokio-rustls, delegated auth in front of every path, and the pure
 //! rendering of `crate::api` behind it.
 //!
-//! [`serve`] takes an already-bound listener and a shutdown future (house
-//! rule 2), so tests bind `127.0.0.1:0` and connect at once. Connections are
-//! bounded by a semaphore; each runs in a task owned by a `JoinSet` with one
-//! tracing span. On shutdown `/readyz` starts failing, the listener closes,
+//! [`serve`] takes an already-bound listener and a shutdown future, so tests
+//! bind `127.0.0.1:0` and connect at once. Every connection is admitted by
+//! [`crate::connections`] (a limit in all, per peer, and for those still in
+//! their handshake, the oldest of which make room for newcomers), must finish
+//! its TLS handshake and send a first request within bounded times, and runs
+//! in a task owned by a `JoinSet` with one tracing span. On shutdown `/readyz` starts failing, the listener closes,
 //! open connections get a graceful close (HTTP/2 GOAWAY, HTTP/1 after the
 //! current response) and are aborted after [`ServerLimits::drain_timeout`].
 //!
@@ -46,7 +48,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
@@ -62,10 +63,12 @@ use router::ConnInfo;
 /// library defaults so they are visible and testable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
-    /// Connections served at once; further ones wait in the listen backlog.
-    pub max_connections: usize,
+    /// Connections held at once, per peer address, and in their handshake.
+    pub connections: crate::connections::Limits,
     /// Time a client has to complete the TLS handshake.
     pub handshake_timeout: Duration,
+    /// Time a client has, after its handshake, to send a first request.
+    pub first_request_timeout: Duration,
     /// Time an HTTP/1 client has to send its request headers.
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection.
@@ -80,9 +83,16 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
-            max_connections: 1024,
+            // kube-apiserver multiplexes over a few HTTP/2 connections and
+            // the kubelet probes over one at a time: thousands is plenty.
+            connections: crate::connections::Limits {
+                max: 4096,
+                per_peer: 256,
+                pending: 512,
+            },
             handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(30),
+            first_request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 250,
             keep_alive_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
@@ -107,6 +117,7 @@ struct AppInner {
     auth_failure_log: LogGate,
     error_log: LogGate,
     metric_sources: Vec<MetricSource>,
+    connections: crate::connections::Connections,
 }
 
 /// Appends Prometheus text of another part of the process (ingest, store) to
@@ -236,12 +247,16 @@ impl AppBuilder {
                 authenticator: self.authenticator,
                 authorizer: self.authorizer,
                 node_selector: self.node_selector,
-                limits: self.limits,
                 metrics: Metrics::default(),
                 health,
                 auth_failure_log: LogGate::new(Duration::from_secs(10)),
                 error_log: LogGate::new(Duration::from_secs(10)),
                 metric_sources: self.metric_sources,
+                connections: crate::connections::Connections::new(
+                    "metrics",
+                    self.limits.connections,
+                ),
+                limits: self.limits,
             }),
         }
     }
@@ -250,6 +265,7 @@ impl AppBuilder {
 impl AppInner {
     fn metrics_text(&self) -> String {
         let mut text = self.metrics.render();
+        self.connections.render(&mut text);
         for source in &self.metric_sources {
             source(&mut text);
         }
@@ -304,7 +320,6 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let limits = app.inner.limits.clone();
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -327,44 +342,49 @@ pub async fn serve(
     loop {
         // Reap finished connections so the set stays as small as the load.
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = accept(&listener, &mut accept_errors) => accepted,
+        };
+        // Refused: closed at once (dropped), before any work for it.
+        let Ok(mut ticket) = app.inner.connections.admit(peer.ip()) else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
         let builder = builder.clone();
-        let handshake_timeout = limits.handshake_timeout;
         let span = tracing::debug_span!("connection", %peer);
         connections.spawn(
             async move {
-                let _permit = permit;
                 let _open = OpenConnection::new(&app);
-                let tls =
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                let limits = &app.inner.limits;
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
+                let tls = tokio::select! {
+                    done = handshake => match done {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(error)) => {
                             app.inner.metrics.handshake_error();
+                            ticket.handshake_failed();
                             tracing::debug!(%error, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
                             app.inner.metrics.handshake_error();
+                            ticket.handshake_failed();
                             tracing::debug!("TLS handshake timed out");
                             return;
                         }
-                    };
+                    },
+                    () = ticket.evicted() => {
+                        tracing::debug!("closed in its handshake to make room");
+                        return;
+                    }
+                };
+                ticket.established();
                 let certs: Arc<[rustls_pki_types::CertificateDer<'static>]> = tls
                     .get_ref()
                     .1
@@ -373,17 +393,39 @@ pub async fn serve(
                     .unwrap_or_else(|| Arc::from(Vec::new()));
                 let conn = Arc::new(ConnInfo { peer, certs });
                 let service_app = app.clone();
+                let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let asked_in_service = Arc::clone(&asked);
                 let service = service_fn(move |request| {
                     let app = service_app.clone();
                     let conn = conn.clone();
+                    asked_in_service.store(true, std::sync::atomic::Ordering::Relaxed);
                     async move { Ok::<_, Infallible>(router::handle(&app, &conn, request).await) }
                 });
                 let connection = builder
                     .serve_connection(TokioIo::new(tls), service)
                     .into_owned();
-                if let Err(error) = watcher.watch(connection).await {
+                let served = watcher.watch(connection);
+                tokio::pin!(served);
+                // A client that completed its handshake and then says
+                // nothing (HTTP/2 waits for its preface without a timer of
+                // its own) is closed.
+                let first = tokio::time::sleep(limits.first_request_timeout);
+                tokio::pin!(first);
+                let result = loop {
+                    tokio::select! {
+                        result = &mut served => break result,
+                        () = &mut first, if !first.is_elapsed() => {
+                            if !asked.load(std::sync::atomic::Ordering::Relaxed) {
+                                tracing::debug!("no request after the handshake; closing");
+                                return;
+                            }
+                        }
+                    }
+                };
+                if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
+                drop(ticket);
             }
             .instrument(span),
         );

@@ -103,7 +103,16 @@ async fn agents_stream_over_tls_and_a_renewed_certificate_is_served_without_rest
     let stop = CancellationToken::new();
     let service = IngestService::new(Arc::clone(&store), Arc::new(Unauthenticated), stop.clone())
         .into_server(16 << 20);
-    let incoming = listener::incoming(tcp, config, listener::HANDSHAKE_TIMEOUT, stop.clone());
+    let incoming = listener::incoming(
+        tcp,
+        Some(config),
+        aggregator_api::connections::Connections::new(
+            "ingest",
+            listener::Settings::default().connections,
+        ),
+        listener::Settings::default(),
+        stop.clone(),
+    );
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)

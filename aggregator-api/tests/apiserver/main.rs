@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod floods;
 mod ingest_tls;
 mod kube;
 mod protobuf;
