@@ -129,6 +129,7 @@ kinds = {(k, n) for (k, _, n) in comp}
 for want in [("ServiceAccount", "nodepulse"), ("ServiceAccount", "nodepulse-agent"),
              ("ClusterRole", "system:aggregated-metrics-reader"), ("ClusterRole", "nodepulse-agent"),
              ("ClusterRoleBinding", "nodepulse-agent"), ("ClusterRoleBinding", "nodepulse:system:auth-delegator"),
+             ("ClusterRole", "nodepulse"), ("ClusterRoleBinding", "nodepulse"),
              ("RoleBinding", "nodepulse-auth-reader"), ("Service", "nodepulse"), ("Service", "nodepulse-ingest"),
              ("Deployment", "nodepulse"), ("PodDisruptionBudget", "nodepulse"), ("DaemonSet", "nodepulse-agent"),
              ("APIService", "v1beta1.metrics.k8s.io"), ("APIService", "v1.metrics.k8s.io")]:
@@ -155,6 +156,10 @@ need(ds.get("hostPID") in (None, False), "agent hostPID false")
 need(not ds.get("hostNetwork"), "agent hostNetwork false")
 tokens = [s["serviceAccountToken"] for v in ds.get("volumes", []) for s in v.get("projected", {}).get("sources", []) if "serviceAccountToken" in s]
 need(tokens and tokens[0].get("audience") == "nodepulse", "agent token audience nodepulse")
+
+# The aggregator reads nothing but the pod list its binding check needs.
+need(get("ClusterRole", "nodepulse").get("rules") == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
+     "aggregator ClusterRole: list pods only")
 
 dep = get("Deployment", "nodepulse").get("spec", {})
 need(dep.get("replicas") == 2, "aggregator replicas 2")

@@ -217,7 +217,9 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Kubeconfig whose server is never contacted: with
 /// `--authentication-skip-lookup` the aggregator reads no ConfigMap, and with
-/// `--ingest-auth=none` it reviews no ingest or watch token. It still needs
+/// `--ingest-auth=none` it reviews no ingest or watch token; with
+/// `--verify-pod-bindings=false` it asks nobody which pods are bound where (the
+/// fleet's pods exist nowhere else). It still needs
 /// some kubeconfig to build the (unused) client the HTTPS side holds for
 /// TokenReview and SubjectAccessReview of metrics.k8s.io requests.
 const KUBECONFIG: &str = "apiVersion: v1
@@ -258,6 +260,7 @@ fn start_aggregator(binary: &std::path::Path) -> anyhow::Result<Aggregator> {
     let ingest = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut child = Command::new(binary)
         .arg("--ingest-auth=none")
+        .arg("--verify-pod-bindings=false")
         .arg("--ingest-bind-address=127.0.0.1")
         .arg(format!("--ingest-port={}", ingest.port()))
         .arg("--bind-address=127.0.0.1")

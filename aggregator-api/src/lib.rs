@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod binding;
 pub mod config;
 pub mod connections;
 pub mod ingest;

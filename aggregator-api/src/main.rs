@@ -98,11 +98,31 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = cli.api.into_config().context("invalid flags")?;
     let ingest = cli.ingest;
+    let cancel = CancellationToken::new();
+    let bindings = if ingest.verify_pod_bindings {
+        let client = KubeClient::from_flag(config.kubeconfig.as_deref())
+            .context("kube-apiserver credentials for the pod binding check")?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Some((tx, rx, client))
+    } else {
+        tracing::warn!(
+            "--verify-pod-bindings=false: a pod is served as any agent names it (development only)"
+        );
+        None
+    };
     let store = Arc::new(Store::new(aggregator_api::store::Config {
         node_selector: config.node_selector.clone(),
+        bindings: bindings.as_ref().map(|(tx, _, _)| tx.clone()),
         ..Default::default()
     }));
-    let cancel = CancellationToken::new();
+    let binding_task = bindings.map(|(_, rx, client)| {
+        tokio::spawn(aggregator_api::binding::run(
+            Arc::clone(&store),
+            client,
+            rx,
+            cancel.clone(),
+        ))
+    });
 
     let (auth, watch_auth): (Arc<dyn IngestAuth>, Option<WatchAuth>) = match ingest.ingest_auth {
         AuthMode::None => {
@@ -221,6 +241,9 @@ async fn main() -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     let _ = evict_task.await;
+    if let Some(task) = binding_task {
+        let _ = task.await;
+    }
     served.context("metrics.k8s.io server")?;
     Ok(())
 }

@@ -29,6 +29,8 @@ pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceacc
 
 /// Largest response body read; the ConfigMap is the biggest, a few KiB.
 const MAX_BODY: usize = 4 << 20;
+/// What the client asks for unless told otherwise.
+const JSON: &str = "application/json";
 
 /// How often a token file is re-read (projected tokens rotate hourly; client-go
 /// re-reads every minute too).
@@ -279,7 +281,14 @@ impl KubeClient {
 
     /// GETs `path` (with query) and decodes the JSON answer.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let body = self.request(Method::GET, path, None).await?;
+        self.get_json_as(path, JSON).await
+    }
+
+    /// GETs `path` asking for the JSON form `accept` names (e.g. only the
+    /// objects' metadata: `application/json;as=PartialObjectMetadataList;
+    /// g=meta.k8s.io;v=v1`) and decodes it.
+    pub async fn get_json_as<T: DeserializeOwned>(&self, path: &str, accept: &str) -> Result<T> {
+        let body = self.request(Method::GET, path, None, accept).await?;
         decode(Method::GET, path, &body)
     }
 
@@ -290,13 +299,22 @@ impl KubeClient {
         body: &B,
     ) -> Result<T> {
         let payload = serde_json::to_vec(body).map_err(Error::Encode)?;
-        let answer = self.request(Method::POST, path, Some(payload)).await?;
+        let answer = self
+            .request(Method::POST, path, Some(payload), JSON)
+            .await?;
         decode(Method::POST, path, &answer)
     }
 
-    async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        accept: &str,
+    ) -> Result<Bytes> {
         let timeout = self.inner.timeout;
-        match tokio::time::timeout(timeout, self.exchange(method.clone(), path, body)).await {
+        match tokio::time::timeout(timeout, self.exchange(method.clone(), path, body, accept)).await
+        {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
                 method,
@@ -313,6 +331,7 @@ impl KubeClient {
         method: &Method,
         path: &str,
         body: Option<Vec<u8>>,
+        accept: &str,
     ) -> Result<(
         http::Response<hyper::body::Incoming>,
         impl std::future::Future<Output = hyper::Result<()>> + use<>,
@@ -343,7 +362,7 @@ impl KubeClient {
             .method(method.clone())
             .uri(format!("{}{path}", inner.base_path))
             .header(header::HOST, inner.authority.as_str())
-            .header(header::ACCEPT, "application/json")
+            .header(header::ACCEPT, accept)
             .header(
                 header::USER_AGENT,
                 concat!("nodepulse/", env!("CARGO_PKG_VERSION")),
@@ -371,8 +390,14 @@ impl KubeClient {
         Ok((response, connection))
     }
 
-    async fn exchange(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
-        let (response, mut connection) = self.send(&method, path, body).await?;
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        accept: &str,
+    ) -> Result<Bytes> {
+        let (response, mut connection) = self.send(&method, path, body, accept).await?;
         let status = response.status();
         let collect = Limited::new(response.into_body(), MAX_BODY).collect();
         tokio::pin!(collect);
@@ -415,7 +440,7 @@ impl KubeClient {
         idle: Duration,
         mut on_event: impl FnMut(WatchEvent<T>) -> bool,
     ) -> Result<()> {
-        let (response, mut connection) = self.send(&Method::GET, path, None).await?;
+        let (response, mut connection) = self.send(&Method::GET, path, None, JSON).await?;
         let status = response.status();
         let mut body = response.into_body();
         if !status.is_success() {

@@ -66,6 +66,17 @@ pub struct IngestArgs {
         default_value_t = 64
     )]
     pub ingest_max_connections_per_peer: usize,
+    /// Serve a pod only once kube-apiserver says it is bound to the node
+    /// whose agent reports it (one list of the node's pods, metadata only;
+    /// needs `list` on pods). Off: every agent is trusted with the pods it
+    /// names (development only).
+    #[arg(
+        long,
+        env = "NODEPULSE_VERIFY_POD_BINDINGS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub verify_pod_bindings: bool,
     /// Forget a node that has not reported for this long (Go duration or seconds).
     #[arg(long, env = "NODEPULSE_NODE_EVICTION", default_value = "60s", value_parser = parse_duration)]
     pub node_eviction: Duration,

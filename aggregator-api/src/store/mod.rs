@@ -148,6 +148,10 @@ pub struct Config {
     pub node_selector: LabelSelector,
     /// How long a node's metrics are served after its last report.
     pub freshness: Freshness,
+    /// Where nodes whose pods need their binding checked are sent (see
+    /// [`Store::record_bindings`]); `None`: every pod an agent reports is
+    /// taken as bound to its node (development, tests).
+    pub bindings: Option<tokio::sync::mpsc::UnboundedSender<Arc<str>>>,
 }
 
 /// A node's metrics (and its pods') are served only while its last report
@@ -182,6 +186,7 @@ impl Default for Config {
             limits: limits::Limits::default(),
             node_selector: LabelSelector::everything(),
             freshness: Freshness::default(),
+            bindings: None,
         }
     }
 }
@@ -203,6 +208,8 @@ pub struct Stats {
     pub rejected_by: [AtomicU64; Reject::REASONS.len()],
     /// Container samples dropped for claiming more than their node used.
     pub over_node: AtomicU64,
+    /// Pods an agent reported that kube-apiserver does not bind to its node.
+    pub refused_pods: AtomicU64,
     /// Nodes whose series all restarted: a new agent process or CPU source.
     pub restarts: AtomicU64,
 }
@@ -236,6 +243,9 @@ impl Stats {
              # HELP nodepulse_store_samples_over_node_total Container samples dropped for claiming more CPU or memory than their node reported.\n\
              # TYPE nodepulse_store_samples_over_node_total counter\n\
              nodepulse_store_samples_over_node_total {}\n\
+             # HELP nodepulse_store_refused_pods_total Pods an agent reported that kube-apiserver does not bind to that node (never served).\n\
+             # TYPE nodepulse_store_refused_pods_total counter\n\
+             nodepulse_store_refused_pods_total {}\n\
              # HELP nodepulse_store_rejected_reports_total Refused reports by reason.\n\
              # TYPE nodepulse_store_rejected_reports_total counter\n",
             n(&self.reports),
@@ -249,6 +259,7 @@ impl Stats {
             n(&self.evicted_nodes),
             n(&self.restarts),
             n(&self.over_node),
+            n(&self.refused_pods),
         );
         for (reason, c) in Reject::REASONS.iter().zip(&self.rejected_by) {
             let _ = writeln!(
@@ -260,14 +271,46 @@ impl Stats {
     }
 }
 
+/// Whether a pod its node's agent reports is bound to that node, as
+/// kube-apiserver says (see [`Store::record_bindings`]). Only bound pods are
+/// served or indexed by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// Not yet checked, or not yet in kube-apiserver's answer (checked again,
+    /// at most [`BINDING_ATTEMPTS`] times).
+    Pending {
+        attempts: u8,
+    },
+    Bound,
+    /// Bound to another node, or not at all: never served.
+    Refused,
+}
+
+/// What [`Store::record_bindings`] made of an answer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Pods of the node are still pending: ask again a little later.
+    pub pending: bool,
+    /// Refused now: `(namespace/name, uid)`.
+    pub refused: Vec<(String, String)>,
+}
+
+/// How many answers from kube-apiserver may leave out a pod an agent
+/// reports before the claim is refused (its watch cache may lag the agent's
+/// own watch by a moment).
+pub const BINDING_ATTEMPTS: u8 = 5;
+
 /// A pod as its node's agent described it. Strings that repeat across the
 /// fleet (namespaces, label keys and values, container names) are shared.
 #[derive(Debug)]
 struct PodMeta {
+    uid: Box<str>,
     namespace: Arc<str>,
     name: Arc<str>,
     labels: Labels,
     running: bool,
+    /// Whether kube-apiserver says the pod is bound to this node.
+    binding: Binding,
     /// (container id, container name)
     containers: Box<[(ContainerId, Arc<str>)]>,
 }
@@ -292,6 +335,8 @@ struct NodeState {
     /// Removed from the store; a report that raced the eviction goes to a
     /// new entry instead.
     evicted: bool,
+    /// Handed to the binding check and not yet answered.
+    binding_queued: bool,
 }
 
 impl NodeState {
@@ -307,6 +352,7 @@ impl NodeState {
             last_report: Instant::now(),
             counted: false,
             evicted: false,
+            binding_queued: false,
         }
     }
 
@@ -643,6 +689,15 @@ impl Store {
         meta: &proto::v1::NodeMetadata,
     ) {
         state.known = true;
+        // A pod keeps what was found of its binding (a UID is bound once,
+        // to one node, for good).
+        let before: HashMap<&str, Binding> =
+            state.pods.iter().map(|p| (&*p.uid, p.binding)).collect();
+        let unchecked = if self.config.bindings.is_some() {
+            Binding::Pending { attempts: 0 }
+        } else {
+            Binding::Bound
+        };
         let mut pods = Vec::with_capacity(meta.pods.len());
         {
             let mut strings = self.strings.lock();
@@ -650,17 +705,14 @@ impl Store {
             state.selected = self.config.node_selector.matches(&state.labels);
             // A node not selected keeps no pods.
             let listed: &[_] = if state.selected { &meta.pods } else { &[] };
-            let mut uids = HashSet::with_capacity(listed.len());
             for p in listed {
-                if !uids.insert(p.uid.as_str()) {
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
                 pods.push(PodMeta {
+                    uid: p.uid.as_str().into(),
                     namespace: strings.get(&p.namespace),
                     name: p.name.as_str().into(),
                     labels: strings.labels(&p.labels),
                     running: p.running,
+                    binding: before.get(p.uid.as_str()).copied().unwrap_or(unchecked),
                     containers: p
                         .containers
                         .iter()
@@ -669,9 +721,17 @@ impl Store {
                 });
             }
         }
+        drop(before);
         let old = std::mem::replace(&mut state.pods, pods);
+        self.unindex(node, &old);
+        self.index(node, &state.pods);
+        self.queue_binding_check(node, state);
+    }
+
+    /// Forgets `pods` of `node` in the name index.
+    fn unindex(&self, node: &Arc<str>, pods: &[PodMeta]) {
         let mut index = write(&self.pods);
-        for p in &old {
+        for p in pods {
             if let Some(names) = index.get_mut(&*p.namespace) {
                 if names.get(&*p.name).is_some_and(|n| n == node) {
                     names.remove(&*p.name);
@@ -681,12 +741,82 @@ impl Store {
                 }
             }
         }
-        for p in &state.pods {
+    }
+
+    /// Indexes the bound ones of `pods` of `node` by name. Only a pod
+    /// kube-apiserver binds to `node` may take its name: a node cannot
+    /// stand in for another node's pod.
+    fn index(&self, node: &Arc<str>, pods: &[PodMeta]) {
+        let mut index = write(&self.pods);
+        for p in pods.iter().filter(|p| p.binding == Binding::Bound) {
             index
                 .entry(Arc::clone(&p.namespace))
                 .or_default()
                 .insert(Arc::clone(&p.name), Arc::clone(node));
         }
+    }
+
+    /// Hands `node` to the binding check when a pod of it is pending and it
+    /// is not already there.
+    fn queue_binding_check(&self, node: &Arc<str>, state: &mut NodeState) {
+        let Some(tx) = &self.config.bindings else {
+            return;
+        };
+        let pending = state
+            .pods
+            .iter()
+            .any(|p| matches!(p.binding, Binding::Pending { .. }));
+        if pending && !state.binding_queued && tx.send(Arc::clone(node)).is_ok() {
+            state.binding_queued = true;
+        }
+    }
+
+    /// The binding check's answer for `node`: the UIDs of the pods
+    /// kube-apiserver binds to it, or `None` when it could not be asked (the
+    /// pods stay pending). A pending pod in the answer is bound from now on;
+    /// one left out of [`BINDING_ATTEMPTS`] answers is refused, counted, and
+    /// never served. Says whether the node has pods still pending (the
+    /// caller asks again a little later) and which were refused now.
+    pub fn record_bindings(&self, node: &str, bound: Option<&HashSet<String>>) -> Recorded {
+        let Some((name, n)) = read(&self.nodes)
+            .get_key_value(node)
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+        else {
+            return Recorded::default();
+        };
+        let mut state = lock(&n);
+        let mut newly_bound = false;
+        let mut refused = Vec::new();
+        if let Some(bound) = bound {
+            for p in &mut state.pods {
+                let Binding::Pending { attempts } = p.binding else {
+                    continue;
+                };
+                p.binding = if bound.contains(&*p.uid) {
+                    newly_bound = true;
+                    Binding::Bound
+                } else if attempts + 1 >= BINDING_ATTEMPTS {
+                    refused.push((format!("{}/{}", p.namespace, p.name), p.uid.to_string()));
+                    Binding::Refused
+                } else {
+                    Binding::Pending {
+                        attempts: attempts + 1,
+                    }
+                };
+            }
+        }
+        if newly_bound {
+            self.index(&name, &state.pods);
+        }
+        self.stats
+            .refused_pods
+            .fetch_add(refused.len() as u64, Ordering::Relaxed);
+        let pending = state
+            .pods
+            .iter()
+            .any(|p| matches!(p.binding, Binding::Pending { .. }));
+        state.binding_queued = pending;
+        Recorded { pending, refused }
     }
 
     /// Removes nodes that have not reported for `older_than`; returns how many.
@@ -812,8 +942,9 @@ fn served_pods<'s>(
     f: &Freshness,
 ) -> impl Iterator<Item = &'s PodMeta> {
     let pods: &[PodMeta] = if state.fresh(f) { &state.pods } else { &[] };
-    pods.iter()
-        .filter(move |p| p.running && namespace.is_none_or(|ns| *p.namespace == *ns))
+    pods.iter().filter(move |p| {
+        p.running && p.binding == Binding::Bound && namespace.is_none_or(|ns| *p.namespace == *ns)
+    })
 }
 
 /// The rates of a pod's containers when every container in the node's
@@ -980,10 +1111,9 @@ impl view::MetricsView for Store {
             return view::Lookup::Unknown;
         };
         let state = lock(&n);
-        let pod = state
-            .pods
-            .iter()
-            .find(|p| *p.namespace == *namespace && *p.name == *name);
+        let pod = state.pods.iter().find(|p| {
+            *p.namespace == *namespace && *p.name == *name && p.binding == Binding::Bound
+        });
         match pod {
             Some(p) if p.running && !state.fresh(&self.config.freshness) => view::Lookup::NoMetrics,
             Some(p) if p.running => match pod_usage(&state, p) {

@@ -907,3 +907,85 @@ fn absurd_values_are_not_served() {
         "{text}"
     );
 }
+
+/// Node A runs `prod/web-0`; node B claims a `prod/web-0` of its own at 900
+/// cores. kube-apiserver binds only A's to A: the pod GET, the namespace
+/// list and the HPA's label-selected list serve A's figures only, B's claim
+/// is refused after the check's attempts and counted, and nothing is served
+/// for a pod before its binding is known.
+#[test]
+fn a_node_cannot_stand_in_for_another_nodes_pod() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let store = Store::new(Config {
+        bindings: Some(tx),
+        ..Config::default()
+    });
+    let mut a = report("node-a", 0, 0, &[("ua", "ca", 0)]);
+    a.metadata = Some(meta(&[("ua", "prod", "web-0", &[("ca", "app")])]));
+    store.apply(&a, now()).expect("applies");
+    let mut b = report("node-b", 0, 0, &[("ub", "cb", 0)]);
+    b.metadata = Some(meta(&[("ub", "prod", "web-0", &[("cb", "app")])]));
+    store.apply(&b, now()).expect("applies");
+    store
+        .apply(&report("node-a", 1000, 1000, &[("ua", "ca", 1000)]), now())
+        .expect("applies");
+    store
+        .apply(
+            &report("node-b", 1000, 900_000, &[("ub", "cb", 900_000)]),
+            now(),
+        )
+        .expect("applies");
+    // Asked about both nodes; nothing served before the answers.
+    let mut asked: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+        .map(|n| n.to_string())
+        .collect();
+    asked.sort();
+    assert_eq!(asked, ["node-a", "node-b"]);
+    assert_eq!(store.pod("prod", "web-0"), Lookup::Unknown);
+    assert!(store.pods(Some("prod")).is_empty());
+
+    let bound_a: HashSet<String> = ["ua".to_string()].into();
+    let nothing: HashSet<String> = HashSet::new();
+    assert!(!store.record_bindings("node-a", Some(&bound_a)).pending);
+    // kube-apiserver could not be asked: nothing decided.
+    assert!(store.record_bindings("node-b", None).pending);
+    for attempt in 1..=BINDING_ATTEMPTS {
+        let recorded = store.record_bindings("node-b", Some(&nothing));
+        assert_eq!(
+            recorded.pending,
+            attempt < BINDING_ATTEMPTS,
+            "attempt {attempt}"
+        );
+        if attempt == BINDING_ATTEMPTS {
+            assert_eq!(
+                recorded.refused,
+                [("prod/web-0".to_string(), "ub".to_string())]
+            );
+        }
+    }
+    let Lookup::Found(p) = store.pod("prod", "web-0") else {
+        panic!("A's pod served");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 1_000_000_000);
+    let listed = store.pods(Some("prod"));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].containers[0].cpu_nanocores, 1_000_000_000);
+    let selector = LabelSelector::parse("app=web-0").expect("selector");
+    let selected: Vec<_> = store
+        .pods(None)
+        .into_iter()
+        .filter(|p| selector.matches(&p.labels))
+        .collect();
+    assert_eq!(selected.len(), 1);
+    assert_eq!(selected[0].containers[0].cpu_nanocores, 1_000_000_000);
+    assert_eq!(store.stats().refused_pods.load(Ordering::Relaxed), 1);
+    // B's later metadata does not undo the refusal, nor take the name.
+    let mut b2 = report("node-b", 2000, 1_800_000, &[("ub", "cb", 1_800_000)]);
+    b2.metadata = Some(meta(&[("ub", "prod", "web-0", &[("cb", "app")])]));
+    store.apply(&b2, now()).expect("applies");
+    assert!(rx.try_recv().is_err(), "nothing pending: not asked again");
+    let Lookup::Found(p) = store.pod("prod", "web-0") else {
+        panic!("still A's");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 1_000_000_000);
+}
