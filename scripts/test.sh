@@ -17,13 +17,21 @@ cargo xtask lint
 step "cargo test (unit, integration, real cgroups + eBPF, end to end on a real control plane)"
 cargo test --workspace --exclude agent-ebpf --no-fail-fast
 
-step "fuzz: decode + apply of agent reports (${FUZZ_SECONDS:=60} s, kept corpus)"
-# Safe Rust: the fuzzer hunts panics, overflows (-a: debug assertions) and
-# hangs, so no sanitizer runtime is needed; RUSTC_BOOTSTRAP lets the pinned
-# stable toolchain take cargo-fuzz's instrumentation flags. New inputs go to
-# a scratch copy, so the kept corpus only changes by hand.
-corpus=$(mktemp -d)
-trap 'rm -rf "$corpus"' EXIT
-cp fuzz/corpus/decode_apply/* "$corpus/"
-(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_apply --sanitizer none -a "$corpus" \
-  -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | tail -n 20)
+# Every fuzz target, a short run each (FUZZ_SECONDS, default 15) from its kept
+# corpus: the decoders and parsers that take outside input. Safe Rust: the
+# fuzzer hunts panics, overflows (-a: debug assertions) and hangs, so no
+# sanitizer runtime is needed; RUSTC_BOOTSTRAP lets the pinned stable toolchain
+# take cargo-fuzz's instrumentation flags. New inputs go to a scratch copy, so
+# the kept corpora only change by hand.
+FUZZ_TARGETS=(decode_apply selectors watch_request kubelet_metrics x509_subject kubeconfig)
+step "fuzz: ${FUZZ_TARGETS[*]} (${FUZZ_SECONDS:=15} s each, kept corpora)"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none -a)
+for target in "${FUZZ_TARGETS[@]}"; do
+  mkdir -p "$scratch/$target"
+  cp fuzz/corpus/"$target"/* "$scratch/$target/"
+  printf '%s: ' "$target" >&2
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" --sanitizer none -a "$scratch/$target" \
+    -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|panicked' | tail -n 3) >&2
+done

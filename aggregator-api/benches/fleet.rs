@@ -648,6 +648,7 @@ impl SimNode {
         }
         enc.varint(6, CpuSource::Ebpf as u64);
         enc.padded(7, 0);
+        enc.varint(8, first.agent_epoch);
         let mut template = grpc_frame(&enc.buf);
         let slots = enc.slots.iter().map(|s| s + 5).collect();
         // The template must be the first report minus its metadata.
