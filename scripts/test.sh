@@ -17,6 +17,18 @@ cargo xtask lint
 step "cargo test (unit, integration, real cgroups + eBPF, end to end on a real control plane)"
 cargo test --workspace --exclude agent-ebpf --no-fail-fast
 
+# Every benchmark in a seconds-long smoke mode, so that none rots unnoticed
+# (BENCHMARKS.md has the full-size commands and figures).
+step "benchmarks, smoke mode (fleet with the soak, serve, xtask bench switch and agent)"
+cargo bench -p aggregator-api --bench fleet -- --nodes 20 --interval 1 --rounds 2 \
+  --warmup-rounds 1 --idle 1 --probes 4 --soak --abandoned 200 --slow 40 --recovery 2
+cargo bench -p aggregator-api --bench serve -- --pods 1000 --rounds 1 --clients 2 --seconds 1
+cargo build --release -p xtask
+if [ "$(id -u)" = 0 ]; then
+  target/release/xtask bench switch --rounds 1 --ops 2000
+  target/release/xtask bench agent --pods 3 --seconds 2
+fi
+
 # Every fuzz target, a short run each (FUZZ_SECONDS, default 15) from its kept
 # corpus: the decoders and parsers that take outside input. Safe Rust: the
 # fuzzer hunts panics, overflows (-a: debug assertions) and hangs, so no

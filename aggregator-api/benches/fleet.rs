@@ -5,7 +5,16 @@
 //!
 //! ```sh
 //! cargo bench -p aggregator-api --bench fleet -- --nodes 10000 --interval 15
+//! cargo bench -p aggregator-api --bench fleet -- --nodes 1000 --interval 1 --soak
 //! ```
+//!
+//! `--soak` adds an attack window after the measured one, as long, with the
+//! same fleet reporting: `--abandoned` connections opened to both ports from
+//! many loopback addresses and left silent, and `--slow` clients dribbling a
+//! TLS request header or an HTTP/2 preface a byte a second, reconnecting when
+//! closed. Both windows measure freshness and `kubectl top`'s request (a new
+//! TLS connection, `GET /apis/metrics.k8s.io/v1beta1/nodes`, every 250 ms); a
+//! recovery window after the attack ends measures RSS again.
 //!
 //! What it measures, from outside the aggregator: CPU (`/proc/<pid>/stat`
 //! utime+stime over a steady-state window), RSS (`VmRSS`, minus the same
@@ -66,6 +75,19 @@ struct Args {
     /// Connections opened at once while the fleet connects.
     #[arg(long, default_value_t = 100)]
     connect_parallel: usize,
+    /// After the measured window, an attack window as long (see the module
+    /// docs), then a recovery window.
+    #[arg(long)]
+    soak: bool,
+    /// Attack: silent connections opened and left (half per port).
+    #[arg(long, default_value_t = 10_000)]
+    abandoned: usize,
+    /// Attack: clients dribbling a byte a second (half per port).
+    #[arg(long, default_value_t = 1_000)]
+    slow: usize,
+    /// Seconds after the attack ends before RSS is measured again.
+    #[arg(long, default_value_t = 15.0)]
+    recovery: f64,
     /// The aggregator binary.
     #[arg(long, default_value = env!("CARGO_BIN_EXE_nodepulse-aggregator"))]
     aggregator: PathBuf,
@@ -198,6 +220,10 @@ fn nofile_of(pid: u32) -> anyhow::Result<String> {
 struct Aggregator {
     child: Child,
     ingest: std::net::SocketAddr,
+    https: std::net::SocketAddr,
+    /// A client of the metrics.k8s.io port: trusts its certificate and
+    /// presents one of group system:masters (authorized without a review).
+    client_tls: Arc<rustls::ClientConfig>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -258,14 +284,21 @@ fn start_aggregator(binary: &std::path::Path) -> anyhow::Result<Aggregator> {
         KUBECONFIG.replace("CA", &ca.display().to_string()),
     )?;
     let ingest = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let https = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let (client_tls, pki) = bench_pki(dir.path())?;
     let mut child = Command::new(binary)
         .arg("--ingest-auth=none")
         .arg("--verify-pod-bindings=false")
         .arg("--ingest-bind-address=127.0.0.1")
         .arg(format!("--ingest-port={}", ingest.port()))
         .arg("--bind-address=127.0.0.1")
-        .arg(format!("--secure-port={}", free_port()?))
-        .arg(format!("--cert-dir={}", dir.path().join("certs").display()))
+        .arg(format!("--secure-port={}", https.port()))
+        .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            pki.serving_key.display()
+        ))
+        .arg(format!("--client-ca-file={}", pki.ca.display()))
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .arg("--authentication-skip-lookup")
         .arg("--node-eviction=10m")
@@ -308,9 +341,62 @@ fn start_aggregator(binary: &std::path::Path) -> anyhow::Result<Aggregator> {
     Ok(Aggregator {
         child,
         ingest,
+        https,
+        client_tls,
         log,
         _dir: dir,
     })
+}
+
+/// Files of the bench's PKI, written to a temp dir.
+struct PkiFiles {
+    ca: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+}
+
+/// A CA, the aggregator's serving certificate for 127.0.0.1, and a client
+/// configuration trusting it with a system:masters client certificate.
+fn bench_pki(dir: &std::path::Path) -> anyhow::Result<(Arc<rustls::ClientConfig>, PkiFiles)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "bench CA");
+    let issuer = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let serving_key = KeyPair::generate()?;
+    let serving = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
+        .signed_by(&serving_key, &issuer)?;
+    let client_key = KeyPair::generate()?;
+    let mut client_params = CertificateParams::new(Vec::<String>::new())?;
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "bench");
+    client_params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    let client = client_params.signed_by(&client_key, &issuer)?;
+    let files = PkiFiles {
+        ca: dir.join("ca.crt"),
+        serving_cert: dir.join("serving.crt"),
+        serving_key: dir.join("serving.key"),
+    };
+    std::fs::write(&files.ca, issuer.pem())?;
+    std::fs::write(&files.serving_cert, serving.pem())?;
+    std::fs::write(&files.serving_key, serving_key.serialize_pem())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(issuer.der().clone())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![client.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(client_key.serialize_der().into()),
+    )?;
+    Ok((Arc::new(config), files))
 }
 
 // ---------------------------------------------------------------- the fleet
@@ -819,6 +905,147 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1e6
 }
 
+// ---------------------------------------------------------------- soak
+
+/// A connection to `to` from the loopback address 127.0.0.(2 + k mod 250):
+/// an attack from many addresses, so per-address limits alone do not stop it.
+async fn connect_from(
+    k: usize,
+    to: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((
+        [127, 0, 0, 2 + (k % 250) as u8],
+        0,
+    )))?;
+    socket.connect(to).await
+}
+
+/// Opens `count` connections, alternating between `targets`, and leaves them
+/// silent until `stop`. Returns how many opened.
+async fn abandon(
+    count: usize,
+    targets: [std::net::SocketAddr; 2],
+    stop: tokio_util::sync::CancellationToken,
+) -> usize {
+    let held: Vec<_> = futures::stream::iter(0..count)
+        .map(|k| connect_from(k, targets[k % 2]))
+        .buffer_unordered(200)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    let opened = held.len();
+    stop.cancelled().await;
+    drop(held);
+    opened
+}
+
+/// One slow client until `stop`: a byte a second of a TLS request header
+/// (`tls`: the metrics.k8s.io port) or of the HTTP/2 preface (the ingest
+/// port), connecting again a second after the server closes it.
+async fn dribble(
+    k: usize,
+    to: std::net::SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    const HEADER: &[u8] =
+        b"GET /apis/metrics.k8s.io/v1beta1/nodes HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let dribble_into = |mut w: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                        bytes: &'static [u8]| async move {
+        for b in bytes.iter().cycle() {
+            if w.write_all(&[*b]).await.is_err() || w.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    loop {
+        let attempt = async {
+            let Ok(tcp) = connect_from(k, to).await else {
+                return;
+            };
+            match &tls {
+                Some(config) => {
+                    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+                    if let Ok(s) = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                        .connect(name, tcp)
+                        .await
+                    {
+                        dribble_into(Box::new(s), HEADER).await;
+                    }
+                }
+                None => dribble_into(Box::new(tcp), PREFACE).await,
+            }
+        };
+        tokio::select! {
+            () = attempt => {}
+            () = stop.cancelled() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// `kubectl top nodes`' request every 250 ms until `stop`: a new TLS
+/// connection, `GET /apis/metrics.k8s.io/v1beta1/nodes`, the whole answer.
+/// Records (start, unix ns; latency, ns; answered 200).
+async fn probe_https(
+    to: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    out: Arc<Mutex<Vec<(u64, u64, bool)>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let started = now_nanos();
+        let t = Instant::now();
+        let answered = async {
+            let tcp = tokio::net::TcpStream::connect(to).await.ok()?;
+            let name = rustls_pki_types::ServerName::try_from("localhost").ok()?;
+            let mut s = tokio_rustls::TlsConnector::from(Arc::clone(&tls))
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            s.write_all(b"GET /apis/metrics.k8s.io/v1beta1/nodes HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut body = Vec::new();
+            let _ = s.read_to_end(&mut body).await;
+            Some(body.starts_with(b"HTTP/1.1 200"))
+        };
+        let ok = tokio::time::timeout(Duration::from_secs(30), answered)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        out.lock().unwrap_or_else(|e| e.into_inner()).push((
+            started,
+            t.elapsed().as_nanos() as u64,
+            ok,
+        ));
+    }
+}
+
+/// Latencies (ms, sorted) of the probes started in `[from, to)` and how many
+/// failed.
+fn window_of(probes: &[(u64, u64, bool)], from: u64, to: u64) -> (Vec<u64>, usize) {
+    let inside = probes.iter().filter(|p| p.0 >= from && p.0 < to);
+    let failed = inside.clone().filter(|p| !p.2).count();
+    let mut latencies: Vec<u64> = inside.filter(|p| p.2).map(|p| p.1).collect();
+    latencies.sort_unstable();
+    (latencies, failed)
+}
+
 // ---------------------------------------------------------------- run
 
 // The bench is a command line tool: its result is the table on stdout.
@@ -830,7 +1057,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "--nodes and --interval must be > 0"
     );
     // Each process holds one descriptor per connection plus its own.
-    let nofile = raise_nofile(n as u64 + 512)?;
+    let attackers = if args.soak {
+        args.abandoned + args.slow
+    } else {
+        0
+    };
+    let nofile = raise_nofile((n + attackers) as u64 + 512)?;
     let load_before = loadavg();
     let agg = start_aggregator(&args.aggregator)?;
     let pid = agg.child.id();
@@ -917,10 +1149,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let step = interval.as_secs_f64() / n as f64;
     let measure_from = args.warmup_rounds * n as u64;
     let measure_to = (args.warmup_rounds + args.rounds) * n as u64;
+    // The soak's attack window is as long as the measured one; its recovery
+    // lasts `--recovery` seconds.
+    let attack_to = if args.soak {
+        measure_to + args.rounds * n as u64
+    } else {
+        measure_to
+    };
+    let recovery_to = if args.soak {
+        attack_to + (args.recovery / step) as u64
+    } else {
+        attack_to
+    };
     // Keep reporting a little after the window so its last samples reach the
     // watchers.
     let tail = ((3.0 / step) as u64).min(n as u64);
-    let total = measure_to + tail;
+    let total = recovery_to + tail;
+    let https_probes = Arc::new(Mutex::new(Vec::new()));
+    let stop_probe = tokio_util::sync::CancellationToken::new();
+    let stop_attack = tokio_util::sync::CancellationToken::new();
+    let mut attack: Vec<tokio::task::JoinHandle<usize>> = Vec::new();
+    let mut quiet_fresh: Vec<u64> = Vec::new();
+    let mut attack_fresh: Vec<u64> = Vec::new();
+    let mut marks = [0u64; 4];
+    let mut rss_quiet = 0u64;
+    let mut rss_attack_peak = 0u64;
     let t0 = Instant::now();
     let mut sent = 0u64;
     let mut failed = 0u64;
@@ -944,10 +1197,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if sent == measure_from {
                 from.store(now_nanos(), std::sync::atomic::Ordering::Relaxed);
                 window = Some((Probe::take(pid)?, sent));
+                marks[0] = now_nanos();
+                tokio::spawn(probe_https(
+                    agg.https,
+                    Arc::clone(&agg.client_tls),
+                    Arc::clone(&https_probes),
+                    stop_probe.clone(),
+                ));
             }
             if sent == measure_to {
                 end = Some((Probe::take(pid)?, sent));
+                marks[1] = now_nanos();
+                if args.soak {
+                    quiet_fresh =
+                        std::mem::take(&mut *fresh.lock().unwrap_or_else(|e| e.into_inner()));
+                    from.store(now_nanos(), std::sync::atomic::Ordering::Relaxed);
+                    rss_quiet = rss_kib(pid)?;
+                    let targets = [agg.ingest, agg.https];
+                    attack.push(tokio::spawn(abandon(
+                        args.abandoned,
+                        targets,
+                        stop_attack.clone(),
+                    )));
+                    for k in 0..args.slow {
+                        let tls = (k % 2 == 1).then(|| Arc::clone(&agg.client_tls));
+                        let stop = stop_attack.clone();
+                        attack.push(tokio::spawn(async move {
+                            dribble(k, targets[k % 2], tls, stop).await;
+                            0
+                        }));
+                    }
+                    eprintln!(
+                        "attack: {} silent connections, {} slow clients",
+                        args.abandoned, args.slow
+                    );
+                } else {
+                    from.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            if args.soak && sent == attack_to {
+                marks[2] = now_nanos();
+                attack_fresh =
+                    std::mem::take(&mut *fresh.lock().unwrap_or_else(|e| e.into_inner()));
                 from.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+                stop_attack.cancel();
+                eprintln!("attack over; recovering for {}s", args.recovery);
+            }
+            if args.soak && sent == recovery_to {
+                marks[3] = now_nanos();
             }
             let i = (sent % n as u64) as usize;
             sent += 1;
@@ -987,8 +1284,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             rss_peak = rss_peak.max(r);
             rss_samples.push(r);
         }
+        if args.soak
+            && end.is_some()
+            && marks[2] == 0
+            && last_rss.elapsed() >= Duration::from_secs(1)
+        {
+            last_rss = Instant::now();
+            rss_attack_peak = rss_attack_peak.max(rss_kib(pid)?);
+        }
     }
     let rss_end = rss_kib(pid)?;
+    stop_probe.cancel();
+    let mut opened = 0;
+    for a in attack {
+        opened += a.await.unwrap_or(0);
+    }
     let load_after = loadavg();
     for p in &probes {
         p.abort();
@@ -1009,8 +1319,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .fold(0, |a, b| async move { a + b })
         .await;
 
-    let mut fresh = std::mem::take(&mut *fresh.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut fresh = if args.soak {
+        quiet_fresh
+    } else {
+        std::mem::take(&mut *fresh.lock().unwrap_or_else(|e| e.into_inner()))
+    };
     fresh.sort_unstable();
+    attack_fresh.sort_unstable();
+    let probes_seen = std::mem::take(&mut *https_probes.lock().unwrap_or_else(|e| e.into_inner()));
+    let (quiet_https, quiet_failed) = window_of(&probes_seen, marks[0], marks[1]);
     let rss_median = {
         rss_samples.sort_unstable();
         rss_samples
@@ -1081,6 +1398,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
         percentile(&fresh, 0.99),
         percentile(&fresh, 1.0)
     );
+    println!(
+        "| `kubectl top nodes` request (new TLS connection, GET nodes; n = {}) | p50 {:.1} ms, p99 {:.1} ms; {quiet_failed} failed |",
+        quiet_https.len(),
+        percentile(&quiet_https, 0.5),
+        percentile(&quiet_https, 0.99)
+    );
+    if args.soak {
+        let (attack_https, attack_failed) = window_of(&probes_seen, marks[1], marks[2]);
+        let ratio = |a: f64, q: f64| a / q;
+        println!(
+            "| soak: {} silent connections ({opened} connected), {} slow clients | |",
+            args.abandoned, args.slow
+        );
+        println!(
+            "| soak: freshness p99, quiet → attack (n = {} → {}) | {:.0} ms → {:.0} ms (**×{:.2}**) |",
+            fresh.len(),
+            attack_fresh.len(),
+            percentile(&fresh, 0.99),
+            percentile(&attack_fresh, 0.99),
+            ratio(percentile(&attack_fresh, 0.99), percentile(&fresh, 0.99))
+        );
+        println!(
+            "| soak: `kubectl top nodes` request p99, quiet → attack (n = {} → {}) | {:.1} ms → {:.1} ms (**×{:.2}**); failed {quiet_failed} → {attack_failed} |",
+            quiet_https.len(),
+            attack_https.len(),
+            percentile(&quiet_https, 0.99),
+            percentile(&attack_https, 0.99),
+            ratio(
+                percentile(&attack_https, 0.99),
+                percentile(&quiet_https, 0.99)
+            )
+        );
+        println!(
+            "| soak: RSS end of quiet window → attack peak → {}s after the attack | {rss_quiet} → {rss_attack_peak} → {rss_end} KiB (**×{:.3}** of quiet) |",
+            args.recovery,
+            rss_end as f64 / rss_quiet.max(1) as f64
+        );
+    }
     println!(
         "| simulator CPU (one thread) | {:.1} mCPU; latest send behind schedule by {:.0?} at most |",
         sim_cores * 1000.0,
