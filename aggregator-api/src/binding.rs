@@ -39,8 +39,9 @@ const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadataList;g=met
 
 #[derive(Deserialize)]
 struct List {
+    /// `null` when the node has no pods.
     #[serde(default)]
-    items: Vec<Item>,
+    items: Option<Vec<Item>>,
 }
 
 #[derive(Deserialize)]
@@ -133,12 +134,26 @@ async fn bound_to(
     node: &str,
 ) -> Result<HashSet<String>, kube_lite::client::Error> {
     let list: List = client.get_json_as(&list_path(node), METADATA_ONLY).await?;
-    Ok(list.items.into_iter().map(|i| i.metadata.uid).collect())
+    Ok(list
+        .items
+        .into_iter()
+        .flatten()
+        .map(|i| i.metadata.uid)
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_list_is_null() {
+        let list: List = serde_json::from_str(
+            r#"{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{},"items":null}"#,
+        )
+        .expect("decodes");
+        assert!(list.items.is_none());
+    }
 
     #[test]
     fn the_list_is_narrowed_to_the_node_and_served_from_the_cache() {

@@ -99,6 +99,24 @@ impl NetNs {
         run_on_thread_in(&self.file, libc::CLONE_NEWNET, f)
     }
 
+    /// Runs `f` on a new thread that joins this namespace, in the background
+    /// (the namespace must outlive the thread: join it before the cluster
+    /// drops).
+    pub fn spawn<R: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<R>>> {
+        let ns = self
+            .file
+            .try_clone()
+            .context("duplicating the namespace fd")?;
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || run_on_thread_in(&ns, libc::CLONE_NEWNET, f))
+            .context("starting a thread in the namespace")
+    }
+
     /// Whether a TCP connection to `addr` inside the namespace succeeds.
     pub fn tcp_open(&self, addr: SocketAddr) -> bool {
         self.run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
