@@ -811,13 +811,24 @@ impl Broken {
     }
 }
 
+/// The loopback address node `i` connects from: 127.0.(1 + i / 250).(1 + i %
+/// 250). Each agent of a real fleet has an address of its own, and the
+/// aggregator admits only so many connections from one.
+fn node_address(i: usize) -> std::net::SocketAddr {
+    let (hi, lo) = (1 + i / 250, 1 + i % 250);
+    std::net::SocketAddr::from(([127, 0, hi.min(255) as u8, lo as u8], 0))
+}
+
 /// One agent's connection: TCP, HTTP/2, the Report stream, the first report.
 async fn connect(
     addr: std::net::SocketAddr,
+    from: std::net::SocketAddr,
     first: Bytes,
     broken: Arc<Broken>,
 ) -> anyhow::Result<Stream> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(from)?;
+    let tcp = socket.connect(addr).await?;
     tcp.set_nodelay(true)?;
     let (client, connection) = h2::client::handshake(tcp).await?;
     tokio::spawn(async move {
@@ -1036,6 +1047,19 @@ async fn probe_https(
     }
 }
 
+/// Runs `work` to completion on a new thread with a runtime of its own.
+fn on_own_thread<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(work)
+    })
+}
+
 /// Latencies (ms, sorted) of the probes started in `[from, to)` and how many
 /// failed.
 fn window_of(probes: &[(u64, u64, bool)], from: u64, to: u64) -> (Vec<u64>, usize) {
@@ -1112,7 +1136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut results = futures::stream::iter(firsts)
         .map(|(i, first)| {
             let broken = Arc::clone(&broken);
-            async move { (i, connect(addr, first, broken).await) }
+            async move { (i, connect(addr, node_address(i), first, broken).await) }
         })
         .buffer_unordered(args.connect_parallel);
     while let Some((i, r)) = results.next().await {
@@ -1168,7 +1192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let https_probes = Arc::new(Mutex::new(Vec::new()));
     let stop_probe = tokio_util::sync::CancellationToken::new();
     let stop_attack = tokio_util::sync::CancellationToken::new();
-    let mut attack: Vec<tokio::task::JoinHandle<usize>> = Vec::new();
+    let mut attack: Vec<std::thread::JoinHandle<usize>> = Vec::new();
     let mut quiet_fresh: Vec<u64> = Vec::new();
     let mut attack_fresh: Vec<u64> = Vec::new();
     let mut marks = [0u64; 4];
@@ -1198,7 +1222,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 from.store(now_nanos(), std::sync::atomic::Ordering::Relaxed);
                 window = Some((Probe::take(pid)?, sent));
                 marks[0] = now_nanos();
-                tokio::spawn(probe_https(
+                // Its own thread: the fleet's and the attackers' tasks must not
+                // delay it (what it measures is the aggregator).
+                on_own_thread(probe_https(
                     agg.https,
                     Arc::clone(&agg.client_tls),
                     Arc::clone(&https_probes),
@@ -1214,19 +1240,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     from.store(now_nanos(), std::sync::atomic::Ordering::Relaxed);
                     rss_quiet = rss_kib(pid)?;
                     let targets = [agg.ingest, agg.https];
-                    attack.push(tokio::spawn(abandon(
+                    // The attackers on a thread of their own, as another
+                    // machine's would be.
+                    let (abandoned, slow, tls, stop) = (
                         args.abandoned,
-                        targets,
+                        args.slow,
+                        Arc::clone(&agg.client_tls),
                         stop_attack.clone(),
-                    )));
-                    for k in 0..args.slow {
-                        let tls = (k % 2 == 1).then(|| Arc::clone(&agg.client_tls));
-                        let stop = stop_attack.clone();
-                        attack.push(tokio::spawn(async move {
-                            dribble(k, targets[k % 2], tls, stop).await;
-                            0
-                        }));
-                    }
+                    );
+                    attack.push(on_own_thread(async move {
+                        let mut clients = Vec::new();
+                        for k in 0..slow {
+                            let tls = (k % 2 == 1).then(|| Arc::clone(&tls));
+                            clients.push(tokio::spawn(dribble(
+                                k,
+                                targets[k % 2],
+                                tls,
+                                stop.clone(),
+                            )));
+                        }
+                        let opened = abandon(abandoned, targets, stop).await;
+                        for c in clients {
+                            let _ = c.await;
+                        }
+                        opened
+                    }));
                     eprintln!(
                         "attack: {} silent connections, {} slow clients",
                         args.abandoned, args.slow
@@ -1266,7 +1304,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let first = fleet[i].reconnect_report(first.metadata, now_nanos());
                 let (tx, broken) = (reopened_tx.clone(), Arc::clone(&broken));
                 tokio::spawn(async move {
-                    let stream = connect(addr, first, broken).await;
+                    let stream = connect(addr, node_address(i), first, broken).await;
                     let _ = tx.send((i, stream)).await;
                 });
             }
@@ -1297,7 +1335,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stop_probe.cancel();
     let mut opened = 0;
     for a in attack {
-        opened += a.await.unwrap_or(0);
+        opened += a.join().unwrap_or(0);
     }
     let load_after = loadavg();
     for p in &probes {

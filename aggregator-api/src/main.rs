@@ -87,6 +87,13 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// jemalloc returns memory freed after a burst (a flood of connections, a
+/// fleet reconnecting) to the system within seconds (its decay); glibc's
+/// allocator keeps most of it in its per-thread arenas, so RSS would stay at
+/// the burst's peak. Measured side by side in BENCHMARKS.md (the soak).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
