@@ -157,9 +157,11 @@ need(not ds.get("hostNetwork"), "agent hostNetwork false")
 tokens = [s["serviceAccountToken"] for v in ds.get("volumes", []) for s in v.get("projected", {}).get("sources", []) if "serviceAccountToken" in s]
 need(tokens and tokens[0].get("audience") == "nodepulse", "agent token audience nodepulse")
 
-# The aggregator reads nothing but the pod list its binding check needs.
-need(get("ClusterRole", "nodepulse").get("rules") == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
-     "aggregator ClusterRole: list pods only")
+# The aggregator reads nothing but what its binding check needs: pod lists and
+# each Node's capacity.
+need(get("ClusterRole", "nodepulse").get("rules") == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                                                      {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
+     "aggregator ClusterRole: list pods, get nodes only")
 
 dep = get("Deployment", "nodepulse").get("spec", {})
 need(dep.get("replicas") == 2, "aggregator replicas 2")

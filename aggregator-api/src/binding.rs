@@ -12,6 +12,10 @@
 //! 10,000 small lists when the aggregator starts, then one per node whose
 //! pods change — nothing like a watch of 300,000 pods per replica.
 //!
+//! Each node's capacity (its Node object's `status.capacity`) is read once,
+//! with its first question: no report may then claim more memory than the
+//! node has, nor a CPU rate beyond its CPUs.
+//!
 //! A pod the answer leaves out may be too new for the watch cache: its node
 //! is asked again a second later, up to [`crate::store::BINDING_ATTEMPTS`]
 //! answers, then the claim is refused and counted. When kube-apiserver
@@ -25,7 +29,11 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{server::metrics::LogGate, store::Store};
+use crate::{
+    api::quantity::parse_quantity,
+    server::metrics::LogGate,
+    store::{Capacity, Store},
+};
 
 /// Nodes asked about at once.
 const CONCURRENCY: usize = 8;
@@ -98,6 +106,16 @@ pub async fn run(
         );
         asking.spawn(async move {
             let mut pause = AGAIN;
+            if !store.has_capacity(&node) {
+                match capacity_of(&client, &node).await {
+                    Ok(capacity) => store.record_capacity(&node, capacity),
+                    Err(e) => {
+                        if let Some(suppressed) = failures.open() {
+                            warn!(node = %node, error = %e, suppressed, "cannot read a node's capacity: its figures are bounded by their own consistency only (the aggregator needs get on nodes)");
+                        }
+                    }
+                }
+            }
             loop {
                 let answer = bound_to(&client, &node).await;
                 let asked = answer.is_ok();
@@ -128,6 +146,52 @@ pub async fn run(
     }
 }
 
+#[derive(Deserialize)]
+struct Node {
+    #[serde(default)]
+    status: NodeStatus,
+}
+
+#[derive(Default, Deserialize)]
+struct NodeStatus {
+    #[serde(default)]
+    capacity: std::collections::BTreeMap<String, String>,
+}
+
+/// Why a node's capacity could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    #[error(transparent)]
+    Get(#[from] kube_lite::client::Error),
+    #[error("status.capacity.{0} is missing or not a quantity")]
+    Quantity(&'static str),
+}
+
+/// `node`'s CPU and memory capacity, from its Node object.
+async fn capacity_of(client: &KubeClient, node: &str) -> Result<Capacity, CapacityError> {
+    let n: Node = client.get_json(&format!("/api/v1/nodes/{node}")).await?;
+    parse_capacity(&n.status.capacity)
+}
+
+fn parse_capacity(
+    capacity: &std::collections::BTreeMap<String, String>,
+) -> Result<Capacity, CapacityError> {
+    let quantity = |key: &'static str| {
+        capacity
+            .get(key)
+            .and_then(|q| parse_quantity(q).ok())
+            .ok_or(CapacityError::Quantity(key))
+    };
+    Ok(Capacity {
+        cpu_nanocores: quantity("cpu")?
+            .to_nanos()
+            .map_err(|_| CapacityError::Quantity("cpu"))?,
+        memory_bytes: quantity("memory")?
+            .to_units()
+            .map_err(|_| CapacityError::Quantity("memory"))?,
+    })
+}
+
 /// The UIDs of the pods kube-apiserver binds to `node`.
 async fn bound_to(
     client: &KubeClient,
@@ -145,6 +209,27 @@ async fn bound_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_from_a_node() {
+        let n: Node = serde_json::from_str(
+            r#"{"kind":"Node","status":{"capacity":{"cpu":"2","memory":"8145184Ki","pods":"110"}}}"#,
+        )
+        .expect("decodes");
+        assert_eq!(
+            parse_capacity(&n.status.capacity).expect("capacity"),
+            Capacity {
+                cpu_nanocores: 2_000_000_000,
+                memory_bytes: 8_145_184 * 1024,
+            }
+        );
+        let n: Node =
+            serde_json::from_str(r#"{"status":{"capacity":{"cpu":"500m"}}}"#).expect("decodes");
+        assert!(matches!(
+            parse_capacity(&n.status.capacity),
+            Err(CapacityError::Quantity("memory"))
+        ));
+    }
 
     #[test]
     fn an_empty_list_is_null() {

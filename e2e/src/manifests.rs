@@ -119,22 +119,18 @@ pub fn nodepulse_objects(metrics_reader: &str, service_port: u16) -> Vec<Value> 
                "metadata": {"name": AGGREGATOR_SA, "namespace": NAMESPACE}}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
                "metadata": {"name": AGENT_SA, "namespace": NAMESPACE}}),
-        // What the aggregator reads itself (metrics-server's system:metrics-server).
+        // What the aggregator reads itself (the binding check's pod lists, each
+        // Node's capacity): exactly what deploy/components.yaml grants.
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": {"name": "system:nodepulse"},
+            "metadata": {"name": "nodepulse"},
             "rules": [
-                {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
-                {"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"],
-                 "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
             ],
         }),
-        cluster_role_binding(
-            "system:nodepulse",
-            "system:nodepulse",
-            sa_subject(AGGREGATOR_SA),
-        ),
+        cluster_role_binding("nodepulse", "nodepulse", sa_subject(AGGREGATOR_SA)),
         // Delegated authentication and authorization (TokenReview, SubjectAccessReview).
         cluster_role_binding(
             "nodepulse:system:auth-delegator",

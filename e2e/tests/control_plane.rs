@@ -321,7 +321,10 @@ fn control_plane_nodes_pods_and_nodepulse_registration() {
         "authorization.k8s.io",
         "subjectaccessreviews"
     ));
-    assert!(can(aggregator, "list", "", "nodes"));
+    assert!(can(aggregator, "list", "", "pods"));
+    assert!(can(aggregator, "get", "", "nodes"));
+    assert!(!can(aggregator, "watch", "", "pods"));
+    assert!(!can(aggregator, "list", "", "nodes"));
     assert!(
         c.can_i(
             aggregator,

@@ -2,7 +2,8 @@
 //! node-b's own (valid, node-bound) token, reports that claim node-a's pod
 //! `prod/web-0` at 900 cores. kube-apiserver binds `prod/web-0` to node-a,
 //! so what kubectl and the HPA read stays node-a's figure, and the claim is
-//! refused and logged.
+//! refused and logged. node-b itself claims 1,000 cores: its Node says 2
+//! CPUs, so that is never served either.
 //!
 //! Needs root, BTF, cgroup v2 and iproute2; skips with a message elsewhere
 //! (fails instead under NODEPULSE_REQUIRE_PRIVILEGED=1, as in CI).
@@ -171,13 +172,21 @@ fn a_node_cannot_report_another_nodes_pod() {
         .expect("liar");
 
     // For 12 s (the binding check's five answers a second apart, and more):
-    // never the liar's 900 cores, never two entries.
+    // never the liar's 900 cores, never two entries, never node-b beyond
+    // its 2 CPUs.
     let until = Instant::now() + Duration::from_secs(12);
     let mut seen = 0;
     while Instant::now() < until {
         for cpu in served(&c) {
             assert!(cpu < 1.0, "web-0 served at {cpu} cores: the liar's figure");
             seen += 1;
+        }
+        if let Ok(node) = raw(&c, "/apis/metrics.k8s.io/v1beta1/nodes/node-b") {
+            let cpu = common::usage(&node, "cpu").expect("cpu");
+            assert!(
+                cpu <= 2.0,
+                "node-b served at {cpu} cores, beyond its 2 CPUs"
+            );
         }
         std::thread::sleep(Duration::from_millis(300));
     }

@@ -88,6 +88,14 @@ impl Containers {
         };
     }
 
+    /// Every container's series.
+    pub fn series_mut(&mut self) -> impl Iterator<Item = &mut Series> {
+        self.hex
+            .values_mut()
+            .chain(self.other.values_mut())
+            .map(|s| &mut s.series)
+    }
+
     /// Drops the containers the current report did not list.
     pub fn retain_seen(&mut self) {
         let g = self.generation;

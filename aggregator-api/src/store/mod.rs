@@ -57,6 +57,10 @@ pub enum Reject {
     Past { behind: Duration, limit: Duration },
     #[error("node working set of {bytes} bytes is more than any machine has ({limit} bytes)")]
     AbsurdMemory { bytes: u64, limit: u64 },
+    #[error(
+        "node working set of {bytes} bytes is more than the node's memory capacity ({capacity} bytes)"
+    )]
+    OverCapacity { bytes: u64, capacity: u64 },
     #[error("report has {count} pods, more than the limit of {limit}")]
     TooManyPods { count: usize, limit: usize },
     #[error("report has no node usage")]
@@ -92,7 +96,7 @@ const CONTAINER_SLACK_BYTES: u64 = 64 << 20;
 
 impl Reject {
     /// Every reason, as [`Reject::reason`] names them.
-    pub const REASONS: [&'static str; 12] = [
+    pub const REASONS: [&'static str; 13] = [
         "no_node",
         "bad_node_name",
         "no_time",
@@ -105,6 +109,7 @@ impl Reject {
         "metadata",
         "samples",
         "no_metadata",
+        "over_capacity",
     ];
 
     /// A short name of the cause, for metrics and one log line per cause.
@@ -127,6 +132,7 @@ impl Reject {
             Reject::Metadata(_) => 9,
             Reject::Samples(_) => 10,
             Reject::NoMetadata(_) => 11,
+            Reject::OverCapacity { .. } => 12,
         }
     }
 }
@@ -208,6 +214,9 @@ pub struct Stats {
     pub rejected_by: [AtomicU64; Reject::REASONS.len()],
     /// Container samples dropped for claiming more than their node used.
     pub over_node: AtomicU64,
+    /// Node and container samples dropped for a CPU rate beyond the node's
+    /// capacity.
+    pub over_capacity: AtomicU64,
     /// Pods an agent reported that kube-apiserver does not bind to its node.
     pub refused_pods: AtomicU64,
     /// Nodes whose series all restarted: a new agent process or CPU source.
@@ -243,6 +252,9 @@ impl Stats {
              # HELP nodepulse_store_samples_over_node_total Container samples dropped for claiming more CPU or memory than their node reported.\n\
              # TYPE nodepulse_store_samples_over_node_total counter\n\
              nodepulse_store_samples_over_node_total {}\n\
+             # HELP nodepulse_store_samples_over_capacity_total Node and container samples dropped for a CPU rate beyond the node's capacity.\n\
+             # TYPE nodepulse_store_samples_over_capacity_total counter\n\
+             nodepulse_store_samples_over_capacity_total {}\n\
              # HELP nodepulse_store_refused_pods_total Pods an agent reported that kube-apiserver does not bind to that node (never served).\n\
              # TYPE nodepulse_store_refused_pods_total counter\n\
              nodepulse_store_refused_pods_total {}\n\
@@ -259,6 +271,7 @@ impl Stats {
             n(&self.evicted_nodes),
             n(&self.restarts),
             n(&self.over_node),
+            n(&self.over_capacity),
             n(&self.refused_pods),
         );
         for (reason, c) in Reject::REASONS.iter().zip(&self.rejected_by) {
@@ -284,6 +297,26 @@ pub enum Binding {
     Bound,
     /// Bound to another node, or not at all: never served.
     Refused,
+}
+
+/// What a node has, as its Node object's `status.capacity` says: no report
+/// of it or its containers may claim more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub cpu_nanocores: u64,
+    pub memory_bytes: u64,
+}
+
+impl Capacity {
+    /// The fastest rate a container or the node may be served at: the node's
+    /// CPUs, plus the slack a report's readings have.
+    fn cpu_ceiling(&self) -> u64 {
+        (self.cpu_nanocores as f64 * (1.0 + CONTAINER_SLACK)) as u64 + CONTAINER_SLACK_NANOCORES
+    }
+
+    fn memory_ceiling(&self) -> u64 {
+        (self.memory_bytes as f64 * (1.0 + CONTAINER_SLACK)) as u64 + CONTAINER_SLACK_BYTES
+    }
 }
 
 /// What [`Store::record_bindings`] made of an answer.
@@ -337,6 +370,8 @@ struct NodeState {
     evicted: bool,
     /// Handed to the binding check and not yet answered.
     binding_queued: bool,
+    /// From the node's Node object, once the binding check has read it.
+    capacity: Option<Capacity>,
 }
 
 impl NodeState {
@@ -353,6 +388,7 @@ impl NodeState {
             counted: false,
             evicted: false,
             binding_queued: false,
+            capacity: None,
         }
     }
 
@@ -562,6 +598,14 @@ impl Store {
             // served, and the stream would never say them again.
             return Err(Reject::NoMetadata(report.node.clone()));
         }
+        if let Some(cap) = state.capacity
+            && usage.memory_working_set_bytes > cap.memory_ceiling()
+        {
+            return Err(Reject::OverCapacity {
+                bytes: usage.memory_working_set_bytes,
+                capacity: cap.memory_bytes,
+            });
+        }
         state.last_report = Instant::now();
         if let Some(meta) = &report.metadata {
             self.replace_metadata(&name, &mut state, meta);
@@ -584,11 +628,25 @@ impl Store {
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         self.push(&mut state.usage, point(time, &usage), 0);
-        // What no container of this node can exceed (see CONTAINER_SLACK).
+        let capacity = state.capacity;
+        if let Some(cap) = capacity
+            && state
+                .usage
+                .as_ref()
+                .and_then(Series::rate)
+                .is_some_and(|r| r.cpu_nanocores > cap.cpu_ceiling())
+        {
+            // More CPU than the node has: the point starts the series again.
+            state.usage = Some(Series::new(point(time, &usage), 0));
+            self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+        }
+        // What no container of this node can exceed (see CONTAINER_SLACK):
+        // the node's own figures in this report, and its capacity.
         let node_rate = state.usage.as_ref().and_then(Series::rate);
-        let cpu_ceiling = node_rate.map(|r| {
+        let node_ceiling = node_rate.map(|r| {
             (r.cpu_nanocores as f64 * (1.0 + CONTAINER_SLACK)) as u64 + CONTAINER_SLACK_NANOCORES
         });
+        let capacity_ceiling = capacity.map(|c| c.cpu_ceiling());
         let memory_ceiling = (usage.memory_working_set_bytes as f64 * (1.0 + CONTAINER_SLACK))
             as u64
             + CONTAINER_SLACK_BYTES;
@@ -613,14 +671,20 @@ impl Store {
                     slot.seen = generation;
                     let outcome = slot.series.push(p, c.start_unix_nanos);
                     self.count(outcome);
-                    let over = cpu_ceiling.is_some_and(|ceiling| {
-                        slot.series
-                            .rate()
-                            .is_some_and(|r| r.cpu_nanocores > ceiling)
-                    });
-                    if over {
+                    let rate = slot.series.rate().map(|r| r.cpu_nanocores);
+                    let beyond = |ceiling: Option<u64>| {
+                        rate.zip(ceiling).is_some_and(|(r, ceiling)| r > ceiling)
+                    };
+                    let over = if beyond(capacity_ceiling) {
+                        Some(&self.stats.over_capacity)
+                    } else if beyond(node_ceiling) {
+                        Some(&self.stats.over_node)
+                    } else {
+                        None
+                    };
+                    if let Some(counter) = over {
                         slot.series = Series::new(p, c.start_unix_nanos);
-                        self.stats.over_node.fetch_add(1, Ordering::Relaxed);
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 None => state
@@ -769,6 +833,34 @@ impl Store {
         if pending && !state.binding_queued && tx.send(Arc::clone(node)).is_ok() {
             state.binding_queued = true;
         }
+    }
+
+    /// Whether `node`'s capacity is known (see [`Store::record_capacity`]).
+    pub fn has_capacity(&self, node: &str) -> bool {
+        read(&self.nodes)
+            .get(node)
+            .is_some_and(|n| lock(n).capacity.is_some())
+    }
+
+    /// `node`'s capacity, from its Node object: from now on no report of it
+    /// may claim more memory, and no rate more CPU.
+    pub fn record_capacity(&self, node: &str, capacity: Capacity) {
+        let Some(n) = read(&self.nodes).get(node).cloned() else {
+            return;
+        };
+        let mut state = lock(&n);
+        state.capacity = Some(capacity);
+        // Rates recorded before the capacity was known are held to it too:
+        // one beyond it keeps only its latest point.
+        let ceiling = capacity.cpu_ceiling();
+        let state = &mut *state;
+        for series in state.usage.iter_mut().chain(state.containers.series_mut()) {
+            if series.rate().is_some_and(|r| r.cpu_nanocores > ceiling) {
+                series.prev = None;
+                self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.recount(state);
     }
 
     /// The binding check's answer for `node`: the UIDs of the pods

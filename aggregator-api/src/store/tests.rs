@@ -989,3 +989,96 @@ fn a_node_cannot_stand_in_for_another_nodes_pod() {
     };
     assert_eq!(p.containers[0].cpu_nanocores, 1_000_000_000);
 }
+
+/// Node `n1` has 2 CPUs and 16 GiB. Rates beyond its CPUs are not served,
+/// whether recorded before its capacity was known or after; a working set
+/// beyond its memory is refused whole; honest figures around them are served.
+#[test]
+fn a_node_cannot_claim_more_than_its_capacity() {
+    let store = Store::default();
+    let cores = |n: u64| n * 1_000_000_000;
+    let node_cpu = |store: &Store| match store.node("n1") {
+        Lookup::Found(n) => Some(n.cpu_nanocores),
+        _ => None,
+    };
+    let pod_cpu = |store: &Store| match store.pod("ns", "p") {
+        Lookup::Found(p) => Some(p.containers[0].cpu_nanocores),
+        _ => None,
+    };
+    let over_capacity = |store: &Store| store.stats().over_capacity.load(Ordering::Relaxed);
+    first_report_of_one_pod(&store, 0);
+    store
+        .apply(
+            &report("n1", 1000, 900_000, &[("u1", "c1", 900_000)]),
+            now(),
+        )
+        .expect("applies");
+    assert_eq!(node_cpu(&store), Some(cores(900)), "no capacity known yet");
+    assert!(!store.has_capacity("n1"));
+    store.record_capacity(
+        "n1",
+        Capacity {
+            cpu_nanocores: cores(2),
+            memory_bytes: 16 << 30,
+        },
+    );
+    assert!(store.has_capacity("n1"));
+    assert_eq!(node_cpu(&store), None, "900 cores on a 2-CPU node");
+    assert_eq!(pod_cpu(&store), None);
+    assert_eq!(over_capacity(&store), 2);
+    assert!(!store.has_data(), "the node no longer counts as serving");
+
+    // 1.5 cores on the node, 1 in the container: served.
+    store
+        .apply(
+            &report("n1", 2000, 901_500, &[("u1", "c1", 901_000)]),
+            now(),
+        )
+        .expect("applies");
+    assert_eq!(node_cpu(&store), Some(1_500_000_000));
+    assert_eq!(pod_cpu(&store), Some(cores(1)));
+    // The node claims 3 cores: not served; its honest container still is.
+    store
+        .apply(
+            &report("n1", 3000, 904_500, &[("u1", "c1", 902_000)]),
+            now(),
+        )
+        .expect("applies");
+    assert_eq!(node_cpu(&store), None);
+    assert_eq!(pod_cpu(&store), Some(cores(1)));
+    assert_eq!(over_capacity(&store), 3);
+    // The node at 2 cores, its container at 2.5: the node is served, the
+    // container is not.
+    store
+        .apply(
+            &report("n1", 4000, 906_500, &[("u1", "c1", 904_500)]),
+            now(),
+        )
+        .expect("applies");
+    assert_eq!(node_cpu(&store), Some(cores(2)));
+    assert_eq!(pod_cpu(&store), None);
+    assert_eq!(over_capacity(&store), 4);
+    assert_eq!(store.stats().over_node.load(Ordering::Relaxed), 0);
+
+    // 17 GiB on a 16 GiB node: refused whole, what was served stays.
+    let mut r = report("n1", 5000, 908_500, &[("u1", "c1", 905_000)]);
+    r.node_usage
+        .as_mut()
+        .expect("usage")
+        .memory_working_set_bytes = 17 << 30;
+    assert!(matches!(
+        store.apply(&r, now()),
+        Err(Reject::OverCapacity { bytes, capacity }) if bytes == 17 << 30 && capacity == 16 << 30
+    ));
+    assert_eq!(node_cpu(&store), Some(cores(2)));
+    let mut text = String::new();
+    store.stats().render(&mut text);
+    assert!(
+        text.contains("nodepulse_store_rejected_reports_total{reason=\"over_capacity\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nodepulse_store_samples_over_capacity_total 4"),
+        "{text}"
+    );
+}
