@@ -1422,4 +1422,62 @@ mod tests {
         assert_eq!(split_terms(r"a=b\\,d=e"), vec![r"a=b\\", "d=e"]);
         assert!(split_terms("").is_empty());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Strings made of what selectors are made of.
+        fn selector_like() -> impl Strategy<Value = String> {
+            "(in|notin|[a-zA-Z0-9=!,() ./_-]){0,30}"
+        }
+
+        /// Valid selectors of every operator, spaced as people write them.
+        fn valid_selector() -> impl Strategy<Value = String> {
+            let term = prop_oneof![
+                "[a-z]{1,3}(\\.io/[a-z]{1,2})? {0,1}(=|==|!=) {0,1}[a-z0-9]{0,3}",
+                "[a-z]{1,3} (in|notin) \\( {0,1}[a-z]{1,2}(, {0,1}[a-z]{1,2}){0,2} {0,1}\\)",
+                "!?[a-z]{1,3}",
+                "[a-z]{1,3} {0,1}(>|<) {0,1}[0-9]{1,2}",
+            ];
+            prop::collection::vec(term, 0..4).prop_map(|terms| terms.join(","))
+        }
+
+        proptest! {
+            #[test]
+            fn label_selectors_round_trip(s in valid_selector()) {
+                let selector = LabelSelector::parse(&s);
+                prop_assert!(selector.is_ok(), "{} refused: {:?}", s, selector);
+                let selector = selector.expect("checked");
+                let text = selector.to_string();
+                prop_assert_eq!(LabelSelector::parse(&text), Ok(selector), "{} printed as {}", s, text);
+            }
+
+            #[test]
+            fn any_text_is_parsed_or_refused(s in any::<String>(), t in selector_like()) {
+                for s in [s, t] {
+                    if let Ok(selector) = LabelSelector::parse(&s) {
+                        let text = selector.to_string();
+                        prop_assert_eq!(LabelSelector::parse(&text), Ok(selector), "{} printed as {}", s, text);
+                    }
+                    let _ = FieldSelector::parse(&s);
+                }
+            }
+
+            #[test]
+            fn field_selectors_match_only_what_they_name(
+                s in "(metadata\\.(name|namespace)|[a-z.]{0,3})(=|==|!=)[a-z-]{0,3}(,(metadata\\.(name|namespace))(=|!=)[a-z-]{0,3}){0,2}",
+                name in "[a-z-]{0,3}",
+                namespace in "[a-z-]{0,3}",
+            ) {
+                let Ok(selector) = FieldSelector::parse(&s) else { return Ok(()) };
+                let expected = selector.terms().iter().all(|t| {
+                    let value = match t.field { MetaField::Name => &name, MetaField::Namespace => &namespace };
+                    match t.op { FieldOp::Equals => value == &t.value, FieldOp::NotEquals => value != &t.value }
+                });
+                prop_assert_eq!(selector.matches(&name, &namespace), expected);
+            }
+        }
+    }
 }

@@ -1082,3 +1082,155 @@ fn a_node_cannot_claim_more_than_its_capacity() {
         "{text}"
     );
 }
+
+mod invariants {
+    //! Whatever agents send, in any order: nothing served beyond a node's
+    //! capacity, beyond what any machine has, or a container beyond the
+    //! node it ran on in the same window.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Cpu {
+        /// Nanoseconds on top of the last reading: honest, if fast.
+        After(u64),
+        /// Any counter at all: resets, jumps to 2^64−1.
+        Absolute(u64),
+    }
+
+    impl Cpu {
+        fn next(self, last: u64) -> u64 {
+            match self {
+                Cpu::After(d) => last.saturating_add(d),
+                Cpu::Absolute(v) => v,
+            }
+        }
+    }
+
+    fn cpu() -> impl Strategy<Value = Cpu> {
+        prop_oneof![
+            4 => (0..3_000_000_000u64).prop_map(Cpu::After),
+            1 => any::<u64>().prop_map(Cpu::After),
+            1 => any::<u64>().prop_map(Cpu::Absolute),
+        ]
+    }
+
+    fn memory() -> impl Strategy<Value = u64> {
+        prop_oneof![4 => 0..(20u64 << 30), 1 => any::<u64>()]
+    }
+
+    #[derive(Clone, Debug)]
+    struct Step {
+        second: bool,
+        after_ms: u64,
+        node_cpu: Cpu,
+        container_cpu: Cpu,
+        node_memory: u64,
+        container_memory: u64,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (any::<bool>(), 0..2_500u64, cpu(), cpu(), memory(), memory()).prop_map(
+            |(second, after_ms, node_cpu, container_cpu, node_memory, container_memory)| Step {
+                second,
+                after_ms,
+                node_cpu,
+                container_cpu,
+                node_memory,
+                container_memory,
+            },
+        )
+    }
+
+    fn sample(node: &str, time_ns: i64, cpu: [u64; 2], memory: [u64; 2]) -> NodeReport {
+        let usage = |cpu_ns, memory_working_set_bytes| {
+            Some(Usage {
+                cpu_ns,
+                memory_working_set_bytes,
+                swap_bytes: None,
+                read_unix_nanos: None,
+            })
+        };
+        NodeReport {
+            node: node.into(),
+            sample_unix_nanos: time_ns,
+            node_usage: usage(cpu[0], memory[0]),
+            pods: vec![PodSample {
+                uid: format!("uid-{node}"),
+                containers: vec![ContainerSample {
+                    id: format!("c-{node}"),
+                    usage: usage(cpu[1], memory[1]),
+                    start_unix_nanos: 1,
+                }],
+            }],
+            metadata: None,
+            cpu_source: 1,
+            seq: 0,
+            agent_epoch: 1,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn nothing_absurd_is_ever_served(steps in prop::collection::vec(step(), 1..40)) {
+            let store = Store::default();
+            let nodes = ["n1", "n2"];
+            let mut time_ns = at(0);
+            let mut last = [[0u64; 2]; 2];
+            for node in nodes {
+                let mut first = sample(node, time_ns, [0, 0], [1 << 30, 1 << 20]);
+                first.metadata = Some(meta(&[(
+                    &format!("uid-{node}"),
+                    "ns",
+                    &format!("p-{node}"),
+                    &[(&format!("c-{node}"), "app")],
+                )]));
+                store.apply(&first, now()).expect("first report");
+            }
+            // n1's Node says 2 CPUs and 16 GiB; n2's capacity is unknown.
+            let capacity = Capacity { cpu_nanocores: 2_000_000_000, memory_bytes: 16 << 30 };
+            store.record_capacity("n1", capacity);
+
+            for s in steps {
+                let i = usize::from(s.second);
+                time_ns += (s.after_ms * 1_000_000) as i64;
+                let cpu = [s.node_cpu.next(last[i][0]), s.container_cpu.next(last[i][1])];
+                let report = sample(nodes[i], time_ns, cpu, [s.node_memory, s.container_memory]);
+                let at_now = SystemTime::UNIX_EPOCH + Duration::from_nanos(time_ns as u64);
+                if store.apply(&report, at_now).is_ok() {
+                    last[i] = cpu;
+                }
+
+                let served_nodes = store.nodes();
+                for n in &served_nodes {
+                    prop_assert!(n.memory_bytes <= MAX_MEMORY_BYTES, "{:?}", n);
+                    prop_assert!(n.cpu_nanocores <= rate::MAX_CORES * 1_000_000_000, "{:?}", n);
+                    if &*n.name == "n1" {
+                        prop_assert!(n.cpu_nanocores <= capacity.cpu_ceiling(), "{:?}", n);
+                        prop_assert!(n.memory_bytes <= capacity.memory_ceiling(), "{:?}", n);
+                    }
+                }
+                for p in store.pods(None) {
+                    let node = if &*p.name == "p-n1" { "n1" } else { "n2" };
+                    let c = &p.containers[0];
+                    prop_assert!(c.cpu_nanocores <= rate::MAX_CORES * 1_000_000_000, "{:?}", p);
+                    if node == "n1" {
+                        prop_assert!(c.cpu_nanocores <= capacity.cpu_ceiling(), "{:?}", p);
+                        prop_assert!(c.memory_bytes <= capacity.memory_ceiling(), "{:?}", p);
+                    }
+                    // Over the same window as its node: within the node's figures.
+                    if let Some(n) = served_nodes
+                        .iter()
+                        .find(|n| &*n.name == node && n.timestamp == p.timestamp && n.window == p.window)
+                    {
+                        let slack = |v: u64, fixed: u64| (v as f64 * (1.0 + CONTAINER_SLACK)) as u64 + fixed;
+                        prop_assert!(c.cpu_nanocores <= slack(n.cpu_nanocores, CONTAINER_SLACK_NANOCORES), "{:?} on {:?}", p, n);
+                        prop_assert!(c.memory_bytes <= slack(n.memory_bytes, CONTAINER_SLACK_BYTES), "{:?} on {:?}", p, n);
+                    }
+                }
+            }
+        }
+    }
+}
