@@ -55,10 +55,12 @@ async fn idle_and_stalling_connections_do_not_lock_out_probes() {
         }
     }
     // Header dribblers: a TLS session, then half a request line, then
-    // nothing (established connections, which are never evicted).
+    // nothing. Established connections are never evicted, so these fill
+    // their address's share and the last five are refused per peer
+    // whatever the timing of evictions above.
     let client = server.client();
     let tls = client.tls_config();
-    for _ in 0..20 {
+    for _ in 0..25 {
         let Some(tcp) = connect_from(30, addr).await else {
             continue;
         };
@@ -94,7 +96,7 @@ async fn idle_and_stalling_connections_do_not_lock_out_probes() {
         "{text}"
     );
     assert!(
-        figure("nodepulse_metrics_connections_total{result=\"refused_per_peer\"}") > 0,
+        figure("nodepulse_metrics_connections_total{result=\"refused_per_peer\"}") >= 5,
         "{text}"
     );
     assert!(figure("nodepulse_metrics_connections{state=\"open\"}") <= 200 + 16);
