@@ -109,13 +109,8 @@ fn main() -> anyhow::Result<()> {
 
 /// CPU time of a process, seconds (utime + stime).
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which may contain spaces: ") S ppid …";
-    // utime and stime are fields 14 and 15 of the whole line.
-    let rest = stat.rsplit_once(')').context("/proc/pid/stat format")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+    testkit::stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+        .with_context(|| format!("reading /proc/{pid}/stat"))
 }
 
 /// Field `nth` (whitespace-separated) of the line of `/proc/<pid>/<file>`

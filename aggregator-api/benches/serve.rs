@@ -273,8 +273,7 @@ fn start_server(view: Arc<dyn MetricsView>) -> (SocketAddr, String, tokio::runti
 
 /// CPU seconds used so far by threads whose name is `name`.
 fn thread_cpu_seconds(name: &str) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
+    let mut total = 0.0;
     for task in std::fs::read_dir("/proc/self/task")
         .expect("tasks")
         .flatten()
@@ -283,16 +282,9 @@ fn thread_cpu_seconds(name: &str) -> f64 {
         if !comm.trim_end().starts_with(name.get(..15).unwrap_or(name)) {
             continue;
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // Fields after the ")" of comm: state is field 3; utime 14, stime 15.
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-            let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-            total += utime + stime;
-        }
+        total += testkit::stat_cpu_seconds(&task.path().join("stat")).unwrap_or(0.0);
     }
-    total as f64 / ticks
+    total
 }
 
 // ---------------------------------------------------------------------------

@@ -43,7 +43,7 @@ const AGAIN: Duration = Duration::from_secs(1);
 const MOST: Duration = Duration::from_secs(30);
 
 /// Only the objects' metadata: the UIDs are all the check needs.
-const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+pub const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
 #[derive(Deserialize)]
 struct List {

@@ -155,6 +155,7 @@ async fn start_fake(
         client_identity: None,
         token: Some(Token::Static("sa-token".to_owned())),
         timeout: Duration::from_secs(5),
+        max_body: kube_lite::client::MAX_BODY,
     })
     .expect("client");
     (fake, client, stop)

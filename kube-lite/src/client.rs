@@ -27,8 +27,10 @@ use tokio_rustls::TlsConnector;
 /// Directory of the mounted ServiceAccount credentials in a pod.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/// Largest response body read; the ConfigMap is the biggest, a few KiB.
-const MAX_BODY: usize = 4 << 20;
+/// Largest response body read unless the settings say otherwise: the
+/// biggest the components read is one node's pods' metadata or the auth
+/// ConfigMap, a few KiB.
+pub const MAX_BODY: usize = 4 << 20;
 /// What the client asks for unless told otherwise.
 const JSON: &str = "application/json";
 
@@ -143,6 +145,8 @@ pub struct ClientSettings {
     pub token: Option<Token>,
     /// Limit for one request, connect to last body byte.
     pub timeout: Duration,
+    /// Largest response body (and watch event) read; larger is an error.
+    pub max_body: usize,
 }
 
 /// A cheap-to-clone handle to one kube-apiserver.
@@ -161,6 +165,7 @@ struct Inner {
     token: Option<Token>,
     token_cache: Mutex<Option<(String, Instant)>>,
     timeout: Duration,
+    max_body: usize,
 }
 
 impl std::fmt::Debug for KubeClient {
@@ -245,6 +250,7 @@ impl KubeClient {
                 token: settings.token,
                 token_cache: Mutex::new(None),
                 timeout: settings.timeout,
+                max_body: settings.max_body,
             }),
         })
     }
@@ -399,7 +405,7 @@ impl KubeClient {
     ) -> Result<Bytes> {
         let (response, mut connection) = self.send(&method, path, body, accept).await?;
         let status = response.status();
-        let collect = Limited::new(response.into_body(), MAX_BODY).collect();
+        let collect = Limited::new(response.into_body(), self.inner.max_body).collect();
         tokio::pin!(collect);
         // The connection future drives the body; it may finish first (the server
         // closed after the last byte), and what it read is still in the body.
@@ -441,10 +447,11 @@ impl KubeClient {
         mut on_event: impl FnMut(WatchEvent<T>) -> bool,
     ) -> Result<()> {
         let (response, mut connection) = self.send(&Method::GET, path, None, JSON).await?;
+        let max_body = self.inner.max_body;
         let status = response.status();
         let mut body = response.into_body();
         if !status.is_success() {
-            let bytes = Limited::new(body, MAX_BODY)
+            let bytes = Limited::new(body, max_body)
                 .collect()
                 .await
                 .map(http_body_util::Collected::to_bytes)
@@ -480,7 +487,7 @@ impl KubeClient {
                 continue;
             };
             pending.extend_from_slice(&data);
-            if pending.len() > MAX_BODY {
+            if pending.len() > max_body {
                 return Err(Error::Body(
                     "watch event larger than the body limit".to_owned(),
                 ));
@@ -583,6 +590,7 @@ pub fn in_cluster_settings(host: &str, port: &str, sa_dir: &Path) -> Result<Clie
         client_identity: None,
         token: Some(Token::File(sa_dir.join("token"))),
         timeout: Duration::from_secs(10),
+        max_body: MAX_BODY,
     })
 }
 
@@ -652,6 +660,7 @@ mod tests {
             client_identity: None,
             token: None,
             timeout: Duration::from_secs(1),
+            max_body: MAX_BODY,
         }
     }
 

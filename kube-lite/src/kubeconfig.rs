@@ -170,6 +170,7 @@ pub fn resolve(text: &str, base: &Path) -> Result<ClientSettings> {
         client_identity,
         token,
         timeout: Duration::from_secs(10),
+        max_body: crate::client::MAX_BODY,
     })
 }
 

@@ -241,6 +241,25 @@ impl CgroupTree {
             * 1000
     }
 
+    /// Freezes (or thaws) every task in `rel` with the v2 freezer and
+    /// returns once the kernel says the cgroup is frozen (thawed): from
+    /// then on its CPU time stands still.
+    pub fn freeze(&self, rel: &str, frozen: bool) {
+        let dir = self.v2_dir(rel);
+        fs::write(dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+            .expect("cgroup.freeze");
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        // The state changes once every task has stopped: bounded polling.
+        for _ in 0..500 {
+            let events = fs::read_to_string(dir.join("cgroup.events")).expect("cgroup.events");
+            if events.lines().any(|l| l == want) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{rel}: not {want} after 5 s");
+    }
+
     /// Starts a burner (see [`Burn`]) inside `rel` (created if needed): the child
     /// joins the cgroups before it execs, so every cycle it burns is theirs.
     /// Returns once the burner says it is running.
@@ -499,4 +518,20 @@ fn pin(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// CPU time (utime + stime, seconds) in a `/proc/<pid>/stat` or
+/// `/proc/<pid>/task/<tid>/stat` file; `None` if it cannot be read (the
+/// process or thread is gone).
+pub fn stat_cpu_seconds(stat: &Path) -> Option<f64> {
+    let text = fs::read_to_string(stat).ok()?;
+    // After the command name, which may hold spaces and parentheses:
+    // utime and stime are fields 14 and 15 of the whole line.
+    let rest = text.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some((utime + stime) as f64 / hz.max(1) as f64)
 }

@@ -127,6 +127,7 @@ impl FakeApiserver {
             client_identity: None,
             token: Some(Token::Static(token.to_owned())),
             timeout: Duration::from_secs(5),
+            max_body: kube_lite::client::MAX_BODY,
         }
     }
 

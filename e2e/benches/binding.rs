@@ -1,0 +1,488 @@
+//! What the aggregator's binding check costs the real kube-apiserver, side by
+//! side with the start of the alternative, a watch of every pod.
+//!
+//! ```sh
+//! cargo bench -p e2e --bench binding -- --nodes 1000 --pods-per-node 30
+//! ```
+//!
+//! The real control plane (etcd, kube-apiserver, kube-controller-manager, as
+//! the e2e tests run it) holds `--nodes` Node objects and `--pods-per-node`
+//! pods bound to each (created through the API, as the scheduler's binding
+//! leaves them; no kubelet runs them). A store learns every pod from its
+//! node's reports, then the aggregator's own binding check
+//! (`aggregator_api::binding::run`, 8 nodes at a time: each Node's capacity,
+//! then the node's pods' metadata) runs until every pod is served. Side by
+//! side: the cluster-wide metadata-only LIST of all pods that a pod watch
+//! (an informer) makes at every replica's start, before it holds every pod.
+//! Both are answered from kube-apiserver's watch cache (`resourceVersion=0`).
+//! Measured: wall time, kube-apiserver CPU (`/proc/<pid>/stat`), and the
+//! bytes of the answers (their JSON re-encoded); then one node's question
+//! alone, as asked whenever a node's pods change.
+//!
+//! Needs root (the cluster runs in a network namespace of its own).
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use aggregator_api::{
+    api::view::MetricsView as _,
+    binding,
+    store::{Config, Freshness, Store},
+};
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser as _;
+use e2e::{Cluster, Options};
+use kube_lite::KubeClient;
+use proto::v1::{
+    ContainerName, ContainerSample, CpuSource, NodeMetadata, NodeReport, PodMetadata, PodSample,
+    Usage,
+};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Parser)]
+#[command(about = "The binding check against the real kube-apiserver")]
+struct Args {
+    /// Node objects.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Pods bound to each node.
+    #[arg(long, default_value_t = 30)]
+    pods_per_node: usize,
+    /// Measured runs of each side (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Objects created at once while the cluster is filled.
+    #[arg(long, default_value_t = 32)]
+    create_concurrency: usize,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const NAMESPACE: &str = "bench";
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let Some(h) = e2e::privileged("binding-bench") else {
+        bail!("the binding bench needs root, cgroup v2 and iproute2");
+    };
+    let opts = Options {
+        replicas: 0,
+        register_nodepulse: false,
+        ..Options::new("binding-bench")
+    };
+    let c = Cluster::start(h, opts).context("control plane")?;
+    let apiserver = apiserver_pid(c.work_dir())?;
+    let kubeconfig = c.admin_kubeconfig();
+    let run = c
+        .netns()
+        .spawn("binding-bench", move || -> Result<()> {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(measure(&args, &kubeconfig, apiserver))
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("bench thread panicked"))?;
+    run??;
+    Ok(())
+}
+
+/// A bench's report is its standard output.
+#[allow(clippy::print_stdout)]
+async fn measure(args: &Args, kubeconfig: &Path, apiserver: u32) -> Result<()> {
+    let mut settings = kube_lite::kubeconfig::load(kubeconfig)?;
+    // The whole cluster's list is hundreds of MB at 300,000 pods; the
+    // components themselves never read more than one node's pods.
+    settings.max_body = 1 << 30;
+    settings.timeout = Duration::from_secs(600);
+    let client = KubeClient::new(settings)?;
+    let started = Instant::now();
+    let pods = fill(&client, args).await?;
+    let total = args.nodes * args.pods_per_node;
+    println!(
+        "{} nodes, {total} pods created in {:.1} s",
+        args.nodes,
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut check = Vec::new();
+    for _ in 0..args.rounds {
+        check.push(binding_pass(&client, &pods, total, apiserver).await?);
+    }
+    let mut list = Vec::new();
+    for _ in 0..args.rounds {
+        let cpu = cpu_seconds(apiserver)?;
+        let t = Instant::now();
+        let (items, bytes) = list_all(&client).await?;
+        let wall = t.elapsed();
+        ensure!(items == total, "the list has {items} pods, not {total}");
+        list.push(Cost {
+            wall,
+            cpu: cpu_seconds(apiserver)? - cpu,
+            bytes,
+        });
+    }
+    let mut one = Vec::new();
+    for (node, _) in pods.iter().take(200) {
+        let t = Instant::now();
+        let answer: Value = client
+            .get_json_as(&binding::list_path(node), binding::METADATA_ONLY)
+            .await?;
+        one.push(t.elapsed());
+        let items = answer["items"].as_array().map_or(0, Vec::len);
+        ensure!(
+            items == args.pods_per_node,
+            "{node}: {items} pods listed, not {}",
+            args.pods_per_node
+        );
+    }
+    one.sort();
+
+    let check = median(check);
+    let list = median(list);
+    println!("median of {} rounds each:", args.rounds);
+    println!("| | wall | kube-apiserver CPU | bytes |");
+    println!("|---|---|---|---|");
+    for (what, c) in [
+        (
+            format!(
+                "binding check: {} Node GETs + {} node pod lists",
+                args.nodes, args.nodes
+            ),
+            &check,
+        ),
+        (format!("one metadata LIST of all {total} pods"), &list),
+    ] {
+        println!(
+            "| {what} | {:.2} s | {:.2} s | {:.1} MB |",
+            c.wall.as_secs_f64(),
+            c.cpu,
+            c.bytes as f64 / 1e6
+        );
+    }
+    println!(
+        "binding check / full list: wall ×{:.2}, kube-apiserver CPU {}, bytes ×{:.2}",
+        check.wall.as_secs_f64() / list.wall.as_secs_f64(),
+        cpu_ratio(check.cpu, list.cpu),
+        check.bytes as f64 / list.bytes as f64
+    );
+    println!(
+        "one node's pods ({} each), asked alone: p50 {:.2} ms, p99 {:.2} ms over {} questions",
+        args.pods_per_node,
+        ms(one[one.len() / 2]),
+        ms(one[(one.len() * 99 / 100).min(one.len() - 1)]),
+        one.len()
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Cost {
+    wall: Duration,
+    cpu: f64,
+    bytes: usize,
+}
+
+fn median(mut runs: Vec<Cost>) -> Cost {
+    runs.sort_by_key(|c| c.wall);
+    runs[runs.len() / 2]
+}
+
+/// The kernel counts process CPU in clock ticks (10 ms here), so a
+/// denominator below two ticks makes no ratio worth printing.
+fn cpu_ratio(check: f64, list: f64) -> String {
+    if list < 0.02 {
+        "n/a (the list used under 20 ms, below the tick resolution)".to_string()
+    } else {
+        format!("×{:.2}", check / list)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Every pod's metadata in one LIST from kube-apiserver's watch cache
+/// (`resourceVersion=0`, which the cache answers whole, whatever `limit`
+/// says), as a reflector's first LIST asks: how many, and the bytes.
+async fn list_all(client: &KubeClient) -> Result<(usize, usize)> {
+    let all: Value = client
+        .get_json_as("/api/v1/pods?resourceVersion=0", binding::METADATA_ONLY)
+        .await?;
+    let items = all["items"].as_array().map_or(0, Vec::len);
+    Ok((items, serde_json::to_vec(&all)?.len()))
+}
+
+/// One pod as the store learns it from its node's agent.
+struct Pod {
+    uid: String,
+    name: String,
+}
+
+/// Creates the Node objects and their pods: each node with the pods bound
+/// to it.
+async fn fill(client: &KubeClient, args: &Args) -> Result<Vec<(String, Vec<Pod>)>> {
+    let _: Value = client
+        .post_json(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+        )
+        .await?;
+    // ServiceAccount admission wants the namespace's default account, which
+    // kube-controller-manager creates.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .get_json::<Value>(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"
+        ))
+        .await
+        .is_err()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "no default ServiceAccount in {NAMESPACE}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nodes: Vec<String> = (0..args.nodes).map(|i| format!("node-{i:05}")).collect();
+    let node_objects = nodes.iter().map(|n| {
+        (
+            "/api/v1/nodes".to_string(),
+            json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}},
+                "status": {
+                    "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                    "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                },
+            }),
+        )
+    });
+    create_all(client, node_objects.collect(), args.create_concurrency).await?;
+    let pod_objects: Vec<(String, Value)> = nodes
+        .iter()
+        .flat_map(|n| (0..args.pods_per_node).map(move |j| (n, j)))
+        .map(|(n, j)| {
+            (
+                format!("/api/v1/namespaces/{NAMESPACE}/pods"),
+                json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("{n}-{j}"), "namespace": NAMESPACE,
+                                 "labels": {"app": "bench"}},
+                    "spec": {
+                        "nodeName": n,
+                        "automountServiceAccountToken": false,
+                        "containers": [{"name": "app", "image": "nodepulse.invalid/burner"}],
+                    },
+                }),
+            )
+        })
+        .collect();
+    let created = create_all(client, pod_objects, args.create_concurrency).await?;
+    let mut by_node: Vec<(String, Vec<Pod>)> =
+        nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
+    for pod in created {
+        let node = pod["spec"]["nodeName"].as_str().context("nodeName")?;
+        let i: usize = node
+            .strip_prefix("node-")
+            .and_then(|i| i.parse().ok())
+            .context("node index")?;
+        by_node[i].1.push(Pod {
+            uid: pod["metadata"]["uid"].as_str().context("uid")?.to_string(),
+            name: pod["metadata"]["name"]
+                .as_str()
+                .context("name")?
+                .to_string(),
+        });
+    }
+    Ok(by_node)
+}
+
+/// POSTs every `(path, object)`, `concurrency` at a time; the created objects.
+async fn create_all(
+    client: &KubeClient,
+    objects: Vec<(String, Value)>,
+    concurrency: usize,
+) -> Result<Vec<Value>> {
+    let total = objects.len();
+    let mut pending = objects.into_iter();
+    let mut creating = JoinSet::new();
+    let mut created = Vec::with_capacity(total);
+    let mut progress = Instant::now();
+    loop {
+        while creating.len() < concurrency
+            && let Some((path, object)) = pending.next()
+        {
+            let client = client.clone();
+            creating.spawn(async move { client.post_json::<_, Value>(&path, &object).await });
+        }
+        let Some(done) = creating.join_next().await else {
+            break;
+        };
+        created.push(done??);
+        if progress.elapsed() > Duration::from_secs(10) {
+            eprintln!("created {}/{total}", created.len());
+            progress = Instant::now();
+        }
+    }
+    Ok(created)
+}
+
+/// A fresh store learns every pod from two reports of each node; the
+/// binding check then runs until every pod is served.
+async fn binding_pass(
+    client: &KubeClient,
+    pods: &[(String, Vec<Pod>)],
+    total: usize,
+    apiserver: u32,
+) -> Result<Cost> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Each node reports once, before the pass: at 10,000 nodes applying the
+    // reports and the pass take longer than the 10 s a silent node stays
+    // served, so freshness must not end the pass early.
+    let store = Arc::new(Store::new(Config {
+        bindings: Some(tx),
+        freshness: Freshness {
+            windows: 3,
+            at_least: Duration::from_secs(3600),
+        },
+        ..Config::default()
+    }));
+    let now = SystemTime::now();
+    let mut container = 0u64;
+    for (node, pods) in pods {
+        let ids: Vec<String> = pods
+            .iter()
+            .map(|_| {
+                container += 1;
+                format!("{container:064x}")
+            })
+            .collect();
+        for (k, at) in [now - Duration::from_secs(1), now].into_iter().enumerate() {
+            let report = node_report(node, pods, &ids, at, k as u64 + 1);
+            store
+                .apply(&report, now)
+                .map_err(|e| anyhow::anyhow!("{node}: {e}"))?;
+        }
+    }
+    ensure!(store.pods(None).is_empty(), "pods served before the check");
+    let cancel = CancellationToken::new();
+    let cpu = cpu_seconds(apiserver)?;
+    let t = Instant::now();
+    let checking = tokio::spawn(binding::run(
+        Arc::clone(&store),
+        client.clone(),
+        rx,
+        cancel.clone(),
+    ));
+    // Polled every 50 ms, or twice as long as a poll takes (serving 300,000
+    // pods takes a while), so that polling uses at most a third of a core
+    // beside the pass it measures.
+    let deadline = t + Duration::from_secs(1200);
+    loop {
+        let poll = Instant::now();
+        if store.pods(None).len() == total {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the binding check did not finish"
+        );
+        tokio::time::sleep((poll.elapsed() * 2).max(Duration::from_millis(50))).await;
+    }
+    let wall = t.elapsed();
+    let cpu = cpu_seconds(apiserver)? - cpu;
+    cancel.cancel();
+    checking.await?;
+    // What the check received: each Node and each node's metadata list.
+    let mut bytes = 0;
+    for (node, _) in pods.iter().take(20) {
+        let n: Value = client.get_json(&format!("/api/v1/nodes/{node}")).await?;
+        let l: Value = client
+            .get_json_as(&binding::list_path(node), binding::METADATA_ONLY)
+            .await?;
+        bytes += serde_json::to_vec(&n)?.len() + serde_json::to_vec(&l)?.len();
+    }
+    let bytes = bytes * pods.len() / pods.len().min(20);
+    Ok(Cost { wall, cpu, bytes })
+}
+
+fn node_report(node: &str, pods: &[Pod], ids: &[String], at: SystemTime, seq: u64) -> NodeReport {
+    let nanos = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64)
+    };
+    let usage = |cpu_ns: u64, memory_working_set_bytes: u64| Usage {
+        cpu_ns,
+        memory_working_set_bytes,
+        swap_bytes: None,
+        read_unix_nanos: None,
+    };
+    NodeReport {
+        node: node.into(),
+        sample_unix_nanos: nanos(at),
+        node_usage: Some(usage(seq * 500_000_000, 2 << 30)),
+        pods: pods
+            .iter()
+            .zip(ids)
+            .map(|(p, id)| PodSample {
+                uid: p.uid.clone(),
+                containers: vec![ContainerSample {
+                    id: id.clone(),
+                    usage: Some(usage(seq * 10_000_000, 16 << 20)),
+                    start_unix_nanos: 1,
+                }],
+            })
+            .collect(),
+        metadata: Some(NodeMetadata {
+            labels: Default::default(),
+            pods: pods
+                .iter()
+                .zip(ids)
+                .map(|(p, id)| PodMetadata {
+                    uid: p.uid.clone(),
+                    namespace: NAMESPACE.into(),
+                    name: p.name.clone(),
+                    labels: Default::default(),
+                    running: true,
+                    containers: vec![ContainerName {
+                        id: id.clone(),
+                        name: "app".into(),
+                    }],
+                })
+                .collect(),
+        }),
+        cpu_source: CpuSource::Cgroupfs as i32,
+        seq,
+        agent_epoch: 1,
+    }
+}
+
+/// The kube-apiserver this cluster started (its arguments name the
+/// cluster's work directory).
+fn apiserver_pid(work_dir: &Path) -> Result<u32> {
+    let dir = work_dir.to_string_lossy();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if comm.trim() == "kube-apiserver" && String::from_utf8_lossy(&cmdline).contains(&*dir) {
+            return Ok(pid);
+        }
+    }
+    bail!("no kube-apiserver of {dir} running")
+}
+
+/// utime + stime of `pid`, seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    testkit::stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat")))
+        .with_context(|| format!("reading /proc/{pid}/stat"))
+}
