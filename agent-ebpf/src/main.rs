@@ -1,4 +1,7 @@
-//! Kernel side of the node agent: charges on-CPU time to cgroup v2 ids.
+//! Kernel side of the node agent: on-CPU time per cgroup v2 id, either read
+//! from the kernel's own accounting by a cgroup iterator ([`cgroup_totals`],
+//! nothing on the switch path) or, on kernels without it, charged at every
+//! context switch, as follows.
 //!
 //! The method: every time a thread leaves a CPU, read its `se.sum_exec_runtime`
 //! (the scheduler's own cumulative run time, the same clock cgroup `cpu.stat`
@@ -29,12 +32,15 @@
 #![no_std]
 #![no_main]
 
-use agent_common::{CGROUP_CPU_MAX_ENTRIES, PENDING_SLOTS, Stat, TaskOffsets};
+use agent_common::{
+    CGROUP_CPU_MAX_ENTRIES, CgroupOffsets, CgroupTotal, KFUNC_PLACEHOLDER, PENDING_SLOTS, Stat,
+    TaskOffsets,
+};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST, bpf_map_type},
     helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_storage_get},
     macros::{btf_map, btf_tracepoint, map, perf_event, raw_tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
 };
 use aya_log_ebpf::error;
@@ -47,6 +53,8 @@ static TASK_OFFSETS: TaskOffsets = TaskOffsets::UNSET;
 static LOADED_AT_NS: u64 = 0;
 #[unsafe(no_mangle)]
 static PENDING_SLOTS_USED: u64 = PENDING_SLOTS as u64;
+#[unsafe(no_mangle)]
+static CGROUP_OFFSETS: CgroupOffsets = CgroupOffsets::UNSET;
 
 #[map(name = "CGROUP_CPU")]
 static CGROUP_CPU: PerCpuHashMap<u64, u64> =
@@ -379,6 +387,63 @@ pub fn flush_cpu(ctx: RawTracePointContext) -> i32 {
 #[perf_event]
 pub fn tick(_ctx: PerfEventContext) -> u32 {
     charge_current()
+}
+
+#[map(name = "CGROUP_TOTALS")]
+static CGROUP_TOTALS: HashMap<u64, CgroupTotal> =
+    HashMap::with_max_entries(CGROUP_CPU_MAX_ENTRIES, 0);
+
+/// The kernel's own CPU time of every cgroup in a subtree, walked in
+/// pre-order from the cgroup the loader attached to (the kernel holds the
+/// cgroup mutex for the walk). `cgroup.bstat` is exact once the subtree's
+/// per-CPU statistics are flushed into it, which the first cgroup's flush
+/// does for all (what reading its `cpu.stat` would do); then each cgroup is
+/// two loads. aya-ebpf has no iterator macro: this is what one would emit,
+/// with the context `struct bpf_iter__cgroup { meta; cgroup; }`, whose
+/// `cgroup` is null once more after the last cgroup.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter.s/cgroup")]
+pub extern "C" fn cgroup_totals(ctx: *const u8) -> i32 {
+    let ctx = Typed(ctx);
+    let (Some(meta), Some(cgroup)) = (ctx.follow(0), ctx.follow(8)) else {
+        return 0;
+    };
+    if global(&CGROUP_OFFSETS.cpu_time) == 0 {
+        // The loader did not set the offsets: nothing recorded, which the
+        // reader reports.
+        return 0;
+    }
+    if meta.read::<u64>(global(&CGROUP_OFFSETS.meta_seq_num)) == 0 {
+        rstat_flush(cgroup);
+    }
+    let Some(kn) = cgroup.follow(global(&CGROUP_OFFSETS.cgroup_kn)) else {
+        bump(Stat::ReadErrors);
+        return 0;
+    };
+    let id = kn.read::<u64>(global(&CGROUP_OFFSETS.kernfs_id));
+    let total = CgroupTotal {
+        cpu_ns: cgroup.read::<u64>(global(&CGROUP_OFFSETS.cpu_time)),
+        walk: meta.read::<u64>(global(&CGROUP_OFFSETS.meta_session_id)),
+    };
+    if CGROUP_TOTALS.insert(&id, &total, 0).is_err() {
+        bump(Stat::CgroupMapFull);
+    }
+    0
+}
+
+/// Flushes `cgroup`'s subtree's CPU statistics: a call of the kernel
+/// function the loader substitutes for [`KFUNC_PLACEHOLDER`] (see there).
+#[inline(always)]
+fn rstat_flush(cgroup: Typed) {
+    // SAFETY: never called as a helper: the loader rewrites the call into a
+    // kernel function call (and the verifier refuses the program if not).
+    // The argument is the walk's trusted cgroup pointer, whose first member
+    // is its own `cgroup_subsys_state`.
+    unsafe {
+        let flush: unsafe extern "C" fn(*const u8) =
+            core::mem::transmute(KFUNC_PLACEHOLDER as usize);
+        flush(cgroup.0);
+    }
 }
 
 #[cfg(not(test))]

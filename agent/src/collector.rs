@@ -1,10 +1,12 @@
 //! One sample of the node: every pod's containers with cumulative CPU time,
 //! memory working set and swap, and the node's totals.
 //!
-//! CPU comes from the eBPF programs when they load and the pods live in the v2
-//! tree (their cgroup ids are what the kernel charges); otherwise from cgroupfs
-//! counters. The reason for a fallback is logged once and kept in
-//! [`Collector::fallback_reason`]; the active source is in every [`Snapshot`].
+//! CPU comes, where the pods live in the v2 tree (eBPF results are keyed by
+//! v2 cgroup id), from the kernel's own per-cgroup accounting read by a BPF
+//! cgroup iterator (Linux 6.1), else from the context-switch program, else
+//! from cgroupfs counters. Why a source was passed over is logged once (the
+//! reason for cgroupfs is kept in [`Collector::fallback_reason`]); the active
+//! source is in every [`Snapshot`].
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
@@ -13,13 +15,13 @@ use std::{
 };
 
 use proto::v1::NodeMetadata;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     cgroup::{
         self, CounterFiles, Hierarchy, Identity, QosClass, Runtime, Tree, TreeWatch, stats::Memory,
     },
-    ebpf::{self, CpuAccounting},
+    ebpf::{self, CpuAccounting, iter::CgroupTotals},
 };
 
 /// Errors that stop a collection (a single unreadable container does not).
@@ -27,8 +29,11 @@ use crate::{
 pub enum Error {
     #[error(transparent)]
     Cgroup(#[from] cgroup::Error),
-    #[error("eBPF was required (--cpu-source=ebpf) but is unavailable: {0}")]
-    EbpfRequired(String),
+    #[error("--cpu-source={choice} was required but is unavailable: {reason}")]
+    SourceRequired {
+        choice: &'static str,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -36,18 +41,48 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Where CPU time comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CpuSourceChoice {
-    /// eBPF when it loads and identifies pods, else cgroupfs.
+    /// The cgroup iterator, else the switch program, else cgroupfs: the
+    /// first that loads and identifies pods.
     Auto,
-    /// eBPF or fail.
+    /// An eBPF source (the iterator, else the switch program) or fail.
     Ebpf,
+    /// The cgroup iterator (Linux 6.1) or fail.
+    Iterator,
+    /// The context-switch program or fail.
+    Switch,
     /// cgroupfs counters only.
     Cgroupfs,
+}
+
+impl CpuSourceChoice {
+    fn name(self) -> &'static str {
+        match self {
+            CpuSourceChoice::Auto => "auto",
+            CpuSourceChoice::Ebpf => "ebpf",
+            CpuSourceChoice::Iterator => "iterator",
+            CpuSourceChoice::Switch => "switch",
+            CpuSourceChoice::Cgroupfs => "cgroupfs",
+        }
+    }
+
+    fn allows(self, source: CpuSource) -> bool {
+        match self {
+            CpuSourceChoice::Auto => true,
+            CpuSourceChoice::Ebpf => matches!(source, CpuSource::Iterator | CpuSource::Switch),
+            CpuSourceChoice::Iterator => source == CpuSource::Iterator,
+            CpuSourceChoice::Switch => source == CpuSource::Switch,
+            CpuSourceChoice::Cgroupfs => source == CpuSource::Cgroupfs,
+        }
+    }
 }
 
 /// The source a snapshot's CPU figures came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuSource {
-    Ebpf,
+    /// The kernel's per-cgroup accounting, read by a BPF cgroup iterator.
+    Iterator,
+    /// The eBPF program charging at every context switch.
+    Switch,
     Cgroupfs,
     /// The kubelet's `/metrics/resource`: where cgroupfs cannot be read.
     Kubelet,
@@ -56,7 +91,8 @@ pub enum CpuSource {
 impl fmt::Display for CpuSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            CpuSource::Ebpf => "ebpf",
+            CpuSource::Iterator => "iterator",
+            CpuSource::Switch => "switch",
             CpuSource::Cgroupfs => "cgroupfs",
             CpuSource::Kubelet => "kubelet",
         })
@@ -223,7 +259,12 @@ pub struct Collector {
     walks: u64,
     /// Counter files of the sampled cgroups, kept open.
     files: CounterFiles,
+    /// The cgroup iterator, when it is the source.
+    iterator: Option<CgroupTotals>,
+    /// The switch program, when it is the source.
     ebpf: Option<CpuAccounting>,
+    /// Why each source before the active one was passed over.
+    passed_over: Vec<String>,
     fallback_reason: Option<String>,
     /// Last raw counter per cgroup id, to turn the kernel's per-cgroup totals
     /// into deltas that survive cgroups going away.
@@ -250,7 +291,9 @@ impl Collector {
         let mut this = Self {
             hierarchy,
             opts,
+            iterator: None,
             ebpf: None,
+            passed_over: Vec::new(),
             fallback_reason: None,
             walked: None,
             watch: None,
@@ -264,42 +307,60 @@ impl Collector {
             charged_containers: HashMap::new(),
             started: HashMap::new(),
         };
-        match this.opts.cpu_source {
-            CpuSourceChoice::Cgroupfs => {
-                this.fall_back("cgroupfs counters requested (--cpu-source=cgroupfs)".into());
+        let choice = this.opts.cpu_source;
+        let mut passed_over = Vec::new();
+        if choice == CpuSourceChoice::Cgroupfs {
+            passed_over.push("cgroupfs counters requested (--cpu-source=cgroupfs)".to_string());
+        } else if this.hierarchy.v2.is_none() {
+            passed_over
+                .push("no cgroup v2 hierarchy: eBPF cgroup ids cannot identify pods".to_string());
+        } else {
+            if choice.allows(CpuSource::Iterator) {
+                match CgroupTotals::load(&this.opts.btf_path, this.opts.max_cgroups) {
+                    Ok(iterator) => {
+                        info!(
+                            flush = iterator.flush_function(),
+                            "CPU from the kernel's per-cgroup accounting (BPF cgroup iterator)"
+                        );
+                        this.iterator = Some(iterator);
+                    }
+                    Err(e) => passed_over.push(format!("cgroup iterator unavailable: {e}")),
+                }
             }
-            CpuSourceChoice::Auto | CpuSourceChoice::Ebpf => {
-                let reason = if this.hierarchy.v2.is_none() {
-                    Some("no cgroup v2 hierarchy: eBPF cgroup ids cannot identify pods".into())
-                } else {
-                    let ebpf_opts = ebpf::Options {
-                        btf_path: this.opts.btf_path.clone(),
-                        force_tick: this.opts.force_tick,
-                        force_raw_tracepoint: this.opts.force_raw_tracepoint,
-                        pending_slots: this.opts.pending_slots,
-                        max_cgroups: this.opts.max_cgroups,
-                    };
-                    match CpuAccounting::load(&ebpf_opts) {
-                        Ok(acc) => {
-                            this.ebpf = Some(acc);
-                            None
-                        }
-                        Err(e) => Some(format!("eBPF unavailable: {e}")),
-                    }
+            if this.iterator.is_none() && choice.allows(CpuSource::Switch) {
+                if let Some(reason) = passed_over.first() {
+                    warn!(%reason, "CPU from the context-switch program");
+                }
+                let ebpf_opts = ebpf::Options {
+                    btf_path: this.opts.btf_path.clone(),
+                    force_tick: this.opts.force_tick,
+                    force_raw_tracepoint: this.opts.force_raw_tracepoint,
+                    pending_slots: this.opts.pending_slots,
+                    max_cgroups: this.opts.max_cgroups,
                 };
-                if let Some(reason) = reason {
-                    if this.opts.cpu_source == CpuSourceChoice::Ebpf {
-                        return Err(Error::EbpfRequired(reason));
-                    }
-                    this.fall_back(reason);
+                match CpuAccounting::load(&ebpf_opts) {
+                    Ok(acc) => this.ebpf = Some(acc),
+                    Err(e) => passed_over.push(format!("switch program unavailable: {e}")),
                 }
             }
         }
+        if this.iterator.is_none() && this.ebpf.is_none() {
+            let reason = passed_over.join("; ");
+            if !choice.allows(CpuSource::Cgroupfs) {
+                return Err(Error::SourceRequired {
+                    choice: choice.name(),
+                    reason,
+                });
+            }
+            this.fall_back(reason);
+        }
+        this.passed_over = passed_over;
         Ok(this)
     }
 
     fn fall_back(&mut self, reason: String) {
-        if self.ebpf.take().is_some() || self.fallback_reason.is_none() {
+        let was_ebpf = self.ebpf.take().is_some() | self.iterator.take().is_some();
+        if was_ebpf || self.fallback_reason.is_none() {
             warn!(%reason, "CPU from cgroupfs counters");
         }
         self.fallback_reason = Some(reason);
@@ -307,11 +368,19 @@ impl Collector {
 
     /// The active CPU source.
     pub fn source(&self) -> CpuSource {
-        if self.ebpf.is_some() {
-            CpuSource::Ebpf
+        if self.iterator.is_some() {
+            CpuSource::Iterator
+        } else if self.ebpf.is_some() {
+            CpuSource::Switch
         } else {
             CpuSource::Cgroupfs
         }
+    }
+
+    /// Why each CPU source before the active one was passed over, in the
+    /// order tried (empty when the first choice is active).
+    pub fn passed_over(&self) -> &[String] {
+        &self.passed_over
     }
 
     /// Why CPU comes from cgroupfs, when it does.
@@ -319,7 +388,7 @@ impl Collector {
         self.fallback_reason.as_deref()
     }
 
-    /// The eBPF accounting, when active (for its statistics).
+    /// The switch program's accounting, when active (for its statistics).
     pub fn ebpf(&self) -> Option<&CpuAccounting> {
         self.ebpf.as_ref()
     }
@@ -405,14 +474,56 @@ impl Collector {
             Some(walked) if !self.tree_changed(&walked, raw.as_ref()) => walked,
             _ => self.walk(raw.as_ref())?,
         };
-        let snapshot = self.sample(raw, timestamp, &walked);
+        let totals = self.read_iterator(&walked.scan);
+        let snapshot = self.sample(raw, totals, timestamp, &walked);
         self.walked = Some(walked);
         Ok(snapshot)
+    }
+
+    /// The iterator's totals for the node's pods, read after the walk: a
+    /// container the walk saw that is missing was removed since; one made
+    /// since is left for the next walk, which the tree's watch brings. The
+    /// walk starts at the node's own cgroup, or on a whole host at the pods
+    /// root (the v2 root's own time is kept elsewhere in the kernel, and
+    /// the rest of the host is not the pods').
+    fn read_iterator(&mut self, scan: &cgroup::Scan) -> Option<HashMap<u64, u64>> {
+        self.iterator.as_ref()?;
+        if scan.tree.is_some_and(|t| t != Tree::V2) {
+            self.fall_back(
+                "pods are only in v1 cgroups here: v2 cgroup ids do not identify them".into(),
+            );
+            return None;
+        }
+        let v2 = self.hierarchy.v2.as_ref()?;
+        let start = if self.whole_host() {
+            let roots = scan
+                .cgroups
+                .iter()
+                .filter(|c| c.identity == Some(Identity::PodsRoot))
+                .map(|c| c.path.as_str());
+            match common_ancestor(roots) {
+                Some(start) => start,
+                // No pods root yet: no pods to read.
+                None => return Some(HashMap::new()),
+            }
+        } else {
+            self.opts.node_cgroup.clone()
+        };
+        let start = v2.join(start.trim_start_matches('/'));
+        let iterator = self.iterator.as_mut()?;
+        match iterator.read(&start) {
+            Ok(totals) => Some(totals),
+            Err(e) => {
+                self.fall_back(format!("reading the cgroup iterator failed: {e}"));
+                None
+            }
+        }
     }
 
     fn sample(
         &mut self,
         raw: Option<HashMap<u64, u64>>,
+        totals: Option<HashMap<u64, u64>>,
         timestamp: SystemTime,
         walked: &Walked,
     ) -> Snapshot {
@@ -453,6 +564,13 @@ impl Collector {
             };
             let cpu = if ebpf {
                 Ok(self.charged_containers.get(id).copied().unwrap_or(0))
+            } else if let Some(totals) = &totals {
+                totals.get(&cg.id).copied().ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not in the cgroup iterator's walk (removed)",
+                    )
+                })
             } else {
                 self.files
                     .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path)
@@ -505,6 +623,8 @@ impl Collector {
         let node_id = scan.cgroups.first().map_or(0, |c| c.id);
         let node_cpu = if ebpf {
             self.charged_node
+        } else if let Some(&cpu) = totals.as_ref().and_then(|t| t.get(&node_id)) {
+            cpu
         } else {
             self.files
                 .cpu_usage_ns(&self.hierarchy, tree, node_id, &self.opts.node_cgroup)
@@ -606,11 +726,48 @@ impl Collector {
     }
 }
 
+/// The deepest cgroup path that all of `paths` are in (`/` at least);
+/// `None` for none. One pods root is its own; a host can hold more (a
+/// systemd-driver and a cgroupfs-driver kubelet's, or nested ones).
+fn common_ancestor<'a>(mut paths: impl Iterator<Item = &'a str>) -> Option<String> {
+    let first = paths.next()?;
+    let mut common: Vec<&str> = first.split('/').filter(|p| !p.is_empty()).collect();
+    for path in paths {
+        let shared = common
+            .iter()
+            .zip(path.split('/').filter(|p| !p.is_empty()))
+            .take_while(|(a, b)| *a == b)
+            .count();
+        common.truncate(shared);
+    }
+    Some(format!("/{}", common.join("/")))
+}
+
 #[cfg(test)]
 mod tests {
     use proto::v1::{ContainerName, PodMetadata};
 
     use super::*;
+
+    #[test]
+    fn iterator_walks_from_the_deepest_cgroup_holding_every_pods_root() {
+        let walk = |paths: &[&str]| common_ancestor(paths.iter().copied());
+        assert_eq!(walk(&[]), None);
+        assert_eq!(
+            walk(&["/kubepods.slice"]).as_deref(),
+            Some("/kubepods.slice")
+        );
+        assert_eq!(
+            walk(&["/n/kubepods.slice", "/n/kubepods"]).as_deref(),
+            Some("/n")
+        );
+        assert_eq!(
+            walk(&["/kubepods.slice", "/kubepods"]).as_deref(),
+            Some("/")
+        );
+        // Components, not characters.
+        assert_eq!(walk(&["/ab/kubepods", "/a/kubepods"]).as_deref(), Some("/"));
+    }
 
     fn container(id: &str) -> ContainerSample {
         ContainerSample {

@@ -61,7 +61,8 @@ pub fn build(node: &str, seq: u64, epoch: u64, s: &Snapshot) -> NodeReport {
             .collect(),
         metadata: None,
         cpu_source: match s.source {
-            CpuSource::Ebpf => WireSource::Ebpf,
+            CpuSource::Iterator => WireSource::EbpfIterator,
+            CpuSource::Switch => WireSource::Ebpf,
             CpuSource::Cgroupfs => WireSource::Cgroupfs,
             CpuSource::Kubelet => WireSource::Kubelet,
         } as i32,

@@ -162,7 +162,7 @@ mod tests {
         );
         Snapshot {
             timestamp: at,
-            source: CpuSource::Ebpf,
+            source: CpuSource::Switch,
             node: NodeSample {
                 cpu_ns: node_ns,
                 memory: Memory::default(),

@@ -50,7 +50,9 @@ fn collector_with(source: CpuSourceChoice, force_tick: bool, raw_tracepoint: boo
     .expect("collector");
     let want = match source {
         CpuSourceChoice::Cgroupfs => CpuSource::Cgroupfs,
-        _ => CpuSource::Ebpf,
+        CpuSourceChoice::Switch => CpuSource::Switch,
+        // This kernel has the cgroup iterator: the first choice.
+        _ => CpuSource::Iterator,
     };
     assert_eq!(c.source(), want, "fallback: {:?}", c.fallback_reason());
     if let Some(ebpf) = c.ebpf() {
@@ -134,7 +136,12 @@ fn assert_close(what: &str, ours: u64, k0: Bracket, k1: Bracket, pct: f64) {
 
 #[test]
 fn cpu_per_container_and_pod_matches_the_kernels_cpu_stat() {
-    cpu_matches_the_kernels_cpu_stat(false);
+    cpu_matches_the_kernels_cpu_stat(CpuSourceChoice::Switch, false);
+}
+
+#[test]
+fn cpu_read_by_the_cgroup_iterator_matches_the_kernels_cpu_stat() {
+    cpu_matches_the_kernels_cpu_stat(CpuSourceChoice::Iterator, false);
 }
 
 /// The same through the raw tracepoint (the switch hook where the BTF one
@@ -142,10 +149,10 @@ fn cpu_per_container_and_pod_matches_the_kernels_cpu_stat() {
 /// eviction path on every change of cgroup).
 #[test]
 fn cpu_charged_through_the_raw_tracepoint_matches_the_kernels_cpu_stat() {
-    cpu_matches_the_kernels_cpu_stat(true);
+    cpu_matches_the_kernels_cpu_stat(CpuSourceChoice::Switch, true);
 }
 
-fn cpu_matches_the_kernels_cpu_stat(raw_tracepoint: bool) {
+fn cpu_matches_the_kernels_cpu_stat(source: CpuSourceChoice, raw_tracepoint: bool) {
     let Some(h) = support::privileged("cpu_per_container_and_pod") else {
         return;
     };
@@ -166,7 +173,7 @@ fn cpu_matches_the_kernels_cpu_stat(raw_tracepoint: bool) {
     let pod_a_path = a1_path.rsplit_once('/').expect("parent").0.to_string();
     let pod_b_path = b1_path.rsplit_once('/').expect("parent").0.to_string();
 
-    let mut ebpf = collector_with(CpuSourceChoice::Ebpf, false, raw_tracepoint);
+    let mut ebpf = collector_with(source, false, raw_tracepoint);
     let mut cgfs = collector(CpuSourceChoice::Cgroupfs, false);
     let burner = Launcher::test_binary("burner_entry");
     let _burners = [
@@ -251,7 +258,7 @@ fn cpu_matches_the_kernels_cpu_stat(raw_tracepoint: bool) {
     }
 }
 
-fn lone_busy_loop(force_tick: bool) {
+fn lone_busy_loop(source: CpuSourceChoice, force_tick: bool) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(h) = support::privileged("lone_busy_loop") else {
         return;
@@ -259,7 +266,7 @@ fn lone_busy_loop(force_tick: bool) {
     let mut tree = CgroupTree::new(&h, "loop");
     let (pod, cid) = (support::uid(9), support::container_id(9));
     let path = support::systemd_container(&tree.base.clone(), "guaranteed", &pod, &cid);
-    let mut ebpf = collector(CpuSourceChoice::Ebpf, force_tick);
+    let mut ebpf = collector(source, force_tick);
     let last_cpu = std::thread::available_parallelism().map_or(0, |n| n.get() as u32 - 1);
     tree.mkdir(&path);
     // The first sample sees the container idle; the loop starts right after.
@@ -295,12 +302,19 @@ fn lone_busy_loop(force_tick: bool) {
 
 #[test]
 fn lone_busy_loop_is_charged_in_the_first_interval() {
-    lone_busy_loop(false);
+    lone_busy_loop(CpuSourceChoice::Switch, false);
+}
+
+/// The iterator reads the kernel's own counter, flushed at every read: a
+/// loop that never leaves its CPU is exact with no test-run or clock.
+#[test]
+fn lone_busy_loop_is_read_by_the_cgroup_iterator_in_the_first_interval() {
+    lone_busy_loop(CpuSourceChoice::Iterator, false);
 }
 
 #[test]
 fn lone_busy_loop_is_charged_by_the_tick_fallback() {
-    lone_busy_loop(true);
+    lone_busy_loop(CpuSourceChoice::Switch, true);
 }
 
 #[test]
@@ -359,6 +373,15 @@ fn container_ids(s: &Snapshot) -> Vec<String> {
 /// first sample.
 #[test]
 fn containers_coming_and_going_are_seen_at_the_next_collection() {
+    containers_coming_and_going(CpuSourceChoice::Switch);
+}
+
+#[test]
+fn containers_coming_and_going_are_read_by_the_cgroup_iterator() {
+    containers_coming_and_going(CpuSourceChoice::Iterator);
+}
+
+fn containers_coming_and_going(source: CpuSourceChoice) {
     let Some(h) = support::privileged("containers_coming_and_going") else {
         return;
     };
@@ -385,7 +408,7 @@ fn containers_coming_and_going_are_seen_at_the_next_collection() {
         assert!(c.fallback_reason().is_none() || source == CpuSourceChoice::Cgroupfs);
         c
     };
-    let mut ebpf = subtree(CpuSourceChoice::Ebpf);
+    let mut ebpf = subtree(source);
     let mut cgfs = subtree(CpuSourceChoice::Cgroupfs);
     for c in [&mut ebpf, &mut cgfs] {
         assert_eq!(
@@ -587,7 +610,7 @@ fn a_thread_older_than_the_agent_is_charged_from_the_load_on() {
     // Let it build up a past the agent must not charge.
     std::thread::sleep(Duration::from_secs(1));
     let loaded_after = tree.cpu_stat_ns(path);
-    let mut ebpf = collector(CpuSourceChoice::Ebpf, false);
+    let mut ebpf = collector(CpuSourceChoice::Switch, false);
     let before0 = tree.cpu_stat_ns(path);
     let s0 = ebpf.collect().expect("collect");
     let after0 = tree.cpu_stat_ns(path);
@@ -634,12 +657,12 @@ fn cgroups_beyond_max_cgroups_are_counted_as_lost_and_sampling_goes_on() {
     // Room for one cgroup, and at least two run: the burner's, and this
     // test's own (with the root's kernel threads, where it is elsewhere).
     let mut c = Collector::new(Options {
-        cpu_source: CpuSourceChoice::Ebpf,
+        cpu_source: CpuSourceChoice::Switch,
         max_cgroups: 1,
         ..Options::default()
     })
     .expect("collector");
-    assert_eq!(c.source(), CpuSource::Ebpf, "{:?}", c.fallback_reason());
+    assert_eq!(c.source(), CpuSource::Switch, "{:?}", c.fallback_reason());
     let lost = |c: &Collector| c.ebpf().expect("eBPF").stat(Stat::CgroupMapFull);
     // Which cgroups have run by a read depends on the scheduler; a few reads
     // (each migrates this thread onto every CPU, switching out whatever ran
@@ -659,6 +682,55 @@ fn cgroups_beyond_max_cgroups_are_counted_as_lost_and_sampling_goes_on() {
     // Sampling goes on: the next read works and the counter only grows.
     let s1 = c.collect().expect("a full map is not a failed read");
     assert!(lost(&c) >= lost0);
-    assert_eq!((s0.source, s1.source), (CpuSource::Ebpf, CpuSource::Ebpf));
+    assert_eq!(
+        (s0.source, s1.source),
+        (CpuSource::Switch, CpuSource::Switch)
+    );
     assert!(s1.node.cpu_ns >= s0.node.cpu_ns);
+}
+
+/// A copy of this kernel's BTF in which `name` (a function or type) is
+/// renamed: to the agent, a kernel without it.
+fn btf_without(name: &str) -> tempfile::NamedTempFile {
+    let mut btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    let needle: Vec<u8> = [name.as_bytes(), b"\0"].concat();
+    let at = btf
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{name} in the kernel's BTF"));
+    // Same length: every other string offset stays put.
+    btf[at + needle.len() - 2] = b'_';
+    let mut file = tempfile::NamedTempFile::new().expect("temporary file");
+    std::io::Write::write_all(&mut file, &btf).expect("write");
+    file
+}
+
+/// A kernel without cgroup iterators gets the switch program, says why, and
+/// reports it; one asked for the iterator alone refuses to start.
+#[test]
+fn without_the_cgroup_iterator_the_switch_program_is_the_source() {
+    let Some(_h) = support::privileged("without_iterator") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let btf = btf_without("bpf_iter_cgroup");
+    let options = |cpu_source| Options {
+        cpu_source,
+        btf_path: btf.path().to_path_buf(),
+        ..Options::default()
+    };
+    let mut c = Collector::new(options(CpuSourceChoice::Auto)).expect("collector");
+    assert_eq!(c.source(), CpuSource::Switch, "{:?}", c.fallback_reason());
+    assert_eq!(c.passed_over().len(), 1, "{:?}", c.passed_over());
+    assert!(
+        c.passed_over()[0].contains("cgroup iterator unavailable")
+            && c.passed_over()[0].contains("bpf_iter_cgroup"),
+        "{:?}",
+        c.passed_over()
+    );
+    assert_eq!(c.collect().expect("collect").source, CpuSource::Switch);
+    let refused = Collector::new(options(CpuSourceChoice::Iterator))
+        .err()
+        .expect("--cpu-source=iterator without the iterator");
+    assert!(refused.to_string().contains("iterator"), "{refused}");
 }

@@ -86,18 +86,21 @@ fn say(t0: Instant, what: &str) {
     eprintln!("real_node [{:>5.1}s]: {what}", t0.elapsed().as_secs_f64());
 }
 
-/// The agent's own log says it attached its programs and collects with
-/// them: the shipped securityContext (BPF + PERFMON, RuntimeDefault seccomp,
-/// read-only everything) is enough under containerd and runc.
+/// The agent's own log says it loaded its cgroup iterator (the first
+/// choice on this kernel) and collects with it: the shipped securityContext
+/// (BPF + PERFMON, RuntimeDefault seccomp, read-only everything) is enough
+/// under containerd and runc.
 fn ebpf_under_the_shipped_security_context(c: &Cluster) -> Result<()> {
     let logs = c.kubectl_ok(&["-n", SYSTEM, "logs", "ds/nodepulse-agent"])?;
     ensure!(
-        logs.contains("eBPF CPU accounting attached"),
-        "the agent did not attach its eBPF programs:\n{logs}"
+        logs.contains("BPF cgroup iterator"),
+        "the agent did not load its cgroup iterator:\n{logs}"
     );
     ensure!(
-        logs.contains("collecting") && logs.contains("ebpf") && !logs.contains("without eBPF"),
-        "the agent does not collect with eBPF:\n{logs}"
+        logs.contains("collecting")
+            && logs.contains("source=iterator")
+            && !logs.contains("without eBPF"),
+        "the agent does not collect with the cgroup iterator:\n{logs}"
     );
     Ok(())
 }

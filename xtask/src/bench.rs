@@ -5,9 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::ebpf::{CpuAccounting, Options};
+use agent::ebpf::{CpuAccounting, Options, iter::CgroupTotals};
 use agent_common::PENDING_SLOTS;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 fn pin(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
@@ -194,6 +194,9 @@ enum Attached {
     /// costs on this kernel before its first instruction.
     Empty,
     Ours,
+    /// The cgroup iterator, loaded and read every second from another
+    /// thread as the agent reads it (nothing at the hook).
+    Iterator,
 }
 
 fn ping_pong_with(
@@ -213,6 +216,34 @@ fn ping_pong_with(
             let _ours = CpuAccounting::load(ours).context("loading eBPF")?;
             ping_pong(cpu, ops, split)
         }
+        Attached::Iterator => {
+            let mut iter = CgroupTotals::load(&ours.btf_path, ours.max_cgroups)
+                .context("loading the cgroup iterator")?;
+            let v2 = agent::cgroup::Hierarchy::detect(std::path::Path::new("/sys/fs/cgroup"))?
+                .v2
+                .context("no cgroup v2 hierarchy")?;
+            let done = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                let reader = scope.spawn(|| -> Result<u64> {
+                    let mut reads = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Every cgroup of the host: the most a read walks.
+                        iter.read(&v2).context("reading the cgroup iterator")?;
+                        reads += 1;
+                        std::thread::park_timeout(Duration::from_secs(1));
+                    }
+                    Ok(reads)
+                });
+                let measured = ping_pong(cpu, ops, split);
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                reader.thread().unpark();
+                let reads = reader
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("iterator reader panicked"))??;
+                ensure!(reads > 0, "the iterator was never read");
+                measured
+            })
+        }
     }
 }
 
@@ -225,7 +256,7 @@ fn ping_pong_with(
 /// the CPU's one pending slot into the hash (the eviction path).
 #[allow(clippy::print_stdout)]
 pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool, pending_slots: u32) -> Result<()> {
-    use Attached::{Empty, Nothing, Ours};
+    use Attached::{Empty, Iterator, Nothing, Ours};
     let cpu = 0;
     let opts = Options {
         pending_slots,
@@ -236,35 +267,47 @@ pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool, pending_slots: u
     // Warm up caches and frequency.
     ping_pong(cpu, ops / 4, split)?;
     let orders = [
-        [Nothing, Empty, Ours],
-        [Ours, Nothing, Empty],
-        [Empty, Ours, Nothing],
+        [Nothing, Empty, Ours, Iterator],
+        [Iterator, Nothing, Empty, Ours],
+        [Ours, Iterator, Nothing, Empty],
+        [Empty, Ours, Iterator, Nothing],
     ];
-    let mut ns = [Vec::new(), Vec::new(), Vec::new()];
+    let mut ns = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for round in 0..rounds {
-        let mut this = [0.0; 3];
+        let mut this = [0.0; 4];
         for attached in orders[round % orders.len()] {
             this[attached as usize] = ping_pong_with(attached, &opts, cpu, ops, split)?;
         }
         eprintln!(
-            "round {}: {:.1} ns/op without, {:.1} with an empty program, {:.1} with ours",
+            "round {}: {:.1} ns/op without, {:.1} with an empty program, {:.1} with ours, \
+             {:.1} with the cgroup iterator",
             round + 1,
             this[0],
             this[1],
-            this[2]
+            this[2],
+            this[3]
         );
         for (all, one) in ns.iter_mut().zip(this) {
             all.push(one);
         }
     }
-    let [without, empty, ours] = ns;
-    let per_switch = |with: &[f64], base: &[f64]| {
-        median(with.iter().zip(base).map(|(w, b)| (w - b) / 2.0).collect())
+    let [without, empty, ours, iterator] = ns;
+    let differences = |with: &[f64], base: &[f64]| -> Vec<f64> {
+        with.iter().zip(base).map(|(w, b)| (w - b) / 2.0).collect()
     };
-    let (m0, me, mo) = (
+    let per_switch = |with: &[f64], base: &[f64]| median(differences(with, base));
+    // The noise of a per-switch difference: the median absolute deviation
+    // of the rounds' own differences.
+    let noise = |with: &[f64], base: &[f64]| {
+        let d = differences(with, base);
+        let m = median(d.clone());
+        median(d.iter().map(|x| (x - m).abs()).collect())
+    };
+    let (m0, me, mo, mi) = (
         median(without.clone()),
         median(empty.clone()),
         median(ours.clone()),
+        median(iterator.clone()),
     );
     let runs = program_run_time(&opts, cpu, ops, split)?;
     let ends = if cross_cgroup {
@@ -277,22 +320,27 @@ pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool, pending_slots: u
         .clamp(1, PENDING_SLOTS)
         .next_power_of_two();
     println!(
-        "| ping-pong, CPU {cpu}, {ends}, {slots} pending slots, {ops} ops x {rounds} rounds | nothing | empty program | ours |"
+        "| ping-pong, CPU {cpu}, {ends}, {slots} pending slots, {ops} ops x {rounds} rounds | nothing | empty program | switch program | cgroup iterator |"
     );
-    println!("|---|---|---|---|");
-    println!("| median ns per op (2 switches) | {m0:.1} | {me:.1} | {mo:.1} |");
+    println!("|---|---|---|---|---|");
+    println!("| median ns per op (2 switches) | {m0:.1} | {me:.1} | {mo:.1} | {mi:.1} |");
     println!(
-        "| ratio to nothing | 1.000 | {:.3} | {:.3} |",
+        "| ratio to nothing | 1.000 | {:.3} | {:.3} | {:.3} |",
         me / m0,
-        mo / m0
+        mo / m0,
+        mi / m0
     );
     println!(
-        "| added per context switch (median of rounds) | | {:.1} ns | {:.1} ns |",
+        "| added per context switch (median of rounds ± their median absolute deviation) | | {:.1} ± {:.1} ns | {:.1} ± {:.1} ns | {:.1} ± {:.1} ns |",
         per_switch(&empty, &without),
-        per_switch(&ours, &without)
+        noise(&empty, &without),
+        per_switch(&ours, &without),
+        noise(&ours, &without),
+        per_switch(&iterator, &without),
+        noise(&iterator, &without)
     );
     println!(
-        "| ours over the empty program, per switch | | | {:.1} ns |",
+        "| switch program over the empty program, per switch | | | {:.1} ns | |",
         per_switch(&ours, &empty)
     );
     println!();
@@ -404,9 +452,9 @@ const WARMUP: Duration = Duration::from_secs(5);
 /// Names an agent binary to measure instead of building this tree's.
 const AGENT_ENV: &str = "NODEPULSE_BENCH_AGENT";
 
-/// Agent CPU and peak RSS while it tracks `pods` pods at 1 s: eBPF source,
-/// the same reading `memory.stat` at every interval (the baseline), and the
-/// cgroupfs source, measured in the same run.
+/// Agent CPU and peak RSS while it tracks `pods` pods at 1 s: each CPU
+/// source (the cgroup iterator, the switch program, the same reading
+/// `memory.stat` at every interval, cgroupfs), measured in the same run.
 #[allow(clippy::print_stdout)]
 pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()> {
     use testkit::{Burn, CgroupTree, Launcher};
@@ -452,9 +500,10 @@ pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()>
     // interval (what it did before the inactive-file reading was kept while
     // usage holds steady; also the cost for containers whose memory moves
     // every second).
-    let configs: [(&str, &str, &str); 3] = [
-        ("ebpf", "ebpf", "10s"),
-        ("ebpf, memory.stat every interval", "ebpf", "0"),
+    let configs: [(&str, &str, &str); 4] = [
+        ("cgroup iterator", "iterator", "10s"),
+        ("switch program", "switch", "10s"),
+        ("switch program, memory.stat every interval", "switch", "0"),
         ("cgroupfs", "cgroupfs", "10s"),
     ];
     let mut rows = Vec::new();
@@ -488,9 +537,15 @@ pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()>
             *rss as f64 / 1024.0
         );
     }
-    if let [(_, e, es, er), (_, b, bs, br), _] = rows.as_slice() {
+    if let [(_, i, is, ir), (_, e, es, er), (_, b, bs, br), _] = rows.as_slice() {
         println!(
-            "| ratio ebpf / ebpf with memory.stat every interval | {:.2} | {:.2} | {:.2} |",
+            "| ratio iterator / switch program | {:.2} | {:.2} | {:.2} |",
+            i / e,
+            is / es,
+            *ir as f64 / *er as f64
+        );
+        println!(
+            "| ratio switch program / the same with memory.stat every interval | {:.2} | {:.2} | {:.2} |",
             e / b,
             es / bs,
             *er as f64 / *br as f64

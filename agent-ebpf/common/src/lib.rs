@@ -21,6 +21,24 @@ pub const PROG_FLUSH: &str = "flush_cpu";
 /// kernel cannot test-run raw tracepoint programs on a chosen CPU.
 pub const PROG_TICK: &str = "tick";
 
+/// `iter.s/cgroup`: a sleepable cgroup iterator that flushes the kernel's
+/// per-cgroup CPU statistics once and records each cgroup's total in
+/// [`MAP_CGROUP_TOTALS`]. Nothing runs on the context-switch path.
+pub const PROG_CGROUP_ITER: &str = "cgroup_totals";
+/// The kernel's iterator target the program attaches to (`bpf_iter_<target>`
+/// is the BTF function it loads against).
+pub const ITER_TARGET_CGROUP: &str = "cgroup";
+/// The kernel function that flushes a cgroup subtree's CPU statistics (what
+/// reading `cpu.stat` calls), by kernel: Linux 6.16 on, then 6.1 to 6.15.
+/// Both take a pointer whose first member is the cgroup's own state, so one
+/// call site serves either.
+pub const KFUNC_RSTAT_FLUSH: [&str; 2] = ["css_rstat_flush", "cgroup_rstat_flush"];
+/// What the iterator calls where it means [`KFUNC_RSTAT_FLUSH`]: Rust cannot
+/// declare a kernel function for the linker, so the program calls this
+/// helper number and the loader rewrites each such call into a call of the
+/// kernel function's BTF id before loading. No helper has this number.
+pub const KFUNC_PLACEHOLDER: u32 = 0x6b66_0001;
+
 /// The tracepoint both switch programs attach to.
 pub const TRACEPOINT_SCHED_SWITCH: &str = "sched_switch";
 /// The kernel's BTF typedef for that tracepoint, whose type id a BTF
@@ -36,6 +54,12 @@ pub const MAP_CGROUP_CPU: &str = "CGROUP_CPU";
 /// loader creates it; userspace never reads it). One allocation per thread,
 /// charged to the agent's memory cgroup.
 pub const MAP_THREADS: &str = "THREADS";
+/// `HashMap<u64 cgroup v2 id, CgroupTotal>`: what the cgroup iterator
+/// recorded. The seq_file an iterator writes to returns at most one page
+/// per read and a cgroup walk cannot resume across reads, so the results go
+/// to a map; entries of cgroups the last walk did not see (gone) have an
+/// older `walk` and are deleted by the reader.
+pub const MAP_CGROUP_TOTALS: &str = "CGROUP_TOTALS";
 /// `PerCpuArray<u64>` indexed by [`Stat`].
 pub const MAP_STATS: &str = "STATS";
 
@@ -112,6 +136,57 @@ impl TaskOffsets {
 // SAFETY: `#[repr(C)]`, only `u64` fields: no padding, any bytes are a value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TaskOffsets {}
+
+/// Global: the [`CgroupOffsets`] the cgroup iterator reads with.
+pub const GLOBAL_CGROUP_OFFSETS: &str = "CGROUP_OFFSETS";
+
+/// The offsets (bytes) the cgroup iterator reads, from the kernel's BTF as
+/// [`TaskOffsets`] are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupOffsets {
+    /// `cgroup.kn` (`struct kernfs_node *`).
+    pub cgroup_kn: u64,
+    /// `kernfs_node.id` (the cgroup id).
+    pub kernfs_id: u64,
+    /// `cgroup.bstat.cputime.sum_exec_runtime`: the cgroup's CPU time in ns
+    /// once flushed, what `cpu.stat`'s `usage_usec` shows in µs.
+    pub cpu_time: u64,
+    /// `bpf_iter_meta.session_id`: one walk's number, increasing.
+    pub meta_session_id: u64,
+    /// `bpf_iter_meta.seq_num`: 0 at the walk's first cgroup.
+    pub meta_seq_num: u64,
+}
+
+impl CgroupOffsets {
+    /// What the object file carries until the loader sets the global: the
+    /// iterator records nothing with it.
+    pub const UNSET: Self = Self {
+        cgroup_kn: 0,
+        kernfs_id: 0,
+        cpu_time: 0,
+        meta_session_id: 0,
+        meta_seq_num: 0,
+    };
+}
+
+// SAFETY: `#[repr(C)]`, only `u64` fields: no padding, any bytes are a value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CgroupOffsets {}
+
+/// One cgroup's CPU time as the iterator recorded it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupTotal {
+    /// Cumulative ns since the cgroup was created.
+    pub cpu_ns: u64,
+    /// The walk that recorded it (`bpf_iter_meta.session_id`).
+    pub walk: u64,
+}
+
+// SAFETY: `#[repr(C)]`, only `u64` fields: no padding, any bytes are a value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CgroupTotal {}
 
 /// Global: CLOCK_MONOTONIC ns when the programs were loaded. A thread first seen
 /// that started after this is charged its whole run time; one that started before

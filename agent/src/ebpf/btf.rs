@@ -7,7 +7,9 @@
 //! struct/union members are searched through as the C compiler would.
 use std::{collections::HashMap, num::NonZeroU32, path::Path};
 
-use agent_common::{TYPEDEF_SCHED_SWITCH, TaskOffsets};
+use agent_common::{
+    CgroupOffsets, ITER_TARGET_CGROUP, KFUNC_RSTAT_FLUSH, TYPEDEF_SCHED_SWITCH, TaskOffsets,
+};
 
 /// Errors reading offsets from BTF.
 #[derive(Debug, thiserror::Error)]
@@ -24,17 +26,33 @@ pub enum Error {
     NoStruct(String),
     #[error("struct {strukt} has no member {member} in this kernel's BTF")]
     NoMember { strukt: String, member: String },
+    #[error("this kernel's BTF has no function {0}")]
+    NoFunction(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What the loader needs from the kernel's BTF.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Kernel {
-    pub offsets: TaskOffsets,
+    /// For the switch programs: their offsets, or why this kernel's BTF
+    /// lacks one.
+    pub offsets: Result<TaskOffsets>,
     /// Type id of the `btf_trace_sched_switch` typedef, what a BTF tracepoint
     /// on `sched_switch` attaches by (absent: no BTF tracepoints here).
     pub sched_switch_typedef: Option<NonZeroU32>,
+    /// For the cgroup iterator: what it needs, or why this kernel lacks it.
+    pub cgroup_iter: Result<CgroupIter>,
+}
+
+/// What the cgroup iterator needs from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupIter {
+    pub offsets: CgroupOffsets,
+    /// Id of the `bpf_iter_cgroup` function, what the iterator loads against.
+    pub target: NonZeroU32,
+    /// The statistics flush function (one of [`KFUNC_RSTAT_FLUSH`]) and its id.
+    pub flush: (&'static str, NonZeroU32),
 }
 
 impl Kernel {
@@ -46,10 +64,40 @@ impl Kernel {
         })?;
         let btf = Btf::parse(&data)?;
         Ok(Self {
-            offsets: task_offsets(&btf)?,
-            sched_switch_typedef: btf.typedef_id(TYPEDEF_SCHED_SWITCH),
+            offsets: task_offsets(&btf),
+            sched_switch_typedef: btf.named_id(Named::Typedef, TYPEDEF_SCHED_SWITCH),
+            cgroup_iter: cgroup_iter(&btf),
         })
     }
+}
+
+fn cgroup_iter(btf: &Btf<'_>) -> Result<CgroupIter> {
+    let target_name = format!("bpf_iter_{ITER_TARGET_CGROUP}");
+    let target = btf
+        .named_id(Named::Func, &target_name)
+        .ok_or(Error::NoFunction(
+            "bpf_iter_cgroup (cgroup iterators: Linux 6.1)",
+        ))?;
+    let flush = KFUNC_RSTAT_FLUSH
+        .into_iter()
+        .find_map(|name| Some((name, btf.named_id(Named::Func, name)?)))
+        .ok_or(Error::NoFunction(
+            "css_rstat_flush or cgroup_rstat_flush (kernel functions for BPF: Linux 6.1)",
+        ))?;
+    let bytes = |strukt, member| btf.member_offset(strukt, member).map(|m| m.bits / 8);
+    let bstat = bytes("cgroup", "bstat")?;
+    let cputime = bytes("cgroup_base_stat", "cputime")?;
+    Ok(CgroupIter {
+        offsets: CgroupOffsets {
+            cgroup_kn: bytes("cgroup", "kn")?,
+            kernfs_id: bytes("kernfs_node", "id")?,
+            cpu_time: bstat + cputime + bytes("task_cputime", "sum_exec_runtime")?,
+            meta_session_id: bytes("bpf_iter_meta", "session_id")?,
+            meta_seq_num: bytes("bpf_iter_meta", "seq_num")?,
+        },
+        target,
+        flush,
+    })
 }
 
 fn task_offsets(btf: &Btf<'_>) -> Result<TaskOffsets> {
@@ -67,14 +115,31 @@ fn task_offsets(btf: &Btf<'_>) -> Result<TaskOffsets> {
     })
 }
 
-/// A BTF blob holding one typedef named `name` with type id `id` (fillers
-/// before it), for aya's BTF tracepoint loader, which looks up nothing else:
-/// it finds the typedef by name and attaches by its id, which the kernel
-/// checks against its own BTF. Handing aya this instead of the kernel's
-/// whole BTF saves its full parse (~15 MiB of peak memory, ~20 ms here). It
-/// grows with `id` (12 bytes here and ~50 in aya per filler): ~0.6 MiB for
-/// this kernel's 10,306.
-pub fn typedef_only(name: &str, id: NonZeroU32) -> Vec<u8> {
+/// The kinds of named type looked up by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Named {
+    Typedef,
+    Func,
+}
+
+impl Named {
+    const fn kind(self) -> u32 {
+        match self {
+            Named::Typedef => KIND_TYPEDEF,
+            Named::Func => KIND_FUNC,
+        }
+    }
+}
+
+/// A BTF blob holding one typedef or function named `name` with type id
+/// `id` (fillers before it), for aya's BTF tracepoint and iterator loaders,
+/// which look up nothing else: they find the type by name and attach by its
+/// id, which the kernel checks against its own BTF. Handing aya this instead
+/// of the kernel's whole BTF saves its full parse (~15 MiB of peak memory,
+/// ~20 ms here). It grows with `id` (12 bytes here and ~50 in aya per
+/// filler): ~0.6 MiB for the sched_switch typedef's 10,306 on this kernel,
+/// ~3 MiB for `bpf_iter_cgroup`'s ~64,000, briefly.
+pub fn named_only(kind: Named, name: &str, id: NonZeroU32) -> Vec<u8> {
     const KIND_PTR: u32 = 2;
     let id = id.get();
     let mut types = Vec::with_capacity(12 * id as usize);
@@ -87,7 +152,7 @@ pub fn typedef_only(name: &str, id: NonZeroU32) -> Vec<u8> {
         // `void *`: no name, no trailing data.
         push(0, KIND_PTR << 24);
     }
-    push(1, KIND_TYPEDEF << 24);
+    push(1, kind.kind() << 24);
     let mut strings = vec![0u8];
     strings.extend_from_slice(name.as_bytes());
     strings.push(0);
@@ -117,6 +182,7 @@ const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -142,8 +208,8 @@ pub struct Btf<'a> {
     composites: HashMap<u32, Composite>,
     /// Type id → (kind, referenced type) for modifiers and typedefs, to see through them.
     refs: HashMap<u32, u32>,
-    /// Typedef type id → name offset.
-    typedefs: HashMap<u32, u32>,
+    /// Typedef and function type ids by kind → name offset.
+    named: HashMap<(u32, u32), u32>,
 }
 
 struct Cursor<'a> {
@@ -194,7 +260,7 @@ impl<'a> Btf<'a> {
 
         let mut composites = HashMap::new();
         let mut refs = HashMap::new();
-        let mut typedefs = HashMap::new();
+        let mut named = HashMap::new();
         let mut cur = Cursor {
             data: types,
             pos: 0,
@@ -238,10 +304,13 @@ impl<'a> Btf<'a> {
                 8..=11 | 18 => {
                     refs.insert(id, size_or_type);
                     if kind == KIND_TYPEDEF {
-                        typedefs.insert(id, name_off);
+                        named.insert((KIND_TYPEDEF, id), name_off);
                     }
                 }
-                2 | 7 | 12 | 16 => {}
+                KIND_FUNC => {
+                    named.insert((KIND_FUNC, id), name_off);
+                }
+                2 | 7 | 16 => {}
                 _ => return Err(Error::Malformed("unknown type kind")),
             }
         }
@@ -249,7 +318,7 @@ impl<'a> Btf<'a> {
             strings,
             composites,
             refs,
-            typedefs,
+            named,
         })
     }
 
@@ -259,13 +328,13 @@ impl<'a> Btf<'a> {
         &rest[..end]
     }
 
-    /// The type id of the typedef named `name` (the lowest, if several; ids
-    /// start at 1).
-    fn typedef_id(&self, name: &str) -> Option<NonZeroU32> {
-        self.typedefs
+    /// The type id of the typedef or function named `name` (the lowest, if
+    /// several; ids start at 1).
+    fn named_id(&self, kind: Named, name: &str) -> Option<NonZeroU32> {
+        self.named
             .iter()
-            .filter(|&(_, &off)| self.name(off) == name.as_bytes())
-            .filter_map(|(&id, _)| NonZeroU32::new(id))
+            .filter(|&(&(k, _), &off)| k == kind.kind() && self.name(off) == name.as_bytes())
+            .filter_map(|(&(_, id), _)| NonZeroU32::new(id))
             .min()
     }
 
@@ -384,18 +453,24 @@ mod tests {
         assert!(Btf::parse(&data).is_err());
     }
 
-    #[test]
-    fn reads_this_kernels_task_struct() {
+    /// This kernel's BTF, or `None` (said) on a kernel without.
+    fn kernel_btf() -> Option<&'static Path> {
         let path = Path::new("/sys/kernel/btf/vmlinux");
         if !path.exists() {
             eprintln!(
                 "skipped: {} not present (kernel without BTF)",
                 path.display()
             );
-            return;
+            return None;
         }
-        let kernel = Kernel::from_file(path).expect("task_struct offsets");
-        let offsets = kernel.offsets;
+        Some(path)
+    }
+
+    #[test]
+    fn reads_this_kernels_task_struct() {
+        let Some(path) = kernel_btf() else { return };
+        let kernel = Kernel::from_file(path).expect("BTF");
+        let offsets = kernel.offsets.expect("task_struct offsets");
         // None of these is a struct's first member; all are 8-byte fields
         // but the pid.
         for u64_field in [
@@ -418,9 +493,50 @@ mod tests {
         let whole = std::fs::read(path).expect("read BTF");
         assert_eq!(aya_typedef_id(&whole), id.get());
         assert_eq!(
-            aya_typedef_id(&typedef_only(TYPEDEF_SCHED_SWITCH, id)),
+            aya_typedef_id(&named_only(Named::Typedef, TYPEDEF_SCHED_SWITCH, id)),
             id.get()
         );
+    }
+
+    #[test]
+    fn reads_this_kernels_cgroup_iterator() {
+        let Some(path) = kernel_btf() else { return };
+        let kernel = Kernel::from_file(path).expect("BTF");
+        let Ok(iter) = kernel.cgroup_iter else {
+            // Linux before 6.1: the privileged tests show the fallback.
+            eprintln!("skipped: {:?}", kernel.cgroup_iter);
+            return;
+        };
+        let o = iter.offsets;
+        for field in [
+            o.cgroup_kn,
+            o.kernfs_id,
+            o.cpu_time,
+            o.meta_session_id,
+            o.meta_seq_num,
+        ] {
+            assert!(field > 0 && field.is_multiple_of(8), "{o:?}");
+        }
+        // aya finds the iterator's target in the stand-in at the same id as
+        // in the whole BTF.
+        let name = format!("bpf_iter_{ITER_TARGET_CGROUP}");
+        let func_id = |data: &[u8]| {
+            aya::Btf::parse(data, aya::Endianness::default())
+                .expect("aya parses it")
+                .id_by_type_name_kind(&name, aya_obj::btf::BtfKind::Func)
+                .expect("aya finds the function")
+        };
+        let whole = std::fs::read(path).expect("read BTF");
+        assert_eq!(func_id(&whole), iter.target.get());
+        assert_eq!(
+            func_id(&named_only(Named::Func, &name, iter.target)),
+            iter.target.get()
+        );
+        let flush = aya::Btf::parse(&whole, aya::Endianness::default())
+            .expect("aya parses it")
+            .id_by_type_name_kind(iter.flush.0, aya_obj::btf::BtfKind::Func)
+            .expect("the flush function");
+        assert_eq!(flush, iter.flush.1.get());
     }
 
     fn aya_typedef_id(data: &[u8]) -> u32 {
@@ -441,15 +557,18 @@ mod tests {
             ],
         );
         let btf = Btf::parse(&data).expect("parses");
-        assert_eq!(btf.typedef_id("t"), NonZeroU32::new(2));
-        assert_eq!(btf.typedef_id("int"), None);
-        for id in [1, 7] {
-            let id = NonZeroU32::new(id).expect("non-zero");
-            let stand_in = typedef_only("t", id);
-            assert_eq!(
-                Btf::parse(&stand_in).expect("parses").typedef_id("t"),
-                Some(id)
-            );
+        assert_eq!(btf.named_id(Named::Typedef, "t"), NonZeroU32::new(2));
+        assert_eq!(btf.named_id(Named::Typedef, "int"), None);
+        assert_eq!(btf.named_id(Named::Func, "t"), None);
+        for kind in [Named::Typedef, Named::Func] {
+            for id in [1, 7] {
+                let id = NonZeroU32::new(id).expect("non-zero");
+                let stand_in = named_only(kind, "t", id);
+                assert_eq!(
+                    Btf::parse(&stand_in).expect("parses").named_id(kind, "t"),
+                    Some(id)
+                );
+            }
         }
     }
 }

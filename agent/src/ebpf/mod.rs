@@ -7,6 +7,7 @@
 //! a raw tracepoint on a chosen CPU, a per-CPU software clock runs the same
 //! charge instead, at [`TICK_HZ`].
 pub mod btf;
+pub mod iter;
 
 use std::{
     collections::HashMap,
@@ -80,6 +81,14 @@ pub enum Error {
     Attach { btf: String, raw: Box<Error> },
     #[error("program {0} returned {1}: the loader did not set the kernel side's offsets")]
     Refused(&'static str, u32),
+    #[error("kernel function call: {0}")]
+    Kfunc(&'static str),
+    #[error("{call}: {source}")]
+    Syscall {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -135,15 +144,65 @@ pub enum SwitchHook {
 pub struct CpuAccounting {
     ebpf: Ebpf,
     cgroup_cpu: PerCpuHashMap<MapData, u64, u64>,
-    stats: PerCpuArray<MapData, u64>,
+    stats: Stats,
     cpus: Vec<u32>,
     flush: FlushMode,
     hook: SwitchHook,
     logger: Option<Logger>,
-    /// The kernel side's [`Stat`] counters when last checked, to warn when a
-    /// counter of lost charges grows.
+}
+
+/// The kernel side's [`Stat`] counters, with what they were when last
+/// checked, to warn when a counter of lost time grows.
+pub(crate) struct Stats {
+    map: PerCpuArray<MapData, u64>,
     seen: [u64; Stat::COUNT as usize],
-    losses_checked_at: Option<Instant>,
+    checked_at: Option<Instant>,
+}
+
+impl Stats {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            map: take(ebpf, MAP_STATS)?,
+            seen: [0; Stat::COUNT as usize],
+            checked_at: None,
+        })
+    }
+
+    /// One counter, summed over CPUs (0 if unreadable).
+    pub(crate) fn get(&self, stat: Stat) -> u64 {
+        self.map
+            .get(&(stat as u32), 0)
+            .map(|per_cpu| sum_over_cpus(&per_cpu))
+            .unwrap_or(0)
+    }
+
+    /// Warns when the kernel side counted time it lost (or doubted): at the
+    /// first check and then at most every [`LOSS_CHECK_PERIOD`], with the
+    /// counts since the last warning.
+    pub(crate) fn warn_on_losses(&mut self) {
+        let now = Instant::now();
+        if self
+            .checked_at
+            .is_some_and(|at| now.duration_since(at) < LOSS_CHECK_PERIOD)
+        {
+            return;
+        }
+        self.checked_at = Some(now);
+        for stat in Stat::ALL {
+            let Some(meaning) = loss(stat) else { continue };
+            let total = self.get(stat);
+            let seen = &mut self.seen[stat as usize];
+            if total > *seen {
+                warn!(
+                    counter = stat.name(),
+                    new = total - *seen,
+                    total,
+                    "eBPF CPU accounting: {meaning}"
+                );
+                *seen = total;
+            }
+        }
+    }
 }
 
 fn monotonic_ns() -> u64 {
@@ -164,7 +223,8 @@ impl CpuAccounting {
             return Err(Error::NotEmbedded);
         }
         let kernel = Kernel::from_file(&opts.btf_path)?;
-        debug!(?kernel, "offsets and attach id from BTF");
+        let offsets = kernel.offsets?;
+        debug!(?offsets, typedef = ?kernel.sched_switch_typedef, "offsets and attach id from BTF");
         let loaded_at = monotonic_ns();
         // A power of two (the program masks with it), 1 to all.
         let pending_slots =
@@ -174,7 +234,7 @@ impl CpuAccounting {
             // but does not wrap (userspace never touches it).
             .allow_unsupported_maps()
             .map_max_entries(MAP_CGROUP_CPU, opts.max_cgroups.max(1))
-            .override_global(GLOBAL_TASK_OFFSETS, &kernel.offsets, true)
+            .override_global(GLOBAL_TASK_OFFSETS, &offsets, true)
             .override_global(GLOBAL_LOADED_AT_NS, &loaded_at, true)
             .override_global(GLOBAL_PENDING_SLOTS_USED, &pending_slots, true)
             .load(OBJECT)?;
@@ -197,7 +257,7 @@ impl CpuAccounting {
         // object still holds.
         let flush = choose_flush(&mut ebpf, &cpus, opts.force_tick, &mut logger)?;
         let cgroup_cpu = take(&mut ebpf, MAP_CGROUP_CPU)?;
-        let stats = take(&mut ebpf, MAP_STATS)?;
+        let stats = Stats::take(&mut ebpf)?;
         info!(
             ?hook,
             ?flush,
@@ -212,8 +272,6 @@ impl CpuAccounting {
             flush,
             hook,
             logger,
-            seen: [0; Stat::COUNT as usize],
-            losses_checked_at: None,
         })
     }
 
@@ -243,36 +301,8 @@ impl CpuAccounting {
             })?;
             out.insert(cgroup, sum_over_cpus(&per_cpu));
         }
-        self.warn_on_losses();
+        self.stats.warn_on_losses();
         Ok(out)
-    }
-
-    /// Warns when the kernel side counted charges it lost (or doubted): at
-    /// the first read and then at most every [`LOSS_CHECK_PERIOD`], with the
-    /// counts since the last warning.
-    fn warn_on_losses(&mut self) {
-        let now = Instant::now();
-        if self
-            .losses_checked_at
-            .is_some_and(|at| now.duration_since(at) < LOSS_CHECK_PERIOD)
-        {
-            return;
-        }
-        self.losses_checked_at = Some(now);
-        for stat in Stat::ALL {
-            let Some(meaning) = loss(stat) else { continue };
-            let total = self.stat(stat);
-            let seen = &mut self.seen[stat as usize];
-            if total > *seen {
-                warn!(
-                    counter = stat.name(),
-                    new = total - *seen,
-                    total,
-                    "eBPF CPU accounting: {meaning}"
-                );
-                *seen = total;
-            }
-        }
     }
 
     /// Drops the counters of cgroups that no longer exist, after their last read.
@@ -286,10 +316,7 @@ impl CpuAccounting {
 
     /// One of the kernel programs' counters, summed over CPUs (0 if unreadable).
     pub fn stat(&self, stat: Stat) -> u64 {
-        self.stats
-            .get(&(stat as u32), 0)
-            .map(|per_cpu| sum_over_cpus(&per_cpu))
-            .unwrap_or(0)
+        self.stats.get(stat)
     }
 }
 
@@ -303,9 +330,9 @@ fn sum_over_cpus(per_cpu: &[u64]) -> u64 {
 fn loss(stat: Stat) -> Option<&'static str> {
     match stat {
         Stat::Flushes => None,
-        Stat::CgroupMapFull => Some(
-            "more cgroups ran than --max-cgroups holds; their CPU time was not counted (raise it)",
-        ),
+        Stat::CgroupMapFull => {
+            Some("more cgroups than --max-cgroups holds; their CPU time was not counted (raise it)")
+        }
         Stat::ReadErrors => Some("a task's cgroup could not be read; its CPU time was not counted"),
         Stat::Rebaselined => {
             Some("a thread's run-time counter went backwards; it was re-baselined")
@@ -492,7 +519,7 @@ fn attach_btf(ebpf: &mut Ebpf, typedef: Option<NonZeroU32>) -> Result<()> {
     // aya looks the typedef up by name for its id; a stand-in with just that
     // typedef at that id spares it parsing the kernel's whole BTF.
     let btf = aya::Btf::parse(
-        &btf::typedef_only(TYPEDEF_SCHED_SWITCH, id),
+        &btf::named_only(btf::Named::Typedef, TYPEDEF_SCHED_SWITCH, id),
         aya::Endianness::default(),
     )
     .map_err(|e| err(ProgramError::Btf(e)))?;

@@ -394,7 +394,7 @@ mod tests {
         );
         Snapshot {
             timestamp: at(ms),
-            source: CpuSource::Ebpf,
+            source: CpuSource::Switch,
             node: NodeSample {
                 cpu_ns: ms * 2_000_000,
                 memory: Memory {

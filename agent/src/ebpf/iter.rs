@@ -1,0 +1,367 @@
+//! CPU time per cgroup from the kernel's own accounting, read in one pass by
+//! a BPF cgroup iterator: the number `cpu.stat` shows (in ns), for every
+//! cgroup below a start cgroup, with nothing attached to the context-switch
+//! path.
+//!
+//! aya loads the iterator but cannot attach it to a cgroup (its link
+//! carries no iterator options, and the kernel refuses a cgroup iterator
+//! without a walk order), nor can a Rust program declare the kernel function
+//! that flushes the statistics. So two things are done here by hand, each the
+//! smallest sound way through:
+//! - the link, created with `BPF_LINK_CREATE` naming the start cgroup and
+//!   the pre-order walk, and each walk's descriptor with `BPF_ITER_CREATE`;
+//! - the kernel function call: the program calls a placeholder helper number
+//!   ([`KFUNC_PLACEHOLDER`]), which the loader rewrites, in a copy of the
+//!   object, into a kernel function call (`src_reg` 2) of the flush
+//!   function's BTF id before aya sees it.
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{
+    CgroupTotal, GLOBAL_CGROUP_OFFSETS, ITER_TARGET_CGROUP, KFUNC_PLACEHOLDER, MAP_CGROUP_CPU,
+    MAP_CGROUP_TOTALS, PROG_CGROUP_ITER,
+};
+use aya::{
+    EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::Iter,
+};
+use tracing::debug;
+
+use super::{
+    Error, OBJECT, Result, Stats,
+    btf::{self, CgroupIter, Kernel},
+    program, program_error, take,
+};
+
+/// The loaded iterator, linked to a start cgroup.
+pub struct CgroupTotals {
+    /// Holds the loaded program (the link refers to it).
+    ebpf: aya::Ebpf,
+    totals: BpfHashMap<MapData, u64, CgroupTotal>,
+    stats: Stats,
+    /// The link and the cgroup it walks from.
+    link: Option<(PathBuf, OwnedFd)>,
+    flush: &'static str,
+}
+
+impl CgroupTotals {
+    /// Loads the iterator. Needs CAP_BPF + CAP_PERFMON (or root), kernel BTF,
+    /// Linux 6.1 (cgroup iterators, kernel function calls) and a JIT.
+    pub fn load(btf_path: &Path, max_cgroups: u32) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(Error::NotEmbedded);
+        }
+        let kernel = Kernel::from_file(btf_path)?;
+        let iter: CgroupIter = kernel.cgroup_iter?;
+        debug!(?iter, "cgroup iterator's offsets and ids from BTF");
+        let object = with_kfunc(OBJECT, iter.flush.1.get())?;
+        let mut ebpf = EbpfLoader::new()
+            // The switch programs' task storage is created with the object
+            // (aya does not wrap it); it stays empty here.
+            .allow_unsupported_maps()
+            // Maps of the switch programs, unused here: as small as allowed.
+            .map_max_entries(MAP_CGROUP_CPU, 1)
+            .map_max_entries(MAP_CGROUP_TOTALS, max_cgroups.max(1))
+            .override_global(GLOBAL_CGROUP_OFFSETS, &iter.offsets, true)
+            .load(object.bytes())?;
+        let err = program_error(PROG_CGROUP_ITER);
+        // aya looks the target up by name for its id; a stand-in with just
+        // that function at that id spares it parsing the kernel's whole BTF.
+        let target = format!("bpf_iter_{ITER_TARGET_CGROUP}");
+        let stand_in = aya::Btf::parse(
+            &btf::named_only(btf::Named::Func, &target, iter.target),
+            aya::Endianness::default(),
+        )
+        .map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
+        let prog: &mut Iter = program(&mut ebpf, PROG_CGROUP_ITER)?;
+        prog.load(ITER_TARGET_CGROUP, &stand_in).map_err(&err)?;
+        let totals = take(&mut ebpf, MAP_CGROUP_TOTALS)?;
+        let stats = Stats::take(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            totals,
+            stats,
+            link: None,
+            flush: iter.flush.0,
+        })
+    }
+
+    /// The kernel function that flushes the statistics on this kernel.
+    pub fn flush_function(&self) -> &'static str {
+        self.flush
+    }
+
+    /// Cumulative CPU ns of `start` and every cgroup below it, by cgroup v2
+    /// id, as the kernel counts them now. `start` is a directory of the v2
+    /// hierarchy: not its root, whose own time the kernel keeps elsewhere.
+    pub fn read(&mut self, start: &Path) -> Result<HashMap<u64, u64>> {
+        if self.link.as_ref().is_none_or(|(at, _)| at != start) {
+            self.link = None;
+            let link = self.link_to(start)?;
+            self.link = Some((start.to_path_buf(), link));
+        }
+        let Some((_, link)) = &self.link else {
+            unreachable!("linked above");
+        };
+        walk(link)?;
+        let mut out = HashMap::with_capacity(256);
+        let mut latest = 0;
+        let mut older = Vec::new();
+        for entry in self.totals.iter() {
+            let (cgroup, total) = entry.map_err(|source| Error::Map {
+                name: MAP_CGROUP_TOTALS,
+                source,
+            })?;
+            match total.walk.cmp(&latest) {
+                std::cmp::Ordering::Greater => {
+                    // A newer walk: what was kept so far is older.
+                    older.extend(out.drain().map(|(c, _)| c));
+                    latest = total.walk;
+                    out.insert(cgroup, total.cpu_ns);
+                }
+                std::cmp::Ordering::Equal => {
+                    out.insert(cgroup, total.cpu_ns);
+                }
+                std::cmp::Ordering::Less => older.push(cgroup),
+            }
+        }
+        // Cgroups this walk did not see are gone (or outside the start now).
+        for cgroup in older {
+            if let Err(e) = self.totals.remove(&cgroup) {
+                debug!(cgroup, error = %e, "removing a gone cgroup's total");
+            }
+        }
+        self.stats.warn_on_losses();
+        Ok(out)
+    }
+
+    fn link_to(&self, start: &Path) -> Result<OwnedFd> {
+        let prog: &Iter = self
+            .ebpf
+            .program(PROG_CGROUP_ITER)
+            .ok_or(Error::MissingProgram(PROG_CGROUP_ITER))?
+            .try_into()
+            .map_err(program_error(PROG_CGROUP_ITER))?;
+        let prog_fd = prog.fd().map_err(program_error(PROG_CGROUP_ITER))?;
+        let dir = open_dir(start)?;
+        link_create(prog_fd.as_fd().as_raw_fd(), dir.as_raw_fd())
+    }
+}
+
+/// The object with every placeholder call rewritten into a call of kernel
+/// function `btf_id`, in 8-byte aligned memory (an ELF parser wants it).
+fn with_kfunc(object: &[u8], btf_id: u32) -> Result<Aligned> {
+    // `call KFUNC_PLACEHOLDER`: opcode, registers (none), offset 0, immediate.
+    let mut placeholder = [0x85, 0, 0, 0, 0, 0, 0, 0];
+    placeholder[4..].copy_from_slice(&KFUNC_PLACEHOLDER.to_le_bytes());
+    // The same call with `src_reg` = BPF_PSEUDO_KFUNC_CALL: the immediate is
+    // a function's id in the kernel's BTF (offset 0: vmlinux, not a module).
+    let mut kfunc = [0x85, 0x20, 0, 0, 0, 0, 0, 0];
+    kfunc[4..].copy_from_slice(&btf_id.to_le_bytes());
+    let mut aligned = Aligned::copy(object);
+    let bytes = aligned.bytes_mut();
+    let mut patched = 0;
+    // Instructions are 8-byte aligned within their section, and sections
+    // within the file.
+    for insn in bytes.as_chunks_mut::<8>().0 {
+        if *insn == placeholder {
+            *insn = kfunc;
+            patched += 1;
+        }
+    }
+    if patched == 0 {
+        return Err(Error::Kfunc(
+            "the eBPF object has no placeholder call to rewrite (built from other sources?)",
+        ));
+    }
+    Ok(aligned)
+}
+
+/// Bytes in 8-byte aligned storage.
+struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    fn copy(data: &[u8]) -> Self {
+        let mut words = vec![0u64; data.len().div_ceil(8)];
+        // SAFETY: `words` holds at least `data.len()` bytes; u64 has no
+        // invalid bit patterns.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), words.as_mut_ptr().cast(), data.len());
+        }
+        Self {
+            words,
+            len: data.len(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes of the live allocation, initialised by `copy`.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Syscall {
+        call: "open",
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: a NUL-terminated path; the returned descriptor is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::Syscall {
+            call: "open",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: a descriptor just opened, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_TRACE_ITER: u32 = 28;
+const BPF_CGROUP_ITER_DESCENDANTS_PRE: u32 = 2;
+
+/// `union bpf_attr` as `BPF_LINK_CREATE` reads it for an iterator.
+#[repr(C)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    iter_info: u64,
+    iter_info_len: u32,
+    _pad: u32,
+}
+
+/// `union bpf_iter_link_info`, its cgroup member.
+#[repr(C)]
+struct CgroupIterInfo {
+    order: u32,
+    cgroup_fd: u32,
+    cgroup_id: u64,
+}
+
+/// `union bpf_attr` as `BPF_ITER_CREATE` reads it.
+#[repr(C)]
+struct IterCreate {
+    link_fd: u32,
+    flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T, call: &'static str) -> Result<OwnedFd> {
+    // SAFETY: `attr` is a `#[repr(C)]` prefix of `union bpf_attr` for `cmd`
+    // (the kernel zero-fills the rest) and lives across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_ref(attr),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if fd < 0 {
+        return Err(Error::Syscall {
+            call,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: the kernel returned a new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Links the iterator program to a pre-order walk from the cgroup `dir_fd`.
+fn link_create(prog_fd: i32, dir_fd: i32) -> Result<OwnedFd> {
+    let info = CgroupIterInfo {
+        order: BPF_CGROUP_ITER_DESCENDANTS_PRE,
+        cgroup_fd: dir_fd as u32,
+        cgroup_id: 0,
+    };
+    let attr = LinkCreate {
+        prog_fd: prog_fd as u32,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        iter_info: std::ptr::from_ref(&info) as u64,
+        iter_info_len: std::mem::size_of::<CgroupIterInfo>() as u32,
+        _pad: 0,
+    };
+    bpf(BPF_LINK_CREATE, &attr, "bpf(BPF_LINK_CREATE)")
+}
+
+/// One walk: a new iterator from `link`, read to its end (the program
+/// writes into the map, not the file, so there is nothing to read).
+fn walk(link: &OwnedFd) -> Result<()> {
+    let attr = IterCreate {
+        link_fd: link.as_raw_fd() as u32,
+        flags: 0,
+    };
+    let iter = bpf(BPF_ITER_CREATE, &attr, "bpf(BPF_ITER_CREATE)")?;
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reads into a buffer we own, of its length.
+        let n = unsafe { libc::read(iter.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            0 => return Ok(()),
+            n if n > 0 => continue,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::Syscall {
+                    call: "read(cgroup iterator)",
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_every_placeholder_call_and_nothing_else() {
+        // Unaligned: not an instruction.
+        let mut data = vec![0u8; 5];
+        data.extend_from_slice(&[0x85, 0, 0, 0]);
+        data.extend_from_slice(&KFUNC_PLACEHOLDER.to_le_bytes());
+        let mut aligned_object = vec![0u8; 8];
+        aligned_object.extend_from_slice(&[0x85, 0, 0, 0]);
+        aligned_object.extend_from_slice(&KFUNC_PLACEHOLDER.to_le_bytes());
+        // A helper call (number 1) is left alone.
+        aligned_object.extend_from_slice(&[0x85, 0, 0, 0, 1, 0, 0, 0]);
+        aligned_object.extend_from_slice(&data);
+
+        let patched = with_kfunc(&aligned_object, 72_409).expect("one placeholder");
+        let bytes = patched.bytes();
+        assert_eq!(bytes.len(), aligned_object.len());
+        assert_eq!(&bytes[8..16], &[0x85, 0x20, 0, 0, 0xd9, 0x1a, 0x01, 0]);
+        assert_eq!(&bytes[16..24], &[0x85, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(&bytes[24..], &data[..]);
+        assert_eq!(bytes.as_ptr() as usize % 8, 0);
+
+        assert!(matches!(with_kfunc(&data, 1), Err(Error::Kfunc(_))));
+    }
+}
