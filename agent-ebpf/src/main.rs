@@ -37,10 +37,13 @@ use agent_common::{
     TaskOffsets,
 };
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST, bpf_map_type},
+    bindings::{
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST,
+        bpf_map_type,
+    },
     helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_storage_get},
     macros::{btf_map, btf_tracepoint, map, perf_event, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
 };
 use aya_log_ebpf::error;
@@ -390,12 +393,15 @@ pub fn tick(_ctx: PerfEventContext) -> u32 {
 }
 
 #[map(name = "CGROUP_TOTALS")]
-static CGROUP_TOTALS: HashMap<u64, CgroupTotal> =
-    HashMap::with_max_entries(CGROUP_CPU_MAX_ENTRIES, 0);
+static CGROUP_TOTALS: Array<CgroupTotal> =
+    Array::with_max_entries(CGROUP_CPU_MAX_ENTRIES, BPF_F_MMAPABLE);
+
+#[map(name = "CGROUP_WALK_LEN")]
+static CGROUP_WALK_LEN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The kernel's own CPU time of every cgroup in a subtree, walked in
 /// pre-order from the cgroup the loader attached to (the kernel holds the
-/// cgroup mutex for the walk). `cgroup.bstat` is exact once the subtree's
+/// cgroup mutex for the walk), into [`CGROUP_TOTALS`] by walk position. `cgroup.bstat` is exact once the subtree's
 /// per-CPU statistics are flushed into it, which the first cgroup's flush
 /// does for all (what reading its `cpu.stat` would do); then each cgroup is
 /// two loads. aya-ebpf has no iterator macro: this is what one would emit,
@@ -413,21 +419,34 @@ pub extern "C" fn cgroup_totals(ctx: *const u8) -> i32 {
         // reader reports.
         return 0;
     }
+    let Some(len) = CGROUP_WALK_LEN.get_ptr_mut(0) else {
+        return 0;
+    };
     if meta.read::<u64>(global(&CGROUP_OFFSETS.meta_seq_num)) == 0 {
         rstat_flush(cgroup);
+        // SAFETY: the walk's counter; one walk runs at a time (the agent's
+        // reads are sequential), and this program is its only writer.
+        unsafe { *len = 0 };
     }
     let Some(kn) = cgroup.follow(global(&CGROUP_OFFSETS.cgroup_kn)) else {
         bump(Stat::ReadErrors);
         return 0;
     };
-    let id = kn.read::<u64>(global(&CGROUP_OFFSETS.kernfs_id));
+    // SAFETY: as above.
+    let index = unsafe { *len };
+    let Some(slot) = CGROUP_TOTALS.get_ptr_mut(index) else {
+        bump(Stat::CgroupMapFull);
+        return 0;
+    };
+    // SAFETY: as above.
+    unsafe { *len = index + 1 };
     let total = CgroupTotal {
+        cgroup: kn.read::<u64>(global(&CGROUP_OFFSETS.kernfs_id)),
         cpu_ns: cgroup.read::<u64>(global(&CGROUP_OFFSETS.cpu_time)),
         walk: meta.read::<u64>(global(&CGROUP_OFFSETS.meta_session_id)),
     };
-    if CGROUP_TOTALS.insert(&id, &total, 0).is_err() {
-        bump(Stat::CgroupMapFull);
-    }
+    // SAFETY: an entry of the array; the reader reads after the walk.
+    unsafe { *slot = total };
     0
 }
 

@@ -16,6 +16,7 @@ use std::{
 };
 
 use agent::ebpf::iter::CgroupTotals;
+use agent_common::Stat;
 use testkit::{self as support, Burn, CgroupTree, Launcher};
 
 /// The tests measure load: one at a time.
@@ -136,4 +137,20 @@ fn every_cgroup_of_the_subtree_reads_what_cpu_stat_shows() {
         "a removed cgroup is still read"
     );
     assert_eq!(totals.len(), ids.len() - 1);
+
+    // Room for fewer cgroups than the subtree has: the first ones in walk
+    // order are read, the rest counted as lost, and reading goes on.
+    let mut small = CgroupTotals::load(Path::new("/sys/kernel/btf/vmlinux"), 2)
+        .expect("the cgroup iterator loads");
+    for _ in 0..2 {
+        let totals = small
+            .read(&start)
+            .expect("a full array is not a failed read");
+        assert_eq!(totals.len(), 2);
+        assert!(totals.contains_key(&id(&start)), "the start comes first");
+    }
+    assert_eq!(
+        small.stat(Stat::CgroupMapFull),
+        2 * (ids.len() as u64 - 1 - 2)
+    );
 }

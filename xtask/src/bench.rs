@@ -523,6 +523,7 @@ pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()>
         );
         rows.push((name, mcpu, steady, u.max_rss_kib));
     }
+    let reads = read_cost(&tree.v2_dir(&base))?;
     drop(holders);
     drop(tree);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -551,7 +552,61 @@ pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()>
             *er as f64 / *br as f64
         );
     }
+    println!();
+    println!("{reads}");
     Ok(())
+}
+
+/// Reading every cgroup's CPU time below `start` (the bench's pods), µs per
+/// cgroup: one iterator walk against opening, reading and closing each
+/// cgroup's `cpu.stat`, alternating, 200 times each.
+fn read_cost(start: &std::path::Path) -> Result<String> {
+    let mut dirs = vec![start.to_path_buf()];
+    let mut i = 0;
+    while let Some(dir) = dirs.get(i).cloned() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+        i += 1;
+    }
+    let mut iter = CgroupTotals::load(
+        std::path::Path::new("/sys/kernel/btf/vmlinux"),
+        agent_common::CGROUP_CPU_MAX_ENTRIES,
+    )
+    .context("loading the cgroup iterator")?;
+    let (mut walked, mut files) = (Duration::ZERO, Duration::ZERO);
+    const ROUNDS: u32 = 200;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let totals = iter.read(start)?;
+        walked += t.elapsed();
+        ensure!(
+            totals.len() == dirs.len(),
+            "the iterator read {} cgroups, the tree has {}",
+            totals.len(),
+            dirs.len()
+        );
+        let t = Instant::now();
+        for dir in &dirs {
+            std::hint::black_box(std::fs::read_to_string(dir.join("cpu.stat"))?);
+        }
+        files += t.elapsed();
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(ROUNDS) / dirs.len() as f64;
+    Ok(format!(
+        "| reading {} cgroups' CPU, {ROUNDS} reads each, alternating | µs per cgroup per read |\n\
+         |---|---|\n\
+         | cgroup iterator (a walk, then the mapped results read) | {:.2} |\n\
+         | `cpu.stat` files (open, read, close) | {:.2} |\n\
+         | ratio iterator / files | {:.3} |",
+        dirs.len(),
+        per(walked),
+        per(files),
+        per(walked) / per(files)
+    ))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {

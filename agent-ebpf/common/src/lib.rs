@@ -54,12 +54,17 @@ pub const MAP_CGROUP_CPU: &str = "CGROUP_CPU";
 /// loader creates it; userspace never reads it). One allocation per thread,
 /// charged to the agent's memory cgroup.
 pub const MAP_THREADS: &str = "THREADS";
-/// `HashMap<u64 cgroup v2 id, CgroupTotal>`: what the cgroup iterator
-/// recorded. The seq_file an iterator writes to returns at most one page
-/// per read and a cgroup walk cannot resume across reads, so the results go
-/// to a map; entries of cgroups the last walk did not see (gone) have an
-/// older `walk` and are deleted by the reader.
+/// `Array<CgroupTotal>`, memory-mapped by the reader: entry `i` is the
+/// `i`-th cgroup recorded by the iterator's last walk (the seq_file an iterator
+/// writes to returns at most one page per read, and a cgroup walk cannot
+/// resume across reads). The walk's entries are the prefix that carries its
+/// number; what follows is from older, longer walks. Read with no system
+/// call; as many entries as the agent's `--max-cgroups`.
 pub const MAP_CGROUP_TOTALS: &str = "CGROUP_TOTALS";
+/// `Array<u32>` of one: how many cgroups the current walk has recorded,
+/// the next entry's index. Kernel-side only. (The walk's own position
+/// cannot serve: it counts the dying cgroups the iterator skips too.)
+pub const MAP_CGROUP_WALK_LEN: &str = "CGROUP_WALK_LEN";
 /// `PerCpuArray<u64>` indexed by [`Stat`].
 pub const MAP_STATS: &str = "STATS";
 
@@ -178,6 +183,8 @@ unsafe impl aya::Pod for CgroupOffsets {}
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CgroupTotal {
+    /// The cgroup v2 id.
+    pub cgroup: u64,
     /// Cumulative ns since the cgroup was created.
     pub cpu_ns: u64,
     /// The walk that recorded it (`bpf_iter_meta.session_id`).

@@ -26,24 +26,20 @@ use agent_common::{
     CgroupTotal, GLOBAL_CGROUP_OFFSETS, ITER_TARGET_CGROUP, KFUNC_PLACEHOLDER, MAP_CGROUP_CPU,
     MAP_CGROUP_TOTALS, PROG_CGROUP_ITER,
 };
-use aya::{
-    EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData},
-    programs::Iter,
-};
+use aya::{EbpfLoader, maps::Map, programs::Iter};
 use tracing::debug;
 
 use super::{
     Error, OBJECT, Result, Stats,
     btf::{self, CgroupIter, Kernel},
-    program, program_error, take,
+    program, program_error,
 };
 
 /// The loaded iterator, linked to a start cgroup.
 pub struct CgroupTotals {
     /// Holds the loaded program (the link refers to it).
     ebpf: aya::Ebpf,
-    totals: BpfHashMap<MapData, u64, CgroupTotal>,
+    totals: Mapped,
     stats: Stats,
     /// The link and the cgroup it walks from.
     link: Option<(PathBuf, OwnedFd)>,
@@ -81,7 +77,10 @@ impl CgroupTotals {
         .map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
         let prog: &mut Iter = program(&mut ebpf, PROG_CGROUP_ITER)?;
         prog.load(ITER_TARGET_CGROUP, &stand_in).map_err(&err)?;
-        let totals = take(&mut ebpf, MAP_CGROUP_TOTALS)?;
+        let Some(Map::Array(totals)) = ebpf.take_map(MAP_CGROUP_TOTALS) else {
+            return Err(Error::MissingMap(MAP_CGROUP_TOTALS));
+        };
+        let totals = Mapped::new(totals.fd().as_fd().as_raw_fd(), max_cgroups.max(1))?;
         let stats = Stats::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
@@ -90,6 +89,11 @@ impl CgroupTotals {
             link: None,
             flush: iter.flush.0,
         })
+    }
+
+    /// One of the kernel side's counters, summed over CPUs.
+    pub fn stat(&self, stat: agent_common::Stat) -> u64 {
+        self.stats.get(stat)
     }
 
     /// The kernel function that flushes the statistics on this kernel.
@@ -110,33 +114,16 @@ impl CgroupTotals {
             unreachable!("linked above");
         };
         walk(link)?;
-        let mut out = HashMap::with_capacity(256);
-        let mut latest = 0;
-        let mut older = Vec::new();
-        for entry in self.totals.iter() {
-            let (cgroup, total) = entry.map_err(|source| Error::Map {
-                name: MAP_CGROUP_TOTALS,
-                source,
-            })?;
-            match total.walk.cmp(&latest) {
-                std::cmp::Ordering::Greater => {
-                    // A newer walk: what was kept so far is older.
-                    older.extend(out.drain().map(|(c, _)| c));
-                    latest = total.walk;
-                    out.insert(cgroup, total.cpu_ns);
-                }
-                std::cmp::Ordering::Equal => {
-                    out.insert(cgroup, total.cpu_ns);
-                }
-                std::cmp::Ordering::Less => older.push(cgroup),
-            }
-        }
-        // Cgroups this walk did not see are gone (or outside the start now).
-        for cgroup in older {
-            if let Err(e) = self.totals.remove(&cgroup) {
-                debug!(cgroup, error = %e, "removing a gone cgroup's total");
-            }
-        }
+        // The walk's entries are the prefix carrying the first one's walk
+        // number (the first is the start cgroup, always visited).
+        let mut entries = self.totals.entries();
+        let first = entries.next();
+        let walk = first.map(|t| t.walk);
+        let out = first
+            .into_iter()
+            .chain(entries.take_while(|t| Some(t.walk) == walk))
+            .map(|t| (t.cgroup, t.cpu_ns))
+            .collect();
         self.stats.warn_on_losses();
         Ok(out)
     }
@@ -181,6 +168,68 @@ fn with_kfunc(object: &[u8], btf_id: u32) -> Result<Aligned> {
         ));
     }
     Ok(aligned)
+}
+
+/// The iterator's results array, mapped into our memory: read with no
+/// system call. The mapping holds its own reference to the map.
+struct Mapped {
+    at: std::ptr::NonNull<CgroupTotal>,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory, owned by this value alone.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    fn new(map_fd: i32, entries: u32) -> Result<Self> {
+        let len = entries as usize;
+        let bytes = (len * std::mem::size_of::<CgroupTotal>()).next_multiple_of(page_size());
+        // SAFETY: maps an mmapable array map read-only, shared, whole;
+        // checked below.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map_fd,
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(Error::Syscall {
+                call: "mmap(cgroup totals)",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let at = std::ptr::NonNull::new(at.cast()).ok_or(Error::Syscall {
+            call: "mmap(cgroup totals)",
+            source: std::io::Error::other("null mapping"),
+        })?;
+        Ok(Self { at, len, bytes })
+    }
+
+    /// The entries in order, copied out one by one (the kernel writes them
+    /// during a walk only, which runs inside this thread's read).
+    fn entries(&self) -> impl Iterator<Item = CgroupTotal> + '_ {
+        (0..self.len)
+            // SAFETY: within the mapping; entries are `#[repr(C)]` u64s,
+            // any bytes a value; volatile as the kernel writes them.
+            .map(|i| unsafe { std::ptr::read_volatile(self.at.as_ptr().add(i)) })
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.at.as_ptr().cast(), self.bytes) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: no arguments; always succeeds on Linux.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 /// Bytes in 8-byte aligned storage.
