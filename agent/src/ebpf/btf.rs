@@ -201,6 +201,20 @@ struct Composite {
     members: Vec<Member>,
 }
 
+/// The string at `off` of a string section.
+fn name_at(strings: &[u8], off: u32) -> &[u8] {
+    let rest = strings.get(off as usize..).unwrap_or_default();
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The functions the loader looks up by name: the cgroup iterator's
+/// target and the statistics flush.
+fn looked_up(func: &[u8]) -> bool {
+    func.strip_prefix(b"bpf_iter_") == Some(ITER_TARGET_CGROUP.as_bytes())
+        || KFUNC_RSTAT_FLUSH.iter().any(|f| f.as_bytes() == func)
+}
+
 /// The parts of a BTF blob needed to find member offsets.
 pub struct Btf<'a> {
     strings: &'a [u8],
@@ -307,9 +321,12 @@ impl<'a> Btf<'a> {
                         named.insert((KIND_TYPEDEF, id), name_off);
                     }
                 }
-                KIND_FUNC => {
+                // Tens of thousands of functions: only those looked up are
+                // kept (the agent's peak memory is this parse).
+                KIND_FUNC if looked_up(name_at(strings, name_off)) => {
                     named.insert((KIND_FUNC, id), name_off);
                 }
+                KIND_FUNC => {}
                 2 | 7 | 16 => {}
                 _ => return Err(Error::Malformed("unknown type kind")),
             }
@@ -323,9 +340,7 @@ impl<'a> Btf<'a> {
     }
 
     fn name(&self, off: u32) -> &[u8] {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        &rest[..end]
+        name_at(self.strings, off)
     }
 
     /// The type id of the typedef or function named `name` (the lowest, if
@@ -547,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_typedefs_by_name() {
+    fn finds_typedefs_and_functions_by_name() {
         // strings: 1 "int", 5 "t"
         let data = blob(
             &["int", "t"],
@@ -560,15 +575,23 @@ mod tests {
         assert_eq!(btf.named_id(Named::Typedef, "t"), NonZeroU32::new(2));
         assert_eq!(btf.named_id(Named::Typedef, "int"), None);
         assert_eq!(btf.named_id(Named::Func, "t"), None);
-        for kind in [Named::Typedef, Named::Func] {
+        for (kind, name) in [(Named::Typedef, "t"), (Named::Func, "css_rstat_flush")] {
             for id in [1, 7] {
                 let id = NonZeroU32::new(id).expect("non-zero");
-                let stand_in = named_only(kind, "t", id);
+                let stand_in = named_only(kind, name, id);
                 assert_eq!(
-                    Btf::parse(&stand_in).expect("parses").named_id(kind, "t"),
+                    Btf::parse(&stand_in).expect("parses").named_id(kind, name),
                     Some(id)
                 );
             }
         }
+        // Functions nobody looks up are not kept.
+        let other = named_only(Named::Func, "vfs_read", NonZeroU32::MIN);
+        assert_eq!(
+            Btf::parse(&other)
+                .expect("parses")
+                .named_id(Named::Func, "vfs_read"),
+            None
+        );
     }
 }
