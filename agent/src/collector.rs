@@ -38,6 +38,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Failed reads of the cgroup iterator in a row after which it is given up
+/// for cgroupfs.
+const ITERATOR_FAILURES: u32 = 3;
+
 /// Where CPU time comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CpuSourceChoice {
@@ -261,6 +265,8 @@ pub struct Collector {
     files: CounterFiles,
     /// The cgroup iterator, when it is the source.
     iterator: Option<CgroupTotals>,
+    /// Its failed reads in a row.
+    iterator_failures: u32,
     /// The switch program, when it is the source.
     ebpf: Option<CpuAccounting>,
     /// Why each source before the active one was passed over.
@@ -292,6 +298,7 @@ impl Collector {
             hierarchy,
             opts,
             iterator: None,
+            iterator_failures: 0,
             ebpf: None,
             passed_over: Vec::new(),
             fallback_reason: None,
@@ -512,9 +519,21 @@ impl Collector {
         let start = v2.join(start.trim_start_matches('/'));
         let iterator = self.iterator.as_mut()?;
         match iterator.read(&start) {
-            Ok(totals) => Some(totals),
+            Ok(totals) => {
+                self.iterator_failures = 0;
+                Some(totals)
+            }
+            // A pods root going away mid-read, say: the files serve this
+            // collection; only a failure that persists ends the iterator.
+            Err(e) if self.iterator_failures + 1 < ITERATOR_FAILURES => {
+                self.iterator_failures += 1;
+                warn!(error = %e, "reading the cgroup iterator failed: CPU from cgroupfs this time");
+                None
+            }
             Err(e) => {
-                self.fall_back(format!("reading the cgroup iterator failed: {e}"));
+                self.fall_back(format!(
+                    "reading the cgroup iterator failed {ITERATOR_FAILURES} times in a row: {e}"
+                ));
                 None
             }
         }
@@ -564,14 +583,13 @@ impl Collector {
             };
             let cpu = if ebpf {
                 Ok(self.charged_containers.get(id).copied().unwrap_or(0))
-            } else if let Some(totals) = &totals {
-                totals.get(&cg.id).copied().ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "not in the cgroup iterator's walk (removed)",
-                    )
-                })
+            } else if let Some(&cpu) = totals.as_ref().and_then(|t| t.get(&cg.id)) {
+                Ok(cpu)
             } else {
+                // cgroupfs, or a cgroup the iterator's walk left out: beyond
+                // its results' capacity (counted and warned of), or removed
+                // since the scan (then this fails too). The file holds the
+                // same counter, in µs.
                 self.files
                     .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path)
             };
@@ -621,9 +639,16 @@ impl Collector {
 
         // The walk's first cgroup is the node's own.
         let node_id = scan.cgroups.first().map_or(0, |c| c.id);
+        // On a whole host the walk starts below the root (or at it, whose
+        // own figure the kernel does not keep there): the node's CPU is
+        // the host's, from the files.
         let node_cpu = if ebpf {
             self.charged_node
-        } else if let Some(&cpu) = totals.as_ref().and_then(|t| t.get(&node_id)) {
+        } else if let Some(&cpu) = totals
+            .as_ref()
+            .filter(|_| !self.whole_host())
+            .and_then(|t| t.get(&node_id))
+        {
             cpu
         } else {
             self.files

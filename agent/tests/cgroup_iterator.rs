@@ -154,3 +154,43 @@ fn every_cgroup_of_the_subtree_reads_what_cpu_stat_shows() {
         2 * (ids.len() as u64 - 1 - 2)
     );
 }
+
+/// The cgroup the iterator walks from is removed: reading says so instead
+/// of serving the last walk again, and a cgroup made at the same path is
+/// walked from then on.
+#[test]
+fn a_removed_start_cgroup_is_an_error_and_a_new_one_is_followed() {
+    let Some(h) = support::privileged("cgroup_iterator_start") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tree = CgroupTree::new(&h, "iter-start");
+    let start_rel = format!("{}/kubepods", tree.base);
+    let child_rel = format!("{start_rel}/besteffort");
+    tree.mkdir(&child_rel);
+    let start = tree.v2_dir(&start_rel);
+    let mut iter = CgroupTotals::load(Path::new("/sys/kernel/btf/vmlinux"), 64)
+        .expect("the cgroup iterator loads");
+    let first = iter.read(&start).expect("read");
+    assert!(
+        first.contains_key(&id(&start)) && first.len() == 2,
+        "{first:?}"
+    );
+
+    tree.rmdir(&child_rel);
+    tree.rmdir(&start_rel);
+    // The last walk's results are not served again: the dead cgroup walks
+    // nothing, and its path names nothing to link to.
+    let gone = iter.read(&start).expect_err("the start cgroup is gone");
+    assert!(gone.to_string().contains("No such file"), "{gone}");
+
+    tree.mkdir(&start_rel);
+    let again = iter
+        .read(&start)
+        .expect("read after the start was made again");
+    assert_eq!(again.keys().copied().collect::<Vec<_>>(), vec![id(&start)]);
+    assert!(
+        !first.contains_key(&id(&start)),
+        "a new cgroup has a new id"
+    );
+}

@@ -734,3 +734,37 @@ fn without_the_cgroup_iterator_the_switch_program_is_the_source() {
         .expect("--cpu-source=iterator without the iterator");
     assert!(refused.to_string().contains("iterator"), "{refused}");
 }
+
+/// More cgroups than the iterator's results hold: the ones it leaves out
+/// are read from their files, so every container is still served.
+#[test]
+fn containers_beyond_the_iterators_capacity_are_read_from_their_files() {
+    let Some(h) = support::privileged("iterator_capacity") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tree = CgroupTree::new(&h, "cap");
+    let base = tree.base.clone();
+    let ids: Vec<String> = (51..54).map(support::container_id).collect();
+    for (n, cid) in (51..54).zip(&ids) {
+        tree.mkdir(&support::systemd_container(
+            &base,
+            "burstable",
+            &support::uid(n),
+            cid,
+        ));
+    }
+    let mut c = Collector::new(Options {
+        cpu_source: CpuSourceChoice::Iterator,
+        node_cgroup: base.clone(),
+        // The node, the pods root and the QoS slice fill it.
+        max_cgroups: 3,
+        ..Options::default()
+    })
+    .expect("collector");
+    let s = c.collect().expect("collect");
+    assert_eq!(s.source, CpuSource::Iterator);
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(container_ids(&s), want, "errors: {:?}", s.errors);
+}

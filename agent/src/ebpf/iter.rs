@@ -43,6 +43,8 @@ pub struct CgroupTotals {
     stats: Stats,
     /// The link and the cgroup it walks from.
     link: Option<(PathBuf, OwnedFd)>,
+    /// The number of the last walk that recorded anything.
+    last_walk: u64,
     flush: &'static str,
 }
 
@@ -87,6 +89,7 @@ impl CgroupTotals {
             totals,
             stats,
             link: None,
+            last_walk: 0,
             flush: iter.flush.0,
         })
     }
@@ -103,29 +106,55 @@ impl CgroupTotals {
 
     /// Cumulative CPU ns of `start` and every cgroup below it, by cgroup v2
     /// id, as the kernel counts them now. `start` is a directory of the v2
-    /// hierarchy: not its root, whose own time the kernel keeps elsewhere.
+    /// hierarchy. Its own figure is meaningless for the hierarchy's root,
+    /// whose time the kernel keeps elsewhere; those below it are exact.
     pub fn read(&mut self, start: &Path) -> Result<HashMap<u64, u64>> {
         if self.link.as_ref().is_none_or(|(at, _)| at != start) {
-            self.link = None;
-            let link = self.link_to(start)?;
-            self.link = Some((start.to_path_buf(), link));
+            self.relink(start)?;
         }
+        if let Some(out) = self.walk_once()? {
+            return Ok(out);
+        }
+        // Nothing recorded: the linked cgroup died (the kernel skips a dead
+        // cgroup, the start included). The path may name a new one.
+        self.relink(start)?;
+        self.walk_once()?.ok_or_else(|| Error::Syscall {
+            call: "cgroup iterator",
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is gone: its walk records nothing", start.display()),
+            ),
+        })
+    }
+
+    fn relink(&mut self, start: &Path) -> Result<()> {
+        self.link = None;
+        let link = self.link_to(start)?;
+        self.link = Some((start.to_path_buf(), link));
+        Ok(())
+    }
+
+    /// One walk and its results; `None` when it recorded nothing.
+    fn walk_once(&mut self) -> Result<Option<HashMap<u64, u64>>> {
         let Some((_, link)) = &self.link else {
-            unreachable!("linked above");
+            return Ok(None);
         };
         walk(link)?;
-        // The walk's entries are the prefix carrying the first one's walk
-        // number (the first is the start cgroup, always visited).
-        let mut entries = self.totals.entries();
-        let first = entries.next();
-        let walk = first.map(|t| t.walk);
-        let out = first
-            .into_iter()
-            .chain(entries.take_while(|t| Some(t.walk) == walk))
-            .map(|t| (t.cgroup, t.cpu_ns))
-            .collect();
         self.stats.warn_on_losses();
-        Ok(out)
+        // The walk's entries are the prefix carrying the first one's walk
+        // number. Walk numbers only grow: a first entry with the last read's
+        // number (or none yet) means this walk recorded nothing.
+        let mut entries = self.totals.entries();
+        let Some(first) = entries.next().filter(|t| t.walk > self.last_walk) else {
+            return Ok(None);
+        };
+        self.last_walk = first.walk;
+        Ok(Some(
+            std::iter::once(first)
+                .chain(entries.take_while(|t| t.walk == first.walk))
+                .map(|t| (t.cgroup, t.cpu_ns))
+                .collect(),
+        ))
     }
 
     fn link_to(&self, start: &Path) -> Result<OwnedFd> {
