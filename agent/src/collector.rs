@@ -651,8 +651,16 @@ impl Collector {
         {
             cpu
         } else {
+            // The whole host's CPU: the v2 root's `cpu.stat` is the
+            // scheduler tick's sampling, the v1 cpuacct root's counter is
+            // exact: that, where the host has one.
+            let node_tree = if self.whole_host() && self.hierarchy.v1_cpuacct.is_some() {
+                Tree::V1
+            } else {
+                tree
+            };
             self.files
-                .cpu_usage_ns(&self.hierarchy, tree, node_id, &self.opts.node_cgroup)
+                .cpu_usage_ns(&self.hierarchy, node_tree, node_id, &self.opts.node_cgroup)
                 .unwrap_or_else(|e| {
                     errors.push(format!("node cpu: {e}"));
                     0
