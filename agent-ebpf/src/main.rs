@@ -33,15 +33,18 @@
 #![no_main]
 
 use agent_common::{
-    CGROUP_CPU_MAX_ENTRIES, CgroupOffsets, CgroupTotal, KFUNC_PLACEHOLDER, PENDING_SLOTS, Stat,
-    TaskOffsets,
+    CGROUP_CPU_MAX_ENTRIES, CgroupOffsets, CgroupTotal, KFUNC_PLACEHOLDER, MEMORY_READ,
+    PENDING_SLOTS, Stat, TaskOffsets,
 };
 use aya_ebpf::{
     bindings::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST,
         bpf_map_type,
     },
-    helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_storage_get},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_storage_get},
+    },
     macros::{btf_map, btf_tracepoint, map, perf_event, raw_tracepoint},
     maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
@@ -399,7 +402,8 @@ static CGROUP_TOTALS: Array<CgroupTotal> =
 #[map(name = "CGROUP_WALK_LEN")]
 static CGROUP_WALK_LEN: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The kernel's own CPU time of every cgroup in a subtree, walked in
+/// The kernel's own CPU time (and memory usage, see [`read_memory`]) of every
+/// cgroup in a subtree, walked in
 /// pre-order from the cgroup the loader attached to (the kernel holds the
 /// cgroup mutex for the walk), into [`CGROUP_TOTALS`] by walk position. `cgroup.bstat` is exact once the subtree's
 /// per-CPU statistics are flushed into it, which the first cgroup's flush
@@ -440,14 +444,47 @@ pub extern "C" fn cgroup_totals(ctx: *const u8) -> i32 {
     };
     // SAFETY: as above.
     unsafe { *len = index + 1 };
-    let total = CgroupTotal {
+    let mut total = CgroupTotal {
         cgroup: kn.read::<u64>(global(&CGROUP_OFFSETS.kernfs_id)),
         cpu_ns: cgroup.read::<u64>(global(&CGROUP_OFFSETS.cpu_time)),
         walk: meta.read::<u64>(global(&CGROUP_OFFSETS.meta_session_id)),
+        flags: 0,
+        memory_pages: 0,
     };
+    read_memory(cgroup, &mut total);
     // SAFETY: an entry of the array; the reader reads after the walk.
     unsafe { *slot = total };
     0
+}
+
+/// The cgroup's memory usage, where the loader asked for it and the memory
+/// controller is on the hierarchy walked: its page counter, the figure
+/// `memory.current` shows, always current (no statistics flush behind it).
+/// The controller's state is reached through a pointer the verifier no
+/// longer trusts here (an RCU pointer in a sleepable program) and read as a
+/// `struct mem_cgroup` beyond the `cgroup_subsys_state` it is typed as: so
+/// with `bpf_probe_read_kernel`, which cannot fault. The kernel holds the
+/// cgroup mutex for the walk, so the state lives.
+#[inline(always)]
+fn read_memory(cgroup: Typed, total: &mut CgroupTotal) {
+    let css_at = global(&CGROUP_OFFSETS.memory_css);
+    if css_at == 0 {
+        return;
+    }
+    let memcg = cgroup.read::<u64>(css_at);
+    if memcg == 0 {
+        // The controller is not enabled for this cgroup.
+        return;
+    }
+    let usage = (memcg + global(&CGROUP_OFFSETS.memcg_usage)) as *const u64;
+    // SAFETY: a probe read, which fails instead of faulting.
+    match unsafe { bpf_probe_read_kernel(usage) } {
+        Ok(pages) => {
+            total.flags = MEMORY_READ;
+            total.memory_pages = pages;
+        }
+        Err(_) => bump(Stat::ReadErrors),
+    }
 }
 
 /// Flushes `cgroup`'s subtree's CPU statistics: a call of the kernel

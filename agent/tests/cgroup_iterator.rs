@@ -86,7 +86,10 @@ fn every_cgroup_of_the_subtree_reads_what_cpu_stat_shows() {
     let mut iter = CgroupTotals::load(Path::new("/sys/kernel/btf/vmlinux"), 4096)
         .expect("the cgroup iterator loads on this kernel");
     let start = tree.v2_dir(&base);
-    let read = |iter: &mut CgroupTotals| -> HashMap<u64, u64> { iter.read(&start).expect("read") };
+    let read = |iter: &mut CgroupTotals| -> HashMap<u64, u64> {
+        let readings = iter.read(&start).expect("read");
+        readings.into_iter().map(|(id, r)| (id, r.cpu_ns)).collect()
+    };
 
     // Running: each value lies between cpu.stat read just before and just
     // after (µs, as cpu.stat shows it).

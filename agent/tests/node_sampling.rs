@@ -11,7 +11,7 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use agent::cgroup::Hierarchy;
+use agent::cgroup::{Hierarchy, Tree, files::STAT_USAGE_SLACK};
 use agent::{
     collector::{Collector, CpuSource, CpuSourceChoice, Options, Snapshot},
     ebpf::SwitchHook,
@@ -319,13 +319,32 @@ fn lone_busy_loop_is_charged_by_the_tick_fallback() {
 
 #[test]
 fn working_set_excludes_page_cache() {
+    working_set_excludes_page_cache_with(CpuSourceChoice::Cgroupfs);
+}
+
+/// The iterator reads memory usage from the controller's own counter: what
+/// the usage file shows, exactly, once the holder stands still.
+#[test]
+fn working_set_is_read_by_the_cgroup_iterator_as_the_files_show_it() {
+    working_set_excludes_page_cache_with(CpuSourceChoice::Iterator);
+}
+
+fn working_set_excludes_page_cache_with(source: CpuSourceChoice) {
     let Some(h) = support::privileged("working_set") else {
         return;
     };
     let mut tree = CgroupTree::new(&h, "mem");
-    let (pod, cid) = (support::uid(5), support::container_id(5));
+    // Its own pod per test: the collector sees the whole host.
+    let n = if source == CpuSourceChoice::Iterator {
+        15
+    } else {
+        5
+    };
+    let (pod, cid) = (support::uid(n), support::container_id(n));
     let path = support::cgroupfs_container(&tree.base.clone(), "burstable", &pod, &cid);
-    let cache_file = std::env::temp_dir().join(format!("nodepulse-cache-{}", std::process::id()));
+    // Its own file per test: page cache is charged to the first toucher.
+    let cache_file =
+        std::env::temp_dir().join(format!("nodepulse-cache-{}-{source:?}", std::process::id()));
     const MIB: u64 = 1 << 20;
     let (held, cache) = (200u64, 100u64);
     let burner = Launcher::test_binary("burner_entry");
@@ -338,9 +357,14 @@ fn working_set_excludes_page_cache() {
         },
         &burner,
     );
-    let mut c = collector(CpuSourceChoice::Cgroupfs, false);
+    let mut c = collector(source, false);
     let s = c.collect().expect("collect");
     let _ = std::fs::remove_file(&cache_file);
+    let want_memory = match source {
+        CpuSourceChoice::Iterator => "iterator",
+        _ => "cgroupfs",
+    };
+    assert_eq!(c.memory_source(), want_memory);
     let m = s.pods[&pod].containers[0].memory;
     let ws = m.working_set as f64 / MIB as f64;
     assert!(
@@ -355,6 +379,22 @@ fn working_set_excludes_page_cache() {
         m.working_set
     );
     assert_eq!(s.pods[&pod].working_set(), m.working_set);
+
+    // Frozen: the usage is the files' (the same counter), read right
+    // after; the inactive file pages are `memory.stat`'s on its schedule,
+    // which the kernel's LRU batches still move by a page or so.
+    tree.freeze(&path, true);
+    let s = c.collect().expect("collect");
+    assert_eq!(c.memory_source(), want_memory);
+    let files = h.memory(Tree::V2, &path).expect("memory files");
+    let ours = s.pods[&pod].containers[0].memory;
+    assert_eq!(ours.usage, files.usage, "frozen: {ours:?} vs {files:?}");
+    assert_eq!(ours.swap, files.swap, "frozen: {ours:?} vs {files:?}");
+    assert!(
+        ours.working_set.abs_diff(files.working_set) <= STAT_USAGE_SLACK,
+        "frozen: {ours:?} vs {files:?}"
+    );
+    tree.freeze(&path, false);
 }
 
 fn container_ids(s: &Snapshot) -> Vec<String> {

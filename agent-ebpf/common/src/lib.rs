@@ -161,6 +161,13 @@ pub struct CgroupOffsets {
     pub meta_session_id: u64,
     /// `bpf_iter_meta.seq_num`: 0 at the walk's first cgroup.
     pub meta_seq_num: u64,
+    /// `cgroup.subsys[memory_cgrp_id]`: the memory controller's state of
+    /// the cgroup, a `struct mem_cgroup` (whose `css` comes first); 0: the
+    /// iterator records no memory.
+    pub memory_css: u64,
+    /// `mem_cgroup.memory.usage`: pages charged, what `memory.current`
+    /// (`memory.usage_in_bytes` in v1) shows in bytes.
+    pub memcg_usage: u64,
 }
 
 impl CgroupOffsets {
@@ -172,6 +179,8 @@ impl CgroupOffsets {
         cpu_time: 0,
         meta_session_id: 0,
         meta_seq_num: 0,
+        memory_css: 0,
+        memcg_usage: 0,
     };
 }
 
@@ -179,17 +188,24 @@ impl CgroupOffsets {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CgroupOffsets {}
 
-/// One cgroup's CPU time as the iterator recorded it.
+/// One cgroup's figures as the iterator recorded them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CgroupTotal {
-    /// The cgroup v2 id.
+    /// The cgroup's id in the hierarchy walked (its directory's inode number).
     pub cgroup: u64,
-    /// Cumulative ns since the cgroup was created.
+    /// Cumulative ns since the cgroup was created (v2 hierarchy only).
     pub cpu_ns: u64,
     /// The walk that recorded it (`bpf_iter_meta.session_id`).
     pub walk: u64,
+    /// [`MEMORY_READ`] when `memory_pages` was read.
+    pub flags: u64,
+    /// Pages charged (see [`CgroupOffsets::memcg_usage`]).
+    pub memory_pages: u64,
 }
+
+/// [`CgroupTotal::flags`]: the cgroup's memory usage was read.
+pub const MEMORY_READ: u64 = 1;
 
 // SAFETY: `#[repr(C)]`, only `u64` fields: no padding, any bytes are a value.
 #[cfg(feature = "user")]

@@ -130,7 +130,7 @@ impl Read for Reader<'_> {
 /// Reads the whole file from offset 0 into the start of `buf` and returns its
 /// length. cgroupfs (seq_file) files regenerate their text on a read at offset
 /// 0. `buf` only grows (zero-filled once), so reads do not clear it.
-fn read_from_start(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
+pub(crate) fn read_from_start(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut len = 0;
     loop {
         if buf.len() - len < 1024 {
@@ -190,7 +190,21 @@ impl CounterFiles {
 
     /// [`Hierarchy::memory`] of cgroup `id` at `rel`, through kept-open files.
     pub fn memory(&mut self, h: &Hierarchy, tree: Tree, id: u64, rel: &str) -> io::Result<Memory> {
-        self.with(id, rel, |r| h.memory_with(r, tree, rel))
+        self.with(id, rel, |r| h.memory_with(r, tree, rel, None))
+    }
+
+    /// As [`CounterFiles::memory`], with the usage (bytes) read elsewhere
+    /// from the same counter: only the slow figures come from the files,
+    /// on their schedule.
+    pub fn memory_with_usage(
+        &mut self,
+        h: &Hierarchy,
+        tree: Tree,
+        id: u64,
+        rel: &str,
+        usage: u64,
+    ) -> io::Result<Memory> {
+        self.with(id, rel, |r| h.memory_with(r, tree, rel, Some(usage)))
     }
 
     /// [`Hierarchy::cpu_usage_ns`] of cgroup `id` at `rel`, through kept-open files.

@@ -26,7 +26,7 @@ pub struct Memory {
 impl Memory {
     /// Working set as the kubelet computes it: usage minus inactive file
     /// pages, floored at zero.
-    fn from_usage(usage: u64, inactive_file: u64, swap: Option<u64>) -> Self {
+    pub(crate) fn from_usage(usage: u64, inactive_file: u64, swap: Option<u64>) -> Self {
         Self {
             usage,
             working_set: usage.saturating_sub(inactive_file),
@@ -100,7 +100,7 @@ fn keyed(r: &mut impl Read, dir: &Path, name: &'static str, key: &str) -> io::Re
 
 /// Finds the line `key value` by searching for the key (memory.stat has ~40
 /// lines; splitting each costs more than one substring search).
-fn keyed_value(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn keyed_value(text: &str, key: &str) -> Option<u64> {
     text.match_indices(key).find_map(|(at, _)| {
         let line_start = at == 0 || text.as_bytes()[at - 1] == b'\n';
         let rest = text[at + key.len()..].strip_prefix(' ')?;
@@ -139,23 +139,27 @@ impl Hierarchy {
     /// v2 tree, else from the v1 memory controller at the same relative path
     /// (hybrid hosts keep memory on v1).
     pub fn memory(&self, tree: Tree, rel: &str) -> io::Result<Memory> {
-        self.memory_with(&mut OneShot::default(), tree, rel)
+        self.memory_with(&mut OneShot::default(), tree, rel, None)
     }
 
+    /// `usage`: the cgroup's usage in bytes where the caller has it from
+    /// the memory controller's own counter (the file's figure); read from
+    /// the file otherwise.
     pub(super) fn memory_with(
         &self,
         r: &mut impl Read,
         tree: Tree,
         rel: &str,
+        usage: Option<u64>,
     ) -> io::Result<Memory> {
         if tree == Tree::V2
             && self.v2_memory
             && let Some(dir) = self.dir(Tree::V2, rel)
         {
-            return memory_v2(r, &dir);
+            return memory_v2(r, &dir, usage);
         }
         let dir = v1_dir(self.v1_memory.as_deref(), rel, "no memory controller")?;
-        memory_v1(r, &dir, self.v1_memsw)
+        memory_v1(r, &dir, self.v1_memsw, usage)
     }
 
     /// The node's memory: the v1 memory controller's root where there is one,
@@ -170,7 +174,7 @@ impl Hierarchy {
         proc_root: &Path,
     ) -> io::Result<Memory> {
         match &self.v1_memory {
-            Some(root) => memory_v1(r, root, self.v1_memsw),
+            Some(root) => memory_v1(r, root, self.v1_memsw, None),
             None => meminfo(r, proc_root),
         }
     }
@@ -181,8 +185,11 @@ fn v1_dir(root: Option<&Path>, rel: &str, missing: &'static str) -> io::Result<P
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, missing))
 }
 
-fn memory_v2(r: &mut impl Read, dir: &Path) -> io::Result<Memory> {
-    let usage = single(r, dir, "memory.current")?;
+fn memory_v2(r: &mut impl Read, dir: &Path, usage: Option<u64>) -> io::Result<Memory> {
+    let usage = match usage {
+        Some(usage) => usage,
+        None => single(r, dir, "memory.current")?,
+    };
     let slow = r.slow(usage, &mut |r| {
         Ok(Slow {
             inactive_file: keyed(r, dir, "memory.stat", "inactive_file")?,
@@ -192,8 +199,11 @@ fn memory_v2(r: &mut impl Read, dir: &Path) -> io::Result<Memory> {
     Ok(Memory::from_usage(usage, slow.inactive_file, slow.swap))
 }
 
-fn memory_v1(r: &mut impl Read, dir: &Path, memsw: bool) -> io::Result<Memory> {
-    let usage = single(r, dir, "memory.usage_in_bytes")?;
+fn memory_v1(r: &mut impl Read, dir: &Path, memsw: bool, usage: Option<u64>) -> io::Result<Memory> {
+    let usage = match usage {
+        Some(usage) => usage,
+        None => single(r, dir, "memory.usage_in_bytes")?,
+    };
     let slow = r.slow(usage, &mut |r| {
         let stat = r.text(dir, "memory.stat")?;
         let inactive_file = keyed_value(stat, "total_inactive_file").ok_or_else(|| {

@@ -28,6 +28,8 @@ pub enum Error {
     NoMember { strukt: String, member: String },
     #[error("this kernel's BTF has no function {0}")]
     NoFunction(&'static str),
+    #[error("this kernel's BTF has no enumerator {0}")]
+    NoEnumerator(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -46,9 +48,12 @@ pub struct Kernel {
 }
 
 /// What the cgroup iterator needs from the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct CgroupIter {
+    /// Its offsets, the memory ones 0.
     pub offsets: CgroupOffsets,
+    /// What it needs to read memory too, or why this kernel's BTF lacks it.
+    pub memory: Result<MemoryOffsets>,
     /// Id of the `bpf_iter_cgroup` function, what the iterator loads against.
     pub target: NonZeroU32,
     /// The statistics flush function (one of [`KFUNC_RSTAT_FLUSH`]) and its id.
@@ -94,11 +99,49 @@ fn cgroup_iter(btf: &Btf<'_>) -> Result<CgroupIter> {
             cpu_time: bstat + cputime + bytes("task_cputime", "sum_exec_runtime")?,
             meta_session_id: bytes("bpf_iter_meta", "session_id")?,
             meta_seq_num: bytes("bpf_iter_meta", "seq_num")?,
+            ..CgroupOffsets::UNSET
         },
+        memory: memory_offsets(btf),
         target,
         flush,
     })
 }
+
+/// The offsets of [`CgroupOffsets`]' memory fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryOffsets {
+    pub memory_css: u64,
+    pub memcg_usage: u64,
+}
+
+impl MemoryOffsets {
+    /// `offsets` with these set: the iterator reads memory usage too.
+    pub fn apply(self, offsets: CgroupOffsets) -> CgroupOffsets {
+        CgroupOffsets {
+            memory_css: self.memory_css,
+            memcg_usage: self.memcg_usage,
+            ..offsets
+        }
+    }
+}
+
+fn memory_offsets(btf: &Btf<'_>) -> Result<MemoryOffsets> {
+    let bytes = |strukt, member| btf.member_offset(strukt, member).map(|m| m.bits / 8);
+    let memory_id = btf.enumerator(ENUM_MEMORY_CGRP_ID)?;
+    if bytes("mem_cgroup", "css")? != 0 {
+        return Err(Error::Malformed("mem_cgroup.css is not its first member"));
+    }
+    Ok(MemoryOffsets {
+        // An array of pointers.
+        memory_css: bytes("cgroup", "subsys")? + 8 * memory_id,
+        memcg_usage: bytes("mem_cgroup", "memory")? + bytes("page_counter", "usage")?,
+    })
+}
+
+/// `enum cgroup_subsys_id`'s memory controller: its index in `cgroup.subsys`.
+const ENUM_MEMORY_CGRP_ID: &str = "memory_cgrp_id";
+/// The enumerators the loader looks up (the only ones the parse keeps).
+const ENUMERATORS: [&str; 1] = [ENUM_MEMORY_CGRP_ID];
 
 fn task_offsets(btf: &Btf<'_>) -> Result<TaskOffsets> {
     let bytes = |strukt, member| btf.member_offset(strukt, member).map(|m| m.bits / 8);
@@ -224,6 +267,9 @@ pub struct Btf<'a> {
     refs: HashMap<u32, u32>,
     /// Typedef and function type ids by kind → name offset.
     named: HashMap<(u32, u32), u32>,
+    /// The values of the [`ENUMERATORS`] found (non-negative ones: an
+    /// index or a position).
+    enumerators: HashMap<&'static str, u64>,
 }
 
 struct Cursor<'a> {
@@ -275,6 +321,7 @@ impl<'a> Btf<'a> {
         let mut composites = HashMap::new();
         let mut refs = HashMap::new();
         let mut named = HashMap::new();
+        let mut enumerators = HashMap::new();
         let mut cur = Cursor {
             data: types,
             pos: 0,
@@ -311,8 +358,18 @@ impl<'a> Btf<'a> {
                     }
                     composites.insert(id, Composite { name_off, members });
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => cur.skip(8 * vlen)?,
-                KIND_DATASEC | KIND_ENUM64 => cur.skip(12 * vlen)?,
+                KIND_ENUM | KIND_ENUM64 => {
+                    for _ in 0..vlen {
+                        let name = name_at(strings, cur.u32()?);
+                        let low = cur.u32()?;
+                        let high = if kind == KIND_ENUM64 { cur.u32()? } else { 0 };
+                        if let Some(&wanted) = ENUMERATORS.iter().find(|e| e.as_bytes() == name) {
+                            enumerators.insert(wanted, u64::from(low) | u64::from(high) << 32);
+                        }
+                    }
+                }
+                KIND_FUNC_PROTO => cur.skip(8 * vlen)?,
+                KIND_DATASEC => cur.skip(12 * vlen)?,
                 // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG:
                 // no trailing data. Modifiers/typedefs refer to another type.
                 8..=11 | 18 => {
@@ -336,6 +393,7 @@ impl<'a> Btf<'a> {
             composites,
             refs,
             named,
+            enumerators,
         })
     }
 
@@ -351,6 +409,14 @@ impl<'a> Btf<'a> {
             .filter(|&(&(k, _), &off)| k == kind.kind() && self.name(off) == name.as_bytes())
             .filter_map(|(&(_, id), _)| NonZeroU32::new(id))
             .min()
+    }
+
+    /// The value of enumerator `name` (one of [`ENUMERATORS`]).
+    fn enumerator(&self, name: &'static str) -> Result<u64> {
+        self.enumerators
+            .get(name)
+            .copied()
+            .ok_or(Error::NoEnumerator(name))
     }
 
     fn resolve(&self, mut id: u32) -> u32 {

@@ -1,7 +1,8 @@
 //! CPU time per cgroup from the kernel's own accounting, read in one pass by
 //! a BPF cgroup iterator: the number `cpu.stat` shows (in ns), for every
 //! cgroup below a start cgroup, with nothing attached to the context-switch
-//! path.
+//! path. Where the memory controller is on the hierarchy walked, the same
+//! pass reads each cgroup's memory usage (see [`Reading::memory_usage`]).
 //!
 //! aya loads the iterator but cannot attach it to a cgroup (its link
 //! carries no iterator options, and the kernel refuses a cgroup iterator
@@ -24,7 +25,7 @@ use std::{
 
 use agent_common::{
     CgroupTotal, GLOBAL_CGROUP_OFFSETS, ITER_TARGET_CGROUP, KFUNC_PLACEHOLDER, MAP_CGROUP_CPU,
-    MAP_CGROUP_TOTALS, PROG_CGROUP_ITER,
+    MAP_CGROUP_TOTALS, MEMORY_READ, PROG_CGROUP_ITER,
 };
 use aya::{EbpfLoader, maps::Map, programs::Iter};
 use tracing::debug;
@@ -35,17 +36,34 @@ use super::{
     program, program_error,
 };
 
-/// The loaded iterator, linked to a start cgroup.
+/// One cgroup's figures from one walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reading {
+    /// Cumulative CPU ns (meaningful on the v2 hierarchy only).
+    pub cpu_ns: u64,
+    /// Memory charged, bytes (`memory.current`, v1
+    /// `memory.usage_in_bytes`), where the memory controller is on the
+    /// hierarchy walked.
+    pub memory_usage: Option<u64>,
+}
+
+/// Links kept at once: one per hierarchy walked (CPU on v2, memory on a v1
+/// memory hierarchy).
+const LINKS: usize = 2;
+
+/// The loaded iterator, linked to start cgroups.
 pub struct CgroupTotals {
-    /// Holds the loaded program (the link refers to it).
+    /// Holds the loaded program (the links refer to it).
     ebpf: aya::Ebpf,
     totals: Mapped,
     stats: Stats,
-    /// The link and the cgroup it walks from.
-    link: Option<(PathBuf, OwnedFd)>,
+    /// The links and the cgroups they walk from, the newest last.
+    links: Vec<(PathBuf, OwnedFd)>,
     /// The number of the last walk that recorded anything.
     last_walk: u64,
     flush: &'static str,
+    /// Why the walks read no memory usage, where they do not.
+    no_memory: Option<String>,
 }
 
 impl CgroupTotals {
@@ -58,6 +76,10 @@ impl CgroupTotals {
         let kernel = Kernel::from_file(btf_path)?;
         let iter: CgroupIter = kernel.cgroup_iter?;
         debug!(?iter, "cgroup iterator's offsets and ids from BTF");
+        let (offsets, no_memory) = match iter.memory {
+            Ok(memory) => (memory.apply(iter.offsets), None),
+            Err(e) => (iter.offsets, Some(e.to_string())),
+        };
         let object = with_kfunc(OBJECT, iter.flush.1.get())?;
         let mut ebpf = EbpfLoader::new()
             // The switch programs' task storage is created with the object
@@ -66,7 +88,7 @@ impl CgroupTotals {
             // Maps of the switch programs, unused here: as small as allowed.
             .map_max_entries(MAP_CGROUP_CPU, 1)
             .map_max_entries(MAP_CGROUP_TOTALS, max_cgroups.max(1))
-            .override_global(GLOBAL_CGROUP_OFFSETS, &iter.offsets, true)
+            .override_global(GLOBAL_CGROUP_OFFSETS, &offsets, true)
             .load(object.bytes())?;
         let err = program_error(PROG_CGROUP_ITER);
         // aya looks the target up by name for its id; a stand-in with just
@@ -88,10 +110,17 @@ impl CgroupTotals {
             ebpf,
             totals,
             stats,
-            link: None,
+            links: Vec::new(),
             last_walk: 0,
             flush: iter.flush.0,
+            no_memory,
         })
+    }
+
+    /// Why the walks read no memory usage (the kernel's BTF lacks what
+    /// they need), where they do not.
+    pub fn no_memory(&self) -> Option<&str> {
+        self.no_memory.as_deref()
     }
 
     /// One of the kernel side's counters, summed over CPUs.
@@ -104,21 +133,21 @@ impl CgroupTotals {
         self.flush
     }
 
-    /// Cumulative CPU ns of `start` and every cgroup below it, by cgroup v2
-    /// id, as the kernel counts them now. `start` is a directory of the v2
-    /// hierarchy. Its own figure is meaningless for the hierarchy's root,
-    /// whose time the kernel keeps elsewhere; those below it are exact.
-    pub fn read(&mut self, start: &Path) -> Result<HashMap<u64, u64>> {
-        if self.link.as_ref().is_none_or(|(at, _)| at != start) {
+    /// The figures of `start` and every cgroup below it, by id in their
+    /// hierarchy, as the kernel counts them now. `start` is a cgroup
+    /// directory; CPU is meaningful on the v2 hierarchy only, and there
+    /// not for its root, whose time the kernel keeps elsewhere.
+    pub fn read(&mut self, start: &Path) -> Result<HashMap<u64, Reading>> {
+        if !self.links.iter().any(|(at, _)| at == start) {
             self.relink(start)?;
         }
-        if let Some(out) = self.walk_once()? {
+        if let Some(out) = self.walk_once(start)? {
             return Ok(out);
         }
         // Nothing recorded: the linked cgroup died (the kernel skips a dead
         // cgroup, the start included). The path may name a new one.
         self.relink(start)?;
-        self.walk_once()?.ok_or_else(|| Error::Syscall {
+        self.walk_once(start)?.ok_or_else(|| Error::Syscall {
             call: "cgroup iterator",
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -128,22 +157,26 @@ impl CgroupTotals {
     }
 
     fn relink(&mut self, start: &Path) -> Result<()> {
-        self.link = None;
+        self.links.retain(|(at, _)| at != start);
         let link = self.link_to(start)?;
-        self.link = Some((start.to_path_buf(), link));
+        if self.links.len() == LINKS {
+            self.links.remove(0);
+        }
+        self.links.push((start.to_path_buf(), link));
         Ok(())
     }
 
-    /// One walk and its results; `None` when it recorded nothing.
-    fn walk_once(&mut self) -> Result<Option<HashMap<u64, u64>>> {
-        let Some((_, link)) = &self.link else {
+    /// One walk from `start` and its results; `None` when it recorded nothing.
+    fn walk_once(&mut self, start: &Path) -> Result<Option<HashMap<u64, Reading>>> {
+        let Some((_, link)) = self.links.iter().find(|(at, _)| at == start) else {
             return Ok(None);
         };
         walk(link)?;
         self.stats.warn_on_losses();
         // The walk's entries are the prefix carrying the first one's walk
-        // number. Walk numbers only grow: a first entry with the last read's
-        // number (or none yet) means this walk recorded nothing.
+        // number. Walk numbers only grow (across links too): a first entry
+        // with the last read's number (or none yet) means this walk
+        // recorded nothing.
         let mut entries = self.totals.entries();
         let Some(first) = entries.next().filter(|t| t.walk > self.last_walk) else {
             return Ok(None);
@@ -152,7 +185,7 @@ impl CgroupTotals {
         Ok(Some(
             std::iter::once(first)
                 .chain(entries.take_while(|t| t.walk == first.walk))
-                .map(|t| (t.cgroup, t.cpu_ns))
+                .map(|t| (t.cgroup, Reading::from(t)))
                 .collect(),
         ))
     }
@@ -167,6 +200,16 @@ impl CgroupTotals {
         let prog_fd = prog.fd().map_err(program_error(PROG_CGROUP_ITER))?;
         let dir = open_dir(start)?;
         link_create(prog_fd.as_fd().as_raw_fd(), dir.as_raw_fd())
+    }
+}
+
+impl From<CgroupTotal> for Reading {
+    fn from(t: CgroupTotal) -> Self {
+        Self {
+            cpu_ns: t.cpu_ns,
+            memory_usage: (t.flags & MEMORY_READ != 0)
+                .then(|| t.memory_pages.saturating_mul(page_size() as u64)),
+        }
     }
 }
 

@@ -24,6 +24,14 @@ use crate::{
     ebpf::{self, CpuAccounting, iter::CgroupTotals},
 };
 
+mod iterator;
+mod source;
+mod switch;
+
+use iterator::CgroupIterator;
+use source::{Cgroupfs, Source, Walk};
+use switch::Switch;
+
 /// Errors that stop a collection (a single unreadable container does not).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -241,49 +249,32 @@ impl Snapshot {
 }
 
 /// The last walk of the tree, kept until the tree changes.
-struct Walked {
+pub(crate) struct Walked {
     scan: cgroup::Scan,
     /// Cgroup id → index into `scan.cgroups`.
     by_id: HashMap<u64, usize>,
 }
 
-/// Reads samples; keeps what eBPF attribution needs between collections.
+/// Reads samples through one CPU source, files for what it does not give.
 pub struct Collector {
     hierarchy: Hierarchy,
     opts: Options,
     /// The tree as last walked; walked again only when `watch` reports a
-    /// change (or an unknown cgroup id shows up in the eBPF counters).
+    /// change (or the source reads a cgroup the walk did not see).
     walked: Option<Walked>,
     /// Watches on the walked directories; `None` where inotify is unavailable
     /// (then every collection walks).
     watch: Option<TreeWatch>,
-    /// Cgroup ids in the eBPF counters that were not in the tree at the last
-    /// walk (outside the node's subtree, or removed): not a reason to walk again.
-    foreign: HashSet<u64>,
     walks: u64,
     /// Counter files of the sampled cgroups, kept open.
     files: CounterFiles,
-    /// The cgroup iterator, when it is the source.
-    iterator: Option<CgroupTotals>,
-    /// Its failed reads in a row.
-    iterator_failures: u32,
-    /// The switch program, when it is the source.
-    ebpf: Option<CpuAccounting>,
+    source: Box<dyn Source>,
     /// Why each source before the active one was passed over.
     passed_over: Vec<String>,
     fallback_reason: Option<String>,
-    /// Last raw counter per cgroup id, to turn the kernel's per-cgroup totals
-    /// into deltas that survive cgroups going away.
-    last_raw: HashMap<u64, u64>,
-    /// Identity of each cgroup id seen in the previous scan.
-    known: HashMap<u64, Option<Identity>>,
-    /// The walk `known`, `charged_containers` and `started` were last pruned
-    /// to (they change only when the tree does).
+    /// The walk the source's and `started`'s state was last pruned to
+    /// (they change only when the tree does).
     pruned_at_walk: u64,
-    /// Cumulative ns for the node.
-    charged_node: u64,
-    /// Cumulative ns per container id.
-    charged_containers: HashMap<String, u64>,
     /// When each live container was first seen (its cgroup's mtime then): a
     /// start time that stays put while the container lives.
     started: HashMap<String, SystemTime>,
@@ -294,79 +285,83 @@ impl Collector {
     pub fn new(opts: Options) -> Result<Self> {
         let hierarchy = Hierarchy::detect(&opts.cgroup_root)?;
         let files = CounterFiles::with_stat_max_age(opts.memory_stat_max_age);
-        let mut this = Self {
-            hierarchy,
-            opts,
-            iterator: None,
-            iterator_failures: 0,
-            ebpf: None,
-            passed_over: Vec::new(),
-            fallback_reason: None,
-            walked: None,
-            watch: None,
-            foreign: HashSet::new(),
-            walks: 0,
-            files,
-            last_raw: HashMap::new(),
-            known: HashMap::new(),
-            pruned_at_walk: 0,
-            charged_node: 0,
-            charged_containers: HashMap::new(),
-            started: HashMap::new(),
-        };
-        let choice = this.opts.cpu_source;
+        let choice = opts.cpu_source;
         let mut passed_over = Vec::new();
+        let mut source: Option<Box<dyn Source>> = None;
         if choice == CpuSourceChoice::Cgroupfs {
             passed_over.push("cgroupfs counters requested (--cpu-source=cgroupfs)".to_string());
-        } else if this.hierarchy.v2.is_none() {
+        } else if hierarchy.v2.is_none() {
             passed_over
                 .push("no cgroup v2 hierarchy: eBPF cgroup ids cannot identify pods".to_string());
         } else {
             if choice.allows(CpuSource::Iterator) {
-                match CgroupTotals::load(&this.opts.btf_path, this.opts.max_cgroups) {
-                    Ok(iterator) => {
+                match CgroupTotals::load(&opts.btf_path, opts.max_cgroups) {
+                    Ok(totals) => {
+                        let iterator = CgroupIterator::new(totals);
                         info!(
                             flush = iterator.flush_function(),
+                            memory = if iterator.memory_from_files().is_none() {
+                                "iterator"
+                            } else {
+                                "cgroupfs"
+                            },
                             "CPU from the kernel's per-cgroup accounting (BPF cgroup iterator)"
                         );
-                        this.iterator = Some(iterator);
+                        source = Some(Box::new(iterator));
                     }
                     Err(e) => passed_over.push(format!("cgroup iterator unavailable: {e}")),
                 }
             }
-            if this.iterator.is_none() && choice.allows(CpuSource::Switch) {
+            if source.is_none() && choice.allows(CpuSource::Switch) {
                 if let Some(reason) = passed_over.first() {
                     warn!(%reason, "CPU from the context-switch program");
                 }
                 let ebpf_opts = ebpf::Options {
-                    btf_path: this.opts.btf_path.clone(),
-                    force_tick: this.opts.force_tick,
-                    force_raw_tracepoint: this.opts.force_raw_tracepoint,
-                    pending_slots: this.opts.pending_slots,
-                    max_cgroups: this.opts.max_cgroups,
+                    btf_path: opts.btf_path.clone(),
+                    force_tick: opts.force_tick,
+                    force_raw_tracepoint: opts.force_raw_tracepoint,
+                    pending_slots: opts.pending_slots,
+                    max_cgroups: opts.max_cgroups,
                 };
                 match CpuAccounting::load(&ebpf_opts) {
-                    Ok(acc) => this.ebpf = Some(acc),
+                    Ok(acc) => source = Some(Box::new(Switch::new(acc))),
                     Err(e) => passed_over.push(format!("switch program unavailable: {e}")),
                 }
             }
         }
-        if this.iterator.is_none() && this.ebpf.is_none() {
-            let reason = passed_over.join("; ");
-            if !choice.allows(CpuSource::Cgroupfs) {
-                return Err(Error::SourceRequired {
-                    choice: choice.name(),
-                    reason,
-                });
+        let mut this = Self {
+            hierarchy,
+            opts,
+            walked: None,
+            watch: None,
+            walks: 0,
+            files,
+            source: Box::new(Cgroupfs),
+            passed_over: Vec::new(),
+            fallback_reason: None,
+            pruned_at_walk: 0,
+            started: HashMap::new(),
+        };
+        match source {
+            Some(source) => this.source = source,
+            None => {
+                let reason = passed_over.join("; ");
+                if !choice.allows(CpuSource::Cgroupfs) {
+                    return Err(Error::SourceRequired {
+                        choice: choice.name(),
+                        reason,
+                    });
+                }
+                this.fall_back(reason);
             }
-            this.fall_back(reason);
         }
         this.passed_over = passed_over;
         Ok(this)
     }
 
     fn fall_back(&mut self, reason: String) {
-        let was_ebpf = self.ebpf.take().is_some() | self.iterator.take().is_some();
+        let was_ebpf = self.source.kind() != CpuSource::Cgroupfs;
+        self.source = Box::new(Cgroupfs);
         if was_ebpf || self.fallback_reason.is_none() {
             warn!(%reason, "CPU from cgroupfs counters");
         }
@@ -375,12 +370,17 @@ impl Collector {
 
     /// The active CPU source.
     pub fn source(&self) -> CpuSource {
-        if self.iterator.is_some() {
-            CpuSource::Iterator
-        } else if self.ebpf.is_some() {
-            CpuSource::Switch
+        self.source.kind()
+    }
+
+    /// Where the last collection's container memory usage came from:
+    /// `iterator` (the cgroup iterator's walk) or `cgroupfs` (the files;
+    /// the inactive file pages and swap always do).
+    pub fn memory_source(&self) -> &'static str {
+        if self.source.read_memory() {
+            "iterator"
         } else {
-            CpuSource::Cgroupfs
+            "cgroupfs"
         }
     }
 
@@ -397,7 +397,7 @@ impl Collector {
 
     /// The switch program's accounting, when active (for its statistics).
     pub fn ebpf(&self) -> Option<&CpuAccounting> {
-        self.ebpf.as_ref()
+        self.source.switch_program()
     }
 
     /// The detected hierarchy.
@@ -412,19 +412,14 @@ impl Collector {
     }
 
     /// Whether the cached walk is out of date: the watch saw a change (or
-    /// there is no watch), or the kernel charged a cgroup the walk did not see
-    /// that is not known to be outside the node.
-    fn tree_changed(&mut self, walked: &Walked, raw: Option<&HashMap<u64, u64>>) -> bool {
+    /// there is no watch), or the source read a cgroup the walk did not see.
+    fn tree_changed(&mut self, walked: &Walked) -> bool {
         let watched_change = self.watch.as_mut().is_none_or(TreeWatch::changed);
-        watched_change
-            || raw.is_some_and(|raw| {
-                raw.keys()
-                    .any(|id| !walked.by_id.contains_key(id) && !self.foreign.contains(id))
-            })
+        watched_change || self.source.sees_unwalked(walked)
     }
 
     /// Walks the tree, watching every directory walked.
-    fn walk(&mut self, raw: Option<&HashMap<u64, u64>>) -> Result<Walked> {
+    fn walk(&mut self) -> Result<Walked> {
         let mut watch = match TreeWatch::new() {
             Ok(watch) => Some(watch),
             Err(e) => {
@@ -442,133 +437,60 @@ impl Collector {
         self.watch = watch;
         self.walks += 1;
         let by_id = scan.by_id();
+        // Part of the tree could not be read: what it left out may still
+        // exist, so no files are closed (the watch reports a change at every
+        // check: walked again next time).
         if scan.is_complete() {
-            self.foreign = raw
-                .map(|raw| {
-                    raw.keys()
-                        .copied()
-                        .filter(|id| !by_id.contains_key(id))
-                        .collect()
-                })
-                .unwrap_or_default();
             self.files
                 .retain(|rel, id| by_id.get(&id).is_some_and(|&i| scan.cgroups[i].path == rel));
-        } else {
-            // Part of the tree could not be read: what it left out may still
-            // exist, so nothing is taken as outside the node or gone (the
-            // watch reports a change at every check: walked again next time).
-            self.foreign.clear();
         }
-        Ok(Walked { scan, by_id })
+        let walked = Walked { scan, by_id };
+        self.source.walked(&walked);
+        Ok(walked)
     }
 
     /// Reads one snapshot.
     pub fn collect(&mut self) -> Result<Snapshot> {
-        // Read counters first, then look at the tree: every id read then either
-        // appears in the walk (a cgroup made since the last walk, being an id
-        // the walk has not seen, makes us walk again) or was removed before it,
-        // so nothing is forgotten too early.
-        let raw = match self.ebpf.as_mut().map(CpuAccounting::read) {
-            Some(Ok(raw)) => Some(raw),
-            Some(Err(e)) => {
-                self.fall_back(format!("reading eBPF counters failed: {e}"));
-                None
-            }
-            None => None,
-        };
+        if let Err(reason) = self.source.before_walk() {
+            self.fall_back(reason);
+        }
         let timestamp = SystemTime::now();
         let walked = match self.walked.take() {
-            Some(walked) if !self.tree_changed(&walked, raw.as_ref()) => walked,
-            _ => self.walk(raw.as_ref())?,
+            Some(walked) if !self.tree_changed(&walked) => walked,
+            _ => self.walk()?,
         };
-        let totals = self.read_iterator(&walked.scan);
-        let snapshot = self.sample(raw, totals, timestamp, &walked);
+        let tree = walked.scan.tree.unwrap_or(Tree::V2);
+        if tree != Tree::V2 && self.source.kind() != CpuSource::Cgroupfs {
+            self.fall_back(
+                "pods are only in v1 cgroups here: v2 cgroup ids do not identify them".into(),
+            );
+        }
+        // State of cgroups a new walk did not see is dropped, unless the walk
+        // was incomplete (they may only have been unreadable this time: their
+        // counters must go on, not restart).
+        let prune = self.pruned_at_walk != self.walks && walked.scan.is_complete();
+        self.pruned_at_walk = self.walks;
+        let walk = Walk {
+            walked: &walked,
+            hierarchy: &self.hierarchy,
+            node_cgroup: &self.opts.node_cgroup,
+            prune,
+            walks: self.walks,
+        };
+        if let Err(reason) = self.source.after_walk(&walk) {
+            self.fall_back(reason);
+        }
+        let snapshot = self.sample(timestamp, &walked, prune);
         self.walked = Some(walked);
         Ok(snapshot)
     }
 
-    /// The iterator's totals for the node's pods, read after the walk: a
-    /// container the walk saw that is missing was removed since; one made
-    /// since is left for the next walk, which the tree's watch brings. The
-    /// walk starts at the node's own cgroup, or on a whole host at the pods
-    /// root (the v2 root's own time is kept elsewhere in the kernel, and
-    /// the rest of the host is not the pods').
-    fn read_iterator(&mut self, scan: &cgroup::Scan) -> Option<HashMap<u64, u64>> {
-        self.iterator.as_ref()?;
-        if scan.tree.is_some_and(|t| t != Tree::V2) {
-            self.fall_back(
-                "pods are only in v1 cgroups here: v2 cgroup ids do not identify them".into(),
-            );
-            return None;
-        }
-        let v2 = self.hierarchy.v2.as_ref()?;
-        let start = if self.whole_host() {
-            let roots = scan
-                .cgroups
-                .iter()
-                .filter(|c| c.identity == Some(Identity::PodsRoot))
-                .map(|c| c.path.as_str());
-            match common_ancestor(roots) {
-                Some(start) => start,
-                // No pods root yet: no pods to read.
-                None => return Some(HashMap::new()),
-            }
-        } else {
-            self.opts.node_cgroup.clone()
-        };
-        let start = v2.join(start.trim_start_matches('/'));
-        let iterator = self.iterator.as_mut()?;
-        match iterator.read(&start) {
-            Ok(totals) => {
-                self.iterator_failures = 0;
-                Some(totals)
-            }
-            // A pods root going away mid-read, say: the files serve this
-            // collection; only a failure that persists ends the iterator.
-            Err(e) if self.iterator_failures + 1 < ITERATOR_FAILURES => {
-                self.iterator_failures += 1;
-                warn!(error = %e, "reading the cgroup iterator failed: CPU from cgroupfs this time");
-                None
-            }
-            Err(e) => {
-                self.fall_back(format!(
-                    "reading the cgroup iterator failed {ITERATOR_FAILURES} times in a row: {e}"
-                ));
-                None
-            }
-        }
-    }
-
-    fn sample(
-        &mut self,
-        raw: Option<HashMap<u64, u64>>,
-        totals: Option<HashMap<u64, u64>>,
-        timestamp: SystemTime,
-        walked: &Walked,
-    ) -> Snapshot {
+    fn sample(&mut self, timestamp: SystemTime, walked: &Walked, prune: bool) -> Snapshot {
         let scan = &walked.scan;
         let mut errors = Vec::new();
         let tree = scan.tree.unwrap_or(Tree::V2);
         errors.extend(scan.errors.iter().map(ToString::to_string));
 
-        let raw = if raw.is_some() && tree != Tree::V2 {
-            self.fall_back(
-                "pods are only in v1 cgroups here: v2 cgroup ids do not identify them".into(),
-            );
-            None
-        } else {
-            raw
-        };
-        // State of cgroups a new walk did not see is dropped, unless the walk
-        // was incomplete (they may only have been unreadable this time: their
-        // counters must go on, not restart).
-        let prune = self.pruned_at_walk != self.walks && scan.is_complete();
-        self.pruned_at_walk = self.walks;
-        if let Some(raw) = raw {
-            self.attribute(raw, walked, prune);
-        }
-
-        let ebpf = self.ebpf.is_some();
         let mut pods: BTreeMap<String, PodSample> = BTreeMap::new();
         for cg in &scan.cgroups {
             let Some(Identity::Container {
@@ -581,19 +503,23 @@ impl Collector {
             else {
                 continue;
             };
-            let cpu = if ebpf {
-                Ok(self.charged_containers.get(id).copied().unwrap_or(0))
-            } else if let Some(&cpu) = totals.as_ref().and_then(|t| t.get(&cg.id)) {
-                Ok(cpu)
-            } else {
-                // cgroupfs, or a cgroup the iterator's walk left out: beyond
-                // its results' capacity (counted and warned of), or removed
-                // since the scan (then this fails too). The file holds the
-                // same counter, in µs.
-                self.files
-                    .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path)
+            // What the source does not give (all, from cgroupfs; a cgroup
+            // the iterator's walk left out: beyond its results' capacity,
+            // counted and warned of, or removed since the scan, when this
+            // fails too) the files hold, the same counters.
+            let cpu = match self.source.container_cpu(cg, id) {
+                Some(cpu) => Ok(cpu),
+                None => self
+                    .files
+                    .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path),
             };
-            let memory = self.files.memory(&self.hierarchy, tree, cg.id, &cg.path);
+            let memory = match self.source.container_memory_usage(cg) {
+                Some(usage) => {
+                    self.files
+                        .memory_with_usage(&self.hierarchy, tree, cg.id, &cg.path, usage)
+                }
+                None => self.files.memory(&self.hierarchy, tree, cg.id, &cg.path),
+            };
             let (cpu_ns, memory) = match (cpu, memory) {
                 (Ok(c), Ok(m)) => (c, m),
                 (Err(e), _) | (_, Err(e)) => {
@@ -639,22 +565,12 @@ impl Collector {
 
         // The walk's first cgroup is the node's own.
         let node_id = scan.cgroups.first().map_or(0, |c| c.id);
-        // On a whole host the walk starts below the root (or at it, whose
-        // own figure the kernel does not keep there): the node's CPU is
-        // the host's, from the files.
-        let node_cpu = if ebpf {
-            self.charged_node
-        } else if let Some(&cpu) = totals
-            .as_ref()
-            .filter(|_| !self.whole_host())
-            .and_then(|t| t.get(&node_id))
-        {
-            cpu
-        } else {
+        let whole_host = self.whole_host();
+        let node_cpu = self.source.node_cpu().unwrap_or_else(|| {
             // The whole host's CPU: the v2 root's `cpu.stat` is the
             // scheduler tick's sampling, the v1 cpuacct root's counter is
             // exact: that, where the host has one.
-            let node_tree = if self.whole_host() && self.hierarchy.v1_cpuacct.is_some() {
+            let node_tree = if whole_host && self.hierarchy.v1_cpuacct.is_some() {
                 Tree::V1
             } else {
                 tree
@@ -665,8 +581,8 @@ impl Collector {
                     errors.push(format!("node cpu: {e}"));
                     0
                 })
-        };
-        let node_memory = if self.whole_host() {
+        });
+        let node_memory = if whole_host {
             self.files
                 .node_memory(&self.hierarchy, &self.opts.proc_root)
         } else {
@@ -691,71 +607,7 @@ impl Collector {
     }
 
     fn whole_host(&self) -> bool {
-        self.opts.node_cgroup.trim_matches('/').is_empty()
-    }
-
-    /// Turns the kernel's per-cgroup totals into per-container and node totals.
-    /// `prune`: walked again (completely) since the last call, so cgroups
-    /// the walk did not see are gone.
-    fn attribute(&mut self, raw: HashMap<u64, u64>, walked: &Walked, prune: bool) {
-        let whole_host = self.whole_host();
-        let scan = &walked.scan;
-        let current = |id: &u64| walked.by_id.get(id).map(|&i| &scan.cgroups[i].identity);
-        for (&cgroup, &value) in &raw {
-            let last = self.last_raw.insert(cgroup, value).unwrap_or(0);
-            // A smaller value: the id was reused by a new cgroup after we forgot it.
-            let delta = if value >= last { value - last } else { value };
-            if delta == 0 {
-                continue;
-            }
-            let identity = current(&cgroup).or_else(|| self.known.get(&cgroup));
-            // On a whole host every cgroup is the node's, even one that came and
-            // went between two scans; in a subtree only those seen in it.
-            if whole_host || identity.is_some() {
-                self.charged_node += delta;
-            }
-            if let Some(Some(Identity::Container { id, .. })) = identity {
-                match self.charged_containers.get_mut(id) {
-                    Some(total) => *total += delta,
-                    None => {
-                        self.charged_containers.insert(id.clone(), delta);
-                    }
-                }
-            }
-        }
-        // Cgroups gone since the read: their last counts are in; drop their
-        // state. After an incomplete walk an unseen one may still be there.
-        let complete = scan.is_complete();
-        let gone: Vec<u64> = raw
-            .keys()
-            .copied()
-            .filter(|id| complete && !walked.by_id.contains_key(id))
-            .collect();
-        for id in &gone {
-            self.last_raw.remove(id);
-        }
-        if let Some(acc) = self.ebpf.as_mut() {
-            acc.forget(gone);
-        }
-        if !prune {
-            // Same tree as last time (`known` is it already), or an incomplete
-            // walk: `known` still names what it missed.
-            return;
-        }
-        let live: HashSet<&String> = scan
-            .cgroups
-            .iter()
-            .filter_map(|c| match &c.identity {
-                Some(Identity::Container { id, .. }) => Some(id),
-                _ => None,
-            })
-            .collect();
-        self.charged_containers.retain(|id, _| live.contains(id));
-        self.known = scan
-            .cgroups
-            .iter()
-            .map(|c| (c.id, c.identity.clone()))
-            .collect();
+        source::whole_host(&self.opts.node_cgroup)
     }
 }
 

@@ -1,0 +1,103 @@
+//! The interface every CPU source implements, and the plainest of them.
+//!
+//! A collection reads the kernel-side source (if it must read before the
+//! tree is looked at), walks the tree when it changed, reads the source
+//! again with the walk in hand, and then asks it for each container's and
+//! the node's figures. What a source does not give, the collector reads
+//! from the cgroup's files.
+
+use super::{CpuSource, Walked};
+use crate::{
+    cgroup::{Cgroup, Hierarchy},
+    ebpf::CpuAccounting,
+};
+
+/// What a source sees of one collection's walk.
+pub(super) struct Walk<'a> {
+    pub walked: &'a Walked,
+    pub hierarchy: &'a Hierarchy,
+    /// The node's own cgroup (see [`super::Options::node_cgroup`]).
+    pub node_cgroup: &'a str,
+    /// The walk is new (and complete) since the last collection: state of
+    /// cgroups it did not see can go.
+    pub prune: bool,
+    /// The walk's number (see [`super::Collector::walks`]).
+    pub walks: u64,
+}
+
+impl Walk<'_> {
+    /// The node is the whole host, not a subtree of it.
+    pub fn whole_host(&self) -> bool {
+        whole_host(self.node_cgroup)
+    }
+}
+
+pub(super) fn whole_host(node_cgroup: &str) -> bool {
+    node_cgroup.trim_matches('/').is_empty()
+}
+
+/// A source of per-cgroup CPU time (and perhaps memory). `Err` from a read
+/// gives the source up for cgroupfs, with the reason.
+pub(super) trait Source: Send {
+    fn kind(&self) -> CpuSource;
+
+    /// Reads what must be read before the tree is looked at.
+    fn before_walk(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether that read names a cgroup `walked` did not see and that is
+    /// not known to be outside the node: the tree is walked again.
+    fn sees_unwalked(&self, _walked: &Walked) -> bool {
+        false
+    }
+
+    /// A new walk was made.
+    fn walked(&mut self, _walked: &Walked) {}
+
+    /// Reads (or takes in) this collection's figures, the walk in hand.
+    fn after_walk(&mut self, walk: &Walk<'_>) -> Result<(), String>;
+
+    /// Cumulative CPU ns of container `id` in cgroup `cg`.
+    fn container_cpu(&self, cg: &Cgroup, id: &str) -> Option<u64>;
+
+    /// The node's cumulative CPU ns.
+    fn node_cpu(&self) -> Option<u64>;
+
+    /// The memory usage (bytes) of container cgroup `cg`: the counter its
+    /// usage file shows.
+    fn container_memory_usage(&self, _cg: &Cgroup) -> Option<u64> {
+        None
+    }
+
+    /// Whether the last collection's memory usage came from this source.
+    fn read_memory(&self) -> bool {
+        false
+    }
+
+    /// The context-switch program, for its statistics and hooks.
+    fn switch_program(&self) -> Option<&CpuAccounting> {
+        None
+    }
+}
+
+/// Every figure from the cgroup's files.
+pub(super) struct Cgroupfs;
+
+impl Source for Cgroupfs {
+    fn kind(&self) -> CpuSource {
+        CpuSource::Cgroupfs
+    }
+
+    fn after_walk(&mut self, _walk: &Walk<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn container_cpu(&self, _cg: &Cgroup, _id: &str) -> Option<u64> {
+        None
+    }
+
+    fn node_cpu(&self) -> Option<u64> {
+        None
+    }
+}
