@@ -658,8 +658,14 @@ impl Store {
         for c in report.pods.iter().flat_map(|p| &p.containers) {
             let Some(u) = &c.usage else { continue };
             let p = point(time, u);
+            // Not kept: the series' next sane point starts it again. The
+            // node's own figure may sit at its capacity's ceiling, so the
+            // slack above it may not pass that.
+            if capacity.is_some_and(|c| p.memory_bytes > c.memory_ceiling()) {
+                self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if p.memory_bytes > memory_ceiling {
-                // Not kept: the series' next sane point starts it again.
                 self.stats.over_node.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
