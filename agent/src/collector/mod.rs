@@ -21,7 +21,7 @@ use crate::{
     cgroup::{
         self, CounterFiles, Hierarchy, Identity, QosClass, Runtime, Tree, TreeWatch, stats::Memory,
     },
-    ebpf::{self, CpuAccounting, iter::CgroupTotals},
+    ebpf::{self, CpuAccounting, Kernel, iter::CgroupTotals},
 };
 
 mod iterator;
@@ -294,38 +294,11 @@ impl Collector {
             passed_over
                 .push("no cgroup v2 hierarchy: eBPF cgroup ids cannot identify pods".to_string());
         } else {
-            if choice.allows(CpuSource::Iterator) {
-                match CgroupTotals::load(&opts.btf_path, opts.max_cgroups) {
-                    Ok(totals) => {
-                        let iterator = CgroupIterator::new(totals);
-                        info!(
-                            flush = iterator.flush_function(),
-                            memory = if iterator.memory_from_files().is_none() {
-                                "iterator"
-                            } else {
-                                "cgroupfs"
-                            },
-                            "CPU from the kernel's per-cgroup accounting (BPF cgroup iterator)"
-                        );
-                        source = Some(Box::new(iterator));
-                    }
-                    Err(e) => passed_over.push(format!("cgroup iterator unavailable: {e}")),
-                }
-            }
-            if source.is_none() && choice.allows(CpuSource::Switch) {
-                if let Some(reason) = passed_over.first() {
-                    warn!(%reason, "CPU from the context-switch program");
-                }
-                let ebpf_opts = ebpf::Options {
-                    btf_path: opts.btf_path.clone(),
-                    force_tick: opts.force_tick,
-                    force_raw_tracepoint: opts.force_raw_tracepoint,
-                    pending_slots: opts.pending_slots,
-                    max_cgroups: opts.max_cgroups,
-                };
-                match CpuAccounting::load(&ebpf_opts) {
-                    Ok(acc) => source = Some(Box::new(Switch::new(acc))),
-                    Err(e) => passed_over.push(format!("switch program unavailable: {e}")),
+            // The kernel's BTF, read once for both eBPF sources.
+            match Kernel::from_file(&opts.btf_path) {
+                Err(e) => passed_over.push(format!("eBPF unavailable: {e}")),
+                Ok(kernel) => {
+                    source = ebpf_source(&opts, kernel, &mut passed_over);
                 }
             }
         }
@@ -608,6 +581,54 @@ impl Collector {
 
     fn whole_host(&self) -> bool {
         source::whole_host(&self.opts.node_cgroup)
+    }
+}
+
+/// The first eBPF source `opts` allows that loads, given the kernel's
+/// BTF; why each one tried did not, in `passed_over`.
+fn ebpf_source(
+    opts: &Options,
+    kernel: Kernel,
+    passed_over: &mut Vec<String>,
+) -> Option<Box<dyn Source>> {
+    let choice = opts.cpu_source;
+    if choice.allows(CpuSource::Iterator) {
+        match CgroupTotals::load_with(kernel.cgroup_iter, opts.max_cgroups) {
+            Ok(totals) => {
+                let iterator = CgroupIterator::new(totals);
+                info!(
+                    flush = iterator.flush_function(),
+                    memory_usage = if iterator.memory_from_files().is_none() {
+                        "iterator"
+                    } else {
+                        "cgroupfs"
+                    },
+                    "CPU from the kernel's per-cgroup accounting (BPF cgroup iterator)"
+                );
+                return Some(Box::new(iterator));
+            }
+            Err(e) => passed_over.push(format!("cgroup iterator unavailable: {e}")),
+        }
+    }
+    if !choice.allows(CpuSource::Switch) {
+        return None;
+    }
+    if let Some(reason) = passed_over.first() {
+        warn!(%reason, "CPU from the context-switch program");
+    }
+    let ebpf_opts = ebpf::Options {
+        btf_path: opts.btf_path.clone(),
+        force_tick: opts.force_tick,
+        force_raw_tracepoint: opts.force_raw_tracepoint,
+        pending_slots: opts.pending_slots,
+        max_cgroups: opts.max_cgroups,
+    };
+    match CpuAccounting::load_with(&ebpf_opts, kernel.offsets, kernel.sched_switch_typedef) {
+        Ok(acc) => Some(Box::new(Switch::new(acc))),
+        Err(e) => {
+            passed_over.push(format!("switch program unavailable: {e}"));
+            None
+        }
     }
 }
 

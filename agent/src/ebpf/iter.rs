@@ -70,11 +70,16 @@ impl CgroupTotals {
     /// Loads the iterator. Needs CAP_BPF + CAP_PERFMON (or root), kernel BTF,
     /// Linux 6.1 (cgroup iterators, kernel function calls) and a JIT.
     pub fn load(btf_path: &Path, max_cgroups: u32) -> Result<Self> {
+        Self::load_with(Kernel::from_file(btf_path)?.cgroup_iter, max_cgroups)
+    }
+
+    /// As [`CgroupTotals::load`], with what it needs from the kernel's BTF
+    /// already read (see [`Kernel`]).
+    pub fn load_with(iter: btf::Result<CgroupIter>, max_cgroups: u32) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(Error::NotEmbedded);
         }
-        let kernel = Kernel::from_file(btf_path)?;
-        let iter: CgroupIter = kernel.cgroup_iter?;
+        let iter = iter?;
         debug!(?iter, "cgroup iterator's offsets and ids from BTF");
         let (offsets, no_memory) = match iter.memory {
             Ok(memory) => (memory.apply(iter.offsets), None),

@@ -219,12 +219,22 @@ impl CpuAccounting {
     /// Loads the programs, attaches the switch hook and picks
     /// a flush mode. Needs CAP_BPF + CAP_PERFMON (or root) and kernel BTF.
     pub fn load(opts: &Options) -> Result<Self> {
+        let kernel = Kernel::from_file(&opts.btf_path)?;
+        Self::load_with(opts, kernel.offsets, kernel.sched_switch_typedef)
+    }
+
+    /// As [`CpuAccounting::load`], with what it needs from the kernel's BTF
+    /// already read (see [`Kernel`]).
+    pub fn load_with(
+        opts: &Options,
+        offsets: btf::Result<TaskOffsets>,
+        sched_switch_typedef: Option<std::num::NonZeroU32>,
+    ) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(Error::NotEmbedded);
         }
-        let kernel = Kernel::from_file(&opts.btf_path)?;
-        let offsets = kernel.offsets?;
-        debug!(?offsets, typedef = ?kernel.sched_switch_typedef, "offsets and attach id from BTF");
+        let offsets = offsets?;
+        debug!(?offsets, typedef = ?sched_switch_typedef, "offsets and attach id from BTF");
         let loaded_at = monotonic_ns();
         // A power of two (the program masks with it), 1 to all.
         let pending_slots =
@@ -246,11 +256,7 @@ impl CpuAccounting {
             }
         };
 
-        let hook = attach_switch(
-            &mut ebpf,
-            kernel.sched_switch_typedef,
-            opts.force_raw_tracepoint,
-        )?;
+        let hook = attach_switch(&mut ebpf, sched_switch_typedef, opts.force_raw_tracepoint)?;
         let cpus = online_cpus().map_err(|(what, e)| Error::Cpus(what, e))?;
         // Settle the flush mode, loading only the program it runs, before
         // taking maps out of `ebpf`: a program loads against the map fds the
