@@ -24,8 +24,8 @@ use std::{
 };
 
 use agent_common::{
-    CgroupTotal, GLOBAL_CGROUP_OFFSETS, ITER_TARGET_CGROUP, KFUNC_PLACEHOLDER, MAP_CGROUP_CPU,
-    MAP_CGROUP_TOTALS, MEMORY_READ, PROG_CGROUP_ITER,
+    CgroupTotal, GLOBAL_CGROUP_OFFSETS, ITER_TARGET_CGROUP, MAP_CGROUP_CPU, MAP_CGROUP_TOTALS,
+    MEMORY_READ, PROG_CGROUP_ITER,
 };
 use aya::{EbpfLoader, maps::Map, programs::Iter};
 use tracing::debug;
@@ -33,7 +33,7 @@ use tracing::debug;
 use super::{
     Error, OBJECT, Result, Stats,
     btf::{self, CgroupIter, Kernel},
-    program, program_error,
+    kfunc, program, program_error,
 };
 
 /// One cgroup's figures from one walk.
@@ -85,7 +85,7 @@ impl CgroupTotals {
             Ok(memory) => (memory.apply(iter.offsets), None),
             Err(e) => (iter.offsets, Some(e.to_string())),
         };
-        let object = with_kfunc(OBJECT, iter.flush.1.get())?;
+        let object = kfunc::with_kfunc(OBJECT, iter.flush.1.get())?;
         let mut ebpf = EbpfLoader::new()
             // The switch programs' task storage is created with the object
             // (aya does not wrap it); it stays empty here.
@@ -218,35 +218,6 @@ impl From<CgroupTotal> for Reading {
     }
 }
 
-/// The object with every placeholder call rewritten into a call of kernel
-/// function `btf_id`, in 8-byte aligned memory (an ELF parser wants it).
-fn with_kfunc(object: &[u8], btf_id: u32) -> Result<Aligned> {
-    // `call KFUNC_PLACEHOLDER`: opcode, registers (none), offset 0, immediate.
-    let mut placeholder = [0x85, 0, 0, 0, 0, 0, 0, 0];
-    placeholder[4..].copy_from_slice(&KFUNC_PLACEHOLDER.to_le_bytes());
-    // The same call with `src_reg` = BPF_PSEUDO_KFUNC_CALL: the immediate is
-    // a function's id in the kernel's BTF (offset 0: vmlinux, not a module).
-    let mut kfunc = [0x85, 0x20, 0, 0, 0, 0, 0, 0];
-    kfunc[4..].copy_from_slice(&btf_id.to_le_bytes());
-    let mut aligned = Aligned::copy(object);
-    let bytes = aligned.bytes_mut();
-    let mut patched = 0;
-    // Instructions are 8-byte aligned within their section, and sections
-    // within the file.
-    for insn in bytes.as_chunks_mut::<8>().0 {
-        if *insn == placeholder {
-            *insn = kfunc;
-            patched += 1;
-        }
-    }
-    if patched == 0 {
-        return Err(Error::Kfunc(
-            "the eBPF object has no placeholder call to rewrite (built from other sources?)",
-        ));
-    }
-    Ok(aligned)
-}
-
 /// The iterator's results array, mapped into our memory: read with no
 /// system call. The mapping holds its own reference to the map.
 struct Mapped {
@@ -307,37 +278,6 @@ impl Drop for Mapped {
 fn page_size() -> usize {
     // SAFETY: no arguments; always succeeds on Linux.
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
-
-/// Bytes in 8-byte aligned storage.
-struct Aligned {
-    words: Vec<u64>,
-    len: usize,
-}
-
-impl Aligned {
-    fn copy(data: &[u8]) -> Self {
-        let mut words = vec![0u64; data.len().div_ceil(8)];
-        // SAFETY: `words` holds at least `data.len()` bytes; u64 has no
-        // invalid bit patterns.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), words.as_mut_ptr().cast(), data.len());
-        }
-        Self {
-            words,
-            len: data.len(),
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` bytes of the live allocation, initialised by `copy`.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast(), self.len) }
-    }
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd> {
@@ -460,34 +400,5 @@ fn walk(link: &OwnedFd) -> Result<()> {
                 });
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rewrites_every_placeholder_call_and_nothing_else() {
-        // Unaligned: not an instruction.
-        let mut data = vec![0u8; 5];
-        data.extend_from_slice(&[0x85, 0, 0, 0]);
-        data.extend_from_slice(&KFUNC_PLACEHOLDER.to_le_bytes());
-        let mut aligned_object = vec![0u8; 8];
-        aligned_object.extend_from_slice(&[0x85, 0, 0, 0]);
-        aligned_object.extend_from_slice(&KFUNC_PLACEHOLDER.to_le_bytes());
-        // A helper call (number 1) is left alone.
-        aligned_object.extend_from_slice(&[0x85, 0, 0, 0, 1, 0, 0, 0]);
-        aligned_object.extend_from_slice(&data);
-
-        let patched = with_kfunc(&aligned_object, 72_409).expect("one placeholder");
-        let bytes = patched.bytes();
-        assert_eq!(bytes.len(), aligned_object.len());
-        assert_eq!(&bytes[8..16], &[0x85, 0x20, 0, 0, 0xd9, 0x1a, 0x01, 0]);
-        assert_eq!(&bytes[16..24], &[0x85, 0, 0, 0, 1, 0, 0, 0]);
-        assert_eq!(&bytes[24..], &data[..]);
-        assert_eq!(bytes.as_ptr() as usize % 8, 0);
-
-        assert!(matches!(with_kfunc(&data, 1), Err(Error::Kfunc(_))));
     }
 }

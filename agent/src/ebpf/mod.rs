@@ -8,6 +8,7 @@
 //! charge instead, at [`TICK_HZ`].
 pub mod btf;
 pub mod iter;
+mod kfunc;
 
 use std::{
     collections::HashMap,
