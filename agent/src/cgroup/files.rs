@@ -130,7 +130,7 @@ impl Read for Reader<'_> {
 /// Reads the whole file from offset 0 into the start of `buf` and returns its
 /// length. cgroupfs (seq_file) files regenerate their text on a read at offset
 /// 0. `buf` only grows (zero-filled once), so reads do not clear it.
-pub(crate) fn read_from_start(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
+fn read_from_start(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut len = 0;
     loop {
         if buf.len() - len < 1024 {

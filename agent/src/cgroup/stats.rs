@@ -100,7 +100,7 @@ fn keyed(r: &mut impl Read, dir: &Path, name: &'static str, key: &str) -> io::Re
 
 /// Finds the line `key value` by searching for the key (memory.stat has ~40
 /// lines; splitting each costs more than one substring search).
-pub(crate) fn keyed_value(text: &str, key: &str) -> Option<u64> {
+fn keyed_value(text: &str, key: &str) -> Option<u64> {
     text.match_indices(key).find_map(|(at, _)| {
         let line_start = at == 0 || text.as_bytes()[at - 1] == b'\n';
         let rest = text[at + key.len()..].strip_prefix(' ')?;

@@ -187,10 +187,11 @@ impl CgroupTotals {
             return Ok(None);
         };
         self.last_walk = first.walk;
+        let page = page_size() as u64;
         Ok(Some(
             std::iter::once(first)
                 .chain(entries.take_while(|t| t.walk == first.walk))
-                .map(|t| (t.cgroup, Reading::from(t)))
+                .map(|t| (t.cgroup, Reading::new(t, page)))
                 .collect(),
         ))
     }
@@ -208,12 +209,12 @@ impl CgroupTotals {
     }
 }
 
-impl From<CgroupTotal> for Reading {
-    fn from(t: CgroupTotal) -> Self {
+impl Reading {
+    /// An entry's figures; `page`: the page size in bytes.
+    fn new(t: CgroupTotal, page: u64) -> Self {
         Self {
             cpu_ns: t.cpu_ns,
-            memory_usage: (t.flags & MEMORY_READ != 0)
-                .then(|| t.memory_pages.saturating_mul(page_size() as u64)),
+            memory_usage: (t.flags & MEMORY_READ != 0).then(|| t.memory_pages.saturating_mul(page)),
         }
     }
 }
