@@ -12,7 +12,6 @@ use agent::{
 };
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use kube_lite::KubeClient;
 use proto::v1::NodeMetadata;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -281,11 +280,9 @@ async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
             })
         }
     };
-    let client = match &args.kubeconfig {
-        Some(path) => KubeClient::from_kubeconfig(path),
-        None => KubeClient::in_cluster(),
-    }
-    .context("kube-apiserver credentials")?;
+    let client = support::kube::client(args.kubeconfig.as_deref())
+        .await
+        .context("kube-apiserver credentials")?;
     let cancel = CancellationToken::new();
     let (meta_tx, meta_rx) = watch::channel(Arc::new(NodeMetadata::default()));
     let pods = tokio::spawn(pods::run(
@@ -396,15 +393,14 @@ fn watch_pods(
     node: String,
     kubeconfig: Option<&std::path::Path>,
 ) -> Result<watch::Receiver<Arc<NodeMetadata>>, String> {
-    let client = match kubeconfig {
-        Some(path) => KubeClient::from_kubeconfig(path),
-        None => KubeClient::in_cluster(),
-    }
-    .map_err(|e| format!("no kube-apiserver credentials: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
+    // Built on the runtime that will drive it: the client's tasks live there.
+    let client = runtime
+        .block_on(support::kube::client(kubeconfig))
+        .map_err(|e| format!("no kube-apiserver credentials: {e}"))?;
     let (tx, mut rx) = watch::channel(Arc::new(NodeMetadata::default()));
     std::thread::Builder::new()
         .name("pods".into())

@@ -3,108 +3,68 @@
 //! these to the cgroups it measures and sends them to the aggregators, so the
 //! aggregators need no pod informer of their own.
 //!
-//! List, then watch from the list's resourceVersion, selecting the node's
-//! pods by `spec.nodeName` as the kubelet does (kube-apiserver's watch cache
-//! indexes that field) and leaving out pods that have terminated (Succeeded,
-//! Failed): they are never served, and on a node that runs many Jobs with no
-//! TTL they pile up past what an aggregator takes in one report; list again when the watch ends: at once after a watch that lived
-//! (they end every five minutes), after a growing, jittered pause after one
-//! that failed or ended at once. The Node's labels are re-read every minute,
-//! beside the watch.
+//! A kube-runtime watcher (list, then watch; relist after a 410; backoff
+//! after errors, and watches that end at once paced by the client) selects
+//! the node's pods by `spec.nodeName` as the kubelet does (kube-apiserver's
+//! watch cache indexes that field) and leaves out pods that have terminated
+//! (Succeeded, Failed): they are never served, and on a node that runs many
+//! Jobs with no TTL they pile up past what an aggregator takes in one report.
+//! The Node's labels are re-read every minute, beside the watch.
 use std::{
     collections::{BTreeMap, HashMap},
+    pin::pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use kube_lite::{KubeClient, WatchEvent};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client,
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event},
+    },
+};
 use proto::v1::{ContainerName, NodeMetadata, PodMetadata};
-use serde::Deserialize;
+use support::backoff::Backoff;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-
-use crate::export::backoff::Backoff;
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ObjectMeta {
-    #[serde(default)]
-    uid: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    resource_version: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ContainerStatus {
-    name: String,
-    #[serde(rename = "containerID", default)]
-    container_id: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodStatus {
-    #[serde(default)]
-    phase: String,
-    #[serde(default)]
-    container_statuses: Vec<ContainerStatus>,
-    /// Init containers: native sidecars (`restartPolicy: Always`, e.g.
-    /// istio-proxy) run beside the others for the pod's life, with cgroups
-    /// of their own, and the kubelet's `/metrics/resource` (so
-    /// metrics-server) reports them.
-    #[serde(default)]
-    init_container_statuses: Vec<ContainerStatus>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Pod {
-    metadata: ObjectMeta,
-    #[serde(default)]
-    status: PodStatus,
-}
-
-#[derive(Debug, Deserialize)]
-struct PodList {
-    metadata: ObjectMeta,
-    items: Vec<Pod>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Node {
-    metadata: ObjectMeta,
-}
 
 /// A pod as the wire carries it. Container ids lose their runtime scheme
 /// (`containerd://…`): cgroups name containers by the bare id.
 ///
 /// Init containers are listed too, with any id they have: a native sidecar
-/// or a running init container has a cgroup to measure. One that has
-/// finished has no cgroup left, so no samples, and is not reported.
+/// (`restartPolicy: Always`, e.g. istio-proxy) runs beside the others for
+/// the pod's life, with a cgroup of its own, and the kubelet's
+/// `/metrics/resource` (so metrics-server) reports it; a running init
+/// container has a cgroup to measure. One that has finished has no cgroup
+/// left, so no samples, and is not reported.
 fn to_wire(pod: &Pod) -> PodMetadata {
-    PodMetadata {
-        uid: pod.metadata.uid.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        name: pod.metadata.name.clone(),
-        labels: pod.metadata.labels.clone().into_iter().collect(),
-        running: pod.status.phase == "Running",
-        containers: pod
-            .status
-            .container_statuses
+    let meta = &pod.metadata;
+    let status = pod.status.as_ref();
+    let statuses = status.into_iter().flat_map(|s| {
+        s.container_statuses
             .iter()
-            .chain(&pod.status.init_container_statuses)
+            .flatten()
+            .chain(s.init_container_statuses.iter().flatten())
+    });
+    PodMetadata {
+        uid: meta.uid.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        labels: meta
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
+        containers: statuses
             .filter_map(|c| {
-                let id = c
-                    .container_id
-                    .rsplit_once("://")
-                    .map_or(c.container_id.as_str(), |(_, id)| id);
+                let id = c.container_id.as_deref().unwrap_or_default();
+                let id = id.rsplit_once("://").map_or(id, |(_, id)| id);
                 (!id.is_empty()).then(|| ContainerName {
                     id: id.to_string(),
                     name: c.name.clone(),
@@ -156,139 +116,60 @@ fn field_selector(node: &str) -> String {
     format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed")
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The calls the watcher makes: kube-apiserver's in production, a fake's in
-/// tests.
-trait Api {
-    /// The Node's labels.
-    fn node_labels(
-        &self,
-    ) -> impl Future<Output = kube_lite::Result<BTreeMap<String, String>>> + Send;
-    /// This node's pods, and the version to watch from.
-    fn list_pods(&self) -> impl Future<Output = kube_lite::Result<PodList>> + Send;
-    /// Watches this node's pods from `version` until the watch ends, nothing
-    /// arrives for `idle`, or `on_event` returns false.
-    fn watch_pods(
-        &self,
-        version: &str,
-        idle: Duration,
-        on_event: impl FnMut(WatchEvent<Pod>) -> bool + Send,
-    ) -> impl Future<Output = kube_lite::Result<()>> + Send;
-}
-
-struct Kube {
-    client: KubeClient,
-    node: String,
-    /// [`field_selector`], escaped for a query.
-    selector: String,
-}
-
-impl Api for Kube {
-    async fn node_labels(&self) -> kube_lite::Result<BTreeMap<String, String>> {
-        let path = format!("/api/v1/nodes/{}", percent_encode(&self.node));
-        Ok(self.client.get_json::<Node>(&path).await?.metadata.labels)
-    }
-
-    async fn list_pods(&self) -> kube_lite::Result<PodList> {
-        self.client
-            .get_json(&format!(
-                "/api/v1/pods?fieldSelector={}&resourceVersion=0",
-                self.selector
-            ))
-            .await
-    }
-
-    async fn watch_pods(
-        &self,
-        version: &str,
-        idle: Duration,
-        on_event: impl FnMut(WatchEvent<Pod>) -> bool + Send,
-    ) -> kube_lite::Result<()> {
-        let path = format!(
-            "/api/v1/pods?fieldSelector={}&watch=1&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion={}",
-            self.selector,
-            percent_encode(version)
-        );
-        self.client.watch(&path, idle, on_event).await
-    }
-}
-
 /// How the watcher paces itself (tests shorten it).
 #[derive(Clone, Copy, Debug)]
 struct Timing {
     /// How often the Node's labels are read again.
     labels_every: Duration,
-    /// A watch that lived this long was healthy: the next list is at once,
-    /// and the backoff starts over. kube-apiserver ends a healthy watch
-    /// after `timeoutSeconds` (300), or once the resource version it
-    /// started from is compacted away (410), minutes later.
-    healthy_watch: Duration,
-    /// Pauses before listing again after a failed list, or a watch that
-    /// failed or ended before `healthy_watch`.
+    /// Pauses before the watcher tries again after a failed list or watch.
     backoff_base: Duration,
     backoff_max: Duration,
-    /// A watch silent for this long is dead (bookmarks keep a live one talking).
-    idle: Duration,
 }
 
 const TIMING: Timing = Timing {
     labels_every: Duration::from_secs(60),
-    healthy_watch: Duration::from_secs(30),
     backoff_base: Duration::from_millis(500),
     backoff_max: Duration::from_secs(30),
-    idle: Duration::from_secs(90),
 };
 
 /// Keeps `tx` holding this node's metadata until `cancel`.
 pub async fn run(
-    client: KubeClient,
+    client: Client,
     node: String,
     tx: watch::Sender<Arc<NodeMetadata>>,
     cancel: CancellationToken,
 ) {
-    let selector = percent_encode(&field_selector(&node));
-    let api = Kube {
-        client,
-        node,
-        selector,
-    };
-    watch_node(&api, &TIMING, &tx, &cancel).await;
+    watch_node(client, &node, &TIMING, &tx, &cancel).await;
 }
 
-/// [`run`] over any [`Api`], at any pace: the pod watch and the label
-/// refresh side by side, until `cancel`.
+/// [`run`] at any pace: the pod watch and the label refresh side by side,
+/// until `cancel`.
 async fn watch_node(
-    api: &impl Api,
+    client: Client,
+    node: &str,
     timing: &Timing,
     tx: &watch::Sender<Arc<NodeMetadata>>,
     cancel: &CancellationToken,
 ) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client);
     let state = Mutex::new(State::default());
     // Read once before the first list, so the first publish carries them.
     tokio::select! {
-        () = refresh_labels(api, &state, tx) => {}
+        () = refresh_labels(&nodes, node, &state, tx) => {}
         () = cancel.cancelled() => return,
     }
     tokio::join!(
-        keep_labels(api, timing, &state, tx, cancel),
-        keep_pods(api, timing, &state, tx, cancel),
+        keep_labels(&nodes, node, timing, &state, tx, cancel),
+        keep_pods(pods, node, timing, &state, tx, cancel),
     );
 }
 
 /// Reads the Node's labels every `labels_every`, whatever the pod watch is
 /// doing (a healthy watch lasts five minutes).
 async fn keep_labels(
-    api: &impl Api,
+    nodes: &Api<Node>,
+    node: &str,
     timing: &Timing,
     state: &Mutex<State>,
     tx: &watch::Sender<Arc<NodeMetadata>>,
@@ -303,7 +184,7 @@ async fn keep_labels(
         tokio::select! {
             () = async {
                 every.tick().await;
-                refresh_labels(api, state, tx).await;
+                refresh_labels(nodes, node, state, tx).await;
             } => {}
             () = cancel.cancelled() => return,
         }
@@ -311,125 +192,96 @@ async fn keep_labels(
 }
 
 async fn refresh_labels(
-    api: &impl Api,
+    nodes: &Api<Node>,
+    node: &str,
     state: &Mutex<State>,
     tx: &watch::Sender<Arc<NodeMetadata>>,
 ) {
-    match api.node_labels().await {
-        Ok(labels) => {
+    match nodes.get(node).await {
+        Ok(node) => {
             let mut state = lock(state);
-            state.node_labels = labels;
+            state.node_labels = node.metadata.labels.unwrap_or_default();
             state.publish(tx);
         }
         Err(e) => warn!(error = %e, "reading the Node's labels (read again in a minute)"),
     }
 }
 
-/// Lists the pods, then watches from the list's version; lists again when
-/// the watch ends.
+/// Follows the watcher's events into `state`: a listing replaces the pods
+/// once it is complete, so a relist never publishes a partial node.
 async fn keep_pods(
-    api: &impl Api,
+    pods: Api<Pod>,
+    node: &str,
     timing: &Timing,
     state: &Mutex<State>,
     tx: &watch::Sender<Arc<NodeMetadata>>,
     cancel: &CancellationToken,
 ) {
-    let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_max);
+    // From kube-apiserver's watch cache (resourceVersion=0), as the kubelet
+    // lists; unpaged, as kube-rs only sends version 0 without a limit (one
+    // node's pods are a small list).
+    let config = watcher::Config {
+        page_size: None,
+        ..watcher::Config::default()
+    }
+    .fields(&field_selector(node))
+    .any_semantic();
+    let mut events = pin!(
+        watcher::watcher(pods, config)
+            .backoff(Backoff::new(timing.backoff_base, timing.backoff_max))
+    );
+    let mut listing: Option<HashMap<String, PodMetadata>> = None;
     loop {
-        let list = tokio::select! {
-            list = api.list_pods() => list,
+        let event = tokio::select! {
+            event = events.next() => event,
             () = cancel.cancelled() => return,
         };
-        let version = match list {
-            Ok(list) => {
+        let Some(event) = event else { return };
+        match event {
+            Ok(Event::Init) => listing = Some(HashMap::new()),
+            Ok(Event::InitApply(pod)) => {
+                let wire = to_wire(&pod);
+                listing
+                    .get_or_insert_default()
+                    .insert(wire.uid.clone(), wire);
+            }
+            Ok(Event::InitDone) => {
                 let mut state = lock(state);
-                state.pods = list
-                    .items
-                    .iter()
-                    .map(|p| (p.metadata.uid.clone(), to_wire(p)))
-                    .collect();
+                state.pods = listing.take().unwrap_or_default();
                 state.listed = true;
                 state.publish(tx);
                 info!(pods = state.pods.len(), "listed this node's pods");
-                list.metadata.resource_version
             }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!(error = %e, retry_in = ?delay, "listing this node's pods");
-                if !pause(delay, cancel).await {
-                    return;
-                }
-                continue;
+            Ok(Event::Apply(pod)) => {
+                let wire = to_wire(&pod);
+                let mut state = lock(state);
+                state.pods.insert(wire.uid.clone(), wire);
+                state.publish(tx);
             }
-        };
-        let started = tokio::time::Instant::now();
-        let watched = api.watch_pods(&version, timing.idle, |event| {
-            let mut state = lock(state);
-            match event {
-                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                    state.pods.insert(p.metadata.uid.clone(), to_wire(&p));
-                }
-                WatchEvent::Deleted(p) => {
-                    state.pods.remove(&p.metadata.uid);
-                }
-                WatchEvent::Bookmark(_) => return !cancel.is_cancelled(),
+            Ok(Event::Delete(pod)) => {
+                let mut state = lock(state);
+                state
+                    .pods
+                    .remove(pod.metadata.uid.as_deref().unwrap_or_default());
+                state.publish(tx);
             }
-            state.publish(tx);
-            !cancel.is_cancelled()
-        });
-        let result = tokio::select! {
-            result = watched => result,
-            () = cancel.cancelled() => return,
-        };
-        let lived = started.elapsed();
-        let delay = relist_delay(lived, timing.healthy_watch, &mut backoff);
-        match result {
-            Ok(()) if delay.is_zero() => debug!(?lived, "pod watch ended; listing again"),
-            Ok(()) => warn!(
-                ?lived,
-                retry_in = ?delay,
-                "pod watch ended at once; listing again after a pause"
-            ),
-            Err(e) => warn!(
-                error = %e,
-                ?lived,
-                retry_in = ?delay,
-                "pod watch ended; listing again"
-            ),
+            Err(e) if support::kube::is_expired(&e) => {
+                debug!("pod watch expired (410 Gone); listing again");
+            }
+            Err(e) => warn!(error = %e, "watching this node's pods (trying again after a pause)"),
         }
-        if !pause(delay, cancel).await {
-            return;
-        }
-    }
-}
-
-/// The pause before listing again after a watch that lasted `lived`: none
-/// after a healthy one (which also starts the backoff over), growing ones
-/// after watches that fail or end at once (a 429, RBAC that allows list but
-/// not watch, a proxy that cuts streams), so that the agent does not relist,
-/// and load kube-apiserver, in a tight loop.
-fn relist_delay(lived: Duration, healthy: Duration, backoff: &mut Backoff) -> Duration {
-    if lived >= healthy {
-        backoff.reset();
-        Duration::ZERO
-    } else {
-        backoff.next_delay()
-    }
-}
-
-/// Waits `delay`; false when cancelled first.
-async fn pause(delay: Duration, cancel: &CancellationToken) -> bool {
-    if delay.is_zero() {
-        return !cancel.is_cancelled();
-    }
-    tokio::select! {
-        () = tokio::time::sleep(delay) => true,
-        () = cancel.cancelled() => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+    use kube::client::{Body, ClientBuilder};
+    use support::kube::{Pacing, paced};
     use tokio::{sync::mpsc, time::Instant};
 
     use super::*;
@@ -448,8 +300,9 @@ mod tests {
     /// What the watcher asked the fake for.
     #[derive(Debug)]
     enum Call {
-        List(Instant),
-        Watch,
+        /// The pods listed, with the request's query.
+        List(String),
+        Watch(Instant),
     }
 
     /// kube-apiserver, as far as the watcher can tell: one pod on the node,
@@ -457,57 +310,66 @@ mod tests {
     struct Fake {
         labels: Mutex<BTreeMap<String, String>>,
         watch: WatchEnds,
-        calls: mpsc::Sender<Call>,
+        calls: mpsc::UnboundedSender<Call>,
     }
 
+    type FakeBody = BoxBody<Bytes, Infallible>;
+
     impl Fake {
-        fn new(watch: WatchEnds) -> (Self, mpsc::Receiver<Call>) {
-            let (calls, seen) = mpsc::channel(64);
+        fn new(watch: WatchEnds) -> (Arc<Self>, mpsc::UnboundedReceiver<Call>) {
+            let (calls, seen) = mpsc::unbounded_channel();
             let fake = Fake {
                 labels: Mutex::new(BTreeMap::new()),
                 watch,
                 calls,
             };
             fake.set_zone("a");
-            (fake, seen)
+            (Arc::new(fake), seen)
         }
 
         fn set_zone(&self, zone: &str) {
             *self.labels.lock().expect("labels") = BTreeMap::from([("zone".into(), zone.into())]);
         }
-    }
 
-    impl Api for Fake {
-        async fn node_labels(&self) -> kube_lite::Result<BTreeMap<String, String>> {
-            Ok(self.labels.lock().expect("labels").clone())
-        }
-
-        async fn list_pods(&self) -> kube_lite::Result<PodList> {
-            let _ = self.calls.send(Call::List(Instant::now())).await;
-            Ok(serde_json::from_str(
-                r#"{"metadata": {"resourceVersion": "5"}, "items": [
-                     {"metadata": {"uid": "u-1", "name": "web", "namespace": "shop"},
-                      "status": {"phase": "Running"}}]}"#,
-            )
-            .expect("list JSON"))
-        }
-
-        async fn watch_pods(
-            &self,
-            _version: &str,
-            _idle: Duration,
-            _on_event: impl FnMut(WatchEvent<Pod>) -> bool + Send,
-        ) -> kube_lite::Result<()> {
-            let _ = self.calls.send(Call::Watch).await;
+        fn answer(&self, request: &Request<Body>) -> Response<FakeBody> {
+            let json = |status: StatusCode, body: String| {
+                let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+                *response.status_mut() = status;
+                response
+            };
+            let query = request.uri().query().unwrap_or_default().to_string();
+            if request.uri().path().starts_with("/api/v1/nodes/") {
+                let labels = serde_json::to_string(&*self.labels.lock().expect("labels"))
+                    .expect("labels JSON");
+                return json(
+                    StatusCode::OK,
+                    format!(
+                        r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "node-1", "labels": {labels}}}}}"#
+                    ),
+                );
+            }
+            if !query.contains("watch=true") {
+                let _ = self.calls.send(Call::List(query));
+                return json(
+                    StatusCode::OK,
+                    r#"{"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"}, "items": [
+                         {"metadata": {"uid": "u-1", "name": "web", "namespace": "shop", "resourceVersion": "5"},
+                          "status": {"phase": "Running"}}]}"#
+                        .into(),
+                );
+            }
+            let _ = self.calls.send(Call::Watch(Instant::now()));
             match self.watch {
-                WatchEnds::WithError => Err(kube_lite::Error::Status {
-                    method: http::Method::GET,
-                    path: "/api/v1/pods?watch=1".into(),
-                    code: http::StatusCode::TOO_MANY_REQUESTS,
-                    message: "too many requests, please try again later".into(),
-                }),
-                WatchEnds::AtOnce => Ok(()),
-                WatchEnds::Never => std::future::pending().await,
+                WatchEnds::WithError => json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    r#"{"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 429,
+                        "reason": "TooManyRequests", "message": "too many requests, please try again later"}"#
+                        .into(),
+                ),
+                WatchEnds::AtOnce => json(StatusCode::OK, String::new()),
+                WatchEnds::Never => Response::new(BodyExt::boxed(StreamBody::new(
+                    futures::stream::pending::<Result<http_body::Frame<Bytes>, Infallible>>(),
+                ))),
             }
         }
     }
@@ -515,44 +377,56 @@ mod tests {
     fn timing(labels_every: Duration) -> Timing {
         Timing {
             labels_every,
-            healthy_watch: Duration::from_secs(3600),
             backoff_base: Duration::from_millis(40),
             backoff_max: Duration::from_millis(160),
-            idle: Duration::from_secs(90),
         }
+    }
+
+    /// A client whose kube-apiserver is `fake`, paced as the tests' timing.
+    fn client(fake: &Arc<Fake>) -> Client {
+        let fake = Arc::clone(fake);
+        let service = tower::service_fn(move |request: Request<Body>| {
+            std::future::ready(Ok::<_, Infallible>(fake.answer(&request)))
+        });
+        let pacing = Pacing {
+            healthy: Duration::from_secs(3600),
+            base: Duration::from_millis(40),
+            max: Duration::from_millis(160),
+        };
+        paced(ClientBuilder::new(service, "default"), pacing)
     }
 
     /// Guards a test against hanging: what it waits for did not happen.
     const PATIENCE: Duration = Duration::from_secs(10);
 
     #[tokio::test]
-    async fn a_watch_that_fails_or_ends_at_once_is_not_relisted_in_a_tight_loop() {
+    async fn a_watch_that_fails_or_ends_at_once_is_not_retried_in_a_tight_loop() {
         for ends in [WatchEnds::WithError, WatchEnds::AtOnce] {
             let (fake, mut calls) = Fake::new(ends);
             let (tx, _rx) = watch::channel(Arc::<NodeMetadata>::default());
             let cancel = CancellationToken::new();
-            let lists = async {
-                let mut lists = Vec::new();
-                while lists.len() < 4 {
+            let watches = async {
+                let (mut lists, mut watches) = (0, Vec::new());
+                while watches.len() < 4 {
                     match calls.recv().await {
-                        Some(Call::List(at)) => lists.push(at),
-                        Some(Call::Watch) => {}
+                        Some(Call::List(_)) => lists += 1,
+                        Some(Call::Watch(at)) => watches.push(at),
                         None => break,
                     }
                 }
                 cancel.cancel();
-                lists
+                (lists, watches)
             };
             let timing = timing(Duration::from_secs(3600));
-            let watcher = watch_node(&fake, &timing, &tx, &cancel);
-            let ((), lists) =
-                tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, lists) })
+            let watcher = watch_node(client(&fake), "node-1", &timing, &tx, &cancel);
+            let ((), (lists, watches)) =
+                tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, watches) })
                     .await
-                    .expect("four lists");
-            let pauses: Vec<Duration> = lists.windows(2).map(|w| w[1] - w[0]).collect();
+                    .expect("four watches");
+            assert_eq!(lists, 1, "{ends:?}: the watch is retried, not the list");
+            let pauses: Vec<Duration> = watches.windows(2).map(|w| w[1] - w[0]).collect();
             // Each pause is within [ceiling/2, ceiling] of a ceiling that
-            // doubles: 40, 80, 160 ms. A list that succeeds does not start
-            // the backoff over; only a watch that lived would.
+            // doubles: 40, 80, 160 ms.
             for (pause, floor) in pauses.iter().zip([20, 40, 80]) {
                 assert!(
                     *pause >= Duration::from_millis(floor),
@@ -560,28 +434,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn only_a_watch_that_lived_starts_the_backoff_over() {
-        let healthy = Duration::from_secs(30);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let quick = Duration::from_millis(5);
-        let first = relist_delay(quick, healthy, &mut backoff);
-        assert!(first >= Duration::from_millis(50), "{first:?}");
-        relist_delay(quick, healthy, &mut backoff);
-        let third = relist_delay(quick, healthy, &mut backoff);
-        assert!(third >= Duration::from_millis(200), "grows: {third:?}");
-        assert_eq!(
-            relist_delay(Duration::from_secs(300), healthy, &mut backoff),
-            Duration::ZERO,
-            "a watch that ran its course: list again at once"
-        );
-        let after = relist_delay(quick, healthy, &mut backoff);
-        assert!(
-            after <= Duration::from_millis(100),
-            "started over: {after:?}"
-        );
     }
 
     #[tokio::test]
@@ -595,7 +447,7 @@ mod tests {
                 .await
                 .expect("the first list published, with the labels");
             assert!(matches!(calls.recv().await, Some(Call::List(_))));
-            assert!(matches!(calls.recv().await, Some(Call::Watch)));
+            assert!(matches!(calls.recv().await, Some(Call::Watch(_))));
             fake.set_zone("b");
             rx.wait_for(|m| zone(m).as_deref() == Some("b"))
                 .await
@@ -607,7 +459,7 @@ mod tests {
             );
         };
         let timing = timing(Duration::from_millis(20));
-        let watcher = watch_node(&fake, &timing, &tx, &cancel);
+        let watcher = watch_node(client(&fake), "node-1", &timing, &tx, &cancel);
         tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, test) })
             .await
             .expect("the new labels while the watch lives");
@@ -698,11 +550,32 @@ mod tests {
         assert_eq!(names(&starting), [pair("4444dddd", "migrate")]);
     }
 
-    #[test]
-    fn selectors_are_escaped() {
-        assert_eq!(
-            percent_encode(&field_selector("node-1")),
-            "spec.nodeName%3Dnode-1%2Cstatus.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed"
+    #[tokio::test]
+    async fn pods_are_selected_by_node_and_phase_from_the_watch_cache() {
+        let (fake, mut calls) = Fake::new(WatchEnds::Never);
+        let (tx, _rx) = watch::channel(Arc::<NodeMetadata>::default());
+        let cancel = CancellationToken::new();
+        let listed = async {
+            let query = loop {
+                if let Some(Call::List(query)) = calls.recv().await {
+                    break query;
+                }
+            };
+            cancel.cancel();
+            query
+        };
+        let timing = timing(Duration::from_secs(60));
+        let watcher = watch_node(client(&fake), "node-1", &timing, &tx, &cancel);
+        let ((), query) = tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, listed) })
+            .await
+            .expect("a list");
+        let pairs: Vec<&str> = query.split('&').collect();
+        assert!(
+            pairs.contains(
+                &"fieldSelector=spec.nodeName%3Dnode-1%2Cstatus.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed"
+            ),
+            "{query}"
         );
+        assert!(pairs.contains(&"resourceVersion=0"), "{query}");
     }
 }

@@ -22,12 +22,10 @@ use tokio::net::TcpListener;
 
 use crate::api::view::MetricsView;
 use crate::auth::config::AuthConfigHandle;
+use crate::auth::configmap::AuthConfigReloader;
 use crate::auth::review::{KubeAccessReviewer, KubeTokenReviewer};
 use crate::auth::{Authenticator, Authorizer};
 use crate::config::{Config, ServingSource};
-use crate::kube::KubeClient;
-use crate::kube::client;
-use crate::kube::configmap::AuthConfigReloader;
 use crate::server::{self, App, AppBuilder};
 use crate::tls::{self, ServingCert};
 
@@ -36,7 +34,7 @@ use crate::tls::{self, ServingCert};
 pub enum Error {
     /// No usable kube-apiserver credentials.
     #[error(transparent)]
-    Kube(#[from] client::Error),
+    Kube(#[from] support::kube::Error),
     /// The serving certificate or TLS setup failed.
     #[error(transparent)]
     Tls(#[from] tls::Error),
@@ -88,8 +86,9 @@ pub async fn run_on(
     customize: impl FnOnce(AppBuilder) -> AppBuilder,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let client = KubeClient::from_flag(config.kubeconfig.as_deref())?;
-    tracing::info!(server = client.authority(), "kubernetes client configured");
+    let kube = support::kube::config(config.kubeconfig.as_deref()).await?;
+    tracing::info!(server = %kube.cluster_url, "kubernetes client configured");
+    let client = support::kube::client_for(kube)?;
 
     let serving = match &config.serving {
         ServingSource::Files { cert, key } => ServingCert::from_files(cert, key)?,

@@ -23,8 +23,11 @@
 //! growing pause, and its unconfirmed pods wait.
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use kube_lite::KubeClient;
-use serde::Deserialize;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client,
+    api::{ListParams, PartialObjectMeta},
+};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -42,42 +45,18 @@ const AGAIN: Duration = Duration::from_secs(1);
 /// Longest pause after kube-apiserver could not be asked.
 const MOST: Duration = Duration::from_secs(30);
 
-/// Only the objects' metadata: the UIDs are all the check needs.
-pub const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
-
-#[derive(Deserialize)]
-struct List {
-    /// `null` when the node has no pods.
-    #[serde(default)]
-    items: Option<Vec<Item>>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    metadata: Meta,
-}
-
-#[derive(Deserialize)]
-struct Meta {
-    #[serde(default)]
-    uid: String,
-}
-
-/// The path of `node`'s pods, metadata only, from the watch cache.
-pub fn list_path(node: &str) -> String {
-    let mut selector = String::from("spec.nodeName%3D");
-    for b in node.bytes() {
-        // Node names are DNS subdomains (checked at ingest): a-z 0-9 - .
-        selector.push(b as char);
-    }
-    format!("/api/v1/pods?fieldSelector={selector}&resourceVersion=0")
+/// `node`'s pods, from the watch cache (`resourceVersion=0`).
+pub fn list_params(node: &str) -> ListParams {
+    ListParams::default()
+        .fields(&format!("spec.nodeName={node}"))
+        .match_any()
 }
 
 /// Answers the store's binding questions until `cancel`: `queue` brings the
 /// nodes to ask about (the store sends each once until it is answered).
 pub async fn run(
     store: Arc<Store>,
-    client: KubeClient,
+    client: Client,
     mut queue: mpsc::UnboundedReceiver<Arc<str>>,
     cancel: CancellationToken,
 ) {
@@ -146,40 +125,27 @@ pub async fn run(
     }
 }
 
-#[derive(Deserialize)]
-struct Node {
-    #[serde(default)]
-    status: NodeStatus,
-}
-
-#[derive(Default, Deserialize)]
-struct NodeStatus {
-    #[serde(default)]
-    capacity: std::collections::BTreeMap<String, String>,
-}
-
 /// Why a node's capacity could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum CapacityError {
     #[error(transparent)]
-    Get(#[from] kube_lite::client::Error),
+    Get(#[from] kube::Error),
     #[error("status.capacity.{0} is missing or not a quantity")]
     Quantity(&'static str),
 }
 
 /// `node`'s CPU and memory capacity, from its Node object.
-async fn capacity_of(client: &KubeClient, node: &str) -> Result<Capacity, CapacityError> {
-    let n: Node = client.get_json(&format!("/api/v1/nodes/{node}")).await?;
-    parse_capacity(&n.status.capacity)
+async fn capacity_of(client: &Client, node: &str) -> Result<Capacity, CapacityError> {
+    let node = Api::<Node>::all(client.clone()).get(node).await?;
+    parse_capacity(&node)
 }
 
-fn parse_capacity(
-    capacity: &std::collections::BTreeMap<String, String>,
-) -> Result<Capacity, CapacityError> {
+fn parse_capacity(node: &Node) -> Result<Capacity, CapacityError> {
+    let capacity = node.status.as_ref().and_then(|s| s.capacity.as_ref());
     let quantity = |key: &'static str| {
         capacity
-            .get(key)
-            .and_then(|q| parse_quantity(q).ok())
+            .and_then(|c| c.get(key))
+            .and_then(|q| parse_quantity(&q.0).ok())
             .ok_or(CapacityError::Quantity(key))
     };
     Ok(Capacity {
@@ -193,21 +159,22 @@ fn parse_capacity(
 }
 
 /// The UIDs of the pods kube-apiserver binds to `node`.
-async fn bound_to(
-    client: &KubeClient,
-    node: &str,
-) -> Result<HashSet<String>, kube_lite::client::Error> {
-    let list: List = client.get_json_as(&list_path(node), METADATA_ONLY).await?;
+/// Metadata only: the UIDs are all the check needs.
+async fn bound_to(client: &Client, node: &str) -> Result<HashSet<String>, kube::Error> {
+    let list = Api::<Pod>::all(client.clone())
+        .list_metadata(&list_params(node))
+        .await?;
     Ok(list
         .items
         .into_iter()
-        .flatten()
-        .map(|i| i.metadata.uid)
+        .filter_map(|pod: PartialObjectMeta<Pod>| pod.metadata.uid)
         .collect())
 }
 
 #[cfg(test)]
 mod tests {
+    use kube::api::ObjectList;
+
     use super::*;
 
     #[test]
@@ -217,7 +184,7 @@ mod tests {
         )
         .expect("decodes");
         assert_eq!(
-            parse_capacity(&n.status.capacity).expect("capacity"),
+            parse_capacity(&n).expect("capacity"),
             Capacity {
                 cpu_nanocores: 2_000_000_000,
                 memory_bytes: 8_145_184 * 1024,
@@ -226,25 +193,33 @@ mod tests {
         let n: Node =
             serde_json::from_str(r#"{"status":{"capacity":{"cpu":"500m"}}}"#).expect("decodes");
         assert!(matches!(
-            parse_capacity(&n.status.capacity),
+            parse_capacity(&n),
             Err(CapacityError::Quantity("memory"))
         ));
     }
 
     #[test]
     fn an_empty_list_is_null() {
-        let list: List = serde_json::from_str(
+        let list: ObjectList<PartialObjectMeta<Pod>> = serde_json::from_str(
             r#"{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{},"items":null}"#,
         )
         .expect("decodes");
-        assert!(list.items.is_none());
+        assert!(list.items.is_empty());
     }
 
     #[test]
     fn the_list_is_narrowed_to_the_node_and_served_from_the_cache() {
+        let request = kube::core::Request::new("/api/v1/pods")
+            .list_metadata(&list_params("node-1.example"))
+            .expect("request");
         assert_eq!(
-            list_path("node-1.example"),
-            "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1.example&resourceVersion=0"
+            request.uri(),
+            "/api/v1/pods?&fieldSelector=spec.nodeName%3Dnode-1.example&resourceVersion=0&resourceVersionMatch=NotOlderThan"
+        );
+        let accept = request.headers().get(http::header::ACCEPT).expect("accept");
+        assert_eq!(
+            accept,
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
         );
     }
 }

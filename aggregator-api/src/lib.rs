@@ -9,7 +9,6 @@ pub mod binding;
 pub mod config;
 pub mod connections;
 pub mod ingest;
-pub mod kube;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -13,7 +13,6 @@ use aggregator_api::{
         auth::TokenReviewAuth,
         config::{AuthMode, IngestArgs},
     },
-    kube::KubeClient,
     store::Store,
     stream::{WatchAuth, WatchService},
 };
@@ -106,9 +105,17 @@ async fn main() -> anyhow::Result<()> {
     let config = cli.api.into_config().context("invalid flags")?;
     let ingest = cli.ingest;
     let cancel = CancellationToken::new();
-    let bindings = if ingest.verify_pod_bindings {
-        let client = KubeClient::from_flag(config.kubeconfig.as_deref())
-            .context("kube-apiserver credentials for the pod binding check")?;
+    // The binding check and the agents' TokenReviews share one client.
+    let client = if ingest.verify_pod_bindings || ingest.ingest_auth == AuthMode::Tokenreview {
+        Some(
+            support::kube::client(config.kubeconfig.as_deref())
+                .await
+                .context("kube-apiserver credentials for the binding check and TokenReview")?,
+        )
+    } else {
+        None
+    };
+    let bindings = if let Some(client) = client.clone().filter(|_| ingest.verify_pod_bindings) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Some((tx, rx, client))
     } else {
@@ -139,8 +146,7 @@ async fn main() -> anyhow::Result<()> {
             (Arc::new(Unauthenticated), None)
         }
         AuthMode::Tokenreview => {
-            let client = KubeClient::from_flag(config.kubeconfig.as_deref())
-                .context("kube-apiserver credentials for TokenReview")?;
+            let client = client.context("a Kubernetes client for TokenReview")?;
             let watch_auth = WatchAuth {
                 tokens: Arc::new(KubeTokenReviewer::new(client.clone())),
                 access: Arc::new(KubeAccessReviewer::new(client.clone())),

@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aggregator_api::auth::config::AuthConfigHandle;
-use aggregator_api::kube::client::{ClientSettings, KubeClient, Token};
-use aggregator_api::kube::configmap::{AuthConfigReloader, LIST_PATH};
+use aggregator_api::auth::configmap::{AuthConfigReloader, LIST_PATH};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -28,9 +27,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
-use support::{Pki, configmap_data, default_flags, serve_https};
+use support::{Pki, configmap_data, default_flags, kube_client, serve_https};
 
 type Body = BoxBody<Bytes, Infallible>;
+/// The client and the kubeconfig files it re-reads.
+type Client = (kube::Client, tempfile::TempDir);
 
 /// An open watch: its path and query, and the sender of its event lines.
 struct OpenWatch {
@@ -107,13 +108,15 @@ async fn answer(fake: Arc<Fake>, request: Request<Incoming>) -> Response<Body> {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let Some(query) = path_and_query.strip_prefix(LIST_PATH) else {
+    let query = request.uri().query().unwrap_or_default();
+    if request.uri().path() != LIST_PATH {
         return full(
             StatusCode::NOT_FOUND,
             json!({"kind": "Status", "code": 404}),
         );
-    };
-    if !query.contains("watch=1") {
+    }
+    let pairs: Vec<&str> = query.split('&').collect();
+    if !pairs.contains(&"watch=true") {
         fake.lists.fetch_add(1, Ordering::SeqCst);
         let version = fake.resource_version.load(Ordering::SeqCst).to_string();
         return full(
@@ -127,6 +130,22 @@ async fn answer(fake: Arc<Fake>, request: Request<Incoming>) -> Response<Body> {
         );
     }
     let (events, stream) = mpsc::channel::<Bytes>(16);
+    // As kube-apiserver does, a watch from an older version first sends
+    // what changed since.
+    let from: usize = pairs
+        .iter()
+        .find_map(|p| p.strip_prefix("resourceVersion="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if from < fake.resource_version.load(Ordering::SeqCst) {
+        let line = format!(
+            "{}\n",
+            json!({ "type": "MODIFIED", "object": fake.object() })
+        );
+        events
+            .try_send(Bytes::from(line))
+            .expect("room for one event");
+    }
     fake.watches.lock().expect("lock").push(OpenWatch {
         query: path_and_query.clone(),
         events,
@@ -136,9 +155,7 @@ async fn answer(fake: Arc<Fake>, request: Request<Incoming>) -> Response<Body> {
     Response::new(BodyExt::boxed(body))
 }
 
-async fn start_fake(
-    data: BTreeMap<String, String>,
-) -> (Arc<Fake>, KubeClient, oneshot::Sender<()>) {
+async fn start_fake(data: BTreeMap<String, String>) -> (Arc<Fake>, Client, oneshot::Sender<()>) {
     let fake = Arc::new(Fake {
         data: Mutex::new(data),
         resource_version: AtomicUsize::new(100),
@@ -148,16 +165,7 @@ async fn start_fake(
     });
     let served = fake.clone();
     let (addr, ca, stop) = serve_https(move |request| answer(served.clone(), request)).await;
-    let client = KubeClient::new(ClientSettings {
-        server: format!("https://{addr}"),
-        ca_pem: ca.pem().into_bytes(),
-        tls_server_name: None,
-        client_identity: None,
-        token: Some(Token::Static("sa-token".to_owned())),
-        timeout: Duration::from_secs(5),
-        max_body: kube_lite::client::MAX_BODY,
-    })
-    .expect("client");
+    let client = kube_client(addr, &ca.pem(), "sa-token").await;
     (fake, client, stop)
 }
 
@@ -197,7 +205,7 @@ async fn configmap_changes_arrive_through_the_watch() {
     let pki = Pki::new();
     let (fake, client, _stop) = start_fake(configmap_data(&pki)).await;
     let handle = AuthConfigHandle::new();
-    let reloader = AuthConfigReloader::new(Some(client), default_flags(), handle.clone())
+    let reloader = AuthConfigReloader::new(Some(client.0.clone()), default_flags(), handle.clone())
         .with_period(Duration::from_secs(3600));
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(reloader.run(async {
@@ -208,12 +216,13 @@ async fn configmap_changes_arrive_through_the_watch() {
     watches_opened(&fake, 1).await;
     assert_eq!(allowed_names(&handle), ["front-proxy-client"]);
     let query = fake.watches.lock().expect("lock")[0].query.clone();
+    let pairs: Vec<&str> = query.split(['?', '&']).collect();
     for part in [
         "fieldSelector=metadata.name%3Dextension-apiserver-authentication",
-        "watch=1",
+        "watch=true",
         "resourceVersion=100",
     ] {
-        assert!(query.contains(part), "{query} lacks {part}");
+        assert!(pairs.contains(&part), "{query} lacks {part}");
     }
     assert_eq!(fake.lists.load(Ordering::SeqCst), 1);
 
@@ -269,19 +278,22 @@ async fn configmap_changes_arrive_through_the_watch() {
         .clone();
     let listed = fake.resource_version.load(Ordering::SeqCst);
     assert!(
-        query.ends_with(&format!("resourceVersion={listed}")),
+        query
+            .split(['?', '&'])
+            .any(|pair| pair == format!("resourceVersion={listed}")),
         "{query}"
     );
 
-    // The stream ends (the server's timeoutSeconds): list and watch again.
+    // The stream ends (the server's timeoutSeconds): the watch resumes from
+    // the last version seen, and what changed meanwhile arrives through it.
     fake.update("requestheader-allowed-names", r#"["after-end"]"#);
     fake.end_watches();
     watches_opened(&fake, 3).await;
-    until("the config listed after the stream ended", || {
+    until("the change made while no watch was open", || {
         allowed_names(&handle) == ["after-end"]
     })
     .await;
-    assert_eq!(fake.lists.load(Ordering::SeqCst), 3);
+    assert_eq!(fake.lists.load(Ordering::SeqCst), 2, "resumed, not listed");
 
     let _ = shutdown.send(());
     tokio::time::timeout(DEADLINE, task)

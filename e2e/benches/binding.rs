@@ -34,7 +34,11 @@ use aggregator_api::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser as _;
 use e2e::{Cluster, Options};
-use kube_lite::KubeClient;
+use k8s_openapi::api::core::v1::Pod as KubePod;
+use kube::{
+    Api, Client,
+    api::{ListParams, ObjectList, PartialObjectMeta},
+};
 use proto::v1::{
     ContainerName, ContainerSample, CpuSource, NodeMetadata, NodeReport, PodMetadata, PodSample,
     Usage,
@@ -95,12 +99,10 @@ fn main() -> Result<()> {
 /// A bench's report is its standard output.
 #[allow(clippy::print_stdout)]
 async fn measure(args: &Args, kubeconfig: &Path, apiserver: u32) -> Result<()> {
-    let mut settings = kube_lite::kubeconfig::load(kubeconfig)?;
-    // The whole cluster's list is hundreds of MB at 300,000 pods; the
-    // components themselves never read more than one node's pods.
-    settings.max_body = 1 << 30;
-    settings.timeout = Duration::from_secs(600);
-    let client = KubeClient::new(settings)?;
+    let mut config = support::kube::config(Some(kubeconfig)).await?;
+    // The whole cluster's list is hundreds of MB at 300,000 pods.
+    config.read_timeout = Some(Duration::from_secs(600));
+    let client = support::kube::client_for(config)?;
     let started = Instant::now();
     let pods = fill(&client, args).await?;
     let total = args.nodes * args.pods_per_node;
@@ -130,11 +132,9 @@ async fn measure(args: &Args, kubeconfig: &Path, apiserver: u32) -> Result<()> {
     let mut one = Vec::new();
     for (node, _) in pods.iter().take(200) {
         let t = Instant::now();
-        let answer: Value = client
-            .get_json_as(&binding::list_path(node), binding::METADATA_ONLY)
-            .await?;
+        let answer = node_pods(&client, node).await?;
         one.push(t.elapsed());
-        let items = answer["items"].as_array().map_or(0, Vec::len);
+        let items = answer.items.len();
         ensure!(
             items == args.pods_per_node,
             "{node}: {items} pods listed, not {}",
@@ -210,12 +210,33 @@ fn ms(d: Duration) -> f64 {
 /// Every pod's metadata in one LIST from kube-apiserver's watch cache
 /// (`resourceVersion=0`, which the cache answers whole, whatever `limit`
 /// says), as a reflector's first LIST asks: how many, and the bytes.
-async fn list_all(client: &KubeClient) -> Result<(usize, usize)> {
-    let all: Value = client
-        .get_json_as("/api/v1/pods?resourceVersion=0", binding::METADATA_ONLY)
+async fn list_all(client: &Client) -> Result<(usize, usize)> {
+    let all = Api::<KubePod>::all(client.clone())
+        .list_metadata(&ListParams::default().match_any())
         .await?;
-    let items = all["items"].as_array().map_or(0, Vec::len);
-    Ok((items, serde_json::to_vec(&all)?.len()))
+    Ok((all.items.len(), serde_json::to_vec(&all)?.len()))
+}
+
+/// `node`'s pods, metadata only, as the binding check asks.
+async fn node_pods(client: &Client, node: &str) -> Result<ObjectList<PartialObjectMeta<KubePod>>> {
+    Ok(Api::<KubePod>::all(client.clone())
+        .list_metadata(&binding::list_params(node))
+        .await?)
+}
+
+/// GETs `path` as JSON.
+async fn get(client: &Client, path: &str) -> Result<Value> {
+    Ok(client
+        .request(http::Request::get(path).body(Vec::new())?)
+        .await?)
+}
+
+/// POSTs `object` to `path`; the created object.
+async fn post(client: &Client, path: &str, object: &Value) -> Result<Value> {
+    let request = http::Request::post(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(object)?)?;
+    Ok(client.request(request).await?)
 }
 
 /// One pod as the store learns it from its node's agent.
@@ -226,22 +247,22 @@ struct Pod {
 
 /// Creates the Node objects and their pods: each node with the pods bound
 /// to it.
-async fn fill(client: &KubeClient, args: &Args) -> Result<Vec<(String, Vec<Pod>)>> {
-    let _: Value = client
-        .post_json(
-            "/api/v1/namespaces",
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-        )
-        .await?;
+async fn fill(client: &Client, args: &Args) -> Result<Vec<(String, Vec<Pod>)>> {
+    post(
+        client,
+        "/api/v1/namespaces",
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+    )
+    .await?;
     // ServiceAccount admission wants the namespace's default account, which
     // kube-controller-manager creates.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while client
-        .get_json::<Value>(&format!(
-            "/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"
-        ))
-        .await
-        .is_err()
+    while get(
+        client,
+        &format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"),
+    )
+    .await
+    .is_err()
     {
         ensure!(
             Instant::now() < deadline,
@@ -305,7 +326,7 @@ async fn fill(client: &KubeClient, args: &Args) -> Result<Vec<(String, Vec<Pod>)
 
 /// POSTs every `(path, object)`, `concurrency` at a time; the created objects.
 async fn create_all(
-    client: &KubeClient,
+    client: &Client,
     objects: Vec<(String, Value)>,
     concurrency: usize,
 ) -> Result<Vec<Value>> {
@@ -319,7 +340,7 @@ async fn create_all(
             && let Some((path, object)) = pending.next()
         {
             let client = client.clone();
-            creating.spawn(async move { client.post_json::<_, Value>(&path, &object).await });
+            creating.spawn(async move { post(&client, &path, &object).await });
         }
         let Some(done) = creating.join_next().await else {
             break;
@@ -336,7 +357,7 @@ async fn create_all(
 /// A fresh store learns every pod from two reports of each node; the
 /// binding check then runs until every pod is served.
 async fn binding_pass(
-    client: &KubeClient,
+    client: &Client,
     pods: &[(String, Vec<Pod>)],
     total: usize,
     apiserver: u32,
@@ -402,10 +423,8 @@ async fn binding_pass(
     // What the check received: each Node and each node's metadata list.
     let mut bytes = 0;
     for (node, _) in pods.iter().take(20) {
-        let n: Value = client.get_json(&format!("/api/v1/nodes/{node}")).await?;
-        let l: Value = client
-            .get_json_as(&binding::list_path(node), binding::METADATA_ONLY)
-            .await?;
+        let n = get(client, &format!("/api/v1/nodes/{node}")).await?;
+        let l = node_pods(client, node).await?;
         bytes += serde_json::to_vec(&n)?.len() + serde_json::to_vec(&l)?.len();
     }
     let bytes = bytes * pods.len() / pods.len().min(20);

@@ -6,7 +6,6 @@
 //! are cumulative, a skipped sample costs resolution, never correctness. A
 //! broken stream is re-opened with exponential backoff and jitter; the first
 //! report of every stream carries the full metadata.
-pub mod backoff;
 
 use std::{
     collections::HashMap,
@@ -22,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Uri};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use backoff::Backoff;
+use support::backoff::Backoff;
 
 /// Longest wait between reconnect attempts to one replica.
 pub const RECONNECT_CAP: Duration = Duration::from_secs(5);

@@ -4,6 +4,8 @@
 //! about tokens and permissions (contract §3).
 //!
 //! - [`config`]: the trusted CAs and header names, swappable at runtime.
+//! - [`configmap`]: keeps them in step with kube-apiserver's
+//!   `extension-apiserver-authentication` ConfigMap and the flags' CA files.
 //! - [`flags`]: the `--client-ca-file` / `--requestheader-*` / cache flags.
 //! - [`authn`]: the authentication order (request-header, client cert,
 //!   token, anonymous).
@@ -15,6 +17,7 @@ pub mod authn;
 pub mod authz;
 pub(crate) mod cache;
 pub mod config;
+pub mod configmap;
 pub mod flags;
 pub mod review;
 pub mod x509;

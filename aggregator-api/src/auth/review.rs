@@ -1,22 +1,24 @@
 //! The two questions delegated auth asks kube-apiserver, as traits so tests
 //! answer them with doubles: "who holds this token?" (`TokenReview`) and "may
-//! this user do this?" (`SubjectAccessReview`). The real implementations POST
-//! the review objects with the small [`KubeClient`].
+//! this user do this?" (`SubjectAccessReview`). The real implementations
+//! create the review objects (k8s-openapi's types) with kube-rs.
 
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::{authentication::v1 as authn, authorization::v1 as authz};
+use kube::Client;
+use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 
 use super::User;
-use crate::kube::client::{self, KubeClient};
 
 /// A review could not be obtained (network, kube-apiserver error, bad answer).
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     /// The request to kube-apiserver failed.
     #[error(transparent)]
-    Client(#[from] client::Error),
+    Client(#[from] kube::Error),
     /// A test double or another implementation failed for its own reason.
     #[error("{0}")]
     Other(String),
@@ -124,83 +126,67 @@ pub struct SubjectAccessReviewSpec {
     pub uid: String,
 }
 
-#[derive(Serialize)]
-struct Review<'a, S> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'a str,
-    kind: &'a str,
-    spec: S,
+impl From<&SubjectAccessReviewSpec> for authz::SubjectAccessReview {
+    fn from(spec: &SubjectAccessReviewSpec) -> Self {
+        let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+        authz::SubjectAccessReview {
+            spec: authz::SubjectAccessReviewSpec {
+                resource_attributes: spec.resource_attributes.as_ref().map(|r| {
+                    authz::ResourceAttributes {
+                        namespace: some(&r.namespace),
+                        verb: some(&r.verb),
+                        group: some(&r.group),
+                        version: some(&r.version),
+                        resource: some(&r.resource),
+                        subresource: some(&r.subresource),
+                        name: some(&r.name),
+                        ..Default::default()
+                    }
+                }),
+                non_resource_attributes: spec.non_resource_attributes.as_ref().map(|n| {
+                    authz::NonResourceAttributes {
+                        path: some(&n.path),
+                        verb: some(&n.verb),
+                    }
+                }),
+                user: some(&spec.user),
+                groups: (!spec.groups.is_empty()).then(|| spec.groups.clone()),
+                extra: (!spec.extra.is_empty()).then(|| spec.extra.clone()),
+                uid: some(&spec.uid),
+            },
+            ..Default::default()
+        }
+    }
 }
 
-#[derive(Serialize)]
-struct TokenReviewSpec<'a> {
-    token: &'a str,
-    /// Audiences the token must be valid for; empty: the apiserver's own.
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    audiences: &'a [String],
+/// What a TokenReview's answer says; anything missing is a rejection.
+fn token_verdict(review: authn::TokenReview) -> TokenVerdict {
+    let status = review.status.unwrap_or_default();
+    let user = status.user.unwrap_or_default();
+    let name = user.username.unwrap_or_default();
+    if status.authenticated != Some(true) || name.is_empty() {
+        return TokenVerdict::Rejected(status.error.unwrap_or_default());
+    }
+    TokenVerdict::Authenticated(User {
+        name,
+        uid: user.uid.unwrap_or_default(),
+        groups: user.groups.unwrap_or_default(),
+        extra: user.extra.unwrap_or_default(),
+    })
 }
-
-#[derive(Deserialize, Default)]
-struct TokenReviewResponse {
-    #[serde(default)]
-    status: TokenReviewStatus,
-}
-
-#[derive(Deserialize, Default)]
-struct TokenReviewStatus {
-    #[serde(default)]
-    authenticated: bool,
-    #[serde(default)]
-    user: TokenReviewUser,
-    #[serde(default)]
-    error: String,
-}
-
-#[derive(Deserialize, Default)]
-struct TokenReviewUser {
-    #[serde(default)]
-    username: String,
-    #[serde(default)]
-    uid: String,
-    #[serde(default)]
-    groups: Vec<String>,
-    #[serde(default)]
-    extra: BTreeMap<String, Vec<String>>,
-}
-
-#[derive(Deserialize, Default)]
-struct AccessReviewResponse {
-    #[serde(default)]
-    status: AccessReviewStatus,
-}
-
-#[derive(Deserialize, Default)]
-struct AccessReviewStatus {
-    #[serde(default)]
-    allowed: bool,
-    #[serde(default)]
-    reason: String,
-    #[serde(default, rename = "evaluationError")]
-    evaluation_error: String,
-}
-
-/// Path of the TokenReview collection.
-pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
-/// Path of the SubjectAccessReview collection.
-pub const ACCESS_REVIEW_PATH: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
 
 /// [`TokenReviewer`] that asks kube-apiserver (needs `system:auth-delegator`).
 #[derive(Debug, Clone)]
 pub struct KubeTokenReviewer {
-    client: KubeClient,
+    client: Api<authn::TokenReview>,
     audiences: Vec<String>,
 }
 
 impl KubeTokenReviewer {
     /// Reviews through `client`, for the apiserver's own audiences.
-    pub fn new(client: KubeClient) -> Self {
+    pub fn new(client: Client) -> Self {
         KubeTokenReviewer {
-            client,
+            client: Api::all(client),
             audiences: Vec::new(),
         }
     }
@@ -216,26 +202,15 @@ impl KubeTokenReviewer {
 impl TokenReviewer for KubeTokenReviewer {
     fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenVerdict, ReviewError>> {
         Box::pin(async move {
-            let body = Review {
-                api_version: "authentication.k8s.io/v1",
-                kind: "TokenReview",
-                spec: TokenReviewSpec {
-                    token,
-                    audiences: &self.audiences,
+            let review = authn::TokenReview {
+                spec: authn::TokenReviewSpec {
+                    token: token.to_owned(),
+                    audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
                 },
+                ..Default::default()
             };
-            let response: TokenReviewResponse =
-                self.client.post_json(TOKEN_REVIEW_PATH, &body).await?;
-            let status = response.status;
-            if !status.authenticated || status.user.username.is_empty() {
-                return Ok(TokenVerdict::Rejected(status.error));
-            }
-            Ok(TokenVerdict::Authenticated(User {
-                name: status.user.username,
-                uid: status.user.uid,
-                groups: status.user.groups,
-                extra: status.user.extra,
-            }))
+            let answer = self.client.create(&PostParams::default(), &review).await?;
+            Ok(token_verdict(answer))
         })
     }
 }
@@ -243,13 +218,15 @@ impl TokenReviewer for KubeTokenReviewer {
 /// [`AccessReviewer`] that asks kube-apiserver (needs `system:auth-delegator`).
 #[derive(Debug, Clone)]
 pub struct KubeAccessReviewer {
-    client: KubeClient,
+    client: Api<authz::SubjectAccessReview>,
 }
 
 impl KubeAccessReviewer {
     /// Reviews through `client`.
-    pub fn new(client: KubeClient) -> Self {
-        KubeAccessReviewer { client }
+    pub fn new(client: Client) -> Self {
+        KubeAccessReviewer {
+            client: Api::all(client),
+        }
     }
 }
 
@@ -259,22 +236,17 @@ impl AccessReviewer for KubeAccessReviewer {
         spec: &'a SubjectAccessReviewSpec,
     ) -> BoxFuture<'a, Result<AccessVerdict, ReviewError>> {
         Box::pin(async move {
-            let body = Review {
-                api_version: "authorization.k8s.io/v1",
-                kind: "SubjectAccessReview",
-                spec,
-            };
-            let response: AccessReviewResponse =
-                self.client.post_json(ACCESS_REVIEW_PATH, &body).await?;
-            let status = response.status;
+            let review = authz::SubjectAccessReview::from(spec);
+            let answer = self.client.create(&PostParams::default(), &review).await?;
+            let status = answer.status.unwrap_or_default();
             // Like the webhook authorizer: an evaluation error is logged, the
             // decision stands (allowed=false is a denial with the reason).
-            if !status.evaluation_error.is_empty() {
-                tracing::debug!(error = %status.evaluation_error, "SubjectAccessReview evaluation error");
+            if let Some(error) = status.evaluation_error.filter(|e| !e.is_empty()) {
+                tracing::debug!(%error, "SubjectAccessReview evaluation error");
             }
             Ok(AccessVerdict {
                 allowed: status.allowed,
-                reason: status.reason,
+                reason: status.reason.unwrap_or_default(),
             })
         })
     }
@@ -299,25 +271,38 @@ mod tests {
             groups: vec!["system:authenticated".to_owned()],
             ..SubjectAccessReviewSpec::default()
         };
-        let body = Review {
-            api_version: "authorization.k8s.io/v1",
-            kind: "SubjectAccessReview",
-            spec: &spec,
-        };
+        let body = serde_json::to_value(authz::SubjectAccessReview::from(&spec)).expect("json");
         assert_eq!(
-            serde_json::to_string(&body).expect("json"),
-            r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{"resourceAttributes":{"namespace":"ns","verb":"list","group":"metrics.k8s.io","version":"v1beta1","resource":"pods"},"user":"jane","groups":["system:authenticated"]}}"#
+            body,
+            serde_json::json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "metadata": {},
+                "spec": {
+                    "resourceAttributes": {"namespace": "ns", "verb": "list", "group": "metrics.k8s.io", "version": "v1beta1", "resource": "pods"},
+                    "user": "jane",
+                    "groups": ["system:authenticated"]
+                }
+            })
         );
     }
 
     #[test]
     fn token_review_status_tolerates_missing_fields() {
-        let r: TokenReviewResponse =
-            serde_json::from_str(r#"{"status":{"authenticated":true,"user":{"username":"u"}}}"#)
-                .expect("parses");
-        assert!(r.status.authenticated);
-        assert_eq!(r.status.user.username, "u");
-        let r: TokenReviewResponse = serde_json::from_str("{}").expect("parses");
-        assert!(!r.status.authenticated);
+        let review =
+            |json: &str| -> authn::TokenReview { serde_json::from_str(json).expect("parses") };
+        assert_eq!(
+            token_verdict(review(
+                r#"{"spec":{},"status":{"authenticated":true,"user":{"username":"u"}}}"#
+            )),
+            TokenVerdict::Authenticated(User {
+                name: "u".into(),
+                ..User::default()
+            })
+        );
+        assert_eq!(
+            token_verdict(review("{}")),
+            TokenVerdict::Rejected(String::new())
+        );
     }
 }

@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use aggregator_api::auth::User;
 use aggregator_api::auth::config::AuthConfigHandle;
+use aggregator_api::auth::configmap::AuthConfigReloader;
 use aggregator_api::auth::review::{
     AccessReviewer, KubeAccessReviewer, KubeTokenReviewer, ResourceAttributes,
     SubjectAccessReviewSpec, TokenReviewer, TokenVerdict,
 };
-use aggregator_api::kube::client::{ClientSettings, Error as ClientError, KubeClient, Token};
-use aggregator_api::kube::configmap::{AuthConfigReloader, PATH as CONFIGMAP_PATH};
 use bytes::Bytes;
 use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
@@ -25,7 +24,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use super::support::{Ca, Identity, Pki, TestView, configmap_data, default_flags, serve_https};
+use super::support::{
+    Ca, Identity, Pki, TestView, configmap_data, default_flags, kube_client, serve_https,
+};
+
+const CONFIGMAP_PATH: &str =
+    "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
 
 /// State of the fake kube-apiserver.
 struct Fake {
@@ -57,7 +61,7 @@ async fn answer(fake: Arc<Fake>, request: Request<Incoming>) -> Response<Full<By
     if !authorized {
         return respond(
             StatusCode::UNAUTHORIZED,
-            json!({"kind":"Status","message":"Unauthorized"}),
+            json!({"kind":"Status","status":"Failure","code":401,"reason":"Unauthorized","message":"Unauthorized"}),
         );
     }
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -90,7 +94,7 @@ async fn answer(fake: Arc<Fake>, request: Request<Incoming>) -> Response<Full<By
         ),
         _ => respond(
             StatusCode::NOT_FOUND,
-            json!({"kind":"Status","message":format!("{path} not found")}),
+            json!({"kind":"Status","status":"Failure","code":404,"reason":"NotFound","message":format!("{path} not found")}),
         ),
     }
 }
@@ -119,20 +123,13 @@ impl FakeApiserver {
         }
     }
 
-    fn settings(&self, token: &str) -> ClientSettings {
-        ClientSettings {
-            server: format!("https://{}", self.addr),
-            ca_pem: self.ca.pem().into_bytes(),
-            tls_server_name: None,
-            client_identity: None,
-            token: Some(Token::Static(token.to_owned())),
-            timeout: Duration::from_secs(5),
-            max_body: kube_lite::client::MAX_BODY,
-        }
+    /// A client with `token`, trusting `ca` (PEM).
+    async fn client_with(&self, token: &str, ca: &str) -> (kube::Client, tempfile::TempDir) {
+        kube_client(self.addr, ca, token).await
     }
 
-    fn client(&self) -> KubeClient {
-        KubeClient::new(self.settings("sa-token")).expect("client")
+    async fn client(&self) -> (kube::Client, tempfile::TempDir) {
+        self.client_with("sa-token", &self.ca.pem()).await
     }
 }
 
@@ -148,7 +145,8 @@ impl Drop for FakeApiserver {
 async fn token_reviews_go_to_the_apiserver() {
     let pki = Pki::new();
     let apiserver = FakeApiserver::start(&pki).await;
-    let reviewer = KubeTokenReviewer::new(apiserver.client());
+    let (client, _files) = apiserver.client().await;
+    let reviewer = KubeTokenReviewer::new(client);
     assert_eq!(
         reviewer.review("good").await.expect("review"),
         TokenVerdict::Authenticated(User {
@@ -162,7 +160,10 @@ async fn token_reviews_go_to_the_apiserver() {
         reviewer.review("stale").await.expect("review"),
         TokenVerdict::Rejected("token expired".to_owned())
     );
-    let sent = apiserver.fake.bodies.lock().expect("lock")[0].clone();
+    let mut sent = apiserver.fake.bodies.lock().expect("lock")[0].clone();
+    if sent["metadata"] == json!({}) {
+        sent.as_object_mut().expect("object").remove("metadata");
+    }
     assert_eq!(
         sent,
         json!({"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"good"}})
@@ -173,7 +174,8 @@ async fn token_reviews_go_to_the_apiserver() {
 async fn access_reviews_go_to_the_apiserver() {
     let pki = Pki::new();
     let apiserver = FakeApiserver::start(&pki).await;
-    let reviewer = KubeAccessReviewer::new(apiserver.client());
+    let (client, _files) = apiserver.client().await;
+    let reviewer = KubeAccessReviewer::new(client);
     let mut spec = SubjectAccessReviewSpec {
         resource_attributes: Some(ResourceAttributes {
             verb: "list".to_owned(),
@@ -201,34 +203,31 @@ async fn access_reviews_go_to_the_apiserver() {
 async fn client_errors_carry_the_status_message() {
     let pki = Pki::new();
     let apiserver = FakeApiserver::start(&pki).await;
-    let unauthenticated = KubeClient::new(apiserver.settings("wrong")).expect("client");
-    let err = unauthenticated
-        .get_json::<Value>(CONFIGMAP_PATH)
-        .await
-        .expect_err("401");
+    let (unauthenticated, _files) = apiserver.client_with("wrong", &apiserver.ca.pem()).await;
+    let get = |client: kube::Client, path: &str| {
+        let request = Request::get(path).body(Vec::new()).expect("request");
+        async move { client.request::<Value>(request).await }
+    };
+    let err = get(unauthenticated, CONFIGMAP_PATH).await.expect_err("401");
     match err {
-        ClientError::Status { code, message, .. } => {
-            assert_eq!(code, StatusCode::UNAUTHORIZED);
-            assert_eq!(message, "Unauthorized");
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 401);
+            assert_eq!(status.message, "Unauthorized");
         }
         other => panic!("unexpected {other}"),
     }
-    let err = apiserver
-        .client()
-        .get_json::<Value>("/nope")
-        .await
-        .expect_err("404");
+    let (client, _files) = apiserver.client().await;
+    let err = get(client, "/nope").await.expect_err("404");
     assert!(err.to_string().contains("/nope not found"), "{err}");
 
     // A server certificate from another CA is refused.
-    let mut wrong_ca = apiserver.settings("sa-token");
-    wrong_ca.ca_pem = Ca::new("other").pem().into_bytes();
-    let err = KubeClient::new(wrong_ca)
-        .expect("client")
-        .get_json::<Value>(CONFIGMAP_PATH)
-        .await
-        .expect_err("untrusted");
-    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    let (wrong_ca, _files) = apiserver
+        .client_with("sa-token", &Ca::new("other").pem())
+        .await;
+    let err = get(wrong_ca, CONFIGMAP_PATH).await.expect_err("untrusted");
+    assert!(!matches!(err, kube::Error::Api(_)), "{err}");
+    let chain = format!("{err:?}");
+    assert!(chain.contains("UnknownIssuer"), "{chain}");
 }
 
 #[tokio::test]
@@ -236,8 +235,8 @@ async fn configmap_reloads_into_the_handle() {
     let pki = Pki::new();
     let apiserver = FakeApiserver::start(&pki).await;
     let handle = AuthConfigHandle::new();
-    let reloader =
-        AuthConfigReloader::new(Some(apiserver.client()), default_flags(), handle.clone());
+    let (client, _files) = apiserver.client().await;
+    let reloader = AuthConfigReloader::new(Some(client), default_flags(), handle.clone());
     assert!(
         reloader.reload().await.expect("loads"),
         "first load changes"
@@ -285,7 +284,7 @@ async fn kubeconfig_files_drive_the_client() {
     let apiserver = FakeApiserver::start(&pki).await;
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("ca.crt"), apiserver.ca.pem()).expect("ca");
-    std::fs::write(dir.path().join("token"), "sa-token\n").expect("token");
+    std::fs::write(dir.path().join("token"), "sa-token").expect("token");
     let kubeconfig = dir.path().join("config");
     std::fs::write(
         &kubeconfig,
@@ -295,8 +294,13 @@ async fn kubeconfig_files_drive_the_client() {
         ),
     )
     .expect("kubeconfig");
-    let client = KubeClient::from_kubeconfig(&kubeconfig).expect("client");
-    let map: Value = client.get_json(CONFIGMAP_PATH).await.expect("configmap");
+    let client = ::support::kube::client(Some(&kubeconfig))
+        .await
+        .expect("client");
+    let request = Request::get(CONFIGMAP_PATH)
+        .body(Vec::new())
+        .expect("request");
+    let map: Value = client.request(request).await.expect("configmap");
     assert_eq!(map["kind"], "ConfigMap");
 }
 

@@ -733,3 +733,30 @@ pub fn default_flags() -> AuthFlags {
     }
     Cli::try_parse_from(["x"]).expect("flags").auth
 }
+
+/// A kubeconfig for the server at `addr` whose certificate `ca_pem` signs,
+/// with a token file holding `token`; the client the components build from
+/// it. The directory holds the files the client re-reads: keep it.
+pub async fn kube_client(
+    addr: SocketAddr,
+    ca_pem: &str,
+    token: &str,
+) -> (kube::Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("ca.crt"), ca_pem).expect("ca");
+    std::fs::write(dir.path().join("token"), token).expect("token");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\ncontexts: [{{name: t, context: {{cluster: c, user: u}}}}]\nclusters: [{{name: c, cluster: {{server: \"https://{addr}\", certificate-authority: {}}}}}]\nusers: [{{name: u, user: {{tokenFile: {}}}}}]\n",
+            dir.path().join("ca.crt").display(),
+            dir.path().join("token").display(),
+        ),
+    )
+    .expect("kubeconfig");
+    let client = ::support::kube::client(Some(&kubeconfig))
+        .await
+        .expect("client");
+    (client, dir)
+}

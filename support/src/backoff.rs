@@ -1,5 +1,8 @@
-//! Exponential backoff with full jitter, so a fleet of agents that lost an
-//! aggregator at the same instant does not reconnect in lockstep.
+//! Exponential backoff with jitter, so a fleet of agents that lost an
+//! aggregator (or kube-apiserver) at the same instant does not come back in
+//! lockstep. The one backoff of the workspace: gRPC reconnects use it
+//! directly, kube-runtime's watchers through its [`kube::runtime::utils::Backoff`]
+//! trait.
 use std::time::Duration;
 
 pub struct Backoff {
@@ -41,6 +44,21 @@ impl Backoff {
         self.rng ^= self.rng << 17;
         let fraction = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
         ceiling.mul_f64(0.5 + fraction / 2.0)
+    }
+}
+
+/// Never gives up: a watch is retried for as long as the process runs.
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay())
+    }
+}
+
+impl kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        Backoff::reset(self);
     }
 }
 

@@ -2,29 +2,33 @@
 //! `kube-system/extension-apiserver-authentication` and the CA files named by
 //! flags.
 //!
-//! A list, then a watch from the list's resourceVersion, both narrowed to the
-//! one object by `fieldSelector=metadata.name=…` (the
+//! A kube-runtime watcher narrowed to the one object by
+//! `fieldSelector=metadata.name=…` (the
 //! `extension-apiserver-authentication-reader` Role grants get, list and watch
 //! on that name only, and the apiserver authorizes a list or watch pinned to
 //! a name as a request for that name): a rotated CA or a changed allowed name
 //! applies as soon as kube-apiserver writes it, not a poll period later. The
-//! watch is listed again when it ends (the server's `timeoutSeconds`, an idle
-//! connection, 410 Gone when the version is too old, any error). Failed lists
-//! are retried fast (1 s doubling up to the period), so `/readyz` turns green
-//! promptly after start. An unusable ConfigMap (or its deletion) keeps the
-//! last good config and says why in the log. CA files named by flags are
-//! re-read every period, as the apiserver's dynamic file CA does.
+//! watcher lists again after 410 Gone and resumes its watch when one ends;
+//! failures are retried fast (1 s doubling up to the period), so `/readyz`
+//! turns green promptly after start. An unusable ConfigMap (or its deletion)
+//! keeps the last good config and says why in the log. CA files named by
+//! flags are re-read every period, as the apiserver's dynamic file CA does.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use http::StatusCode;
-use serde::Deserialize;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::{
+    WatchStreamExt,
+    watcher::{self, Event},
+};
+use kube::{Api, Client};
+use support::backoff::Backoff;
 
-use super::client::{self, KubeClient, WatchEvent};
 use crate::auth::config::{self as auth_config, AuthConfig, AuthConfigHandle};
 use crate::auth::flags::AuthFlags;
 
@@ -32,24 +36,18 @@ use crate::auth::flags::AuthFlags;
 pub const NAMESPACE: &str = "kube-system";
 /// Name of the ConfigMap.
 pub const NAME: &str = "extension-apiserver-authentication";
-/// Its API path.
-pub const PATH: &str =
-    "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
-/// The list of it alone: its namespace's ConfigMaps narrowed to its name.
-pub const LIST_PATH: &str = "/api/v1/namespaces/kube-system/configmaps?fieldSelector=metadata.name%3Dextension-apiserver-authentication";
-
-/// How long a watch asks the server to stay open; kube-apiserver ends it
-/// then, and the reloader lists again.
-const WATCH_TIMEOUT_SECONDS: u32 = 300;
-/// A watch with no event or bookmark for this long is presumed dead.
-const WATCH_IDLE: Duration = Duration::from_secs(90);
+/// The list and watch of it alone: its namespace's ConfigMaps, narrowed to its name.
+pub const LIST_PATH: &str = "/api/v1/namespaces/kube-system/configmaps";
 
 /// Why a load failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The ConfigMap could not be fetched.
     #[error("reading configmap {NAMESPACE}/{NAME}: {0}")]
-    Fetch(#[from] client::Error),
+    Fetch(#[from] kube::Error),
+    /// Listing or watching it failed (the watcher tries again).
+    #[error("watching configmap {NAMESPACE}/{NAME}: {0}")]
+    Watch(#[from] watcher::Error),
     /// Its contents or a flag's CA file is unusable.
     #[error("authentication configuration: {0}")]
     Config(#[from] auth_config::Error),
@@ -67,36 +65,18 @@ pub enum Error {
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Deserialize)]
-struct ConfigMap {
-    #[serde(default)]
-    data: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct ConfigMapList {
-    metadata: ListMeta,
-    #[serde(default)]
-    items: Vec<ConfigMap>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ListMeta {
-    #[serde(default)]
-    resource_version: String,
-}
-
 /// GETs the ConfigMap's `data`.
-pub async fn fetch(client: &KubeClient) -> Result<BTreeMap<String, String>> {
-    let map: ConfigMap = client.get_json(PATH).await?;
-    Ok(map.data)
+pub async fn fetch(client: &Client) -> Result<BTreeMap<String, String>> {
+    let map = Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
+        .get(NAME)
+        .await?;
+    Ok(map.data.unwrap_or_default())
 }
 
 /// Loads the authentication config from flags and (when needed) the
 /// ConfigMap, and keeps reloading it.
 pub struct AuthConfigReloader {
-    client: Option<KubeClient>,
+    client: Option<Client>,
     flags: AuthFlags,
     handle: AuthConfigHandle,
     period: Duration,
@@ -105,7 +85,7 @@ pub struct AuthConfigReloader {
 impl AuthConfigReloader {
     /// A reloader storing into `handle`. `client` may be `None` only when the
     /// flags make the lookup unnecessary.
-    pub fn new(client: Option<KubeClient>, flags: AuthFlags, handle: AuthConfigHandle) -> Self {
+    pub fn new(client: Option<Client>, flags: AuthFlags, handle: AuthConfigHandle) -> Self {
         AuthConfigReloader {
             client,
             flags,
@@ -137,11 +117,11 @@ impl AuthConfigReloader {
         Ok(self.handle.store(config))
     }
 
-    /// Keeps the config current until `shutdown` resolves: list, watch, list
-    /// again. Failures keep the last good config; they are logged on the first
-    /// occurrence and then every 30th time.
+    /// Keeps the config current until `shutdown` resolves. Failures keep the
+    /// last good config; they are logged on the first occurrence and then
+    /// every 30th time.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+        let mut shutdown = pin!(shutdown);
         let client = match (&self.client, self.flags.needs_lookup()) {
             (Some(client), true) => client.clone(),
             (None, true) => {
@@ -156,90 +136,52 @@ impl AuthConfigReloader {
             }
         };
         let failures = Failures::default();
-        // Consecutive lists or watches that failed: the retry delay grows with
-        // them, and only a watch that ran a while resets it.
-        let mut errors: u32 = 0;
+        let api = Api::<ConfigMap>::namespaced(client, NAMESPACE);
+        let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
+        let backoff = Backoff::new(Duration::from_secs(1), self.period);
+        let mut events = pin!(watcher::watcher(api, config).backoff(backoff));
+        // What the last complete listing and the events since say.
+        let mut latest = None;
+        // A listing in progress: absent until its item arrives.
+        let mut listing = Observed::Missing;
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.period, self.period);
         loop {
-            let (observed, version) = match list(&client).await {
-                Ok(listed) => listed,
-                Err(error) => {
-                    self.record(&failures, Err(error));
-                    errors = errors.saturating_add(1);
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = tokio::time::sleep(self.retry_delay(errors)) => continue,
-                    }
-                }
-            };
-            let latest = Mutex::new(observed);
-            self.apply(&failures, &latest);
-            let watch_path = format!(
-                "{LIST_PATH}&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT_SECONDS}&resourceVersion={version}"
-            );
-            let watched = client.watch::<ConfigMap>(&watch_path, WATCH_IDLE, |event| {
-                match event {
-                    WatchEvent::Added(map) | WatchEvent::Modified(map) => {
-                        *latest.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Observed::Data(map.data);
-                    }
-                    WatchEvent::Deleted(_) => {
-                        *latest.lock().unwrap_or_else(|p| p.into_inner()) = Observed::Deleted;
-                    }
-                    WatchEvent::Bookmark(_) => return true,
-                }
-                self.apply(&failures, &latest);
-                true
-            });
-            let started = tokio::time::Instant::now();
-            let ended = tokio::select! {
+            let event = tokio::select! {
                 () = &mut shutdown => return,
-                ended = self.while_watching(watched, &latest, &failures) => ended,
-            };
-            match ended {
-                // The server's timeout or an idle connection: list again at
-                // once, unless the watch ended as soon as it started.
-                Ok(()) if started.elapsed() >= Duration::from_secs(1) => {
-                    tracing::debug!("configmap watch ended; listing again");
-                    errors = 0;
+                event = events.next() => event,
+                // The flags' CA files are re-read every period.
+                _ = ticks.tick(), if self.flags_name_files() => {
+                    if let Some(latest) = &latest {
+                        self.apply(&failures, latest);
+                    }
                     continue;
                 }
-                Ok(()) => errors = errors.saturating_add(1),
-                Err(client::Error::Status { code, .. }) if code == StatusCode::GONE => {
+            };
+            let Some(event) = event else { return };
+            let observed = match event {
+                Ok(Event::Init) => {
+                    listing = Observed::Missing;
+                    continue;
+                }
+                Ok(Event::InitApply(map)) => {
+                    listing = Observed::Data(map.data.unwrap_or_default());
+                    continue;
+                }
+                Ok(Event::InitDone) => std::mem::replace(&mut listing, Observed::Missing),
+                Ok(Event::Apply(map)) => Observed::Data(map.data.unwrap_or_default()),
+                Ok(Event::Delete(_)) => Observed::Deleted,
+                Err(error) if support::kube::is_expired(&error) => {
                     tracing::debug!("configmap watch expired (410 Gone); listing again");
-                    errors = 0;
                     continue;
                 }
                 Err(error) => {
-                    self.record(&failures, Err(Error::Fetch(error)));
-                    errors = errors.saturating_add(1);
+                    self.record(&failures, Err(Error::Watch(error)));
+                    continue;
                 }
-            }
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(self.retry_delay(errors)) => {}
-            }
-        }
-    }
-
-    /// Drives `watched`; every period meanwhile, applies the latest ConfigMap
-    /// again so CA files named by flags are re-read.
-    async fn while_watching(
-        &self,
-        watched: impl Future<Output = client::Result<()>>,
-        latest: &Mutex<Observed>,
-        failures: &Failures,
-    ) -> client::Result<()> {
-        tokio::pin!(watched);
-        if !self.flags_name_files() {
-            return watched.await;
-        }
-        let mut ticks = tokio::time::interval(self.period);
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                ended = &mut watched => return ended,
-                _ = ticks.tick() => self.apply(failures, latest),
-            }
+            };
+            self.apply(&failures, &observed);
+            latest = Some(observed);
         }
     }
 
@@ -273,8 +215,8 @@ impl AuthConfigReloader {
 
     /// Builds the config from what was last observed and the flags, and
     /// stores it.
-    fn apply(&self, failures: &Failures, latest: &Mutex<Observed>) {
-        let result = match &*latest.lock().unwrap_or_else(|p| p.into_inner()) {
+    fn apply(&self, failures: &Failures, latest: &Observed) {
+        let result = match latest {
             Observed::Data(data) => self.config_from(data),
             Observed::Missing => Err(Error::NotFound),
             Observed::Deleted => Err(Error::Deleted),
@@ -336,8 +278,7 @@ impl AuthConfigReloader {
     }
 }
 
-/// Consecutive failed loads, for rate-limited logging. Shared by the watch
-/// callback and the loop around it.
+/// Consecutive failed loads, for rate-limited logging.
 #[derive(Default)]
 struct Failures(AtomicU32);
 
@@ -347,7 +288,7 @@ impl Failures {
     }
 }
 
-/// What the last list or watch event said about the ConfigMap.
+/// What the last listing or watch event said about the ConfigMap.
 enum Observed {
     /// Its `data`.
     Data(BTreeMap<String, String>),
@@ -355,16 +296,4 @@ enum Observed {
     Missing,
     /// A watch event deleted it.
     Deleted,
-}
-
-/// Lists the ConfigMap: what it holds, and the list's resourceVersion to
-/// watch from (a missing ConfigMap is watched for too).
-async fn list(client: &KubeClient) -> Result<(Observed, String)> {
-    let list: ConfigMapList = client.get_json(LIST_PATH).await?;
-    let observed = list
-        .items
-        .into_iter()
-        .next()
-        .map_or(Observed::Missing, |map| Observed::Data(map.data));
-    Ok((observed, list.metadata.resource_version))
 }

@@ -1,0 +1,351 @@
+//! The Kubernetes client both binaries use: kube-rs, configured from a
+//! kubeconfig or the pod's ServiceAccount, with watch requests paced.
+//!
+//! kube-runtime's watcher backs off after errors (with [`Backoff`], see the
+//! callers) but starts a new watch at once when one ends cleanly.
+//! kube-apiserver ends a healthy watch after minutes; a proxy that cuts every
+//! stream at once would make that a tight loop of watch requests. So a watch
+//! that starts soon after the previous successful one on the same path waits
+//! a growing pause first.
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use kube::{
+    Client, Config,
+    client::{Body, ClientBuilder},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service, buffer::BufferLayer};
+
+use crate::backoff::Backoff;
+
+/// Why no client could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig cannot be read or used.
+    #[error("kubeconfig {}: {source}", .path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No kubeconfig given, and not in a pod with a ServiceAccount.
+    #[error(
+        "in-cluster credentials (no --kubeconfig given; is the ServiceAccount token mounted?): {0}"
+    )]
+    InCluster(#[from] kube::config::InClusterError),
+    /// The settings were read but the client cannot be built from them.
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `kubeconfig` (its current context), or from the pod's
+/// ServiceAccount when there is none (metrics-server's rule). Must be called
+/// inside a Tokio runtime.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
+    client_for(config(kubeconfig).await?)
+}
+
+/// The settings [`client`] uses, for callers that adjust them (timeouts).
+pub async fn config(kubeconfig: Option<&Path>) -> Result<Config, Error> {
+    Ok(match kubeconfig {
+        Some(path) => {
+            let error = |source| Error::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(error)?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(error)?
+        }
+        None => Config::incluster()?,
+    })
+}
+
+/// A client with `config`'s settings, watches paced.
+pub fn client_for(config: Config) -> Result<Client, Error> {
+    Ok(paced(ClientBuilder::try_from(config)?, Pacing::default()))
+}
+
+/// 410 Gone: the version a watch resumed from was compacted away. The
+/// watcher lists again; this is routine, not a failure worth a warning.
+pub fn is_expired(error: &kube::runtime::watcher::Error) -> bool {
+    matches!(error, kube::runtime::watcher::Error::WatchError(status) if status.code == 410)
+}
+
+/// How watches that end at once are spaced out.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// A watch that starts this long after the previous one is not paced
+    /// (and the pauses start over). kube-apiserver ends healthy watches
+    /// after `timeoutSeconds` (kube-runtime asks for 290).
+    pub healthy: Duration,
+    /// First pause, and the largest.
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            healthy: Duration::from_secs(30),
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Requests waiting to reach the connection pool (kube's own default).
+const QUEUE: usize = 1024;
+
+/// A client over `builder`'s stack (kube's own from a [`Config`], or a fake
+/// kube-apiserver in tests), with watch requests paced by `pacing`.
+pub fn paced<S, B>(builder: ClientBuilder<S>, pacing: Pacing) -> Client
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + Sync,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // The pacing layer delays a call, so it needs a service it can clone
+    // and call later: a buffer in front of kube's stack.
+    builder
+        .with_layer(&BufferLayer::<Request<Body>>::new(QUEUE))
+        .with_layer(&PaceWatches::new(pacing))
+        .build()
+}
+
+/// The layer, and the service it makes.
+#[derive(Clone)]
+struct PaceWatches<S = ()> {
+    inner: S,
+    pacing: Pacing,
+    /// Per request path: when its last successful watch started.
+    last: Arc<Mutex<HashMap<String, Pace>>>,
+}
+
+struct Pace {
+    started: Instant,
+    backoff: Backoff,
+}
+
+impl PaceWatches {
+    fn new(pacing: Pacing) -> Self {
+        PaceWatches {
+            inner: (),
+            pacing,
+            last: Arc::default(),
+        }
+    }
+}
+
+impl<S> Layer<S> for PaceWatches {
+    type Service = PaceWatches<S>;
+
+    fn layer(&self, inner: S) -> PaceWatches<S> {
+        PaceWatches {
+            inner,
+            pacing: self.pacing,
+            last: Arc::clone(&self.last),
+        }
+    }
+}
+
+impl<S> PaceWatches<S> {
+    /// The pause before a watch of `path` starts now.
+    fn delay(&self, path: &str) -> Duration {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(pace) = last.get_mut(path) else {
+            return Duration::ZERO;
+        };
+        if pace.started.elapsed() >= self.pacing.healthy {
+            pace.backoff.reset();
+            Duration::ZERO
+        } else {
+            pace.backoff.next_delay()
+        }
+    }
+
+    /// A watch of `path` that started at `started` was accepted.
+    fn started(&self, path: String, started: Instant) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let pacing = self.pacing;
+        last.entry(path)
+            .or_insert_with(|| Pace {
+                started,
+                backoff: Backoff::new(pacing.base, pacing.max),
+            })
+            .started = started;
+    }
+}
+
+/// `watch=true` (kube-rs) or `watch=1` (others) in the query.
+fn is_watch<B>(request: &Request<B>) -> bool {
+    request.uri().query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| matches!(pair, "watch=true" | "watch=1"))
+    })
+}
+
+type Boxed<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, R> Service<Request<B>> for PaceWatches<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Boxed<Response<R>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !is_watch(&request) {
+            return Box::pin(self.inner.call(request));
+        }
+        let path = request.uri().path().to_string();
+        let delay = self.delay(&path);
+        // The clone is not ready; the one that is goes into the future.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let this = PaceWatches {
+            inner: (),
+            pacing: self.pacing,
+            last: Arc::clone(&self.last),
+        };
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let started = Instant::now();
+            let response = inner.call(request).await?;
+            // Refused watches are the watcher's to back off from.
+            if response.status().is_success() {
+                this.started(path, started);
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::{
+        Api,
+        runtime::{WatchStreamExt, watcher},
+    };
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const EMPTY_LIST: &str = r#"{"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": "7"}, "items": []}"#;
+
+    #[tokio::test]
+    async fn watches_that_end_at_once_are_spaced_out_more_and_more() {
+        let (tx, mut watches) = mpsc::unbounded_channel();
+        let pacing = Pacing {
+            healthy: Duration::from_secs(3600),
+            base: Duration::from_millis(40),
+            max: Duration::from_millis(160),
+        };
+        // kube-apiserver behind a proxy that ends every watch at once, cleanly.
+        let cut_watches = tower::service_fn(move |request: Request<Body>| {
+            let body = if is_watch(&request) {
+                let _ = tx.send(Instant::now());
+                ""
+            } else {
+                EMPTY_LIST
+            };
+            std::future::ready(Ok::<_, Infallible>(Response::new(
+                http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())),
+            )))
+        });
+        let client = paced(ClientBuilder::new(cut_watches, "default"), pacing);
+        let api: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+        let events = watcher(api, watcher::Config::default())
+            .backoff(Backoff::new(pacing.base, pacing.max))
+            .for_each(|_| async {});
+        let starts = async {
+            let mut starts = Vec::new();
+            while starts.len() < 5 {
+                starts.push(watches.recv().await.expect("watches"));
+            }
+            starts
+        };
+        let starts = tokio::select! {
+            starts = starts => starts,
+            () = events => unreachable!("a watcher never ends"),
+        };
+        let pauses: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        // Each within [ceiling/2, ceiling] of a ceiling that doubles: 40, 80,
+        // 160, 160 ms.
+        for (pause, floor) in pauses.iter().zip([20, 40, 80, 80]) {
+            assert!(*pause >= Duration::from_millis(floor), "pauses {pauses:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_watch_that_lived_starts_the_pauses_over() {
+        let pace = PaceWatches::new(Pacing {
+            healthy: Duration::from_secs(30),
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        })
+        .layer(());
+        let path = "/api/v1/pods";
+        assert_eq!(pace.delay(path), Duration::ZERO, "the first watch");
+        pace.started(path.into(), Instant::now());
+        let first = pace.delay(path);
+        assert!(first >= Duration::from_millis(50), "{first:?}");
+        assert_eq!(pace.delay("/api/v1/nodes"), Duration::ZERO, "paths apart");
+        pace.delay(path);
+        let third = pace.delay(path);
+        assert!(third >= Duration::from_millis(200), "grows: {third:?}");
+        pace.started(path.into(), Instant::now());
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(
+            pace.delay(path),
+            Duration::ZERO,
+            "a watch that ran its course: the next starts at once"
+        );
+        pace.started(path.into(), Instant::now());
+        let after = pace.delay(path);
+        assert!(
+            after <= Duration::from_millis(100),
+            "started over: {after:?}"
+        );
+    }
+
+    #[test]
+    fn only_watch_requests_are_paced() {
+        let request = |uri: &str| Request::get(uri).body(()).expect("request");
+        assert!(is_watch(&request(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3Dn&watch=true&resourceVersion=5"
+        )));
+        assert!(is_watch(&request("/api/v1/pods?watch=1")));
+        assert!(!is_watch(&request("/api/v1/pods?resourceVersion=0")));
+        assert!(!is_watch(&request("/api/v1/pods?watch=false")));
+        assert!(!is_watch(&request("/api/v1/nodes/watch")));
+    }
+}

@@ -1,0 +1,3 @@
+//! What the agent and the aggregator share.
+pub mod backoff;
+pub mod kube;
