@@ -393,7 +393,7 @@ mod tests {
             base: Duration::from_millis(40),
             max: Duration::from_millis(160),
         };
-        paced(ClientBuilder::new(service, "default"), pacing)
+        paced(ClientBuilder::new(service, "default"), pacing, None)
     }
 
     /// Guards a test against hanging: what it waits for did not happen.

@@ -64,8 +64,9 @@ async fn trusted_ca_with_rotating_bearer_token() -> TestResult {
     std::fs::write(&token, "token-two")?;
     let body = client.fetch().await?;
     assert_eq!(body.as_ref(), FIXTURE);
-    let seen = kubelet.seen.recv().await.ok_or("server saw no request")?;
-    assert_eq!(seen.authorization.as_deref(), Some("Bearer token-two"));
+    let again = kubelet.seen.recv().await.ok_or("server saw no request")?;
+    assert_eq!(again.authorization.as_deref(), Some("Bearer token-two"));
+    assert_eq!(again.connection, seen.connection, "the connection is kept");
 
     kubelet.stop().await
 }

@@ -26,7 +26,7 @@ use kube::{
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, buffer::BufferLayer};
 
-use crate::backoff::Backoff;
+use crate::{backoff::Backoff, token::TokenFile};
 
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +72,21 @@ pub async fn config(kubeconfig: Option<&Path>) -> Result<Config, Error> {
     })
 }
 
-/// A client with `config`'s settings, watches paced.
-pub fn client_for(config: Config) -> Result<Client, Error> {
-    Ok(paced(ClientBuilder::try_from(config)?, Pacing::default()))
+/// A client with `config`'s settings, watches paced. A token file (the
+/// in-cluster ServiceAccount's, or a kubeconfig's `tokenFile`) is read by
+/// the workspace's one [`TokenFile`] rather than by kube-rs, so that it is
+/// trimmed and re-read as every other token is.
+pub fn client_for(mut config: Config) -> Result<Client, Error> {
+    let token = match (&config.auth_info.token, config.auth_info.token_file.take()) {
+        (None, Some(path)) => Some(TokenFile::new(path)),
+        // An inline token wins over a file, as in client-go.
+        (_, _) => None,
+    };
+    Ok(paced(
+        ClientBuilder::try_from(config)?,
+        Pacing::default(),
+        token,
+    ))
 }
 
 /// 410 Gone: the version a watch resumed from was compacted away. The
@@ -109,8 +121,9 @@ impl Default for Pacing {
 const QUEUE: usize = 1024;
 
 /// A client over `builder`'s stack (kube's own from a [`Config`], or a fake
-/// kube-apiserver in tests), with watch requests paced by `pacing`.
-pub fn paced<S, B>(builder: ClientBuilder<S>, pacing: Pacing) -> Client
+/// kube-apiserver in tests), with watch requests paced by `pacing` and, with
+/// a `token`, its bearer token on every request.
+pub fn paced<S, B>(builder: ClientBuilder<S>, pacing: Pacing, token: Option<TokenFile>) -> Client
 where
     S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -123,7 +136,56 @@ where
     builder
         .with_layer(&BufferLayer::<Request<Body>>::new(QUEUE))
         .with_layer(&PaceWatches::new(pacing))
+        .with_layer(&tower::util::option_layer(token.map(|token| Bearer {
+            inner: (),
+            token: Arc::new(token),
+        })))
         .build()
+}
+
+/// Sets `Authorization` from a token file on every request.
+#[derive(Clone)]
+struct Bearer<S = ()> {
+    inner: S,
+    token: Arc<TokenFile>,
+}
+
+impl<S> Layer<S> for Bearer {
+    type Service = Bearer<S>;
+
+    fn layer(&self, inner: S) -> Bearer<S> {
+        Bearer {
+            inner,
+            token: Arc::clone(&self.token),
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Bearer<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Boxed<S::Response, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        match self.token.header() {
+            Ok(header) => {
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, header);
+                Box::pin(self.inner.call(request))
+            }
+            Err(error) => Box::pin(std::future::ready(Err(error.into()))),
+        }
+    }
 }
 
 /// The layer, and the service it makes.
@@ -281,7 +343,7 @@ mod tests {
                 http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())),
             )))
         });
-        let client = paced(ClientBuilder::new(cut_watches, "default"), pacing);
+        let client = paced(ClientBuilder::new(cut_watches, "default"), pacing, None);
         let api: Api<ConfigMap> = Api::namespaced(client, "kube-system");
         let events = watcher(api, watcher::Config::default())
             .backoff(Backoff::new(pacing.base, pacing.max))

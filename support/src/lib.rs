@@ -1,3 +1,4 @@
 //! What the agent and the aggregator share.
 pub mod backoff;
 pub mod kube;
+pub mod token;

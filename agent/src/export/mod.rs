@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Uri};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use support::backoff::Backoff;
+use support::{backoff::Backoff, token::TokenFile};
 
 /// Longest wait between reconnect attempts to one replica.
 pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
@@ -37,14 +37,8 @@ pub enum Error {
     },
     #[error("stream to {uri} ended: {status}")]
     Stream { uri: String, status: tonic::Status },
-    #[error("reading the token file {path}: {source}")]
-    Token {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("token in {0} is not a valid header value")]
-    BadToken(PathBuf),
+    #[error(transparent)]
+    Token(#[from] support::token::Error),
     #[error("reading the CA file {path}: {source}")]
     Ca {
         path: PathBuf,
@@ -91,7 +85,7 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// Server name to verify in the aggregators' certificates (default: the host).
     pub tls_server_name: Option<String>,
-    /// The projected ServiceAccount token, re-read for every stream (it rotates).
+    /// The projected ServiceAccount token, checked for every stream (it rotates).
     pub token_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub keepalive: Duration,
@@ -118,6 +112,10 @@ pub async fn run(
     samples: watch::Receiver<Option<Arc<Outgoing>>>,
     cancel: CancellationToken,
 ) {
+    let token = config
+        .token_file
+        .clone()
+        .map(|path| Arc::new(TokenFile::new(path)));
     let config = Arc::new(config);
     let mut tasks: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
         HashMap::new();
@@ -135,6 +133,7 @@ pub async fn run(
                 let handle = tokio::spawn(
                     endpoint_loop(
                         Arc::clone(&config),
+                        token.clone(),
                         uri.clone(),
                         samples.clone(),
                         child.clone(),
@@ -189,6 +188,7 @@ async fn resolve(targets: &Targets) -> Result<(Vec<String>, Duration)> {
 
 async fn endpoint_loop(
     config: Arc<Config>,
+    token: Option<Arc<TokenFile>>,
     uri: String,
     samples: watch::Receiver<Option<Arc<Outgoing>>>,
     cancel: CancellationToken,
@@ -199,7 +199,13 @@ async fn endpoint_loop(
     let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_CAP);
     loop {
         let started = Instant::now();
-        let attempt = stream_once(&config, &uri, samples.clone(), cancel.clone());
+        let attempt = stream_once(
+            &config,
+            token.as_deref(),
+            &uri,
+            samples.clone(),
+            cancel.clone(),
+        );
         let result = tokio::select! {
             r = attempt => r,
             _ = cancel.cancelled() => return,
@@ -258,6 +264,7 @@ async fn channel(config: &Config, uri: &str) -> Result<tonic::transport::Channel
 
 async fn stream_once(
     config: &Config,
+    token: Option<&TokenFile>,
     uri: &str,
     samples: watch::Receiver<Option<Arc<Outgoing>>>,
     cancel: CancellationToken,
@@ -265,16 +272,15 @@ async fn stream_once(
     let channel = channel(config, uri).await?;
     let mut client = IngestClient::new(channel).max_encoding_message_size(config.max_message_bytes);
     let mut request = tonic::Request::new(outbound(samples, cancel));
-    if let Some(path) = &config.token_file {
-        let token = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|source| Error::Token {
-                path: path.clone(),
-                source,
+    if let Some(token) = token {
+        let header = token.header()?;
+        let mut value =
+            tonic::metadata::AsciiMetadataValue::try_from(header.as_bytes()).map_err(|_| {
+                Error::Token(support::token::Error::Invalid {
+                    path: token.path().to_owned(),
+                })
             })?;
-        let value = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| Error::BadToken(path.clone()))?;
+        value.set_sensitive(true);
         request.metadata_mut().insert("authorization", value);
     }
     info!("stream open");

@@ -5,38 +5,30 @@
 //! timeout and the cap on the response size. Turning the body into numbers is
 //! [`mod@super::parse`]'s job.
 //!
-//! Each scrape opens its own connection (HTTP/1.1 over rustls) and drives it
-//! inside the calling task. Why not a pooled client: the agent talks to one
-//! kubelet on its own node at most once per resolution, so a handshake per
-//! scrape costs little, and in exchange there is no background connection
-//! task to own and shut down, a restarted kubelet (new serving certificate)
-//! is picked up on the next scrape, and the timeout covers connect, handshake,
-//! request and body in one place.
+//! The HTTPS stack is kube-rs's client (hyper and rustls), the one the
+//! agent uses for kube-apiserver too, built for the kubelet's address and CA:
+//! the connection is kept between scrapes (a handshake per scrape is gone),
+//! and a restarted kubelet (new serving certificate) is met with a new
+//! handshake when the old connection breaks. The bearer token comes from the
+//! workspace's one token reader, checked on every scrape.
 use std::{
     error::Error as StdError,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
 use http::{
     HeaderValue, Request, StatusCode, Uri,
-    header::{ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT},
+    header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, USER_AGENT},
 };
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
-};
-use tokio::{io::AsyncReadExt, net::TcpStream};
-use tokio_rustls::TlsConnector;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use kube::client::Body;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use support::token::TokenFile;
+use tokio::sync::OnceCell;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::parse::{self, Parsed};
@@ -48,10 +40,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// produces about 300 KiB; 16 MiB leaves room without letting a misbehaving
 /// endpoint make the agent buffer without bound.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
-/// Projected service-account tokens are about 1 KiB; anything far larger is
-/// not a token.
-const MAX_TOKEN_BYTES: u64 = 64 * 1024;
 
 /// How much of an error response body to quote back. The kubelet's 401/403
 /// bodies are one line (`Forbidden (user=..., verb=get, resource=nodes,
@@ -97,21 +85,10 @@ pub enum Error {
     },
     #[error("the kubelet CA file {path} holds no CERTIFICATE block")]
     NoCaCertificates { path: PathBuf },
-    #[error("cannot set up TLS for the kubelet client")]
-    TlsConfig(#[source] rustls::Error),
-    #[error("cannot read the bearer token file {path}")]
-    ReadToken {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the bearer token file {path} is empty")]
-    EmptyToken { path: PathBuf },
-    /// The token is never quoted: it is a credential.
-    #[error(
-        "the bearer token file {path} does not hold a usable token (not UTF-8, too large, or characters not allowed in a header)"
-    )]
-    InvalidToken { path: PathBuf },
+    #[error("cannot set up the HTTPS client for the kubelet")]
+    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Token(#[from] support::token::Error),
     #[error("cannot connect to the kubelet at {url}")]
     Connect {
         url: String,
@@ -132,13 +109,13 @@ pub enum Error {
     Tls {
         url: String,
         #[source]
-        source: std::io::Error,
+        source: rustls::Error,
     },
     #[error("HTTP exchange with the kubelet at {url} failed")]
     Http {
         url: String,
         #[source]
-        source: hyper::Error,
+        source: kube::Error,
     },
     #[error("cannot build the request to {url}")]
     Request {
@@ -183,7 +160,7 @@ pub struct KubeletConfig {
     /// metrics-server's `--kubelet-insecure-tls`. Mutually exclusive with
     /// `ca_file`.
     pub insecure: bool,
-    /// File holding the bearer token; re-read on every request so a rotated
+    /// File holding the bearer token; checked on every request so a rotated
     /// projected service-account token is picked up without a restart.
     pub token_file: Option<PathBuf>,
     /// Bound on the whole scrape: connect, TLS handshake, request and body.
@@ -221,21 +198,19 @@ pub fn resource_url(addr: SocketAddr) -> Result<Uri> {
         })
 }
 
-/// A client for one kubelet. Cheap to share by reference; holds no connection
-/// between scrapes.
+/// A client for one kubelet. Cheap to share by reference; keeps its
+/// connection between scrapes.
 pub struct KubeletClient {
     url: Uri,
     /// `url` as text, for errors and spans.
     url_text: String,
-    /// Host for the TCP connection (IPv6 without brackets).
-    host: String,
-    port: u16,
     /// The request target (`/metrics/resource`).
     path: String,
-    host_header: HeaderValue,
-    server_name: ServerName<'static>,
-    connector: TlsConnector,
-    token_file: Option<PathBuf>,
+    /// What the HTTPS client is built from, on the first scrape (it needs
+    /// the runtime that drives it).
+    settings: kube::Config,
+    client: OnceCell<kube::Client>,
+    token: Option<TokenFile>,
     timeout: Duration,
     max_body_bytes: usize,
 }
@@ -244,7 +219,7 @@ impl fmt::Debug for KubeletClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KubeletClient")
             .field("url", &self.url_text)
-            .field("token_file", &self.token_file)
+            .field("token_file", &self.token.as_ref().map(TokenFile::path))
             .field("timeout", &self.timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
@@ -283,28 +258,27 @@ impl KubeletClient {
         if host.is_empty() {
             return Err(invalid("no host"));
         }
-        let port = authority.port_u16().unwrap_or(443);
         let path = config
             .url
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let host_header = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| invalid("host is not a valid Host header"))?;
-        let server_name = ServerName::try_from(host.clone())
+        ServerName::try_from(host.as_str())
             .map_err(|_| invalid("host is neither an IP address nor a DNS name"))?;
-
-        let tls = tls_config(&config)?;
+        let base = Uri::builder()
+            .scheme("https")
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|_| invalid("host is not a valid URL authority"))?;
+        let settings = settings(&config, base)?;
         Ok(KubeletClient {
             url: config.url,
             url_text,
-            host,
-            port,
             path,
-            host_header,
-            server_name,
-            connector: TlsConnector::from(Arc::new(tls)),
-            token_file: config.token_file,
+            settings,
+            client: OnceCell::new(),
+            token: config.token_file.map(TokenFile::new),
             timeout: config.timeout,
             max_body_bytes: config.max_body_bytes,
         })
@@ -358,62 +332,32 @@ impl KubeletClient {
     async fn fetch_inner(&self) -> Result<Bytes> {
         // Read the token before connecting: a missing token is a local
         // problem and should not look like a network one.
-        let authorization = self.authorization().await?;
-
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        let authorization = self.authorization()?;
+        let client = self
+            .client
+            .get_or_try_init(|| async { kube::Client::try_from(self.settings.clone()) })
             .await
-            .map_err(|source| Error::Connect {
-                url: self.url_text.clone(),
-                source,
-            })?;
-        // Best effort: only latency is at stake.
-        let _ = tcp.set_nodelay(true);
-        let tls = self
-            .connector
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|source| self.tls_error(source))?;
-
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|source| self.http_error(source))?;
-
+            .map_err(Error::Client)?;
         let mut builder = Request::get(self.path.as_str())
-            .header(HOST, self.host_header.clone())
             .header(ACCEPT, ACCEPT_TEXT_0_0_4)
-            .header(USER_AGENT, USER_AGENT_VALUE)
-            .header(CONNECTION, "close");
+            .header(USER_AGENT, USER_AGENT_VALUE);
         if let Some(value) = authorization {
             builder = builder.header(AUTHORIZATION, value);
         }
         let request = builder
-            .body(Empty::<Bytes>::new())
+            .body(Body::empty())
             .map_err(|source| Error::Request {
                 url: self.url_text.clone(),
                 source,
             })?;
-
-        // Drive the connection and the exchange together in this task, so no
-        // connection task outlives the scrape.
-        let mut conn = std::pin::pin!(conn);
-        let mut exchange = std::pin::pin!(async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|source| self.http_error(source))?;
-            self.read_response(response).await
-        });
-        tokio::select! {
-            biased;
-            result = &mut exchange => return result,
-            conn_result = &mut conn => conn_result.map_err(|source| self.http_error(source))?,
-        }
-        // The connection finished cleanly first (the server closed after
-        // writing); what it delivered is still buffered for the exchange.
-        exchange.await
+        let response = client
+            .send(request)
+            .await
+            .map_err(|source| self.exchange_error(source))?;
+        self.read_response(response).await
     }
 
-    async fn read_response(&self, response: hyper::Response<Incoming>) -> Result<Bytes> {
+    async fn read_response(&self, response: http::Response<Body>) -> Result<Bytes> {
         let status = response.status();
         if !status.is_success() {
             let body = error_snippet(response.into_body()).await;
@@ -449,66 +393,46 @@ impl KubeletClient {
         }
     }
 
-    /// `Bearer <token>` from the token file, read afresh (see
-    /// [`KubeletConfig::token_file`]).
-    async fn authorization(&self) -> Result<Option<HeaderValue>> {
-        let Some(path) = &self.token_file else {
-            return Ok(None);
-        };
-        let read_error = |source| Error::ReadToken {
-            path: path.clone(),
-            source,
-        };
-        let file = tokio::fs::File::open(path).await.map_err(read_error)?;
-        let mut raw = Vec::new();
-        file.take(MAX_TOKEN_BYTES + 1)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(read_error)?;
-        let invalid = || Error::InvalidToken { path: path.clone() };
-        if raw.len() as u64 > MAX_TOKEN_BYTES {
-            return Err(invalid());
-        }
-        let token = std::str::from_utf8(&raw).map_err(|_| invalid())?.trim();
-        if token.is_empty() {
-            return Err(Error::EmptyToken { path: path.clone() });
-        }
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| invalid())?;
-        // Keeps it out of hyper's debug output and HPACK tables.
-        value.set_sensitive(true);
-        Ok(Some(value))
+    /// `Bearer <token>` from the token file (see [`KubeletConfig::token_file`]).
+    fn authorization(&self) -> Result<Option<HeaderValue>> {
+        Ok(self.token.as_ref().map(TokenFile::header).transpose()?)
     }
 
-    /// Separates "we do not trust this certificate" (a configuration problem
-    /// with a specific fix) from other handshake failures.
-    fn tls_error(&self, source: std::io::Error) -> Error {
-        let rejected = source
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .filter(|e| matches!(e, rustls::Error::InvalidCertificate(_)))
-            .cloned();
-        match rejected {
-            Some(source) => Error::CertificateRejected {
-                url: self.url_text.clone(),
-                source,
-            },
-            None => Error::Tls {
-                url: self.url_text.clone(),
-                source,
-            },
+    /// Names what failed, from the causes the HTTPS stack nests: "we do not
+    /// trust this certificate" (a configuration problem with a specific fix),
+    /// another handshake failure, a refused or unreachable address, or the
+    /// HTTP exchange itself.
+    fn exchange_error(&self, source: kube::Error) -> Error {
+        let url = self.url_text.clone();
+        let mut tls = None;
+        let mut io = None;
+        let mut cause: Option<&(dyn StdError + 'static)> = Some(&source);
+        while let Some(error) = cause {
+            if let Some(e) = error.downcast_ref::<rustls::Error>() {
+                tls.get_or_insert_with(|| e.clone());
+            }
+            cause = match error.downcast_ref::<std::io::Error>() {
+                Some(e) => {
+                    io.get_or_insert_with(|| std::io::Error::new(e.kind(), e.to_string()));
+                    // An I/O error's `source` skips the error it wraps.
+                    e.get_ref().map(|inner| inner as &(dyn StdError + 'static))
+                }
+                None => error.source(),
+            };
         }
-    }
-
-    fn http_error(&self, source: hyper::Error) -> Error {
-        Error::Http {
-            url: self.url_text.clone(),
-            source,
+        match (tls, io) {
+            (Some(source @ rustls::Error::InvalidCertificate(_)), _) => {
+                Error::CertificateRejected { url, source }
+            }
+            (Some(source), _) => Error::Tls { url, source },
+            (None, Some(source)) => Error::Connect { url, source },
+            (None, None) => Error::Http { url, source },
         }
     }
 }
 
 /// The start of an error body, as one printable line.
-async fn error_snippet(mut body: Incoming) -> String {
+async fn error_snippet(mut body: Body) -> String {
     let mut raw = Vec::new();
     while raw.len() < MAX_ERROR_BODY_BYTES {
         match body.frame().await {
@@ -530,117 +454,56 @@ async fn error_snippet(mut body: Incoming) -> String {
     line.trim().to_owned()
 }
 
-fn tls_config(config: &KubeletConfig) -> Result<ClientConfig> {
-    // An explicit provider: the process-wide default may be unset, or
-    // ambiguous when several crypto backends are linked in.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(Error::TlsConfig)?;
-    let mut tls = match (&config.ca_file, config.insecure) {
+/// The HTTPS client's settings: the kubelet's address, whom to trust, and
+/// one attempt per scrape (a retry belongs to the next interval).
+fn settings(config: &KubeletConfig, base: Uri) -> Result<kube::Config> {
+    let mut settings = kube::Config::new(base);
+    match (&config.ca_file, config.insecure) {
         (Some(_), true) => return Err(Error::ConflictingTrust),
         (None, false) => return Err(Error::NoTrust),
-        (Some(path), false) => builder
-            .with_root_certificates(load_roots(path)?)
-            .with_no_client_auth(),
+        (Some(path), false) => settings.root_cert = Some(load_roots(path)?),
         (None, true) => {
             warn!(
                 url = %config.url,
                 "TLS verification of the kubelet's certificate is DISABLED (insecure); \
                  anyone on the path can impersonate the kubelet and read the bearer token"
             );
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider }))
-                .with_no_client_auth()
+            settings.accept_invalid_certs = true;
         }
-    };
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tls)
+    }
+    settings.connect_timeout = Some(config.timeout);
+    settings.read_timeout = Some(config.timeout);
+    settings.write_timeout = Some(config.timeout);
+    settings.default_retry = false;
+    Ok(settings)
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore> {
+/// The CA file's certificates (DER), each checked to be a usable trust
+/// anchor, so a broken file fails at start with its own error.
+fn load_roots(path: &Path) -> Result<Vec<Vec<u8>>> {
     let pem = std::fs::read(path).map_err(|source| Error::ReadCa {
         path: path.to_owned(),
         source,
     })?;
-    let mut roots = RootCertStore::empty();
+    let mut roots = rustls::RootCertStore::empty();
+    let mut ders = Vec::new();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|source| Error::ParseCa {
             path: path.to_owned(),
             source,
         })?;
+        ders.push(cert.to_vec());
         roots.add(cert).map_err(|source| Error::InvalidCa {
             path: path.to_owned(),
             source,
         })?;
     }
-    if roots.is_empty() {
+    if ders.is_empty() {
         return Err(Error::NoCaCertificates {
             path: path.to_owned(),
         });
     }
-    Ok(roots)
-}
-
-/// **DANGER: accepts any server certificate, for any name, from any issuer,
-/// expired or not.** Used only when [`KubeletConfig::insecure`] is set, and
-/// announced with a warning when the client is built.
-///
-/// It still checks the handshake signatures against the presented
-/// certificate's key, so the peer must hold the key of the certificate it
-/// shows; that proves nothing about *who* the peer is, which is the point of
-/// the warning.
-#[derive(Debug)]
-struct AcceptAnyServerCert {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    Ok(ders)
 }
 
 #[cfg(test)]
@@ -660,10 +523,11 @@ mod tests {
         let v6 = resource_url("[fd00::7]:10250".parse().expect("addr")).expect("url");
         assert_eq!(v6.to_string(), "https://[fd00::7]:10250/metrics/resource");
         let client = KubeletClient::new(config(&v6.to_string())).expect("client");
-        assert_eq!(client.host, "fd00::7");
-        assert_eq!(client.port, 10250);
+        assert_eq!(
+            client.settings.cluster_url.to_string(),
+            "https://[fd00::7]:10250/"
+        );
         assert_eq!(client.path, "/metrics/resource");
-        assert!(matches!(client.server_name, ServerName::IpAddress(_)));
     }
 
     #[test]
@@ -686,8 +550,12 @@ mod tests {
     fn default_port_and_dns_name() {
         let client =
             KubeletClient::new(config("https://node-1.example/metrics/resource")).expect("client");
-        assert_eq!(client.port, 443);
-        assert!(matches!(client.server_name, ServerName::DnsName(_)));
+        let url = &client.settings.cluster_url;
+        assert_eq!((url.host(), url.port_u16()), (Some("node-1.example"), None));
+        assert!(matches!(
+            KubeletClient::new(config("https://under_score!/metrics/resource")),
+            Err(Error::InvalidUrl { .. })
+        ));
     }
 
     #[test]
@@ -741,36 +609,36 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn token_is_trimmed_and_marked_sensitive() -> std::result::Result<(), Box<dyn StdError>> {
+    #[test]
+    fn token_is_trimmed_and_marked_sensitive() -> std::result::Result<(), Box<dyn StdError>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("token");
         let mut c = config("https://127.0.0.1:10250/metrics/resource");
         c.token_file = Some(path.clone());
         let client = KubeletClient::new(c)?;
 
+        use support::token::Error as TokenError;
         assert!(matches!(
-            client.authorization().await,
-            Err(Error::ReadToken { .. })
+            client.authorization(),
+            Err(Error::Token(TokenError::Read { .. }))
         ));
         std::fs::write(&path, " \n")?;
         assert!(matches!(
-            client.authorization().await,
-            Err(Error::EmptyToken { .. })
+            client.authorization(),
+            Err(Error::Token(TokenError::Empty { .. }))
         ));
         std::fs::write(&path, "s3cr3t\nvalue")?;
         let err = client
             .authorization()
-            .await
             .err()
             .ok_or("accepted a token with a newline")?;
-        assert!(matches!(err, Error::InvalidToken { .. }));
+        assert!(matches!(err, Error::Token(TokenError::Invalid { .. })));
         assert!(
             !err.to_string().contains("s3cr3t"),
             "token leaked into {err}"
         );
         std::fs::write(&path, "eyJhbGciOi.abc.def\n")?;
-        let value = client.authorization().await?.ok_or("no header")?;
+        let value = client.authorization()?.ok_or("no header")?;
         assert_eq!(value, "Bearer eyJhbGciOi.abc.def");
         assert!(value.is_sensitive());
         Ok(())

@@ -135,6 +135,8 @@ pub struct Seen {
     pub path: String,
     pub authorization: Option<String>,
     pub accept: Option<String>,
+    /// Which connection it came on: 1 for the first accepted, and so on.
+    pub connection: usize,
 }
 
 pub struct FakeKubelet {
@@ -168,11 +170,14 @@ impl FakeKubelet {
         let (shutdown, mut shutdown_rx) = oneshot::channel::<()>();
 
         let task = tokio::spawn(async move {
+            let mut connections = 0;
             loop {
                 let serve_one = async {
                     let Ok((tcp, _)) = listener.accept().await else {
                         return;
                     };
+                    connections += 1;
+                    let connection = connections;
                     // A client that rejects our certificate ends here.
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -192,6 +197,7 @@ impl FakeKubelet {
                             path: req.uri().to_string(),
                             authorization: header(AUTHORIZATION),
                             accept: header(ACCEPT),
+                            connection,
                         });
                         let response = reply().response();
                         async move { Ok::<_, Infallible>(response) }

@@ -58,11 +58,11 @@ async fn main() -> anyhow::Result<()> {
         pods: false,
     });
     if let Some(path) = &args.token_file {
-        let token =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+        let header = support::token::TokenFile::new(path).header()?;
+        request.metadata_mut().insert(
+            "authorization",
+            tonic::metadata::AsciiMetadataValue::try_from(header.as_bytes())?,
+        );
     }
     let mut stream = client.watch(request).await.context("watch")?.into_inner();
     let mut nodes: std::collections::BTreeMap<String, NodeMetrics> = Default::default();
