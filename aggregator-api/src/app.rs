@@ -1,9 +1,15 @@
-//! Wiring of the API server from a [`Config`]: kube-apiserver client,
-//! authentication config reloader, TokenReview/SubjectAccessReview auth,
-//! serving certificate, listener, and [`server::serve`] until shutdown.
+//! The aggregator assembled in one place. [`Aggregator::build`] makes every
+//! part from the flags (one Kubernetes client, the store, the ingest
+//! listener with its TLS, the API listener) so that a bad flag or a busy
+//! port fails before anything runs; [`Aggregator::run`] runs them together
+//! until shutdown: the gRPC ingest and watch stream, the store's eviction,
+//! the binding check, and the metrics.k8s.io HTTPS server.
 //!
-//! The metrics come from outside as an `Arc<dyn MetricsView>` so the store
-//! (and whatever feeds it) is built and owned by the caller.
+//! The HTTPS server alone ([`run`], [`run_with`], [`run_on`]: kube-apiserver
+//! client, authentication config reloader, TokenReview/SubjectAccessReview
+//! auth, serving certificate, listener, and [`server::serve`] until
+//! shutdown) takes its metrics as an `Arc<dyn MetricsView>`, for tests and
+//! benches that feed it something else than the store.
 //!
 //! ```no_run
 //! # async fn example(config: aggregator_api::config::Config,
@@ -17,16 +23,29 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use kube::Client;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::view::MetricsView;
 use crate::auth::config::AuthConfigHandle;
 use crate::auth::configmap::AuthConfigReloader;
 use crate::auth::review::{KubeAccessReviewer, KubeTokenReviewer};
 use crate::auth::{Authenticator, Authorizer};
+use crate::binding;
 use crate::config::{Config, ServingSource};
+use crate::connections::Connections;
+use crate::ingest::{
+    self, IngestAuth, IngestService, Unauthenticated,
+    auth::TokenReviewAuth,
+    config::{AuthMode, IngestArgs},
+};
 use crate::server::{self, App, AppBuilder};
+use crate::store::{self, Store};
+use crate::stream::{WatchAuth, WatchService};
 use crate::tls::{self, ServingCert};
 
 /// Why the server could not start.
@@ -47,6 +66,216 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The ingest's certificate or key cannot be used.
+    #[error("ingest TLS")]
+    IngestTls(#[source] tls::Error),
+    /// Only one of the ingest's certificate and key files was given.
+    #[error("--ingest-tls-cert-file and --ingest-tls-private-key-file go together")]
+    IngestTlsPair,
+    /// `--agent-service-account` is not `namespace:name`.
+    #[error("--agent-service-account: {0}")]
+    AgentAccount(String),
+    /// The gRPC ingest server failed.
+    #[error("ingest server")]
+    Ingest(#[source] tonic::transport::Error),
+}
+
+/// Every part of the aggregator, built and bound, not yet running.
+pub struct Aggregator {
+    config: Config,
+    ingest: IngestArgs,
+    client: Client,
+    store: Arc<Store>,
+    /// The binding check's questions, when pod bindings are verified.
+    bindings: Option<mpsc::UnboundedReceiver<Arc<str>>>,
+    ingest_auth: Arc<dyn IngestAuth>,
+    watch_auth: Option<WatchAuth>,
+    ingest_tls: Option<Arc<rustls::ServerConfig>>,
+    ingest_listener: TcpListener,
+    listener: TcpListener,
+}
+
+impl Aggregator {
+    /// Builds every part from the flags and binds both listeners.
+    pub async fn build(config: Config, ingest: IngestArgs) -> Result<Self, Error> {
+        let client = client(&config).await?;
+        let (bindings_tx, bindings) = if ingest.verify_pod_bindings {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            tracing::warn!(
+                "--verify-pod-bindings=false: a pod is served as any agent names it (development only)"
+            );
+            (None, None)
+        };
+        let store = Arc::new(Store::new(store::Config {
+            node_selector: config.node_selector.clone(),
+            bindings: bindings_tx,
+            ..Default::default()
+        }));
+        let (ingest_auth, watch_auth): (Arc<dyn IngestAuth>, _) = match ingest.ingest_auth {
+            AuthMode::None => {
+                tracing::warn!(
+                    "--ingest-auth=none: any peer may report any node and watch everything (development only)"
+                );
+                (Arc::new(Unauthenticated), None)
+            }
+            AuthMode::Tokenreview => {
+                let watch_auth = WatchAuth {
+                    tokens: Arc::new(KubeTokenReviewer::new(client.clone())),
+                    access: Arc::new(KubeAccessReviewer::new(client.clone())),
+                };
+                // Agents' tokens are minted for the aggregator's audience.
+                let reviewer = KubeTokenReviewer::new(client.clone())
+                    .with_audiences(vec![ingest.ingest_audience.clone()]);
+                let (namespace, name) = ingest.agent_account().map_err(Error::AgentAccount)?;
+                let auth = TokenReviewAuth::new(Arc::new(reviewer), namespace, name);
+                let auth = if ingest.ingest_allow_unbound_tokens {
+                    auth.allow_unbound()
+                } else {
+                    auth
+                };
+                (Arc::new(auth), Some(watch_auth))
+            }
+        };
+        let ingest_tls = match (
+            &ingest.ingest_tls_cert_file,
+            &ingest.ingest_tls_private_key_file,
+        ) {
+            (Some(cert), Some(key)) => {
+                Some(ingest::listener::server_config(cert, key).map_err(Error::IngestTls)?)
+            }
+            (None, None) => {
+                tracing::warn!("ingest without TLS (no --ingest-tls-cert-file): development only");
+                None
+            }
+            _ => return Err(Error::IngestTlsPair),
+        };
+        let ingest_listener = bind(ingest.listen()).await?;
+        let listener = bind(config.listen).await?;
+        Ok(Aggregator {
+            config,
+            ingest,
+            client,
+            store,
+            bindings,
+            ingest_auth,
+            watch_auth,
+            ingest_tls,
+            ingest_listener,
+            listener,
+        })
+    }
+
+    /// Runs every part until `shutdown` resolves, then stops them: the
+    /// HTTPS server drains first (see [`run_on`]), then ingest, eviction
+    /// and the binding check end.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Aggregator {
+            config,
+            ingest,
+            client,
+            store,
+            bindings,
+            ingest_auth,
+            watch_auth,
+            ingest_tls,
+            ingest_listener,
+            listener,
+        } = self;
+        let cancel = CancellationToken::new();
+        let binding_task = bindings.map(|rx| {
+            tokio::spawn(binding::run(
+                Arc::clone(&store),
+                client.clone(),
+                rx,
+                cancel.clone(),
+            ))
+        });
+
+        let watch = WatchService::new(Arc::clone(&store), watch_auth, cancel.clone()).into_server();
+        let service = IngestService::new(Arc::clone(&store), ingest_auth, cancel.clone());
+        let ingest_stats = service.stats();
+        let service = service.into_server(ingest.ingest_max_message_bytes);
+        let connections = Connections::new("ingest", ingest.settings().connections);
+        let connections_metrics = connections.clone();
+        tracing::info!(addr = %ingest.listen(), tls = ingest_tls.is_some(), "ingest listening");
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(64))
+            .add_service(service)
+            .add_service(watch);
+        // The certificate is reloaded when its files change.
+        let ingest_task = tokio::spawn(router.serve_with_incoming_shutdown(
+            ingest::listener::incoming(
+                ingest_listener,
+                ingest_tls,
+                connections,
+                ingest.settings(),
+                cancel.clone(),
+            ),
+            cancel.clone().cancelled_owned(),
+        ));
+        let evict_task = {
+            let (store, cancel) = (Arc::clone(&store), cancel.clone());
+            let after = ingest.node_eviction;
+            tokio::spawn(async move { store.evict_silent(after, cancel).await })
+        };
+
+        let shutdown = {
+            let cancel = cancel.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = cancel.cancelled() => {}
+                }
+                cancel.cancel();
+            }
+        };
+        let view: Arc<dyn MetricsView> = store.clone();
+        let served = serve(
+            listener,
+            config,
+            client,
+            view,
+            move |app| {
+                app.metrics_source(move |out| {
+                    connections_metrics.render(out);
+                    ingest_stats.render(out);
+                    store.stats().render(out);
+                })
+            },
+            shutdown,
+        )
+        .await;
+        cancel.cancel();
+        let ingested = match ingest_task.await {
+            Ok(result) => result.map_err(Error::Ingest),
+            Err(error) => {
+                tracing::warn!(%error, "ingest task");
+                Ok(())
+            }
+        };
+        let _ = evict_task.await;
+        if let Some(task) = binding_task {
+            let _ = task.await;
+        }
+        served.and(ingested)
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// The one kube-apiserver client, from `--kubeconfig` or in-cluster.
+async fn client(config: &Config) -> Result<Client, Error> {
+    let kube = support::kube::config(config.kubeconfig.as_deref()).await?;
+    tracing::info!(server = %kube.cluster_url, "kubernetes client configured");
+    Ok(support::kube::client_for(kube)?)
 }
 
 /// Runs the API server over `view` until `shutdown` resolves.
@@ -65,12 +294,7 @@ pub async fn run_with(
     customize: impl FnOnce(AppBuilder) -> AppBuilder,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).await?;
     run_on(listener, config, view, customize, shutdown).await
 }
 
@@ -86,10 +310,19 @@ pub async fn run_on(
     customize: impl FnOnce(AppBuilder) -> AppBuilder,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let kube = support::kube::config(config.kubeconfig.as_deref()).await?;
-    tracing::info!(server = %kube.cluster_url, "kubernetes client configured");
-    let client = support::kube::client_for(kube)?;
+    let client = client(&config).await?;
+    serve(listener, config, client, view, customize, shutdown).await
+}
 
+/// [`run_on`] with a client already built.
+async fn serve(
+    listener: TcpListener,
+    config: Config,
+    client: Client,
+    view: Arc<dyn MetricsView>,
+    customize: impl FnOnce(AppBuilder) -> AppBuilder,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let serving = match &config.serving {
         ServingSource::Files { cert, key } => ServingCert::from_files(cert, key)?,
         ServingSource::SelfSigned { dir, names } => ServingCert::self_signed_in(dir, names)?,

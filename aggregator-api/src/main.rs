@@ -1,24 +1,9 @@
-//! `nodepulse-aggregator`: flags and tracing, then the three parts sharing
-//! one store until SIGTERM or Ctrl-C: the gRPC ingest agents stream to, the
-//! eviction of silent nodes, and the metrics.k8s.io HTTPS server.
+//! `nodepulse-aggregator`: flags, tracing and process limits; then the
+//! [`Aggregator`] the library assembles, until SIGTERM or Ctrl-C.
 
-use std::{sync::Arc, time::Duration};
-
-use aggregator_api::{
-    api::view::MetricsView,
-    auth::review::{KubeAccessReviewer, KubeTokenReviewer},
-    config::Args,
-    ingest::{
-        IngestAuth, IngestService, Unauthenticated,
-        auth::TokenReviewAuth,
-        config::{AuthMode, IngestArgs},
-    },
-    store::Store,
-    stream::{WatchAuth, WatchService},
-};
+use aggregator_api::{app::Aggregator, config::Args, ingest::config::IngestArgs};
 use anyhow::Context as _;
 use clap::Parser as _;
-use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Parser)]
 #[command(
@@ -103,160 +88,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = cli.api.into_config().context("invalid flags")?;
-    let ingest = cli.ingest;
-    let cancel = CancellationToken::new();
-    // The binding check and the agents' TokenReviews share one client.
-    let client = if ingest.verify_pod_bindings || ingest.ingest_auth == AuthMode::Tokenreview {
-        Some(
-            support::kube::client(config.kubeconfig.as_deref())
-                .await
-                .context("kube-apiserver credentials for the binding check and TokenReview")?,
-        )
-    } else {
-        None
-    };
-    let bindings = if let Some(client) = client.clone().filter(|_| ingest.verify_pod_bindings) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        Some((tx, rx, client))
-    } else {
-        tracing::warn!(
-            "--verify-pod-bindings=false: a pod is served as any agent names it (development only)"
-        );
-        None
-    };
-    let store = Arc::new(Store::new(aggregator_api::store::Config {
-        node_selector: config.node_selector.clone(),
-        bindings: bindings.as_ref().map(|(tx, _, _)| tx.clone()),
-        ..Default::default()
-    }));
-    let binding_task = bindings.map(|(_, rx, client)| {
-        tokio::spawn(aggregator_api::binding::run(
-            Arc::clone(&store),
-            client,
-            rx,
-            cancel.clone(),
-        ))
-    });
-
-    let (auth, watch_auth): (Arc<dyn IngestAuth>, Option<WatchAuth>) = match ingest.ingest_auth {
-        AuthMode::None => {
-            tracing::warn!(
-                "--ingest-auth=none: any peer may report any node and watch everything (development only)"
-            );
-            (Arc::new(Unauthenticated), None)
-        }
-        AuthMode::Tokenreview => {
-            let client = client.context("a Kubernetes client for TokenReview")?;
-            let watch_auth = WatchAuth {
-                tokens: Arc::new(KubeTokenReviewer::new(client.clone())),
-                access: Arc::new(KubeAccessReviewer::new(client.clone())),
-            };
-            let reviewer =
-                KubeTokenReviewer::new(client).with_audiences(vec![ingest.ingest_audience.clone()]);
-            let (namespace, name) = ingest.agent_account().map_err(anyhow::Error::msg)?;
-            let auth = TokenReviewAuth::new(Arc::new(reviewer), namespace, name);
-            let auth: Arc<dyn IngestAuth> = Arc::new(if ingest.ingest_allow_unbound_tokens {
-                auth.allow_unbound()
-            } else {
-                auth
-            });
-            (auth, Some(watch_auth))
-        }
-    };
-    let watch = WatchService::new(Arc::clone(&store), watch_auth, cancel.clone()).into_server();
-    let service = IngestService::new(Arc::clone(&store), auth, cancel.clone());
-    let ingest_stats = service.stats();
-    let service = service.into_server(ingest.ingest_max_message_bytes);
-    let mut server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(64));
     raise_open_file_limit();
-    let ingest_connections =
-        aggregator_api::connections::Connections::new("ingest", ingest.settings().connections);
-    let ingest_connections_metrics = ingest_connections.clone();
-    let tls = match (
-        &ingest.ingest_tls_cert_file,
-        &ingest.ingest_tls_private_key_file,
-    ) {
-        (Some(cert), Some(key)) => {
-            Some(aggregator_api::ingest::listener::server_config(cert, key).context("ingest TLS")?)
-        }
-        (None, None) => {
-            tracing::warn!("ingest without TLS (no --ingest-tls-cert-file): development only");
-            None
-        }
-        _ => anyhow::bail!("--ingest-tls-cert-file and --ingest-tls-private-key-file go together"),
-    };
-    let listener = tokio::net::TcpListener::bind(ingest.listen())
+    Aggregator::build(config, cli.ingest)
         .await
-        .with_context(|| format!("binding ingest {}", ingest.listen()))?;
-    tracing::info!(addr = %ingest.listen(), tls = tls.is_some(), "ingest listening");
-    let router = server.add_service(service).add_service(watch);
-    let shutdown = cancel.clone().cancelled_owned();
-    // The certificate is reloaded when its files change.
-    let ingest_task = tokio::spawn(router.serve_with_incoming_shutdown(
-        aggregator_api::ingest::listener::incoming(
-            listener,
-            tls,
-            ingest_connections,
-            ingest.settings(),
-            cancel.clone(),
-        ),
-        shutdown,
-    ));
-    let evict_task = {
-        let (store, cancel, after) = (Arc::clone(&store), cancel.clone(), ingest.node_eviction);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval((after / 4).max(Duration::from_secs(1)));
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {
-                        let n = store.evict(after);
-                        if n > 0 {
-                            tracing::info!(nodes = n, ?after, "evicted nodes that stopped reporting");
-                        }
-                    }
-                    _ = cancel.cancelled() => return,
-                }
-            }
-        })
-    };
-
-    let shutdown = {
-        let cancel = cancel.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = cancel.cancelled() => {}
-            }
-            cancel.cancel();
-        }
-    };
-    let view: Arc<dyn MetricsView> = store.clone();
-    let served = aggregator_api::app::run_with(
-        config,
-        view,
-        move |app| {
-            app.metrics_source(move |out| {
-                ingest_connections_metrics.render(out);
-                ingest_stats.render(out);
-                store.stats().render(out);
-            })
-        },
-        shutdown,
-    )
-    .await;
-    cancel.cancel();
-    match ingest_task.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "ingest server"),
-        Err(e) => tracing::warn!(error = %e, "ingest task"),
-        Ok(Ok(())) => {}
-    }
-    let _ = evict_task.await;
-    if let Some(task) = binding_task {
-        let _ = task.await;
-    }
-    served.context("metrics.k8s.io server")?;
+        .context("starting")?
+        .run(shutdown_signal())
+        .await
+        .context("running")?;
     Ok(())
 }

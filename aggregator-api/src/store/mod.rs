@@ -917,6 +917,23 @@ impl Store {
         Recorded { pending, refused }
     }
 
+    /// Evicts nodes silent for `after`, checking every quarter of it (at
+    /// least every second), until `cancel`.
+    pub async fn evict_silent(&self, after: Duration, cancel: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval((after / 4).max(Duration::from_secs(1)));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    let n = self.evict(after);
+                    if n > 0 {
+                        tracing::info!(nodes = n, ?after, "evicted nodes that stopped reporting");
+                    }
+                }
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
     /// Removes nodes that have not reported for `older_than`; returns how many.
     pub fn evict(&self, older_than: Duration) -> usize {
         let now = Instant::now();
