@@ -28,13 +28,13 @@ use kube::{
     Api, Client,
     api::{ListParams, PartialObjectMeta},
 };
+use support::log_gate::LogGate;
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
     api::quantity::parse_quantity,
-    server::metrics::LogGate,
     store::{Capacity, Store},
 };
 

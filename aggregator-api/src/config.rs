@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::selector::LabelSelector;
-use crate::auth::flags::{AuthFlags, duration_arg};
+use crate::auth::flags::AuthFlags;
 use crate::server::ServerLimits;
+use crate::time::duration_arg;
 
 /// A flag combination that cannot be used.
 #[derive(Debug, thiserror::Error)]

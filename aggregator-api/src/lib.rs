@@ -12,5 +12,6 @@ pub mod ingest;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod time;
 pub mod tls;
 pub mod untrusted;

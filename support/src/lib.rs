@@ -1,4 +1,5 @@
 //! What the agent and the aggregator share.
 pub mod backoff;
 pub mod kube;
+pub mod log_gate;
 pub mod token;

@@ -13,9 +13,10 @@
 use std::time::{Duration, SystemTime};
 
 use super::quantity::{ByteSink, write_bytes, write_cpu_nanocores};
-use super::types::{self, go_duration, rfc3339_seconds};
+use super::types;
 use super::view::{PodRef, with_pod_ref};
 use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
+use crate::time::{go_duration, rfc3339_seconds};
 
 /// Appends `s` as a JSON string (quoted and escaped as serde_json does).
 fn string(buf: &mut Vec<u8>, s: &str) -> types::Result<()> {

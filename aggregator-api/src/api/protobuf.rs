@@ -347,7 +347,8 @@ fn status_details(buf: &mut Vec<u8>, details: &StatusDetails) {
 mod tests {
     use super::*;
     use crate::api::strategies::{pod, time as any_time};
-    use crate::api::types::{self, go_duration, rfc3339_seconds};
+    use crate::api::types;
+    use crate::time::{go_duration, rfc3339_seconds};
     use proptest::prelude::*;
     use upstream_proto::metrics_v1beta1 as upstream;
 

@@ -21,10 +21,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::types::{
-    ListMeta, NodeMetrics, ObjectMeta, PodMetrics, Usage, go_duration, node_metrics, pod_metrics,
-    rfc3339_seconds, usage,
+    ListMeta, NodeMetrics, ObjectMeta, PodMetrics, Usage, node_metrics, pod_metrics, usage,
 };
 use super::{ApiVersion, NodeUsage, PodUsage, go_quote, sorted_nodes, sorted_pods};
+use crate::time::{go_duration, rfc3339_seconds};
 
 /// A `Table` request that cannot be honoured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,12 +10,7 @@ use super::config::{
     AuthOverrides, CaBundle, DEFAULT_EXTRA_PREFIXES, DEFAULT_GROUP_HEADERS,
     DEFAULT_USERNAME_HEADERS, RequestHeaderConfig, Result,
 };
-use crate::api::types::parse_go_duration;
-
-/// Parses a Go duration flag value (`10s`, `1m30s`).
-pub fn duration_arg(text: &str) -> std::result::Result<Duration, String> {
-    parse_go_duration(text).map_err(|e| e.to_string())
-}
+use crate::time::duration_arg;
 
 /// Delegated authn/authz flags.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]

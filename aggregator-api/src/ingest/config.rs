@@ -118,7 +118,7 @@ impl IngestArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::api::types::parse_go_duration(s)
+    crate::time::parse_go_duration(s)
         .or_else(|_| {
             s.parse::<f64>()
                 .map_err(|e| e.to_string())

@@ -12,7 +12,6 @@ pub mod auth;
 pub mod config;
 pub mod listener;
 
-use crate::server::metrics::LogGate;
 use std::fmt::Write as _;
 use std::{
     sync::{
@@ -21,6 +20,7 @@ use std::{
     },
     time::{Duration, SystemTime},
 };
+use support::log_gate::LogGate;
 
 use proto::v1::{NodeReport, ReportSummary, ingest_server::Ingest};
 use tokio_util::sync::CancellationToken;

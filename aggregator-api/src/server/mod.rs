@@ -56,8 +56,9 @@ use crate::api::selector::LabelSelector;
 use crate::api::view::MetricsView;
 use crate::auth::{Authenticator, Authorizer};
 use health::{Check, Health};
-use metrics::{LogGate, Metrics};
+use metrics::Metrics;
 use router::ConnInfo;
+use support::log_gate::LogGate;
 
 /// Resource limits of the server. Set explicitly rather than left to
 /// library defaults so they are visible and testable.

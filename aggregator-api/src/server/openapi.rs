@@ -889,7 +889,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
-    use crate::server::metrics::LogGate;
+    use support::log_gate::LogGate;
 
     fn get(document: Document, headers: &[(&str, &str)], query: &str) -> Response<Body> {
         let mut request = Request::builder();

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::metrics::LogGate;
 use crate::api::negotiate::{Encoding, JSON, PROTOBUF};
 use crate::api::status::ApiError;
+use support::log_gate::LogGate;
 
 /// The body type of every response.
 pub type Body = Full<Bytes>;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aggregator_api::api::types::{go_duration, rfc3339_seconds};
+use aggregator_api::time::{go_duration, rfc3339_seconds};
 use http::StatusCode;
 use serde_json::{Value, json};
 use upstream_proto::meta;
