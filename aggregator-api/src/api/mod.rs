@@ -23,6 +23,7 @@
 //! - [`list`]: pod lists encoded straight from a view, in parallel (same
 //!   bytes as [`json_list`] and [`protobuf`]).
 
+pub mod discovery;
 pub mod json_list;
 pub mod list;
 pub mod negotiate;

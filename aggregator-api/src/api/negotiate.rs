@@ -17,8 +17,8 @@
 
 use std::cmp::Ordering;
 
+use super::discovery::AGGREGATED_DISCOVERY_CONTENT_TYPE;
 use super::table::MetaVersion;
-use super::types::AGGREGATED_DISCOVERY_CONTENT_TYPE;
 
 /// Media type of JSON responses.
 pub const JSON: &str = "application/json";

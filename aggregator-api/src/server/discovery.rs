@@ -12,9 +12,9 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
 
 use crate::api::ApiVersion;
+use crate::api::discovery;
 use crate::api::negotiate::{self, Endpoint, Offer, Target};
 use crate::api::status::ApiError;
-use crate::api::types;
 
 use super::respond::{self, HandlerResult};
 
@@ -25,8 +25,8 @@ pub fn root(headers: &HeaderMap, accept: Option<&str>) -> HandlerResult {
     let negotiated = negotiate::negotiate(accept, Endpoint::RootDiscovery, OFFER)?;
     let mut response = match negotiated.target {
         Target::AggregatedDiscovery => {
-            let body = respond::json_bytes(&types::api_group_discovery_list(&ApiVersion::ALL))?;
-            let etag = types::discovery_etag(&body);
+            let body = respond::json_bytes(&discovery::api_group_discovery_list(&ApiVersion::ALL))?;
+            let etag = discovery::discovery_etag(&body);
             let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal {
                 message: e.to_string(),
             })?;
@@ -51,7 +51,7 @@ pub fn root(headers: &HeaderMap, accept: Option<&str>) -> HandlerResult {
         }
         Target::Object => respond::ok(
             negotiated.content_type(),
-            respond::json_bytes(&types::api_group_list(&ApiVersion::ALL))?,
+            respond::json_bytes(&discovery::api_group_list(&ApiVersion::ALL))?,
         ),
         Target::Table(_) => {
             return Err(ApiError::Internal {
@@ -68,7 +68,7 @@ pub fn root(headers: &HeaderMap, accept: Option<&str>) -> HandlerResult {
 /// `/apis/metrics.k8s.io`.
 pub fn group(accept: Option<&str>) -> HandlerResult {
     let negotiated = negotiate::negotiate(accept, Endpoint::GroupVersionDiscovery, OFFER)?;
-    let mut group = types::api_group(&ApiVersion::ALL);
+    let mut group = discovery::api_group(&ApiVersion::ALL);
     group.kind = Some("APIGroup".to_owned());
     group.api_version = Some("v1".to_owned());
     Ok(respond::ok(
@@ -82,7 +82,7 @@ pub fn group_version(version: ApiVersion, accept: Option<&str>) -> HandlerResult
     let negotiated = negotiate::negotiate(accept, Endpoint::GroupVersionDiscovery, OFFER)?;
     Ok(respond::ok(
         negotiated.content_type(),
-        respond::json_bytes(&types::api_resource_list(version))?,
+        respond::json_bytes(&discovery::api_resource_list(version))?,
     ))
 }
 

@@ -40,7 +40,7 @@ use super::query::Query;
 use super::respond::{Body, HandlerResult, json_bytes};
 use crate::api::negotiate::{self, Endpoint, JSON, Offer};
 use crate::api::status::ApiError;
-use crate::api::{ApiVersion, GROUP, Resource, types};
+use crate::api::{ApiVersion, GROUP, Resource, discovery};
 
 /// A document this module serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +171,9 @@ struct Served {
 impl Served {
     fn new(document: &Value) -> Result<Self, ApiError> {
         let body = json_bytes(document)?;
-        let hash = types::discovery_etag(&body).trim_matches('"').to_owned();
+        let hash = discovery::discovery_etag(&body)
+            .trim_matches('"')
+            .to_owned();
         Ok(Served {
             body: Bytes::from(body),
             hash,
@@ -933,7 +935,9 @@ mod tests {
             let response = get(Document::V3(version), &[], "");
             let etag = header_of(&response, header::ETAG);
             let served = body(response);
-            let hash = types::discovery_etag(&served).trim_matches('"').to_owned();
+            let hash = discovery::discovery_etag(&served)
+                .trim_matches('"')
+                .to_owned();
             assert_eq!(etag, format!("\"{hash}\""));
             let url =
                 paths[&format!("apis/metrics.k8s.io/{}", version.as_str())]["serverRelativeURL"]
