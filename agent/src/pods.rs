@@ -27,7 +27,7 @@ use kube::{
     },
 };
 use proto::v1::{ContainerName, NodeMetadata, PodMetadata};
-use support::backoff::Backoff;
+use support::backoff::WatchBackoff;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -228,7 +228,7 @@ async fn keep_pods(
     .any_semantic();
     let mut events = pin!(
         watcher::watcher(pods, config)
-            .backoff(Backoff::new(timing.backoff_base, timing.backoff_max))
+            .backoff(WatchBackoff::new(timing.backoff_base, timing.backoff_max))
     );
     let mut listing: Option<HashMap<String, PodMetadata>> = None;
     loop {
@@ -385,8 +385,15 @@ mod tests {
     /// A client whose kube-apiserver is `fake`, paced as the tests' timing.
     fn client(fake: &Arc<Fake>) -> Client {
         let fake = Arc::clone(fake);
+        client_answered_by(move |request| fake.answer(request))
+    }
+
+    /// A client whose every request `answer` answers.
+    fn client_answered_by(
+        answer: impl Fn(&Request<Body>) -> Response<FakeBody> + Send + Sync + 'static,
+    ) -> Client {
         let service = tower::service_fn(move |request: Request<Body>| {
-            std::future::ready(Ok::<_, Infallible>(fake.answer(&request)))
+            std::future::ready(Ok::<_, Infallible>(answer(&request)))
         });
         let pacing = Pacing {
             healthy: Duration::from_secs(3600),
@@ -463,6 +470,147 @@ mod tests {
         tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, test) })
             .await
             .expect("the new labels while the watch lives");
+    }
+
+    /// What the scripted kube-apiserver answers next, per kind of request.
+    enum Reply {
+        Json(StatusCode, &'static str),
+        /// A watch stream that sends these events, then ends.
+        Events(&'static [&'static str]),
+        /// A watch stream that never ends.
+        Hang,
+    }
+
+    fn reply(reply: Reply) -> Response<FakeBody> {
+        let full = |status: StatusCode, body: String| {
+            let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+            *response.status_mut() = status;
+            response
+        };
+        match reply {
+            Reply::Json(status, body) => full(status, body.into()),
+            Reply::Events(events) => full(StatusCode::OK, events.concat()),
+            Reply::Hang => {
+                Response::new(BodyExt::boxed(StreamBody::new(futures::stream::pending::<
+                    Result<http_body::Frame<Bytes>, Infallible>,
+                >())))
+            }
+        }
+    }
+
+    const TOO_MANY: Reply = Reply::Json(
+        StatusCode::TOO_MANY_REQUESTS,
+        r#"{"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 429, "reason": "TooManyRequests", "message": "too many requests, please try again later"}"#,
+    );
+
+    #[tokio::test]
+    async fn a_closed_watch_then_410_then_429s_keep_the_metadata_with_bounded_backoff() {
+        use std::collections::VecDeque;
+        // kube-apiserver's answers, in order: the watch sends a pod and is
+        // closed; the next watch gets 410 Gone; the lists that follow are
+        // refused (429) three times before one succeeds.
+        let lists = Mutex::new(VecDeque::from([
+            Reply::Json(
+                StatusCode::OK,
+                r#"{"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"}, "items": [
+                     {"metadata": {"uid": "u-1", "name": "web", "namespace": "shop", "resourceVersion": "5"},
+                      "status": {"phase": "Running"}}]}"#,
+            ),
+            TOO_MANY,
+            TOO_MANY,
+            TOO_MANY,
+            Reply::Json(
+                StatusCode::OK,
+                r#"{"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "20"}, "items": [
+                     {"metadata": {"uid": "u-2", "name": "db", "namespace": "shop", "resourceVersion": "6"},
+                      "status": {"phase": "Running"}},
+                     {"metadata": {"uid": "u-3", "name": "cache", "namespace": "shop", "resourceVersion": "19"},
+                      "status": {"phase": "Running"}}]}"#,
+            ),
+        ]));
+        let watches = Mutex::new(VecDeque::from([
+            Reply::Events(&[
+                r#"{"type": "ADDED", "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"uid": "u-2", "name": "db", "namespace": "shop", "resourceVersion": "6"}, "status": {"phase": "Running"}}}"#,
+                "\n",
+            ]),
+            Reply::Events(&[
+                r#"{"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version: 6 (15)"}}"#,
+                "\n",
+            ]),
+        ]));
+        let (calls, mut seen) = mpsc::unbounded_channel::<(&str, Instant)>();
+        let client = client_answered_by(move |request| {
+            let query = request.uri().query().unwrap_or_default();
+            if request.uri().path().starts_with("/api/v1/nodes/") {
+                return reply(Reply::Json(
+                    StatusCode::OK,
+                    r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}"#,
+                ));
+            }
+            if query.contains("watch=true") {
+                let _ = calls.send(("watch", Instant::now()));
+                let next = watches.lock().expect("watches").pop_front();
+                reply(next.unwrap_or(Reply::Hang))
+            } else {
+                let _ = calls.send(("list", Instant::now()));
+                let next = lists.lock().expect("lists").pop_front();
+                reply(next.unwrap_or(TOO_MANY))
+            }
+        });
+        let (tx, mut rx) = watch::channel(Arc::<NodeMetadata>::default());
+        let cancel = CancellationToken::new();
+        let uids = |m: &NodeMetadata| m.pods.iter().map(|p| p.uid.clone()).collect::<Vec<_>>();
+        let test = async {
+            let mut published = Vec::new();
+            while uids(&rx.borrow_and_update()) != ["u-2", "u-3"] {
+                published.push(uids(&rx.borrow()));
+                rx.changed().await.expect("published");
+            }
+            cancel.cancel();
+            published
+        };
+        let timing = timing(Duration::from_secs(3600));
+        let watcher = watch_node(client, "node-1", &timing, &tx, &cancel);
+        let ((), published) = tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, test) })
+            .await
+            .expect("the metadata after the last list");
+        // Between the first list and the last, nothing but what was known:
+        // the 410 and the 429s never emptied or shrank the node's pods.
+        let published: Vec<_> = published.into_iter().filter(|u| !u.is_empty()).collect();
+        assert!(
+            published
+                .iter()
+                .all(|u| u == &["u-1"] || u == &["u-1", "u-2"]),
+            "{published:?}"
+        );
+        assert_eq!(
+            published.last().map(Vec::as_slice),
+            Some(&["u-1".to_string(), "u-2".to_string()][..])
+        );
+        let mut requests = Vec::new();
+        while let Ok(call) = seen.try_recv() {
+            requests.push(call);
+        }
+        let kinds: Vec<&str> = requests.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(
+            kinds.get(..7),
+            Some(&["list", "watch", "watch", "list", "list", "list", "list"][..]),
+            "one list; the closed watch resumed, not relisted; a list after the 410, \
+             three refused, one more: {kinds:?}"
+        );
+        assert!(kinds.len() <= 8, "then at most the new watch: {kinds:?}");
+        // The lists after the 410 wait longer and longer: each pause within
+        // [ceiling/2, ceiling] of a ceiling that doubles to 160 ms.
+        let lists: Vec<Instant> = requests
+            .iter()
+            .filter(|(kind, _)| *kind == "list")
+            .map(|(_, at)| *at)
+            .collect();
+        let pauses: Vec<Duration> = lists[1..].windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(pauses.len(), 3);
+        for (pause, floor) in pauses.iter().zip([40, 80, 80]) {
+            assert!(*pause >= Duration::from_millis(floor), "pauses {pauses:?}");
+        }
     }
 
     #[test]

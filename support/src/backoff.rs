@@ -1,9 +1,10 @@
 //! Exponential backoff with jitter, so a fleet of agents that lost an
 //! aggregator (or kube-apiserver) at the same instant does not come back in
 //! lockstep. The one backoff of the workspace: gRPC reconnects use it
-//! directly, kube-runtime's watchers through its [`kube::runtime::utils::Backoff`]
-//! trait.
+//! directly, kube-runtime's watchers as a [`WatchBackoff`].
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub struct Backoff {
     base: Duration,
@@ -47,18 +48,49 @@ impl Backoff {
     }
 }
 
-/// Never gives up: a watch is retried for as long as the process runs.
-impl Iterator for Backoff {
-    type Item = Duration;
+/// [`Backoff`] for a kube-runtime watcher stream.
+///
+/// The stream resets its backoff on every event that is not an error, and
+/// the watcher emits one (`Init`) before each attempt to list: with a plain
+/// reset, lists refused again and again (a 429, a 403, kube-apiserver
+/// restarting) would be retried at the first, shortest pause forever. Here a
+/// reset counts only once no pause was needed for twice the longest one.
+pub struct WatchBackoff {
+    backoff: Backoff,
+    quiet: Duration,
+    last_pause: Option<Instant>,
+}
 
-    fn next(&mut self) -> Option<Duration> {
-        Some(self.next_delay())
+impl WatchBackoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        WatchBackoff {
+            backoff: Backoff::new(base, max),
+            quiet: max.saturating_mul(2),
+            last_pause: None,
+        }
     }
 }
 
-impl kube::runtime::utils::Backoff for Backoff {
+/// Never gives up: a watch is retried for as long as the process runs.
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.backoff.next_delay();
+        self.last_pause = Some(Instant::now() + delay);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
-        Backoff::reset(self);
+        if self
+            .last_pause
+            .is_none_or(|ended| ended.elapsed() >= self.quiet)
+        {
+            self.backoff.reset();
+            self.last_pause = None;
+        }
     }
 }
 
@@ -79,5 +111,24 @@ mod tests {
         assert!(last >= Duration::from_secs(1), "capped ceiling: {last:?}");
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_backoff_starts_over_only_after_a_quiet_spell() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = WatchBackoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next().expect("never gives up");
+        assert!(first <= Duration::from_millis(100), "{first:?}");
+        // The watcher's `Init` before the next list: not progress yet.
+        b.reset();
+        let second = b.next().expect("never gives up");
+        assert!(second >= Duration::from_millis(100), "grows: {second:?}");
+        tokio::time::advance(second + Duration::from_secs(2)).await;
+        b.reset();
+        let after = b.next().expect("never gives up");
+        assert!(
+            after <= Duration::from_millis(100),
+            "started over: {after:?}"
+        );
     }
 }

@@ -346,7 +346,7 @@ mod tests {
         let client = paced(ClientBuilder::new(cut_watches, "default"), pacing, None);
         let api: Api<ConfigMap> = Api::namespaced(client, "kube-system");
         let events = watcher(api, watcher::Config::default())
-            .backoff(Backoff::new(pacing.base, pacing.max))
+            .backoff(crate::backoff::WatchBackoff::new(pacing.base, pacing.max))
             .for_each(|_| async {});
         let starts = async {
             let mut starts = Vec::new();

@@ -27,7 +27,7 @@ use kube::runtime::{
     watcher::{self, Event},
 };
 use kube::{Api, Client};
-use support::backoff::Backoff;
+use support::backoff::WatchBackoff;
 
 use crate::auth::config::{self as auth_config, AuthConfig, AuthConfigHandle};
 use crate::auth::flags::AuthFlags;
@@ -138,7 +138,7 @@ impl AuthConfigReloader {
         let failures = Failures::default();
         let api = Api::<ConfigMap>::namespaced(client, NAMESPACE);
         let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
-        let backoff = Backoff::new(Duration::from_secs(1), self.period);
+        let backoff = WatchBackoff::new(Duration::from_secs(1), self.period);
         let mut events = pin!(watcher::watcher(api, config).backoff(backoff));
         // What the last complete listing and the events since say.
         let mut latest = None;

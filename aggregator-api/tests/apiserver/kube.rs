@@ -283,13 +283,44 @@ async fn kubeconfig_files_drive_the_client() {
     let pki = Pki::new();
     let apiserver = FakeApiserver::start(&pki).await;
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("ca.crt"), apiserver.ca.pem()).expect("ca");
     std::fs::write(dir.path().join("token"), "sa-token").expect("token");
-    let kubeconfig = dir.path().join("config");
+    reads_the_configmap_with(&apiserver, dir.path(), "    tokenFile: token\n").await;
+}
+
+/// A kubeconfig whose user is an exec credential plugin, as cloud providers'
+/// kubeconfigs are: the one constructor both binaries use runs the plugin
+/// and sends the token it prints.
+#[tokio::test]
+async fn exec_credential_plugins_provide_the_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let pki = Pki::new();
+    let apiserver = FakeApiserver::start(&pki).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let plugin = dir.path().join("credential-plugin");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\nprintf '%s' '{\"apiVersion\": \"client.authentication.k8s.io/v1\", \"kind\": \"ExecCredential\", \"status\": {\"token\": \"sa-token\"}}'\n",
+    )
+    .expect("plugin");
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let user = format!(
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n",
+        plugin.display()
+    );
+    reads_the_configmap_with(&apiserver, dir.path(), &user).await;
+}
+
+/// Writes a kubeconfig in `dir` for `apiserver` with `user` (YAML lines
+/// under `user:`; relative paths are relative to `dir`), builds the client
+/// from it as both binaries do, and reads the ConfigMap through it.
+async fn reads_the_configmap_with(apiserver: &FakeApiserver, dir: &std::path::Path, user: &str) {
+    std::fs::write(dir.join("ca.crt"), apiserver.ca.pem()).expect("ca");
+    let kubeconfig = dir.join("config");
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: test\ncontexts:\n- name: test\n  context: {{cluster: c, user: u}}\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    certificate-authority: ca.crt\nusers:\n- name: u\n  user:\n    tokenFile: token\n",
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\ncontexts:\n- name: test\n  context: {{cluster: c, user: u}}\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    certificate-authority: ca.crt\nusers:\n- name: u\n  user:\n{user}",
             apiserver.addr
         ),
     )
