@@ -278,8 +278,8 @@ async fn refused_connection_is_a_connect_error() -> TestResult {
     config.insecure = true;
     let client = KubeletClient::new(config)?;
     match client.fetch().await {
-        Err(ClientError::Connect { source, .. }) => {
-            assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused)
+        Err(ClientError::Connect { kind, .. }) => {
+            assert_eq!(kind, std::io::ErrorKind::ConnectionRefused)
         }
         other => panic!("expected Connect, got {other:?}"),
     }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aggregator_api::api::list::{self, Format, PodList};
 use aggregator_api::api::view::MetricsView;
 use aggregator_api::api::view::PodRef;
-use aggregator_api::api::{ApiVersion, json_list, protobuf};
+use aggregator_api::api::{ApiVersion, json, protobuf};
 use aggregator_api::auth::config::{AuthConfig, AuthConfigHandle};
 use aggregator_api::auth::review::{
     AccessReviewer, AccessVerdict, ReviewError, SubjectAccessReviewSpec, TokenReviewer,
@@ -434,7 +434,7 @@ fn main() {
         });
         let mut old_json = Vec::new();
         time("one thread: encode JSON (sort included)", &mut || {
-            old_json = json_list::pod_list(&pods, ApiVersion::V1Beta1, now).expect("json")
+            old_json = json::pod_list(&pods, ApiVersion::V1Beta1, now).expect("json")
         });
         let mut old_pb = Vec::new();
         time("one thread: encode protobuf (sort included)", &mut || {

@@ -188,13 +188,18 @@ where
     }
 }
 
-/// The layer, and the service it makes.
+/// The layer, and the service it makes: every clone shares one [`Pacer`].
 #[derive(Clone)]
 struct PaceWatches<S = ()> {
     inner: S,
+    pacer: Arc<Pacer>,
+}
+
+/// When each request path's watches may start.
+struct Pacer {
     pacing: Pacing,
     /// Per request path: when its last successful watch started.
-    last: Arc<Mutex<HashMap<String, Pace>>>,
+    last: Mutex<HashMap<String, Pace>>,
 }
 
 struct Pace {
@@ -206,8 +211,10 @@ impl PaceWatches {
     fn new(pacing: Pacing) -> Self {
         PaceWatches {
             inner: (),
-            pacing,
-            last: Arc::default(),
+            pacer: Arc::new(Pacer {
+                pacing,
+                last: Mutex::default(),
+            }),
         }
     }
 }
@@ -218,13 +225,12 @@ impl<S> Layer<S> for PaceWatches {
     fn layer(&self, inner: S) -> PaceWatches<S> {
         PaceWatches {
             inner,
-            pacing: self.pacing,
-            last: Arc::clone(&self.last),
+            pacer: Arc::clone(&self.pacer),
         }
     }
 }
 
-impl<S> PaceWatches<S> {
+impl Pacer {
     /// The pause before a watch of `path` starts now.
     fn delay(&self, path: &str) -> Duration {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
@@ -283,15 +289,11 @@ where
             return Box::pin(self.inner.call(request));
         }
         let path = request.uri().path().to_string();
-        let delay = self.delay(&path);
+        let delay = self.pacer.delay(&path);
         // The clone is not ready; the one that is goes into the future.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let this = PaceWatches {
-            inner: (),
-            pacing: self.pacing,
-            last: Arc::clone(&self.last),
-        };
+        let pacer = Arc::clone(&self.pacer);
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
@@ -300,7 +302,7 @@ where
             let response = inner.call(request).await?;
             // Refused watches are the watcher's to back off from.
             if response.status().is_success() {
-                this.started(path, started);
+                pacer.started(path, started);
             }
             Ok(response)
         })
@@ -374,7 +376,7 @@ mod tests {
             base: Duration::from_millis(100),
             max: Duration::from_secs(10),
         })
-        .layer(());
+        .pacer;
         let path = "/api/v1/pods";
         assert_eq!(pace.delay(path), Duration::ZERO, "the first watch");
         pace.started(path.into(), Instant::now());

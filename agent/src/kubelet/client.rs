@@ -89,11 +89,14 @@ pub enum Error {
     Client(#[source] kube::Error),
     #[error(transparent)]
     Token(#[from] support::token::Error),
+    /// Refused, unreachable, reset: `kind` is the innermost I/O error's,
+    /// `source` the whole chain.
     #[error("cannot connect to the kubelet at {url}")]
     Connect {
         url: String,
+        kind: std::io::ErrorKind,
         #[source]
-        source: std::io::Error,
+        source: kube::Error,
     },
     /// The kubelet's certificate was rejected: unknown issuer (wrong CA
     /// file), a name that does not match the URL's host, or expired.
@@ -413,7 +416,7 @@ impl KubeletClient {
             }
             cause = match error.downcast_ref::<std::io::Error>() {
                 Some(e) => {
-                    io.get_or_insert_with(|| std::io::Error::new(e.kind(), e.to_string()));
+                    io.get_or_insert(e.kind());
                     // An I/O error's `source` skips the error it wraps.
                     e.get_ref().map(|inner| inner as &(dyn StdError + 'static))
                 }
@@ -425,7 +428,7 @@ impl KubeletClient {
                 Error::CertificateRejected { url, source }
             }
             (Some(source), _) => Error::Tls { url, source },
-            (None, Some(source)) => Error::Connect { url, source },
+            (None, Some(kind)) => Error::Connect { url, kind, source },
             (None, None) => Error::Http { url, source },
         }
     }

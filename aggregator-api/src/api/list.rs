@@ -13,7 +13,7 @@
 //! namespace rank and the name's first eight bytes — with the full names
 //! compared only where those tie, and copied into the body in parallel.
 //!
-//! The bytes are those of [`json_list::pod_list`] and [`protobuf::pod_list`]
+//! The bytes are those of [`json::pod_list`] and [`protobuf::pod_list`]
 //! for the same pods, whatever the number of visitors or how the pods are
 //! spread over them: protobuf items are independent length-delimited fields
 //! and JSON items are joined by commas, and the JSON writer's memos only save
@@ -28,7 +28,7 @@ use std::thread;
 use std::time::SystemTime;
 
 use super::view::{MetricsView, PodRef, PodVisitor};
-use super::{ApiVersion, Resource, json_list, protobuf, types};
+use super::{ApiVersion, Resource, json, protobuf, types};
 
 /// The encoding of a list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ struct Noted {
 }
 
 enum Encoder {
-    Json(json_list::Items),
+    Json(json::Items),
     Protobuf(SystemTime),
 }
 
@@ -158,7 +158,7 @@ impl<'a> Part<'a> {
             namespace: list.namespace,
             filter: list.filter,
             encoder: match list.format {
-                Format::Json => Encoder::Json(json_list::Items::new(list.now)),
+                Format::Json => Encoder::Json(json::Items::new(list.now)),
                 Format::Protobuf => Encoder::Protobuf(list.now),
             },
             // One namespace: a few dozen pods, whose items fit without
@@ -393,8 +393,8 @@ fn assemble(
     let (head, tail): (Vec<u8>, &[u8]) = match list.format {
         Format::Json => {
             let mut head = Vec::with_capacity(96);
-            json_list::list_head(&mut head, Resource::Pods.list_kind(), list.version);
-            (head, json_list::LIST_TAIL.as_bytes())
+            json::list_head(&mut head, Resource::Pods.list_kind(), list.version);
+            (head, json::LIST_TAIL.as_bytes())
         }
         Format::Protobuf => (protobuf::pod_list_head(list.version, items_len), b""),
     };
@@ -559,7 +559,7 @@ mod tests {
         now: SystemTime,
     ) -> Vec<u8> {
         match format {
-            Format::Json => json_list::pod_list(pods, version, now).expect("encodes"),
+            Format::Json => json::pod_list(pods, version, now).expect("encodes"),
             Format::Protobuf => protobuf::pod_list(pods, version, now),
         }
     }

@@ -14,21 +14,28 @@
 //! Submodules, one concept each:
 //! - [`quantity`]: canonical `cpu`/`memory` quantity strings and a parser.
 //! - [`selector`]: `labelSelector` / `fieldSelector` parsing and matching.
-//! - [`types`]: wire types, JSON rendering, Go durations, discovery documents.
-//! - [`status`]: every error as a Kubernetes `Status` body ([`status::ApiError`]).
-//! - [`table`]: `as=Table` rendering for `kubectl get`.
 //! - [`negotiate`]: what to answer for an `Accept` header.
-//! - [`protobuf`]: the Kubernetes protobuf encoding of objects and `Status`.
-//! - [`json_list`]: JSON lists written in one pass (same bytes as [`types`]).
-//! - [`list`]: pod lists encoded straight from a view, in parallel (same
-//!   bytes as [`json_list`] and [`protobuf`]).
+//! - [`render`]: the one path from data to a response body, through one of
+//!   - [`list`]: pod lists encoded straight from a view, in parallel (same
+//!     bytes as [`json`] and [`protobuf`] from values);
+//!   - [`json`]: objects and lists as JSON, written in one pass (same bytes
+//!     as serde on [`types`]);
+//!   - [`protobuf`]: the Kubernetes protobuf encoding of objects (and of
+//!     `Status`);
+//!   - [`table`]: `as=Table` rendering for `kubectl get`.
+//! - [`types`]: the wire types (serde), which [`table`] renders with and
+//!   clients and tests decode into.
+//! - [`status`]: every error as a Kubernetes `Status` body ([`status::ApiError`]).
+//! - [`discovery`]: the discovery documents.
+//! - [`view`]: what the store lends the encoders.
 
 pub mod discovery;
-pub mod json_list;
+pub mod json;
 pub mod list;
 pub mod negotiate;
 pub mod protobuf;
 pub mod quantity;
+pub mod render;
 pub mod selector;
 pub mod status;
 #[cfg(test)]

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::quantity::{ByteSink, write_bytes, write_cpu_nanocores};
 use super::status::{Status, StatusDetails};
 use super::view::{PodRef, with_pod_ref};
-use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
+use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes};
 
 /// The 4-byte prefix of every Kubernetes protobuf message.
 pub const MAGIC: [u8; 4] = *b"k8s\0";
@@ -304,10 +304,12 @@ pub fn node_list(nodes: &[NodeUsage], version: ApiVersion, now: SystemTime) -> V
 }
 
 /// `GET …/pods` and `…/namespaces/{ns}/pods`: sorted by namespace, then name,
-/// in one pass on this thread ([`super::list::pod_list`] makes the same
-/// bytes from a view, in parallel).
+/// in one pass on this thread. The server lists pods with
+/// [`super::list::pod_list`] (the same bytes, from a view, in parallel); this
+/// is its test oracle, and the serve bench's baseline.
+#[cfg(any(test, feature = "test-oracles"))]
 pub fn pod_list(pods: &[PodUsage], version: ApiVersion, now: SystemTime) -> Vec<u8> {
-    let sorted = sorted_pods(pods);
+    let sorted = super::sorted_pods(pods);
     envelope(
         version.group_version(),
         Resource::Pods.list_kind(),

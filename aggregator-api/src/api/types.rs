@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::quantity::{format_bytes, format_cpu_nanocores};
-use super::{ApiVersion, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
+use super::{ApiVersion, NodeUsage, PodUsage, Resource};
 use crate::time::{go_duration, rfc3339_seconds};
 
 /// What can go wrong turning values into wire bytes.
@@ -217,8 +217,9 @@ pub fn pod_metrics(pod: &PodUsage, version: ApiVersion, now: SystemTime) -> PodM
     }
 }
 
-/// The answer to `GET …/nodes`: items sorted by name. Filtering by selectors
-/// happens before, on the caller's side.
+/// The answer to `GET …/nodes`, items sorted by name: the oracle of
+/// [`super::json::node_list`].
+#[cfg(test)]
 pub fn node_metrics_list(
     nodes: &[NodeUsage],
     version: ApiVersion,
@@ -228,21 +229,22 @@ pub fn node_metrics_list(
         kind: Resource::Nodes.list_kind().to_owned(),
         api_version: version.group_version().to_owned(),
         metadata: ListMeta {},
-        items: sorted_nodes(nodes)
+        items: super::sorted_nodes(nodes)
             .into_iter()
             .map(|n| node_item(n, now))
             .collect(),
     }
 }
 
-/// The answer to `GET …/pods` and `…/namespaces/{ns}/pods`: items sorted by
-/// namespace, then name.
+/// The answer to `GET …/pods` and `…/namespaces/{ns}/pods`, items sorted by
+/// namespace, then name: the oracle of the pod list encoders.
+#[cfg(test)]
 pub fn pod_metrics_list(pods: &[PodUsage], version: ApiVersion, now: SystemTime) -> PodMetricsList {
     PodMetricsList {
         kind: Resource::Pods.list_kind().to_owned(),
         api_version: version.group_version().to_owned(),
         metadata: ListMeta {},
-        items: sorted_pods(pods)
+        items: super::sorted_pods(pods)
             .into_iter()
             .map(|p| pod_item(p, now))
             .collect(),

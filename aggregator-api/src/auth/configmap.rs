@@ -27,7 +27,7 @@ use kube::runtime::{
     watcher::{self, Event},
 };
 use kube::{Api, Client};
-use support::backoff::WatchBackoff;
+use support::backoff::{Backoff, WatchBackoff};
 
 use crate::auth::config::{self as auth_config, AuthConfig, AuthConfigHandle};
 use crate::auth::flags::AuthFlags;
@@ -190,12 +190,15 @@ impl AuthConfigReloader {
     async fn follow_flag_files(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let failures = Failures::default();
+        // Until a first config loads, retried sooner than every period.
+        let mut retry = Backoff::new(Duration::from_secs(1), self.period);
         loop {
             self.record(&failures, self.reload().await);
             let delay = if self.handle.is_loaded() {
+                retry.reset();
                 self.period
             } else {
-                self.retry_delay(failures.count())
+                retry.next_delay()
             };
             tokio::select! {
                 () = &mut shutdown => return,
@@ -206,11 +209,6 @@ impl AuthConfigReloader {
 
     fn flags_name_files(&self) -> bool {
         self.flags.client_ca_file.is_some() || self.flags.requestheader_client_ca_file.is_some()
-    }
-
-    /// 1 s doubling with each consecutive error, at most the period.
-    fn retry_delay(&self, errors: u32) -> Duration {
-        Duration::from_secs(1 << errors.saturating_sub(1).min(6)).min(self.period)
     }
 
     /// Builds the config from what was last observed and the flags, and
@@ -281,12 +279,6 @@ impl AuthConfigReloader {
 /// Consecutive failed loads, for rate-limited logging.
 #[derive(Default)]
 struct Failures(AtomicU32);
-
-impl Failures {
-    fn count(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// What the last listing or watch event said about the ConfigMap.
 enum Observed {

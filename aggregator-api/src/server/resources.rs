@@ -8,16 +8,13 @@
 
 use std::time::SystemTime;
 
-use crate::api::list::{self, Format, PodList};
 use crate::api::negotiate::{self, Encoding, Endpoint, Negotiated, Offer, Target};
+use crate::api::render::{Output, Pods, Render};
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::status::ApiError;
-use crate::api::table::{self, IncludeObject};
-use crate::api::types;
-use crate::api::view::PodRef;
-use crate::api::view::{Lookup, MetricsView};
-use crate::api::{ApiVersion, NodeUsage, PodUsage, Resource};
-use crate::api::{json_list, protobuf};
+use crate::api::table::IncludeObject;
+use crate::api::view::{Lookup, MetricsView, PodRef};
+use crate::api::{ApiVersion, NodeUsage, Resource};
 
 use super::query::Query;
 use super::respond::{self, HandlerResult};
@@ -72,7 +69,16 @@ const OFFER: Offer = Offer::JSON_AND_PROTOBUF;
 pub fn handle(request: &ResourceRequest<'_>, route: &ResourceRoute) -> HandlerResult {
     let negotiated = negotiate::negotiate(request.accept, Endpoint::Resource, OFFER)?;
     let now = SystemTime::now();
-    match route {
+    // The output (and so `includeObject`) is read only once the request is
+    // otherwise known to be good, in the apiserver's order.
+    let render = || -> Result<Render, ApiError> {
+        Ok(Render {
+            output: output(negotiated, request.query)?,
+            version: request.version,
+            now,
+        })
+    };
+    let body = match route {
         ResourceRoute::NodeList => {
             let (labels, fields) = list_options(request.query, Resource::Nodes)?;
             let nodes: Vec<NodeUsage> = request
@@ -82,72 +88,47 @@ pub fn handle(request: &ResourceRequest<'_>, route: &ResourceRoute) -> HandlerRe
                 .filter(|n| request.node_selector.matches(&n.labels))
                 .filter(|n| labels.matches(&n.labels) && fields.matches(&n.name, ""))
                 .collect();
-            render_nodes(request, negotiated, &nodes, false, now)
+            render()?.nodes(&nodes)
         }
         ResourceRoute::Node(name) => match request.view.node(name) {
             Lookup::Found(node) if request.node_selector.matches(&node.labels) => {
-                render_nodes(request, negotiated, std::slice::from_ref(&node), true, now)
+                render()?.node(&node)
             }
             Lookup::Found(_) | Lookup::Unknown => {
-                Err(ApiError::NodeNotFound { name: name.clone() })
+                return Err(ApiError::NodeNotFound { name: name.clone() });
             }
-            Lookup::NoMetrics => Err(ApiError::NodeMetricsNotFound { name: name.clone() }),
+            Lookup::NoMetrics => return Err(ApiError::NodeMetricsNotFound { name: name.clone() }),
         },
         ResourceRoute::PodList(namespace) => {
             let (labels, fields) = list_options(request.query, Resource::Pods)?;
-            if let Target::Object = negotiated.target {
-                // Encoded straight from the view (all namespaces: on every
-                // core), never copied out as `PodUsage` values.
-                let namespace = namespace.as_deref();
-                let filter = |p: &PodRef<'_>| {
-                    namespace.is_none_or(|ns| p.namespace == ns)
-                        && labels.matches(p.labels)
-                        && fields.matches(p.name, p.namespace)
-                };
-                let body = list::pod_list(
-                    request.view,
-                    &PodList {
-                        namespace,
-                        filter: &filter,
-                        format: match negotiated.encoding {
-                            Encoding::Json => Format::Json,
-                            Encoding::Protobuf => Format::Protobuf,
-                        },
-                        version: request.version,
-                        now,
-                        threads: if namespace.is_none() {
-                            list::threads()
-                        } else {
-                            1
-                        },
-                    },
-                )
-                .map_err(respond::encode_failed)?;
-                return Ok(respond::ok(negotiated.content_type(), body));
-            }
-            let pods: Vec<PodUsage> = request
-                .view
-                .pods(namespace.as_deref())
-                .into_iter()
-                .filter(|p| namespace.as_deref().is_none_or(|ns| *p.namespace == *ns))
-                .filter(|p| labels.matches(&p.labels) && fields.matches(&p.name, &p.namespace))
-                .collect();
-            render_pods(request, negotiated, &pods, false, now)
+            let filter =
+                |p: &PodRef<'_>| labels.matches(p.labels) && fields.matches(p.name, p.namespace);
+            render()?.pods(&Pods {
+                view: request.view,
+                namespace: namespace.as_deref(),
+                filter: &filter,
+            })
         }
         ResourceRoute::Pod { namespace, name } => match request.view.pod(namespace, name) {
-            Lookup::Found(pod) => {
-                render_pods(request, negotiated, std::slice::from_ref(&pod), true, now)
+            Lookup::Found(pod) => render()?.pod(&pod),
+            Lookup::Unknown => {
+                return Err(ApiError::PodNotFound {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                });
             }
-            Lookup::Unknown => Err(ApiError::PodNotFound {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            }),
-            Lookup::NoMetrics => Err(ApiError::PodMetricsNotFound {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            }),
+            Lookup::NoMetrics => {
+                return Err(ApiError::PodMetricsNotFound {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                });
+            }
         },
-    }
+    };
+    Ok(respond::ok(
+        negotiated.content_type(),
+        body.map_err(respond::encode_failed)?,
+    ))
 }
 
 /// Decodes the list parameters in the apiserver's order; `limit`,
@@ -167,71 +148,20 @@ fn list_options(
     Ok((labels, fields))
 }
 
-fn include_object(query: &Query) -> Result<IncludeObject, ApiError> {
-    Ok(IncludeObject::from_query(query.get("includeObject"))?)
-}
-
-/// `single` is true for an item request (a single object, not a list).
-fn render_nodes(
-    request: &ResourceRequest<'_>,
-    negotiated: Negotiated,
-    nodes: &[NodeUsage],
-    single: bool,
-    now: SystemTime,
-) -> HandlerResult {
-    let version = request.version;
-    let body = match (negotiated.target, negotiated.encoding) {
-        (Target::Object, Encoding::Json) => match (single, nodes.first()) {
-            (true, Some(node)) => respond::json_bytes(&types::node_metrics(node, version, now))?,
-            _ => json_list::node_list(nodes, version, now).map_err(respond::encode_failed)?,
-        },
-        (Target::Object, Encoding::Protobuf) => match (single, nodes.first()) {
-            (true, Some(node)) => protobuf::node(node, version, now),
-            _ => protobuf::node_list(nodes, version, now),
-        },
-        (Target::Table(meta), _) => respond::json_bytes(&table::node_table(
-            nodes,
+/// The body's form: what negotiation chose, with `includeObject` for a
+/// `Table`.
+fn output(negotiated: Negotiated, query: &Query) -> Result<Output, ApiError> {
+    Ok(match (negotiated.target, negotiated.encoding) {
+        (Target::Object, Encoding::Json) => Output::Json,
+        (Target::Object, Encoding::Protobuf) => Output::Protobuf,
+        (Target::Table(version), _) => Output::Table {
             version,
-            meta,
-            include_object(request.query)?,
-            now,
-        ))?,
-        (Target::AggregatedDiscovery, _) => return Err(unexpected_target()),
-    };
-    Ok(respond::ok(negotiated.content_type(), body))
-}
-
-fn render_pods(
-    request: &ResourceRequest<'_>,
-    negotiated: Negotiated,
-    pods: &[PodUsage],
-    single: bool,
-    now: SystemTime,
-) -> HandlerResult {
-    let version = request.version;
-    let body = match (negotiated.target, negotiated.encoding) {
-        (Target::Object, Encoding::Json) => match (single, pods.first()) {
-            (true, Some(pod)) => respond::json_bytes(&types::pod_metrics(pod, version, now))?,
-            _ => json_list::pod_list(pods, version, now).map_err(respond::encode_failed)?,
+            include: IncludeObject::from_query(query.get("includeObject"))?,
         },
-        (Target::Object, Encoding::Protobuf) => match (single, pods.first()) {
-            (true, Some(pod)) => protobuf::pod(pod, version, now),
-            _ => protobuf::pod_list(pods, version, now),
-        },
-        (Target::Table(meta), _) => respond::json_bytes(&table::pod_table(
-            pods,
-            version,
-            meta,
-            include_object(request.query)?,
-            now,
-        ))?,
-        (Target::AggregatedDiscovery, _) => return Err(unexpected_target()),
-    };
-    Ok(respond::ok(negotiated.content_type(), body))
-}
-
-fn unexpected_target() -> ApiError {
-    ApiError::Internal {
-        message: "negotiated aggregated discovery for a resource".to_owned(),
-    }
+        (Target::AggregatedDiscovery, _) => {
+            return Err(ApiError::Internal {
+                message: "negotiated aggregated discovery for a resource".to_owned(),
+            });
+        }
+    })
 }

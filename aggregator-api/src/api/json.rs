@@ -1,4 +1,5 @@
-//! JSON lists written straight from the store's values.
+//! Metrics objects and lists as JSON, written straight from the store's
+//! values.
 //!
 //! A `PodMetricsList` of 300,000 pods built as [`types`] objects first costs
 //! several allocations per pod (labels, usage maps, formatted times) before
@@ -6,16 +7,18 @@
 //! compare them with `to_json` of the [`types`] objects for random inputs —
 //! into one buffer: strings are escaped by `serde_json` in place, the
 //! response time is formatted once, and timestamps and windows repeat across
-//! pods, so the last formatted one is reused.
+//! pods, so the last formatted one is reused. A single object is a list item
+//! with `kind` and `apiVersion` in front.
 //!
-//! Single objects and Tables keep using [`types`]: they are small.
+//! Tables keep using [`types`] (through [`super::table`]): they are small and
+//! have a shape of their own.
 
 use std::time::{Duration, SystemTime};
 
 use super::quantity::{ByteSink, write_bytes, write_cpu_nanocores};
 use super::types;
 use super::view::{PodRef, with_pod_ref};
-use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes, sorted_pods};
+use super::{ApiVersion, Labels, NodeUsage, PodUsage, Resource, sorted_nodes};
 use crate::time::{go_duration, rfc3339_seconds};
 
 /// Appends `s` as a JSON string (quoted and escaped as serde_json does).
@@ -53,6 +56,19 @@ fn raw(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
+/// What starts an object or list item.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    /// Kind and version: a single object's, `None` for a list item.
+    type_meta: Option<(&'a str, ApiVersion)>,
+    name: &'a str,
+    /// Empty for nodes.
+    namespace: &'a str,
+    labels: &'a Labels,
+    timestamp: SystemTime,
+    window: Duration,
+}
+
 /// Writes list items: the formatted response time and the memos. One per
 /// thread when a list is encoded in parts ([`super::list`]); the memos only
 /// save formatting, so the bytes do not depend on how items are split.
@@ -72,17 +88,25 @@ impl Items {
         }
     }
 
-    /// `"metadata":{…},"timestamp":…,"window":…` of an item.
-    fn item_head(
-        &mut self,
-        buf: &mut Vec<u8>,
-        name: &str,
-        namespace: &str,
-        labels: &Labels,
-        timestamp: SystemTime,
-        window: Duration,
-    ) -> types::Result<()> {
-        raw(buf, r#"{"metadata":{"name":"#);
+    /// `{["kind":…,"apiVersion":…,]"metadata":{…},"timestamp":…,"window":…`.
+    fn item_head(&mut self, buf: &mut Vec<u8>, head: &Head<'_>) -> types::Result<()> {
+        let Head {
+            type_meta,
+            name,
+            namespace,
+            labels,
+            timestamp,
+            window,
+        } = *head;
+        raw(buf, "{");
+        if let Some((kind, version)) = type_meta {
+            raw(buf, r#""kind":""#);
+            raw(buf, kind);
+            raw(buf, r#"","apiVersion":""#);
+            raw(buf, version.group_version());
+            raw(buf, r#"","#);
+        }
+        raw(buf, r#""metadata":{"name":"#);
         string(buf, name)?;
         if !namespace.is_empty() {
             raw(buf, r#","namespace":"#);
@@ -112,7 +136,24 @@ impl Items {
 
     /// One `PodMetrics` list item (no separator).
     pub(crate) fn pod(&mut self, buf: &mut Vec<u8>, p: &PodRef<'_>) -> types::Result<()> {
-        self.item_head(buf, p.name, p.namespace, p.labels, p.timestamp, p.window)?;
+        self.pod_object(buf, None, p)
+    }
+
+    fn pod_object(
+        &mut self,
+        buf: &mut Vec<u8>,
+        type_meta: Option<(&str, ApiVersion)>,
+        p: &PodRef<'_>,
+    ) -> types::Result<()> {
+        let head = Head {
+            type_meta,
+            name: p.name,
+            namespace: p.namespace,
+            labels: p.labels,
+            timestamp: p.timestamp,
+            window: p.window,
+        };
+        self.item_head(buf, &head)?;
         raw(buf, r#","containers":["#);
         for (j, c) in p.containers.iter().enumerate() {
             if j > 0 {
@@ -127,6 +168,47 @@ impl Items {
         raw(buf, "]}");
         Ok(())
     }
+
+    fn node_object(
+        &mut self,
+        buf: &mut Vec<u8>,
+        type_meta: Option<(&str, ApiVersion)>,
+        n: &NodeUsage,
+    ) -> types::Result<()> {
+        let head = Head {
+            type_meta,
+            name: &n.name,
+            namespace: "",
+            labels: &n.labels,
+            timestamp: n.timestamp,
+            window: n.window,
+        };
+        self.item_head(buf, &head)?;
+        raw(buf, ",");
+        usage(buf, n.cpu_nanocores, n.memory_bytes, n.swap_bytes);
+        raw(buf, "}");
+        Ok(())
+    }
+}
+
+/// Bytes to reserve for one object: a pod with two containers and a few
+/// labels is about this long.
+const OBJECT_SIZE_HINT: usize = 384;
+
+/// `GET …/nodes/{name}` as JSON: the bytes of `to_json(&types::node_metrics(…))`.
+pub fn node(node: &NodeUsage, version: ApiVersion, now: SystemTime) -> types::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(OBJECT_SIZE_HINT);
+    Items::new(now).node_object(&mut buf, Some((Resource::Nodes.kind(), version)), node)?;
+    Ok(buf)
+}
+
+/// `GET …/namespaces/{ns}/pods/{name}` as JSON: the bytes of
+/// `to_json(&types::pod_metrics(…))`.
+pub fn pod(pod: &PodUsage, version: ApiVersion, now: SystemTime) -> types::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(OBJECT_SIZE_HINT);
+    let type_meta = Some((Resource::Pods.kind(), version));
+    with_pod_ref(pod, |p| Items::new(now).pod_object(&mut buf, type_meta, p))?;
+    Ok(buf)
 }
 
 /// `"usage":{"cpu":…,"memory":…[,"swap":…]}` (keys sorted, like a Go map).
@@ -169,23 +251,22 @@ pub fn node_list(
         if i > 0 {
             raw(&mut buf, ",");
         }
-        items.item_head(&mut buf, &n.name, "", &n.labels, n.timestamp, n.window)?;
-        raw(&mut buf, ",");
-        usage(&mut buf, n.cpu_nanocores, n.memory_bytes, n.swap_bytes);
-        raw(&mut buf, "}");
+        items.node_object(&mut buf, None, n)?;
     }
     raw(&mut buf, LIST_TAIL);
     Ok(buf)
 }
 
 /// `GET …/pods` as JSON: the bytes of `to_json(&types::pod_metrics_list(…))`,
-/// in one pass on this thread ([`super::list::pod_list`] makes the same
-/// bytes from a view, in parallel).
+/// in one pass on this thread. The server lists pods with
+/// [`super::list::pod_list`] (the same bytes, from a view, in parallel); this
+/// is its test oracle, and the serve bench's baseline.
+#[cfg(any(test, feature = "test-oracles"))]
 pub fn pod_list(pods: &[PodUsage], version: ApiVersion, now: SystemTime) -> types::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(pods.len() * 384 + 128);
     let mut items = Items::new(now);
     list_head(&mut buf, Resource::Pods.list_kind(), version);
-    for (i, p) in sorted_pods(pods).into_iter().enumerate() {
+    for (i, p) in super::sorted_pods(pods).into_iter().enumerate() {
         if i > 0 {
             raw(&mut buf, ",");
         }
@@ -211,6 +292,22 @@ mod tests {
             for version in ApiVersion::ALL {
                 let fast = pod_list(&pods, version, now).expect("encodes");
                 let typed = types::to_json(&types::pod_metrics_list(&pods, version, now)).expect("encodes");
+                prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&typed));
+            }
+        }
+
+        #[test]
+        fn single_objects_are_byte_identical_to_the_typed_rendering(
+            pod in pod(),
+            node in node(),
+            now in time(),
+        ) {
+            for version in ApiVersion::ALL {
+                let fast = super::pod(&pod, version, now).expect("encodes");
+                let typed = types::to_json(&types::pod_metrics(&pod, version, now)).expect("encodes");
+                prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&typed));
+                let fast = super::node(&node, version, now).expect("encodes");
+                let typed = types::to_json(&types::node_metrics(&node, version, now)).expect("encodes");
                 prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&typed));
             }
         }
