@@ -87,6 +87,8 @@ struct Args {
         global = true
     )]
     max_cgroups: u32,
+    #[command(flatten)]
+    log: support::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -183,14 +185,9 @@ struct RunArgs {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    raise_open_file_limit();
     let args = Args::parse();
+    args.log.init().context("setting up logging")?;
+    raise_open_file_limit();
     let opts = Options {
         cgroup_root: args.cgroup_root,
         proc_root: args.proc_root,

@@ -300,15 +300,15 @@ fn start_aggregator(binary: &std::path::Path) -> anyhow::Result<Aggregator> {
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    // tracing writes to stdout.
-    let stdout = child.stdout.take().context("stdout")?;
+    // The aggregator logs to stderr.
+    let stderr = child.stderr.take().context("stderr")?;
     let log = std::env::temp_dir().join(format!("nodepulse-fleet-{}.log", child.id()));
     let mut file = std::fs::File::create(&log)?;
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = BufReader::new(stderr).lines();
     let mut ready = false;
     for line in lines.by_ref() {
         let line = line?;

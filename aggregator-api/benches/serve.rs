@@ -251,7 +251,7 @@ fn start_server(view: Arc<dyn MetricsView>) -> (SocketAddr, String, tokio::runti
     let (cert_pem, key_pem) = tls::generate_self_signed(&[]).expect("certificate");
     let serving = ServingCert::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).expect("cert");
     let auth = AuthConfigHandle::loaded(AuthConfig::default());
-    let tls_config = tls::build(Arc::new(serving), auth.clone()).expect("tls");
+    let tls_config = tls::build(Arc::new(serving), auth.clone(), &Default::default()).expect("tls");
     let app = App::builder(
         view,
         Authenticator::new(auth, Some(Arc::new(BenchTokens))),

@@ -111,6 +111,10 @@ impl Aggregator {
         let store = Arc::new(Store::new(store::Config {
             node_selector: config.node_selector.clone(),
             bindings: bindings_tx,
+            freshness: store::Freshness {
+                at_least: config.metric_resolution,
+                ..Default::default()
+            },
             ..Default::default()
         }));
         let (ingest_auth, watch_auth): (Arc<dyn IngestAuth>, _) = match ingest.ingest_auth {
@@ -142,9 +146,10 @@ impl Aggregator {
             &ingest.ingest_tls_cert_file,
             &ingest.ingest_tls_private_key_file,
         ) {
-            (Some(cert), Some(key)) => {
-                Some(ingest::listener::server_config(cert, key).map_err(Error::IngestTls)?)
-            }
+            (Some(cert), Some(key)) => Some(
+                ingest::listener::server_config(cert, key, &config.tls)
+                    .map_err(Error::IngestTls)?,
+            ),
             (None, None) => {
                 tracing::warn!("ingest without TLS (no --ingest-tls-cert-file): development only");
                 None
@@ -328,7 +333,7 @@ async fn serve(
         ServingSource::SelfSigned { dir, names } => ServingCert::self_signed_in(dir, names)?,
     };
     let handle = AuthConfigHandle::new();
-    let tls_config = tls::build(Arc::new(serving), handle.clone())?;
+    let tls_config = tls::build(Arc::new(serving), handle.clone(), &config.tls)?;
 
     let flags = config.auth.clone();
     let authenticator = Authenticator::new(

@@ -3,9 +3,11 @@
 //! apiserver's secure-serving and delegated-auth options), validated into a
 //! typed [`Config`].
 //!
-//! Defaults are the flags' defaults, not the shipped manifests': port 443
-//! and `--metric-resolution=60s` as in metrics-server (its manifests pass
-//! `--secure-port=10250` and `--metric-resolution=15s`).
+//! Defaults are the flags' defaults, not the shipped manifests': port 443 as
+//! in metrics-server (its manifests pass `--secure-port=10250`). The one
+//! exception is `--metric-resolution`, whose meaning differs here: 15 s, what
+//! metrics-server's manifests and chart pass. Its flags that mean nothing
+//! here are accepted and ignored ([`crate::compat`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -13,8 +15,10 @@ use std::time::Duration;
 
 use crate::api::selector::LabelSelector;
 use crate::auth::flags::AuthFlags;
+use crate::compat::IgnoredFlags;
 use crate::server::ServerLimits;
 use crate::time::duration_arg;
+use crate::tls::{TlsPolicy, policy::PolicyError};
 
 /// A flag combination that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,9 @@ pub enum Error {
     /// `--max-connections` is zero.
     #[error("--max-connections must be at least 1")]
     MaxConnections,
+    /// `--tls-min-version` or `--tls-cipher-suites` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] PolicyError),
 }
 
 /// The aggregator's flags.
@@ -75,15 +82,19 @@ pub struct Args {
     #[arg(long, env = "NODEPULSE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Accepted for metrics-server compatibility and otherwise unused: the
-    /// aggregator does not scrape, so the resolution of the metrics served is
-    /// the agents' `--interval` (Go duration; must not be zero).
-    #[arg(long, env = "NODEPULSE_METRIC_RESOLUTION", default_value = "60s", value_parser = duration_arg)]
+    /// How long a node's metrics are still served after its agent last
+    /// reported: this long, or three of the agent's reporting windows if that
+    /// is longer (Go duration, not zero). metrics-server drops a node whose
+    /// scrape failed, so its metrics are at most one resolution old; agents
+    /// here push every `--interval` (1 s by default), so this only bounds
+    /// how stale a silent node's metrics may get. The default is what
+    /// metrics-server's manifests and chart pass.
+    #[arg(long, env = "NODEPULSE_METRIC_RESOLUTION", default_value = "15s", value_parser = duration_arg)]
     pub metric_resolution: Duration,
 
     /// Only nodes whose labels match are served, with their pods (label
     /// selector syntax); reports from other nodes are taken and dropped.
-    #[arg(long, env = "NODEPULSE_NODE_SELECTOR", default_value = "")]
+    #[arg(short = 'l', long, env = "NODEPULSE_NODE_SELECTOR", default_value = "")]
     pub node_selector: String,
 
     /// After a shutdown signal, report not-ready for this long before
@@ -102,9 +113,24 @@ pub struct Args {
     )]
     pub max_connections_per_peer: usize,
 
+    /// The lowest TLS version offered on both ports, as Go names it
+    /// (`VersionTLS12`, `VersionTLS13`; `VersionTLS10` and `VersionTLS11` are
+    /// met with TLS 1.2).
+    #[arg(long, env = "NODEPULSE_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+
+    /// TLS 1.2 cipher suites offered on both ports, by their Go names
+    /// (comma-separated; TLS 1.3 suites are always offered, as in Go).
+    #[arg(long, env = "NODEPULSE_TLS_CIPHER_SUITES", value_delimiter = ',')]
+    pub tls_cipher_suites: Vec<String>,
+
     /// Delegated authentication and authorization.
     #[command(flatten)]
     pub auth: AuthFlags,
+
+    /// metrics-server's flags that have no meaning here.
+    #[command(flatten)]
+    pub ignored: IgnoredFlags,
 }
 
 /// Where the serving certificate comes from.
@@ -135,8 +161,10 @@ pub struct Config {
     pub serving: ServingSource,
     /// kubeconfig, or in-cluster.
     pub kubeconfig: Option<PathBuf>,
-    /// Metric resolution.
+    /// The longest a silent node's metrics are served (`--metric-resolution`).
     pub metric_resolution: Duration,
+    /// What both listeners offer.
+    pub tls: TlsPolicy,
     /// Node filter.
     pub node_selector: LabelSelector,
     /// Auth flags.
@@ -169,6 +197,7 @@ impl Args {
             serving,
             kubeconfig: self.kubeconfig,
             metric_resolution: self.metric_resolution,
+            tls: TlsPolicy::from_flags(self.tls_min_version.as_deref(), &self.tls_cipher_suites)?,
             node_selector: LabelSelector::parse(&self.node_selector)?,
             auth: self.auth,
             shutdown_delay: self.shutdown_delay_duration,
@@ -199,10 +228,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_mirror_metrics_server() {
+    fn defaults_mirror_metrics_server_and_its_manifests() {
         let c = config(&[]).expect("valid");
         assert_eq!(c.listen, "0.0.0.0:443".parse().expect("addr"));
-        assert_eq!(c.metric_resolution, Duration::from_secs(60));
+        assert_eq!(c.metric_resolution, Duration::from_secs(15));
         assert_eq!(
             c.serving,
             ServingSource::SelfSigned {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod binding;
+pub mod compat;
 pub mod config;
 pub mod connections;
 pub mod ingest;

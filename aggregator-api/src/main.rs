@@ -9,6 +9,9 @@ use clap::Parser as _;
 #[command(
     name = "nodepulse-aggregator",
     version,
+    // As Go's flag parsing: a flag given twice takes the last value, so a
+    // metrics-server Deployment's args can be extended rather than edited.
+    args_override_self = true,
     about = "Serves metrics.k8s.io from agent-reported usage, as a drop-in for metrics-server"
 )]
 struct Cli {
@@ -16,6 +19,8 @@ struct Cli {
     api: Args,
     #[command(flatten)]
     ingest: IngestArgs,
+    #[command(flatten)]
+    log: support::logging::LogArgs,
 }
 
 /// Resolves on SIGTERM (how the kubelet stops a pod) or Ctrl-C.
@@ -81,12 +86,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    cli.log.init().context("setting up logging")?;
+    cli.api.ignored.warn();
     let config = cli.api.into_config().context("invalid flags")?;
     raise_open_file_limit();
     Aggregator::build(config, cli.ingest)

@@ -131,7 +131,8 @@ pub struct Options {
     pub launcher: Launcher,
     /// Deadline for each control-plane component to become ready.
     pub ready_timeout: Duration,
-    /// The aggregators' `--metric-resolution`.
+    /// The aggregators' `--metric-resolution`: how long a silent node's
+    /// metrics are served (at least three of its agent's intervals).
     pub metric_resolution: String,
     /// The agents' `--interval`.
     pub agent_interval: String,
@@ -153,7 +154,7 @@ impl Options {
             replicas: 2,
             launcher: burner_launcher(),
             ready_timeout: Duration::from_secs(120),
-            metric_resolution: "1s".into(),
+            metric_resolution: "10s".into(),
             agent_interval: "1s".into(),
             real_nodes: false,
             register_nodepulse: true,

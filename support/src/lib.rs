@@ -2,4 +2,5 @@
 pub mod backoff;
 pub mod kube;
 pub mod log_gate;
+pub mod logging;
 pub mod token;

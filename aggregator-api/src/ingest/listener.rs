@@ -76,9 +76,13 @@ impl Default for Settings {
 /// The ingest TLS config: the certificate and key from these files,
 /// reloaded when they change; HTTP/2 only (gRPC); no client certificates
 /// (agents authenticate with tokens).
-pub fn server_config(cert: &Path, key: &Path) -> tls::Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    policy: &tls::TlsPolicy,
+) -> tls::Result<Arc<rustls::ServerConfig>> {
     let certs = Arc::new(ServingCert::from_files(cert, key)?);
-    let mut config = tls::server_config(certs, WebPkiClientVerifier::no_client_auth())?;
+    let mut config = tls::server_config(certs, WebPkiClientVerifier::no_client_auth(), policy)?;
     Arc::make_mut(&mut config).alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }

@@ -95,8 +95,12 @@ async fn agents_stream_over_tls_and_a_renewed_certificate_is_served_without_rest
     let ca_file = dir.path().join("ca.crt");
     std::fs::write(&ca_file, ca.pem()).expect("ca");
 
-    let config = listener::server_config(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
-        .expect("ingest TLS config");
+    let config = listener::server_config(
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
+        &Default::default(),
+    )
+    .expect("ingest TLS config");
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = tcp.local_addr().expect("addr");
     let store = Arc::new(Store::default());

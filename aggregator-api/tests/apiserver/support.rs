@@ -435,7 +435,8 @@ impl TestServer {
             pki.server.key_pem.as_bytes(),
         )
         .expect("serving cert");
-        let tls = aggregator_api::tls::build(Arc::new(serving), auth.clone()).expect("tls");
+        let tls = aggregator_api::tls::build(Arc::new(serving), auth.clone(), &Default::default())
+            .expect("tls");
         let authenticator = Authenticator::new(auth.clone(), Some(tokens.clone()));
         let authorizer = Authorizer::new(access.clone());
         let app =

@@ -1,5 +1,6 @@
 //! TLS of the API server: the rustls `ServerConfig` (TLS 1.2+, ALPN `h2` and
-//! `http/1.1`), the serving certificate and the optional client certificate
+//! `http/1.1`, narrowed by `--tls-min-version` and `--tls-cipher-suites`:
+//! [`policy`]), the serving certificate and the optional client certificate
 //! request (contract §3.1).
 //!
 //! **Client certificates are requested, never required, and not judged
@@ -23,6 +24,10 @@
 //! `localhost`, `127.0.0.1` and any extra names is generated into
 //! `--cert-dir` as `apiserver.crt`/`apiserver.key` at start, or reused if
 //! both files are already there.
+
+pub mod policy;
+
+pub use policy::TlsPolicy;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -473,14 +478,16 @@ impl ClientCertVerifier for OptionalClientAuth {
     }
 }
 
-/// The server's rustls config: TLS 1.3 and 1.2, ALPN `h2` then `http/1.1`,
-/// the given certificate source and client certificate policy.
+/// The server's rustls config: the versions and suites `policy` offers
+/// (TLS 1.3 and 1.2 by default), ALPN `h2` then `http/1.1`, the given
+/// certificate source and client certificate policy.
 pub fn server_config(
     certs: Arc<dyn ResolvesServerCert>,
     client_auth: Arc<dyn ClientCertVerifier>,
+    policy: &TlsPolicy,
 ) -> Result<Arc<ServerConfig>> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    let mut config = ServerConfig::builder_with_provider(Arc::new(policy.narrow(provider())))
+        .with_protocol_versions(policy.versions())?
         .with_client_cert_verifier(client_auth)
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -488,8 +495,12 @@ pub fn server_config(
 }
 
 /// [`server_config`] with [`OptionalClientAuth`] over `auth`.
-pub fn build(serving: Arc<ServingCert>, auth: AuthConfigHandle) -> Result<Arc<ServerConfig>> {
-    server_config(serving, Arc::new(OptionalClientAuth::new(auth)))
+pub fn build(
+    serving: Arc<ServingCert>,
+    auth: AuthConfigHandle,
+    policy: &TlsPolicy,
+) -> Result<Arc<ServerConfig>> {
+    server_config(serving, Arc::new(OptionalClientAuth::new(auth)), policy)
 }
 
 #[cfg(test)]
@@ -601,10 +612,95 @@ mod tests {
         let (cert, key) = generate_self_signed(&[]).expect("pair");
         let serving =
             Arc::new(ServingCert::from_pem(cert.as_bytes(), key.as_bytes()).expect("pem"));
-        let config = build(serving, AuthConfigHandle::new()).expect("config");
+        let config =
+            build(serving, AuthConfigHandle::new(), &TlsPolicy::default()).expect("config");
         assert_eq!(
             config.alpn_protocols,
             [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    /// A whole handshake in memory between a server built with `policy` and
+    /// a client offering only `versions` and `suites`: what it agreed on.
+    fn handshake(
+        policy: &TlsPolicy,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suites: &[rustls::CipherSuite],
+    ) -> std::result::Result<(rustls::ProtocolVersion, rustls::CipherSuite), rustls::Error> {
+        let (cert, key) = generate_self_signed(&[]).expect("pair");
+        let serving =
+            Arc::new(ServingCert::from_pem(cert.as_bytes(), key.as_bytes()).expect("pem"));
+        let server = build(serving, AuthConfigHandle::new(), policy).expect("config");
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()) {
+            roots.add(der.expect("pem")).expect("root");
+        }
+        let mut provider = provider();
+        provider
+            .cipher_suites
+            .retain(|s| suites.contains(&s.suite()));
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .expect("client versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+        let mut server = rustls::ServerConnection::new(server).expect("server");
+        let mut wire = Vec::new();
+        while client.is_handshaking() || server.is_handshaking() {
+            wire.clear();
+            client.write_tls(&mut wire).expect("client writes");
+            server.read_tls(&mut wire.as_slice()).expect("server reads");
+            if let Err(e) = server.process_new_packets() {
+                // Deliver the alert, for the client's side of the story.
+                wire.clear();
+                let _ = server.write_tls(&mut wire);
+                return Err(e);
+            }
+            wire.clear();
+            server.write_tls(&mut wire).expect("server writes");
+            client.read_tls(&mut wire.as_slice()).expect("client reads");
+            client.process_new_packets()?;
+        }
+        Ok((
+            client.protocol_version().expect("version"),
+            client.negotiated_cipher_suite().expect("suite").suite(),
+        ))
+    }
+
+    #[test]
+    fn min_version_and_cipher_suites_hold_in_a_handshake() {
+        use rustls::version::{TLS12, TLS13};
+        use rustls::{CipherSuite as S, ProtocolVersion as V};
+        let all: Vec<S> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        let default = TlsPolicy::default();
+        assert_eq!(
+            handshake(&default, &[&TLS12], &all).expect("1.2"),
+            (V::TLSv1_2, S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)
+        );
+        let tls13 = TlsPolicy::from_flags(Some("VersionTLS13"), &[]).expect("policy");
+        assert!(handshake(&tls13, &[&TLS12], &all).is_err(), "1.2 refused");
+        assert_eq!(
+            handshake(&tls13, &[&TLS13, &TLS12], &all).expect("1.3").0,
+            V::TLSv1_3
+        );
+
+        let one =
+            TlsPolicy::from_flags(None, &["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305".to_owned()])
+                .expect("policy");
+        assert_eq!(
+            handshake(&one, &[&TLS12], &all).expect("the one suite"),
+            (V::TLSv1_2, S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256)
+        );
+        assert!(
+            handshake(
+                &one,
+                &[&TLS12],
+                &[S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
+            )
+            .is_err(),
+            "a suite not listed is refused"
         );
     }
 }
