@@ -152,6 +152,12 @@ for c in ds.get("containers", []):
     args = c.get("args", [])
     need(args[:1] == ["run"], "agent runs `run`")
     need(any(a.startswith("--token-file=") for a in args), "agent presents a token")
+    health = [a.split(":")[-1] for a in args if a.startswith("--health-address=")]
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+    need(health and ports.get("health") == int(health[0]), "agent serves its probes on the port named health")
+    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+        get_ = c.get(probe, {}).get("httpGet", {})
+        need(get_.get("path") == path and get_.get("port") == "health", f"agent {probe} GET {path} on health")
 need(ds.get("hostPID") in (None, False), "agent hostPID false")
 need(not ds.get("hostNetwork"), "agent hostNetwork false")
 tokens = [s["serviceAccountToken"] for v in ds.get("volumes", []) for s in v.get("projected", {}).get("sources", []) if "serviceAccountToken" in s]

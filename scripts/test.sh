@@ -14,6 +14,8 @@ step "build the eBPF programs"
 cargo xtask build-ebpf
 step "rustfmt and clippy -D warnings (host and eBPF crates)"
 cargo xtask lint
+step "deploy/: helm lint, the chart rendered against components.yaml, the manifests' invariants"
+bash deploy/check.sh
 step "cargo test (unit, integration, real cgroups + eBPF, end to end on a real control plane)"
 cargo test --workspace --exclude agent-ebpf --no-fail-fast
 

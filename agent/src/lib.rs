@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod ebpf;
 pub mod export;
+pub mod health;
 pub mod kubelet;
 pub mod pods;
 pub mod report;

@@ -182,6 +182,11 @@ struct RunArgs {
     /// How often our figures are compared with the kubelet's (`0`: never).
     #[arg(long, default_value = "60s", value_parser = parse_period)]
     kubelet_check_interval: Duration,
+    /// Where to serve `/livez`, `/readyz` and Prometheus `/metrics` over
+    /// plain HTTP (`0.0.0.0:8080` in the DaemonSet: the pod's IP; a loopback
+    /// address keeps them inside the pod). Unset: not served.
+    #[arg(long, env = "NODEPULSE_HEALTH_ADDRESS")]
+    health_address: Option<std::net::SocketAddr>,
 }
 
 fn main() -> Result<()> {
@@ -281,6 +286,21 @@ async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
         .await
         .context("kube-apiserver credentials")?;
     let cancel = CancellationToken::new();
+    let health = agent::health::Health::new(args.interval);
+    let health_server = match args.health_address {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--health-address {addr}"))?;
+            tracing::info!(%addr, "serving /livez, /readyz and /metrics");
+            Some(tokio::spawn(agent::health::serve(
+                listener,
+                Arc::clone(&health),
+                cancel.clone(),
+            )))
+        }
+        None => None,
+    };
     let (meta_tx, meta_rx) = watch::channel(Arc::new(NodeMetadata::default()));
     let pods = tokio::spawn(pods::run(
         client,
@@ -308,10 +328,14 @@ async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
             token_file: args.token_file,
             ..export::Config::default()
         },
+        health,
     };
     let result = run::run(config, meta_rx, cancel.clone()).await;
     cancel.cancel();
     let _ = pods.await;
+    if let Some(server) = health_server {
+        let _ = server.await;
+    }
     signals.abort();
     result.context("agent")
 }

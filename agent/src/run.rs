@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::{
     collector::{self, Collector, Snapshot},
     export::{self, Outgoing},
+    health::{Collected, Health},
     kubelet::{
         ClientError, KubeletClient, Parsed,
         check::{Comparison, CrossCheck, Tolerance},
@@ -56,6 +57,8 @@ pub struct Config {
     pub collector: collector::Options,
     pub export: export::Config,
     pub kubelet: Option<Kubelet>,
+    /// What `/livez`, `/readyz` and `/metrics` report.
+    pub health: Arc<Health>,
 }
 
 /// Runs until `cancel`. `metadata` carries the node's labels and its pods'
@@ -74,12 +77,17 @@ pub async fn run(
     let thread = {
         let stop = cancel.clone();
         let (node, interval) = (config.node_name.clone(), config.interval);
+        let health = Arc::clone(&config.health);
         spawn_collector(&cancel, move || {
-            collect_loop(sampler, &node, interval, metadata, &tx, &stop)
+            collect_loop(sampler, &node, interval, metadata, &tx, &health, &stop)
         })
         .map_err(Error::Thread)?
     };
-    export::run(config.export, rx, cancel.clone()).await;
+    let export = export::Config {
+        health: Some(config.health),
+        ..config.export
+    };
+    export::run(export, rx, cancel.clone()).await;
     cancel.cancel();
     // The thread notices within one interval.
     match tokio::task::spawn_blocking(move || thread.join()).await {
@@ -112,6 +120,7 @@ fn collect_loop(
     interval: Duration,
     mut metadata: watch::Receiver<Arc<NodeMetadata>>,
     tx: &watch::Sender<Option<Arc<Outgoing>>>,
+    health: &Health,
     cancel: &CancellationToken,
 ) {
     let mut next = Instant::now();
@@ -122,12 +131,34 @@ fn collect_loop(
     let epoch = report::new_epoch();
     let mut version = 0u64;
     let mut errors_logged = Instant::now() - Duration::from_secs(3600);
+    let (mut checks, mut scrape_errors) = (0, 0);
     while !cancel.is_cancelled() {
         if metadata.has_changed().unwrap_or(false) {
             version += 1;
         }
         let meta = Arc::clone(&metadata.borrow_and_update());
-        if let Some(mut snapshot) = sampler.sample(&meta) {
+        let started = Instant::now();
+        let sample = sampler.sample(&meta);
+        health.collected(
+            started.elapsed(),
+            sample.as_ref().map(|s| Collected {
+                source: s.source.name(),
+                containers: s.pods.values().map(|p| p.containers.len() as u64).sum(),
+                lost_charges: sampler.lost_charges(),
+            }),
+        );
+        if sampler.checks() > checks {
+            checks = sampler.checks();
+            let agree = sampler
+                .last_comparison()
+                .is_some_and(|c| c.disagreements.is_empty());
+            health.kubelet_check(agree);
+        }
+        for _ in scrape_errors..sampler.scrape_errors() {
+            health.kubelet_scrape_failed();
+        }
+        scrape_errors = sampler.scrape_errors();
+        if let Some(mut snapshot) = sample {
             // Unnamed containers (pod sandboxes, containers the kubelet has
             // not reported yet) are nothing the aggregators could serve.
             snapshot.retain_named(&meta);
@@ -182,6 +213,7 @@ struct KubeletSide {
     failing: bool,
     last_comparison: Option<Comparison>,
     checks: u64,
+    scrape_errors: u64,
 }
 
 impl KubeletSide {
@@ -208,6 +240,7 @@ impl KubeletSide {
                 Some(parsed)
             }
             Ok(Err(e)) => {
+                self.scrape_errors += 1;
                 if !self.failing {
                     warn!(error = %e, ?purpose, "scraping the kubelet failed");
                     self.failing = true;
@@ -358,6 +391,7 @@ impl Sampler {
             failing: false,
             last_comparison: None,
             checks: 0,
+            scrape_errors: 0,
         });
         Ok(Self {
             collector,
@@ -416,6 +450,16 @@ impl Sampler {
     /// How many cross-checks were made.
     pub fn checks(&self) -> u64 {
         self.kubelet.as_ref().map_or(0, |k| k.checks)
+    }
+
+    /// How many kubelet scrapes failed.
+    pub fn scrape_errors(&self) -> u64 {
+        self.kubelet.as_ref().map_or(0, |k| k.scrape_errors)
+    }
+
+    /// Charges the eBPF program lost, while it is the CPU source.
+    pub fn lost_charges(&self) -> Option<u64> {
+        Some(self.collector.as_ref()?.ebpf()?.lost_charges())
     }
 }
 

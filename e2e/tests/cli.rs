@@ -51,6 +51,35 @@ current-context: none
     Ok(path)
 }
 
+/// Where one aggregator listens and keeps its files: loopback, no
+/// kube-apiserver, ingest without authentication.
+struct Local<'a> {
+    dir: &'a Path,
+    kubeconfig: &'a Path,
+    secure: u16,
+    ingest: u16,
+}
+
+impl Local<'_> {
+    /// `--flags` after `upstream` (later values win, as with
+    /// metrics-server's Go flags).
+    fn aggregator(&self, ours: &Ours, upstream: &[String]) -> Command {
+        let mut cmd = Command::new(&ours.aggregator);
+        cmd.args(upstream)
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.secure))
+            .arg(format!("--cert-dir={}", self.dir.display()))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--authentication-tolerate-lookup-failure")
+            .arg("--ingest-bind-address=127.0.0.1")
+            .arg(format!("--ingest-port={}", self.ingest))
+            .arg("--ingest-auth=none")
+            .arg("--verify-pod-bindings=false")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+}
+
 /// A started binary whose stderr lines arrive on `lines`; stdout is kept.
 struct Running {
     child: Child,
@@ -137,17 +166,13 @@ fn run_both(ours: &Ours, format: &str) -> Result<Logs> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dead_kubeconfig(dir.path())?;
     let ingest = free_port()?;
-    let mut cmd = Command::new(&ours.aggregator);
-    cmd.arg("--bind-address=127.0.0.1")
-        .arg(format!("--secure-port={}", free_port()?))
-        .arg(format!("--cert-dir={}", dir.path().display()))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--ingest-bind-address=127.0.0.1")
-        .arg(format!("--ingest-port={ingest}"))
-        .arg("--ingest-auth=none")
-        .arg("--verify-pod-bindings=false")
-        .arg("--authentication-tolerate-lookup-failure")
-        .env_remove("RUST_LOG");
+    let local = Local {
+        dir: dir.path(),
+        kubeconfig: &kubeconfig,
+        secure: free_port()?,
+        ingest,
+    };
+    let mut cmd = local.aggregator(ours, &[]);
     if !format.is_empty() {
         cmd.arg(format!("--logging-format={format}"));
     }
@@ -275,24 +300,16 @@ fn metrics_server_manifest_arguments_start_the_aggregator() -> Result<()> {
     let ours = Ours::locate()?;
     let dir = tempfile::tempdir()?;
     let secure = free_port()?;
-    let mut cmd = Command::new(&ours.aggregator);
     // Upstream's as they are, then what this machine needs: loopback, free
-    // ports, a certificate directory of the test's own (later values win,
-    // as with metrics-server's Go flags), no kube-apiserver.
-    cmd.args(&upstream)
-        .arg("--bind-address=127.0.0.1")
-        .arg(format!("--secure-port={secure}"))
-        .arg(format!("--cert-dir={}", dir.path().display()))
-        .arg(format!(
-            "--kubeconfig={}",
-            dead_kubeconfig(dir.path())?.display()
-        ))
-        .arg("--authentication-tolerate-lookup-failure")
-        .arg("--ingest-bind-address=127.0.0.1")
-        .arg(format!("--ingest-port={}", free_port()?))
-        .arg("--ingest-auth=none")
-        .arg("--verify-pod-bindings=false")
-        .env_remove("RUST_LOG");
+    // ports, a certificate directory of the test's own, no kube-apiserver.
+    let kubeconfig = dead_kubeconfig(dir.path())?;
+    let local = Local {
+        dir: dir.path(),
+        kubeconfig: &kubeconfig,
+        secure,
+        ingest: free_port()?,
+    };
+    let cmd = local.aggregator(&ours, &upstream);
     let mut aggregator = Running::start(cmd)?;
     aggregator.wait_for("serving", |l| l.contains("ingest listening"))?;
     assert_eq!(probe(secure, "/livez")?, 200, "the liveness probe passes");
@@ -319,5 +336,106 @@ fn metrics_server_manifest_arguments_start_the_aggregator() -> Result<()> {
         "--v=4 logs at debug:\n{}",
         stderr.join("\n")
     );
+    Ok(())
+}
+
+/// A plain HTTP/1.0 GET on loopback: the status and the body.
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status line in {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `path` (as the kubelet's probes do) until it answers `status`.
+fn until_status(port: u16, path: &str, status: u16) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (got, body) = http_get(port, path)?;
+        if got == status {
+            return Ok(body);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{path} still answers {got} after 60 s, not {status}: {body}");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn agent_probes_follow_its_reports_not_the_aggregators_life() -> Result<()> {
+    let ours = Ours::locate()?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dead_kubeconfig(dir.path())?;
+    let (ingest, secure, health) = (free_port()?, free_port()?, free_port()?);
+    let local = Local {
+        dir: dir.path(),
+        kubeconfig: &kubeconfig,
+        secure,
+        ingest,
+    };
+    let aggregator = || -> Result<Running> {
+        let mut running = Running::start(local.aggregator(&ours, &[]))?;
+        running.wait_for("ingest listening", |l| l.contains("ingest listening"))?;
+        Ok(running)
+    };
+
+    let mut cmd = Command::new(&ours.agent);
+    cmd.arg("run")
+        .arg("--node-name=probe-test")
+        .arg(format!("--aggregator=http://127.0.0.1:{ingest}"))
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg("--cpu-source=cgroupfs")
+        .arg("--interval=200ms")
+        .arg(format!("--health-address=127.0.0.1:{health}"));
+    let mut agent = Running::start(cmd)?;
+    agent.wait_for("the health listener", |l| l.contains("/livez"))?;
+
+    // No aggregator yet: alive, not ready.
+    until_status(health, "/livez", 200)?;
+    let why = until_status(health, "/readyz", 503)?;
+    assert!(
+        why.contains("aggregators connected") || why.contains("no sample"),
+        "{why}"
+    );
+
+    let first = aggregator()?;
+    until_status(health, "/readyz", 200)?;
+    let metrics = until_status(health, "/metrics", 200)?;
+    for family in [
+        "nodepulse_agent_ready 1",
+        "nodepulse_agent_cpu_source{source=\"cgroupfs\"} 1",
+        &format!("nodepulse_agent_aggregator_up{{aggregator=\"http://127.0.0.1:{ingest}\"}} 1"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == family),
+            "{family} in\n{metrics}"
+        );
+    }
+
+    // Every aggregator gone: not ready, still alive.
+    let mut first = first;
+    first.child.kill()?;
+    first.child.wait()?;
+    until_status(health, "/readyz", 503)?;
+    assert_eq!(http_get(health, "/livez")?.0, 200, "not ready is not dead");
+
+    // Back: ready again.
+    let second = aggregator()?;
+    until_status(health, "/readyz", 200)?;
+    second.stop()?;
+    agent.stop()?;
     Ok(())
 }

@@ -3,4 +3,5 @@ pub mod backoff;
 pub mod kube;
 pub mod log_gate;
 pub mod logging;
+pub mod process;
 pub mod token;

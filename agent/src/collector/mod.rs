@@ -100,14 +100,21 @@ pub enum CpuSource {
     Kubelet,
 }
 
-impl fmt::Display for CpuSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl CpuSource {
+    /// Its name in logs, flags and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
             CpuSource::Iterator => "iterator",
             CpuSource::Switch => "switch",
             CpuSource::Cgroupfs => "cgroupfs",
             CpuSource::Kubelet => "kubelet",
-        })
+        }
+    }
+}
+
+impl fmt::Display for CpuSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -325,6 +325,12 @@ impl CpuAccounting {
     pub fn stat(&self, stat: Stat) -> u64 {
         self.stats.get(stat)
     }
+
+    /// Charges lost (or doubted) since the programs loaded, as of the last
+    /// check (at most [`LOSS_CHECK_PERIOD`] old).
+    pub fn lost_charges(&self) -> u64 {
+        self.stats.seen.iter().sum()
+    }
 }
 
 /// A per-CPU counter's total (each CPU's part only grows; the sum wraps as

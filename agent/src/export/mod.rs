@@ -23,6 +23,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use support::{backoff::Backoff, token::TokenFile};
 
+use crate::health::{Health, StreamEnd};
+
 /// Longest wait between reconnect attempts to one replica.
 pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
@@ -52,6 +54,29 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// How a stream that failed with this error ended: refused by the
+    /// aggregator, or failed on the way.
+    fn end(&self) -> StreamEnd {
+        use tonic::Code;
+        match self {
+            Error::Stream { status, .. }
+                if matches!(
+                    status.code(),
+                    Code::Unauthenticated
+                        | Code::PermissionDenied
+                        | Code::InvalidArgument
+                        | Code::FailedPrecondition
+                        | Code::ResourceExhausted
+                ) =>
+            {
+                StreamEnd::Refused
+            }
+            _ => StreamEnd::Failed,
+        }
+    }
+}
 
 /// What the collector hands to the exporter: a report without metadata, and
 /// the node's current metadata with a version that changes when it does.
@@ -90,6 +115,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub keepalive: Duration,
     pub max_message_bytes: usize,
+    /// Told of every stream and report, for the agent's probes and metrics.
+    pub health: Option<Arc<Health>>,
 }
 
 impl Default for Config {
@@ -102,6 +129,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             keepalive: Duration::from_secs(20),
             max_message_bytes: 16 << 20,
+            health: None,
         }
     }
 }
@@ -153,6 +181,9 @@ pub async fn run(
                 info!(%uri, "aggregator replica gone");
                 token.cancel();
                 let _ = handle.await;
+                if let Some(health) = &config.health {
+                    health.aggregator_gone(&uri);
+                }
             }
         }
         tokio::select! {
@@ -210,12 +241,21 @@ async fn endpoint_loop(
             r = attempt => r,
             _ = cancel.cancelled() => return,
         };
-        match result {
-            Ok(summary) => info!(
-                accepted = summary.accepted,
-                "stream closed by the aggregator"
-            ),
-            Err(e) => warn!(error = %e, "stream failed"),
+        let end = match result {
+            Ok(summary) => {
+                info!(
+                    accepted = summary.accepted,
+                    "stream closed by the aggregator"
+                );
+                StreamEnd::Closed
+            }
+            Err(e) => {
+                warn!(error = %e, "stream failed");
+                e.end()
+            }
+        };
+        if let Some(health) = &config.health {
+            health.stream_ended(&uri, end);
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff.reset();
@@ -271,7 +311,15 @@ async fn stream_once(
 ) -> Result<ReportSummary> {
     let channel = channel(config, uri).await?;
     let mut client = IngestClient::new(channel).max_encoding_message_size(config.max_message_bytes);
-    let mut request = tonic::Request::new(outbound(samples, cancel));
+    let sent = {
+        let (health, uri) = (config.health.clone(), uri.to_owned());
+        move || {
+            if let Some(health) = &health {
+                health.report_sent(&uri);
+            }
+        }
+    };
+    let mut request = tonic::Request::new(outbound(samples, cancel, sent));
     if let Some(token) = token {
         let header = token.header()?;
         let mut value =
@@ -284,6 +332,9 @@ async fn stream_once(
         request.metadata_mut().insert("authorization", value);
     }
     info!("stream open");
+    if let Some(health) = &config.health {
+        health.stream_opened(uri);
+    }
     client
         .report(request)
         .await
@@ -296,21 +347,26 @@ async fn stream_once(
 
 /// The reports of one stream: the current sample at once (with metadata),
 /// then each newer one, with metadata whenever its version changed.
+/// `sent` is called as each goes out (the transport asks for the next
+/// report once it has room for it).
 pub fn outbound(
     samples: watch::Receiver<Option<Arc<Outgoing>>>,
     cancel: CancellationToken,
+    sent: impl Fn() + Send + 'static,
 ) -> impl Stream<Item = NodeReport> + Send + 'static {
-    struct State {
+    struct State<F> {
         rx: watch::Receiver<Option<Arc<Outgoing>>>,
         cancel: CancellationToken,
         sent_metadata: Option<u64>,
         first: bool,
+        sent: F,
     }
     let state = State {
         rx: samples,
         cancel,
         sent_metadata: None,
         first: true,
+        sent,
     };
     futures::stream::unfold(state, |mut s| async move {
         loop {
@@ -329,6 +385,7 @@ pub fn outbound(
                 report.metadata = Some((*out.metadata).clone());
                 s.sent_metadata = Some(out.metadata_version);
             }
+            (s.sent)();
             return Some((report, s));
         }
     })
