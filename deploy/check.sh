@@ -68,6 +68,14 @@ EOF
 to_json "$MANIFEST" "$WORK/components.json"
 to_json "$WORK/chart.yaml" "$WORK/chart.json"
 
+log "aggregator.sizing: requests from the cluster's size"
+"$HELM" template nodepulse "$CHART" -n "$NAMESPACE" --set aggregator.sizing.nodes=1000 \
+  --show-only templates/aggregator.yaml >"$WORK/sized.yaml"
+# 1,000 nodes of 30 pods: 10m + 0.08m x 1000; 16 MiB + (30 KiB x 1000 + 2.7 KiB x 30,000) / 1024.
+for want in "cpu: 90m" "memory: 124Mi" "memory: 248Mi"; do
+  grep -q "^ *$want\$" "$WORK/sized.yaml" || { echo "check: sized aggregator lacks $want" >&2; exit 1; }
+done
+
 log "comparing components.yaml with the chart"
 python3 - "$WORK/components.json" "$WORK/chart.json" "$NAMESPACE" <<'EOF'
 import json, sys

@@ -260,14 +260,12 @@ impl Health {
             "Container cgroups in the last sample.",
         );
         lines.push(format!("{name} {}", state.containers));
-        if let Some(lost) = state.lost_charges {
-            let name = family(
-                "nodepulse_agent_ebpf_lost_charges_total",
-                "counter",
-                "Charges the eBPF program could not count (its warnings say why).",
-            );
-            lines.push(format!("{name} {lost}"));
-        }
+        let name = family(
+            "nodepulse_agent_ebpf_lost_charges_total",
+            "counter",
+            "Charges the eBPF switch program could not count (its warnings say why; 0 with another source).",
+        );
+        lines.push(format!("{name} {}", state.lost_charges.unwrap_or(0)));
         let name = family(
             "nodepulse_agent_collection_duration_seconds",
             "summary",

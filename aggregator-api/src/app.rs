@@ -246,9 +246,15 @@ impl Aggregator {
             view,
             move |app| {
                 app.metrics_source(move |out| {
+                    support::process::render_standard(
+                        out,
+                        "nodepulse_aggregator",
+                        env!("CARGO_PKG_VERSION"),
+                    );
                     connections_metrics.render(out);
                     ingest_stats.render(out);
                     store.stats().render(out);
+                    store.render_gauges(out);
                 })
             },
             shutdown,

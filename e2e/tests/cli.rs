@@ -266,8 +266,8 @@ fn container_args(manifest: &str) -> Vec<String> {
 }
 
 /// GET `path` on the aggregator's HTTPS port without credentials, as a
-/// kubelet probe does: the status.
-fn probe(port: u16, path: &str) -> Result<u16> {
+/// kubelet probe does: the status and the body.
+fn https_get(port: u16, path: &str) -> Result<(u16, String)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -278,7 +278,9 @@ fn probe(port: u16, path: &str) -> Result<u16> {
         let response = client
             .send(http::Request::get(path).body(kube::client::Body::empty())?)
             .await?;
-        Ok(response.status().as_u16())
+        let status = response.status().as_u16();
+        let body = response.into_body().collect_bytes().await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     })
 }
 
@@ -312,7 +314,11 @@ fn metrics_server_manifest_arguments_start_the_aggregator() -> Result<()> {
     let cmd = local.aggregator(&ours, &upstream);
     let mut aggregator = Running::start(cmd)?;
     aggregator.wait_for("serving", |l| l.contains("ingest listening"))?;
-    assert_eq!(probe(secure, "/livez")?, 200, "the liveness probe passes");
+    assert_eq!(
+        https_get(secure, "/livez")?.0,
+        200,
+        "the liveness probe passes"
+    );
     let (stderr, _) = aggregator.stop()?;
     for flag in [
         "kubelet-preferred-address-types",
@@ -386,8 +392,12 @@ fn agent_probes_follow_its_reports_not_the_aggregators_life() -> Result<()> {
         secure,
         ingest,
     };
+    // Its /metrics open to the test, which has no credentials kube-apiserver
+    // could review (there is none).
+    let open_metrics =
+        ["--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics".to_owned()];
     let aggregator = || -> Result<Running> {
-        let mut running = Running::start(local.aggregator(&ours, &[]))?;
+        let mut running = Running::start(local.aggregator(&ours, &open_metrics))?;
         running.wait_for("ingest listening", |l| l.contains("ingest listening"))?;
         Ok(running)
     };
@@ -425,6 +435,32 @@ fn agent_probes_follow_its_reports_not_the_aggregators_life() -> Result<()> {
         );
     }
 
+    // Every metric the dashboard queries is in a scrape of the two.
+    let aggregator_metrics = {
+        // A request for its API's request metrics to count.
+        https_get(secure, "/livez")?;
+        let (status, body) = https_get(secure, "/metrics")?;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let dashboard = std::fs::read_to_string(
+        e2e::binaries::workspace_root().join("deploy/grafana/nodepulse.json"),
+    )?;
+    let queried = dashboard_metrics(&dashboard)?;
+    assert!(queried.len() >= 10, "metrics queried: {queried:?}");
+    for metric in &queried {
+        let exposed = |text: &str| {
+            text.lines().any(|l| {
+                l.strip_prefix(metric.as_str())
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+        };
+        assert!(
+            exposed(&metrics) || exposed(&aggregator_metrics),
+            "the dashboard queries {metric}, which neither binary exposes"
+        );
+    }
+
     // Every aggregator gone: not ready, still alive.
     let mut first = first;
     first.child.kill()?;
@@ -438,4 +474,31 @@ fn agent_probes_follow_its_reports_not_the_aggregators_life() -> Result<()> {
     second.stop()?;
     agent.stop()?;
     Ok(())
+}
+
+/// The metric names in a Grafana dashboard's queries (the project's own
+/// families, the API server's and the process's).
+fn dashboard_metrics(dashboard: &str) -> Result<std::collections::BTreeSet<String>> {
+    let json: serde_json::Value = serde_json::from_str(dashboard)?;
+    let mut names = std::collections::BTreeSet::new();
+    for panel in json["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"].as_str().context("expr")?;
+            let mut word = String::new();
+            for c in expr.chars().chain(std::iter::once(' ')) {
+                if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                    word.push(c);
+                    continue;
+                }
+                if ["nodepulse_", "apiserver_", "process_"]
+                    .iter()
+                    .any(|p| word.starts_with(p))
+                {
+                    names.insert(std::mem::take(&mut word));
+                }
+                word.clear();
+            }
+        }
+    }
+    Ok(names)
 }

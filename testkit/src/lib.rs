@@ -11,6 +11,7 @@
 //! subcommand) with a [`Launcher`].
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod flag_reference;
 use std::{
     ffi::CString,
     fs,

@@ -65,6 +65,8 @@ impl IngestAuth for Unauthenticated {
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct IngestStats {
+    /// Streams open now (agents connected).
+    pub open: AtomicU64,
     pub streams: AtomicU64,
     pub streams_rejected: AtomicU64,
     pub spoofed: AtomicU64,
@@ -76,17 +78,37 @@ impl IngestStats {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = write!(
             out,
-            "# HELP nodepulse_ingest_streams_total Agent streams by authentication result.\n\
+            "# HELP nodepulse_ingest_open_streams Agent streams open now: one per connected agent.\n\
+             # TYPE nodepulse_ingest_open_streams gauge\n\
+             nodepulse_ingest_open_streams {}\n\
+             # HELP nodepulse_ingest_streams_total Agent streams by authentication result.\n\
              # TYPE nodepulse_ingest_streams_total counter\n\
              nodepulse_ingest_streams_total{{result=\"accepted\"}} {}\n\
              nodepulse_ingest_streams_total{{result=\"rejected\"}} {}\n\
              # HELP nodepulse_ingest_spoofed_reports_total Reports for a node other than the one the stream's token is bound to.\n\
              # TYPE nodepulse_ingest_spoofed_reports_total counter\n\
              nodepulse_ingest_spoofed_reports_total {}\n",
+            n(&self.open),
             n(&self.streams),
             n(&self.streams_rejected),
             n(&self.spoofed),
         );
+    }
+}
+
+/// Counts a stream in [`IngestStats::open`] for as long as it lives.
+struct OpenStream<'a>(&'a IngestStats);
+
+impl<'a> OpenStream<'a> {
+    fn new(stats: &'a IngestStats) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(stats)
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -150,6 +172,7 @@ impl Ingest for IngestService {
             }
         };
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenStream::new(&self.stats);
         let mut stream = request.into_inner();
         let mut node: Option<String> = None;
         let mut accepted = 0u64;

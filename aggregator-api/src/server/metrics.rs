@@ -155,8 +155,10 @@ impl Metrics {
                 h.count
             );
         }
-        out.push_str("# HELP authentication_attempts_total Authentication outcomes by method.\n");
-        out.push_str("# TYPE authentication_attempts_total counter\n");
+        out.push_str(
+            "# HELP nodepulse_authentication_attempts_total Authentication outcomes by method.\n",
+        );
+        out.push_str("# TYPE nodepulse_authentication_attempts_total counter\n");
         for ((result, method), n) in self
             .authentication
             .lock()
@@ -165,11 +167,11 @@ impl Metrics {
         {
             let _ = writeln!(
                 out,
-                "authentication_attempts_total{{result=\"{result}\",method=\"{method}\"}} {n}"
+                "nodepulse_authentication_attempts_total{{result=\"{result}\",method=\"{method}\"}} {n}"
             );
         }
-        out.push_str("# HELP authorization_decisions_total Authorization decisions.\n");
-        out.push_str("# TYPE authorization_decisions_total counter\n");
+        out.push_str("# HELP nodepulse_authorization_decisions_total Authorization decisions.\n");
+        out.push_str("# TYPE nodepulse_authorization_decisions_total counter\n");
         for (decision, n) in self
             .authorization
             .lock()
@@ -178,7 +180,7 @@ impl Metrics {
         {
             let _ = writeln!(
                 out,
-                "authorization_decisions_total{{decision=\"{decision}\"}} {n}"
+                "nodepulse_authorization_decisions_total{{decision=\"{decision}\"}} {n}"
             );
         }
         out.push_str("# HELP apiserver_open_connections Open client connections.\n");
@@ -228,9 +230,9 @@ mod tests {
             "apiserver_request_duration_seconds_count{verb=\"LIST\",resource=\"nodes\"} 2\n"
         ));
         assert!(text.contains(
-            "authentication_attempts_total{result=\"success\",method=\"requestheader\"} 1\n"
+            "nodepulse_authentication_attempts_total{result=\"success\",method=\"requestheader\"} 1\n"
         ));
-        assert!(text.contains("authorization_decisions_total{decision=\"denied\"} 1\n"));
+        assert!(text.contains("nodepulse_authorization_decisions_total{decision=\"denied\"} 1\n"));
         assert!(text.contains("apiserver_open_connections 1\n"));
         assert!(text.contains("apiserver_tls_handshake_errors_total 1\n"));
     }

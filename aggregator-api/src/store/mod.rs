@@ -483,6 +483,44 @@ impl Store {
         &self.stats
     }
 
+    /// Prometheus text of what the store holds now: nodes served and
+    /// silent, pods served, and the age of each node's last report.
+    pub fn render_gauges(&self, out: &mut String) {
+        let nodes: Vec<(Arc<str>, Shared)> = read(&self.nodes)
+            .iter()
+            .map(|(name, node)| (Arc::clone(name), Arc::clone(node)))
+            .collect();
+        let (mut fresh, mut pods) = (0u64, 0u64);
+        let mut ages = String::new();
+        for (name, node) in &nodes {
+            let node = lock(node);
+            if node.fresh(&self.config.freshness) {
+                fresh += 1;
+                pods += node.pods.len() as u64;
+            }
+            // Node names passed `limits::node_name`: nothing to escape.
+            let _ = writeln!(
+                ages,
+                "nodepulse_store_node_report_age_seconds{{node=\"{name}\"}} {:.3}",
+                node.last_report.elapsed().as_secs_f64()
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP nodepulse_store_nodes Nodes held, by whether their metrics are served (fresh) or their agent went silent (stale).\n\
+             # TYPE nodepulse_store_nodes gauge\n\
+             nodepulse_store_nodes{{state=\"fresh\"}} {fresh}\n\
+             nodepulse_store_nodes{{state=\"stale\"}} {}\n\
+             # HELP nodepulse_store_pods Pods served (those of fresh nodes).\n\
+             # TYPE nodepulse_store_pods gauge\n\
+             nodepulse_store_pods {pods}\n\
+             # HELP nodepulse_store_node_report_age_seconds Seconds since each node's agent last reported.\n\
+             # TYPE nodepulse_store_node_report_age_seconds gauge\n\
+             {ages}",
+            nodes.len() as u64 - fresh,
+        );
+    }
+
     /// A receiver that sees a new value after every applied report.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

@@ -1234,3 +1234,38 @@ mod invariants {
         }
     }
 }
+
+#[test]
+fn gauges_count_fresh_and_silent_nodes_and_their_pods() {
+    let store = Store::new(Config {
+        freshness: Freshness {
+            windows: 0,
+            at_least: Duration::ZERO,
+        },
+        ..Config::default()
+    });
+    first_report_of_one_pod(&store, 0);
+    let mut text = String::new();
+    store.render_gauges(&mut text);
+    // A zero freshness bound: the node is silent as soon as it reported.
+    for line in [
+        "nodepulse_store_nodes{state=\"fresh\"} 0",
+        "nodepulse_store_nodes{state=\"stale\"} 1",
+        "nodepulse_store_pods 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    assert!(text.contains("\nnodepulse_store_node_report_age_seconds{node=\"n1\"} 0."));
+
+    let store = Store::default();
+    first_report_of_one_pod(&store, 0);
+    let mut text = String::new();
+    store.render_gauges(&mut text);
+    for line in [
+        "nodepulse_store_nodes{state=\"fresh\"} 1",
+        "nodepulse_store_nodes{state=\"stale\"} 0",
+        "nodepulse_store_pods 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+}

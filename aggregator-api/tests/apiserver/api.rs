@@ -740,8 +740,8 @@ async fn metrics_count_requests() {
         "apiserver_request_total{verb=\"GET\",resource=\"nodes\",code=\"404\"} 1",
         "apiserver_request_total{verb=\"WATCH\",resource=\"pods\",code=\"405\"} 1",
         "apiserver_request_duration_seconds_count{verb=\"LIST\",resource=\"nodes\"} 2",
-        "authentication_attempts_total{result=\"success\",method=\"anonymous\"}",
-        "authorization_decisions_total{decision=\"allowed\"}",
+        "nodepulse_authentication_attempts_total{result=\"success\",method=\"anonymous\"}",
+        "nodepulse_authorization_decisions_total{decision=\"allowed\"}",
     ] {
         assert!(text.body.contains(line), "missing {line}\n{}", text.body);
     }
