@@ -76,6 +76,25 @@ for want in "cpu: 90m" "memory: 124Mi" "memory: 248Mi"; do
   grep -q "^ *$want\$" "$WORK/sized.yaml" || { echo "check: sized aggregator lacks $want" >&2; exit 1; }
 done
 
+log "ingest.tls.create=helm: a certificate for the ingest Service, signed by the CA the agents get"
+"$HELM" template nodepulse "$CHART" -n "$NAMESPACE" --set ingest.tls.create=helm \
+  --show-only templates/ingest-tls.yaml >"$WORK/ingest-tls.yaml"
+python3 - "$WORK/ingest-tls.yaml" "$WORK" <<'EOF'
+import base64, json, re, sys
+text = open(sys.argv[1]).read()
+field = lambda key: re.search(rf"^  {re.escape(key)}: (\S+)$", text, re.M).group(1)
+open(f"{sys.argv[2]}/tls.crt", "wb").write(base64.b64decode(field("tls.crt")))
+ca = base64.b64decode(field("ca.crt"))
+open(f"{sys.argv[2]}/ca.crt", "wb").write(ca)
+configmap_ca = json.loads(re.search(r'^  ca\.crt: (".*")$', text, re.M).group(1))
+assert ca.decode() == configmap_ca, "the CA ConfigMap differs from the Secret's ca.crt"
+EOF
+openssl verify -CAfile "$WORK/ca.crt" "$WORK/tls.crt" >/dev/null
+openssl x509 -in "$WORK/tls.crt" -noout -ext subjectAltName | grep -q "DNS:nodepulse-ingest.$NAMESPACE.svc" \
+  || { echo "check: the generated ingest certificate does not name nodepulse-ingest.$NAMESPACE.svc" >&2; exit 1; }
+"$HELM" template nodepulse "$CHART" -n "$NAMESPACE" --set ingest.tls.create=certManager >"$WORK/cm.yaml"
+[ "$(grep -c '^kind: Certificate$' "$WORK/cm.yaml")" = 2 ] || { echo "check: certManager renders two Certificates" >&2; exit 1; }
+
 log "comparing components.yaml with the chart"
 python3 - "$WORK/components.json" "$WORK/chart.json" "$NAMESPACE" <<'EOF'
 import json, sys

@@ -6,6 +6,14 @@ metrics-server there is one installation per cluster.
 {{- define "nodepulse.agent.name" -}}nodepulse-agent{{- end }}
 {{- define "nodepulse.ingest.service" -}}nodepulse-ingest{{- end }}
 
+{{/* ServiceAccount names: serviceAccount.<component>Name, else the object's. */}}
+{{- define "nodepulse.aggregator.serviceAccount" -}}
+{{- .Values.serviceAccount.aggregatorName | default (include "nodepulse.aggregator.name" .) -}}
+{{- end }}
+{{- define "nodepulse.agent.serviceAccount" -}}
+{{- .Values.serviceAccount.agentName | default (include "nodepulse.agent.name" .) -}}
+{{- end }}
+
 {{/* DNS name of the headless ingest Service. */}}
 {{- define "nodepulse.ingest.host" -}}
 {{- printf "%s.%s.svc" (include "nodepulse.ingest.service" .) .Release.Namespace -}}
