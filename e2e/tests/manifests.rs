@@ -149,6 +149,52 @@ fn deploy_manifests_pass_server_side_dry_run_and_helm_lint() {
         "the chart (default values) and components.yaml name the same objects"
     );
 
+    // The chart's other values (those that need no CRD of another project):
+    // Helm-made ingest TLS, sizing, host network, spread, pod security
+    // contexts, ServiceAccounts of other names with annotations.
+    let values = [
+        "ingest.tls.create=helm",
+        "aggregator.sizing.nodes=1000",
+        "aggregator.hostNetwork=true",
+        "aggregator.topologySpreadConstraints[0].maxSkew=1",
+        "aggregator.topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+        "aggregator.topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "aggregator.podSecurityContext.fsGroup=65534",
+        "agent.podSecurityContext.fsGroup=0",
+        "serviceAccount.aggregatorName=np-aggregator",
+        "serviceAccount.agentName=np-agent",
+        "serviceAccount.annotations.example\\.com/role=metrics",
+    ]
+    .join(",");
+    let rendered = run(&[
+        "template",
+        "nodepulse",
+        &chart_path,
+        "-n",
+        "kube-system",
+        "--set",
+        &values,
+    ]);
+    let out = c
+        .kubectl_stdin(
+            &["apply", "--dry-run=server", "-f", "-"],
+            rendered.as_bytes(),
+        )
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "helm template --set {values} | kubectl apply --dry-run=server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let with_values = dry_run_objects(&String::from_utf8_lossy(&out.stdout));
+    for object in [
+        "secret/nodepulse-ingest-tls",
+        "configmap/nodepulse-ingest-ca",
+        "serviceaccount/np-agent",
+    ] {
+        assert!(with_values.contains(object), "{object} in {with_values:?}");
+    }
+
     // --- a dry run creates nothing ------------------------------------------------
     for (kind, name) in [
         ("deployment", "nodepulse"),
