@@ -230,107 +230,152 @@ impl Health {
 
     /// `/metrics` in Prometheus text format.
     pub fn render(&self) -> String {
+        use support::process::family;
         let mut out = String::with_capacity(4096);
         support::process::render_standard(&mut out, "nodepulse_agent", env!("CARGO_PKG_VERSION"));
         // Before the lock, which `ready` takes too.
         let ready = self.ready().is_ok();
         let state = self.state();
-        let mut family = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            name.to_owned()
-        };
-        let mut lines = Vec::new();
-        let name = family(
+        let o = &mut out;
+        family(
+            o,
             "nodepulse_agent_ready",
             "gauge",
             "1 when /readyz passes: a sample was taken and a report went out recently.",
         );
-        lines.push(format!("{name} {}", u8::from(ready)));
-        let name = family(
+        let _ = writeln!(o, "nodepulse_agent_ready {}", u8::from(ready));
+        family(
+            o,
             "nodepulse_agent_cpu_source",
             "gauge",
             "The source of CPU time in use (1 for the source named).",
         );
         if let Some(source) = state.source {
-            lines.push(format!("{name}{{source=\"{source}\"}} 1"));
+            let _ = writeln!(o, "nodepulse_agent_cpu_source{{source=\"{source}\"}} 1");
         }
-        let name = family(
+        family(
+            o,
             "nodepulse_agent_containers",
             "gauge",
             "Container cgroups in the last sample.",
         );
-        lines.push(format!("{name} {}", state.containers));
-        let name = family(
+        let _ = writeln!(o, "nodepulse_agent_containers {}", state.containers);
+        family(
+            o,
             "nodepulse_agent_ebpf_lost_charges_total",
             "counter",
             "Charges the eBPF switch program could not count (its warnings say why; 0 with another source).",
         );
-        lines.push(format!("{name} {}", state.lost_charges.unwrap_or(0)));
-        let name = family(
+        let _ = writeln!(
+            o,
+            "nodepulse_agent_ebpf_lost_charges_total {}",
+            state.lost_charges.unwrap_or(0)
+        );
+        family(
+            o,
             "nodepulse_agent_collection_duration_seconds",
             "summary",
             "Time the collector spent per turn.",
         );
-        lines.push(format!("{name}_sum {}", state.collection_seconds));
-        lines.push(format!("{name}_count {}", state.collections));
-        let name = family(
+        let _ = writeln!(
+            o,
+            "nodepulse_agent_collection_duration_seconds_sum {}",
+            state.collection_seconds
+        );
+        let _ = writeln!(
+            o,
+            "nodepulse_agent_collection_duration_seconds_count {}",
+            state.collections
+        );
+        family(
+            o,
             "nodepulse_agent_kubelet_checks_total",
             "counter",
             "Cross-checks of our figures against the kubelet's, by outcome.",
         );
-        lines.push(format!("{name}{{result=\"agree\"}} {}", state.checks_agree));
-        lines.push(format!(
-            "{name}{{result=\"disagree\"}} {}",
-            state.checks_disagree
-        ));
-        let name = family(
+        for (result, n) in [
+            ("agree", state.checks_agree),
+            ("disagree", state.checks_disagree),
+        ] {
+            let _ = writeln!(
+                o,
+                "nodepulse_agent_kubelet_checks_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        family(
+            o,
             "nodepulse_agent_kubelet_scrape_errors_total",
             "counter",
             "Failed scrapes of the kubelet's /metrics/resource.",
         );
-        lines.push(format!("{name} {}", state.scrape_errors));
-        let up = family(
+        let _ = writeln!(
+            o,
+            "nodepulse_agent_kubelet_scrape_errors_total {}",
+            state.scrape_errors
+        );
+
+        // Per aggregator replica: each family's samples right after its
+        // HELP and TYPE, as the text format wants them grouped.
+        let peers: Vec<(String, &Peer)> = state
+            .peers
+            .iter()
+            .map(|(uri, peer)| (format!("aggregator=\"{}\"", escape(uri)), peer))
+            .collect();
+        family(
+            o,
             "nodepulse_agent_aggregator_up",
             "gauge",
             "1 while a stream to the aggregator replica is open.",
         );
-        let sent = family(
+        for (l, peer) in &peers {
+            let _ = writeln!(
+                o,
+                "nodepulse_agent_aggregator_up{{{l}}} {}",
+                u8::from(peer.connected)
+            );
+        }
+        family(
+            o,
             "nodepulse_agent_reports_sent_total",
             "counter",
             "Reports sent to the aggregator replica.",
         );
-        let ended = family(
+        for (l, peer) in &peers {
+            let _ = writeln!(o, "nodepulse_agent_reports_sent_total{{{l}}} {}", peer.sent);
+        }
+        family(
+            o,
             "nodepulse_agent_streams_ended_total",
             "counter",
             "Streams to the aggregator replica that ended: closed by it, refused by it, or failed.",
         );
-        let age = family(
+        for (l, peer) in &peers {
+            for end in [StreamEnd::Closed, StreamEnd::Refused, StreamEnd::Failed] {
+                let _ = writeln!(
+                    o,
+                    "nodepulse_agent_streams_ended_total{{{l},result=\"{}\"}} {}",
+                    end.label(),
+                    peer.ended[end as usize]
+                );
+            }
+        }
+        family(
+            o,
             "nodepulse_agent_last_report_age_seconds",
             "gauge",
             "Seconds since a report last went out to the aggregator replica.",
         );
-        for (uri, peer) in &state.peers {
-            let l = format!("aggregator=\"{}\"", escape(uri));
-            lines.push(format!("{up}{{{l}}} {}", u8::from(peer.connected)));
-            lines.push(format!("{sent}{{{l}}} {}", peer.sent));
-            for end in [StreamEnd::Closed, StreamEnd::Refused, StreamEnd::Failed] {
-                lines.push(format!(
-                    "{ended}{{{l},result=\"{}\"}} {}",
-                    end.label(),
-                    peer.ended[end as usize]
-                ));
-            }
+        for (l, peer) in &peers {
             if let Some(at) = peer.last_sent {
-                lines.push(format!("{age}{{{l}}} {}", at.elapsed().as_secs_f64()));
+                let _ = writeln!(
+                    o,
+                    "nodepulse_agent_last_report_age_seconds{{{l}}} {}",
+                    at.elapsed().as_secs_f64()
+                );
             }
         }
+        drop(peers);
         drop(state);
-        // Families first, then samples: the text format allows samples of a
-        // family anywhere after its TYPE line.
-        for line in lines {
-            out.push_str(&line);
-            out.push('\n');
-        }
         out
     }
 }
@@ -496,6 +541,18 @@ mod tests {
             "\nnodepulse_agent_last_report_age_seconds{aggregator=\"https://10.0.0.1:8443\"} "
         ));
         assert!(text.contains("nodepulse_agent_build_info{version="));
+        // Each family's samples come right after its TYPE line.
+        let mut family = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap_or_default();
+            } else if !line.starts_with('#') {
+                assert!(
+                    line.starts_with(family),
+                    "{line:?} outside its family {family}"
+                );
+            }
+        }
         assert!(text.contains("\nprocess_resident_memory_bytes "));
     }
 }

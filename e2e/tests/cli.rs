@@ -78,6 +78,21 @@ impl Local<'_> {
             .env_remove("RUST_LOG");
         cmd
     }
+
+    /// An agent of node `node` reporting to this aggregator (CPU from
+    /// cgroupfs, every 200 ms), `extra` flags last.
+    fn agent(&self, ours: &Ours, node: &str, extra: &[String]) -> Command {
+        let mut cmd = Command::new(&ours.agent);
+        cmd.arg("run")
+            .arg(format!("--node-name={node}"))
+            .arg(format!("--aggregator=http://127.0.0.1:{}", self.ingest))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--cpu-source=cgroupfs")
+            .arg("--interval=200ms")
+            .args(extra)
+            .env_remove("RUST_LOG");
+        cmd
+    }
 }
 
 /// A started binary whose stderr lines arrive on `lines`; stdout is kept.
@@ -179,14 +194,7 @@ fn run_both(ours: &Ours, format: &str) -> Result<Logs> {
     let mut aggregator = Running::start(cmd)?;
     aggregator.wait_for("ingest listening", |l| l.contains("ingest listening"))?;
 
-    let mut cmd = Command::new(&ours.agent);
-    cmd.arg("run")
-        .arg("--node-name=cli-test")
-        .arg(format!("--aggregator=http://127.0.0.1:{ingest}"))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--cpu-source=cgroupfs")
-        .arg("--interval=200ms")
-        .env_remove("RUST_LOG");
+    let mut cmd = local.agent(ours, "cli-test", &[]);
     if !format.is_empty() {
         cmd.arg(format!("--logging-format={format}"));
     }
@@ -402,14 +410,11 @@ fn agent_probes_follow_its_reports_not_the_aggregators_life() -> Result<()> {
         Ok(running)
     };
 
-    let mut cmd = Command::new(&ours.agent);
-    cmd.arg("run")
-        .arg("--node-name=probe-test")
-        .arg(format!("--aggregator=http://127.0.0.1:{ingest}"))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--cpu-source=cgroupfs")
-        .arg("--interval=200ms")
-        .arg(format!("--health-address=127.0.0.1:{health}"));
+    let cmd = local.agent(
+        &ours,
+        "probe-test",
+        &[format!("--health-address=127.0.0.1:{health}")],
+    );
     let mut agent = Running::start(cmd)?;
     agent.wait_for("the health listener", |l| l.contains("/livez"))?;
 

@@ -1,6 +1,7 @@
 //! The standard `process_*` metrics of a Prometheus client, read from
 //! `/proc/self` at scrape time, so both binaries' `/metrics` carry them
-//! under the names dashboards already use.
+//! under the names dashboards already use; and the text format's family
+//! header, for the metrics written with them.
 
 use std::fmt::Write as _;
 
@@ -55,10 +56,8 @@ impl ProcessStats {
     /// Appends the metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
         };
         metric(
             "process_cpu_seconds_total",
@@ -101,14 +100,17 @@ impl ProcessStats {
     }
 }
 
+/// The `# HELP` and `# TYPE` lines that start a metric family; its samples
+/// follow them, grouped.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+}
+
 /// `<prefix>_build_info{version="…"} 1`.
 pub fn render_build_info(out: &mut String, prefix: &str, version: &str) {
-    let _ = write!(
-        out,
-        "# HELP {prefix}_build_info The version of this binary.\n\
-         # TYPE {prefix}_build_info gauge\n\
-         {prefix}_build_info{{version=\"{version}\"}} 1\n"
-    );
+    let name = format!("{prefix}_build_info");
+    family(out, &name, "gauge", "The version of this binary.");
+    let _ = writeln!(out, "{name}{{version=\"{version}\"}} 1");
 }
 
 /// Both of the above: what every `/metrics` of this project starts with.
