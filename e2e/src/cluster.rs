@@ -20,10 +20,12 @@ use serde_json::Value;
 use testkit::{Burn, Burner, CgroupTree, Launcher};
 
 mod install;
+mod metrics_server;
 mod nodepulse;
 mod nodes;
 mod real_node;
 
+pub use metrics_server::MetricsServer;
 pub use real_node::DNS_IP;
 
 use crate::{

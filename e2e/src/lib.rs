@@ -49,8 +49,8 @@ pub mod time;
 pub use binaries::{AgentArgs, AggregatorArgs, Ours, agent_command, aggregator_command};
 pub use cluster::{
     AGENT_AUDIENCE, AGGREGATOR_PORT, API_IP, API_PORT, Cluster, Container, ContainerInfo, DNS_IP,
-    INGEST_PORT, Options, PodInfo, SERVER_NAME, Timings, USER_ADMIN, USER_METRICS_READER,
-    USER_NO_RBAC, replica_ip,
+    INGEST_PORT, MetricsServer, Options, PodInfo, SERVER_NAME, Timings, USER_ADMIN,
+    USER_METRICS_READER, USER_NO_RBAC, replica_ip,
 };
 pub use process::Proc;
 

@@ -54,6 +54,20 @@ fn sa_subject(name: &str) -> Value {
     json!({"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE})
 }
 
+/// The `args` of the first container in a Deployment manifest (YAML as
+/// upstream writes it: one `- --flag` per line under `args:`).
+pub fn container_args(manifest: &str) -> Vec<String> {
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != "args:").skip(1);
+    let mut args = Vec::new();
+    for line in lines.by_ref() {
+        match line.trim().strip_prefix("- ") {
+            Some(arg) if arg.starts_with("--") => args.push(arg.to_owned()),
+            _ => break,
+        }
+    }
+    args
+}
+
 /// A pod on a real node whose containers run the burner image
 /// (`nodepulse-burner <args>`, e.g. `["--cpu=300m"]`), each requesting 50m
 /// and 16 MiB; stopped within a second of its deletion.

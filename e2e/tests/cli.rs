@@ -260,19 +260,6 @@ fn text_logs_to_a_pipe_have_no_colour() -> Result<()> {
     Ok(())
 }
 
-/// The `args` of the first container in a Deployment manifest.
-fn container_args(manifest: &str) -> Vec<String> {
-    let mut lines = manifest.lines().skip_while(|l| l.trim() != "args:").skip(1);
-    let mut args = Vec::new();
-    for line in lines.by_ref() {
-        match line.trim().strip_prefix("- ") {
-            Some(arg) if arg.starts_with("--") => args.push(arg.to_owned()),
-            _ => break,
-        }
-    }
-    args
-}
-
 /// GET `path` on the aggregator's HTTPS port without credentials, as a
 /// kubelet probe does: the status and the body.
 fn https_get(port: u16, path: &str) -> Result<(u16, String)> {
@@ -297,7 +284,7 @@ fn metrics_server_manifest_arguments_start_the_aggregator() -> Result<()> {
     let manifest = std::fs::read_to_string(
         e2e::binaries::workspace_root().join("e2e/upstream/metrics-server/deployment.yaml"),
     )?;
-    let mut upstream = container_args(&manifest);
+    let mut upstream = e2e::manifests::container_args(&manifest);
     assert!(
         upstream
             .iter()

@@ -13,6 +13,8 @@
 //! (fails instead under NODEPULSE_REQUIRE_PRIVILEGED=1, as in CI).
 
 mod common;
+#[path = "real_node/side_by_side.rs"]
+mod side_by_side;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -73,6 +75,8 @@ fn nodepulse_on_a_real_node() {
     say(t0, "identity checked");
     accuracy(&mut c, &api).expect("served figures match the kernel's counters");
     say(t0, "accuracy checked");
+    side_by_side::side_by_side(&mut c, &api).expect("side by side with metrics-server");
+    say(t0, "side by side with metrics-server measured");
     lifecycle(&mut c, &api).expect("lifecycle on the real runtime");
     say(t0, "lifecycle checked");
     hpa(&mut c).expect("the HPA scales on our metrics");
@@ -182,11 +186,17 @@ fn node_pods(c: &Cluster) -> Result<Vec<NodePod>> {
         "-A",
         &format!("--field-selector=spec.nodeName={NODE},status.phase=Running"),
     ])?;
-    let mut pods = Vec::new();
-    for p in list["items"].as_array().into_iter().flatten() {
-        if !p["metadata"]["deletionTimestamp"].is_null() {
-            continue;
-        }
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(NodePod::from_json)
+        .collect())
+}
+
+impl NodePod {
+    fn from_json(p: &Value) -> Self {
         let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
         let statuses = p["status"]["containerStatuses"]
             .as_array()
@@ -201,16 +211,31 @@ fn node_pods(c: &Cluster) -> Result<Vec<NodePod>> {
                 Some((s(&cs["name"]), id))
             })
             .collect();
-        pods.push(NodePod {
+        NodePod {
             namespace: s(&p["metadata"]["namespace"]),
             name: s(&p["metadata"]["name"]),
             uid: s(&p["metadata"]["uid"]),
             qos: s(&p["status"]["qosClass"]),
             ready: statuses.iter().all(|cs| cs["ready"] == true) && !statuses.is_empty(),
             containers,
-        });
+        }
     }
-    Ok(pods)
+
+    /// Each running container's key (`namespace/pod/container`) and counter.
+    fn counters(&self, c: &Cluster) -> Result<Vec<(String, Counter, String)>> {
+        self.containers
+            .iter()
+            .map(|(name, id)| {
+                let rel = self.cgroup(c, id)?;
+                let dir = c.cgroup_dir(&rel).context("no cgroup v2")?;
+                Ok((
+                    format!("{}/{}/{name}", self.namespace, self.name),
+                    Counter::V2(dir),
+                    rel,
+                ))
+            })
+            .collect()
+    }
 }
 
 // --- identity --------------------------------------------------------------
@@ -327,9 +352,15 @@ type Series = BTreeMap<String, Vec<(f64, f64)>>;
 /// Every cumulative CPU counter the test compares with, read every 50 ms:
 /// each container's own cgroup and the node's.
 struct Sampler {
+    counters: Arc<Mutex<BTreeMap<String, Counter>>>,
     series: Arc<Mutex<Series>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The data behind `m`, whether or not a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn unix_now() -> f64 {
@@ -341,18 +372,22 @@ fn unix_now() -> f64 {
 impl Sampler {
     /// `counters`: key → the file holding its cumulative CPU.
     fn start(counters: BTreeMap<String, Counter>) -> Result<Self> {
-        let dirs = counters;
+        let counters = Arc::new(Mutex::new(counters));
         let series = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (series, stop) = (Arc::clone(&series), Arc::clone(&stop));
+            let (counters, series, stop) = (
+                Arc::clone(&counters),
+                Arc::clone(&series),
+                Arc::clone(&stop),
+            );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    for (key, counter) in &dirs {
+                    for (key, counter) in lock(&counters).iter() {
                         let at = unix_now();
                         if let Some(cpu) = counter.read() {
-                            let mut s = series.lock().unwrap_or_else(|e| e.into_inner());
-                            s.entry(key.clone())
+                            lock(&series)
+                                .entry(key.clone())
                                 .or_insert_with(Vec::new)
                                 .push((at, cpu));
                         }
@@ -362,9 +397,26 @@ impl Sampler {
             })
         };
         Ok(Self {
+            counters,
             series,
             stop,
             thread: Some(thread),
+        })
+    }
+
+    /// Samples `key` from now on too.
+    fn add(&self, key: String, counter: Counter) {
+        lock(&self.counters).insert(key, counter);
+    }
+
+    /// When `key`'s CPU rate first rose above `cores`, to the sampling
+    /// period: the start of the first quarter second burning that much.
+    fn rise(&self, key: &str, cores: f64) -> Option<f64> {
+        let s = lock(&self.series);
+        let series = s.get(key)?;
+        series.iter().enumerate().find_map(|(i, &(t0, c0))| {
+            let &(t1, c1) = series[i..].iter().find(|&&(t, _)| t >= t0 + 0.25)?;
+            ((c1 - c0) / (t1 - t0) > cores).then_some(t0)
         })
     }
 
@@ -372,7 +424,7 @@ impl Sampler {
     /// ending anywhere in `ends` (unix seconds), from the samples around
     /// each end; `None` where the samples do not reach.
     fn rate_range(&self, key: &str, ends: (f64, f64), window: f64) -> Option<(f64, f64)> {
-        let s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let s = lock(&self.series);
         let series = s.get(key)?;
         let at = |t: f64| -> Option<f64> {
             let i = series.iter().position(|&(x, _)| x >= t)?;
@@ -447,6 +499,73 @@ fn within(got: f64, (lo, hi): (f64, f64), floor: f64) -> bool {
     got >= lo * (1.0 - TOLERANCE) - floor && got <= hi * (1.0 + TOLERANCE) + floor
 }
 
+/// Every running container on the node and the node itself: key
+/// (`namespace/pod/container` or `node`) → its cgroup below the hierarchy's
+/// root, and key → its CPU counter.
+fn node_counters(c: &Cluster) -> Result<(BTreeMap<String, String>, BTreeMap<String, Counter>)> {
+    let (mut cgroups, mut counters) = (BTreeMap::new(), BTreeMap::new());
+    for p in node_pods(c)? {
+        for (key, counter, rel) in p.counters(c)? {
+            cgroups.insert(key.clone(), rel);
+            counters.insert(key, counter);
+        }
+    }
+    let node = match &c.hierarchy().v1_cpuacct {
+        Some(v1) => Counter::V1Cpuacct(v1.clone()),
+        None => Counter::V2(c.cgroup_dir("/").context("no cgroup v2")?),
+    };
+    cgroups.insert("node".into(), "/".into());
+    counters.insert("node".into(), node);
+    Ok((cgroups, counters))
+}
+
+/// One figure a metrics API serves.
+struct Served {
+    /// `namespace/pod/container`, or `node` for [`NODE`].
+    key: String,
+    /// The window's end, to the second.
+    ts: u64,
+    /// The window, seconds.
+    window: f64,
+    /// Cores.
+    cpu: f64,
+    /// Working set, bytes.
+    memory: f64,
+}
+
+/// Every container of a `PodMetricsList` and [`NODE`] of a
+/// `NodeMetricsList`, as served.
+fn served_points(pods: &Value, nodes: &Value) -> Result<Vec<Served>> {
+    let mut items: Vec<(String, &Value, &Value)> = Vec::new();
+    for pod in pods["items"].as_array().into_iter().flatten() {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        for ctr in pod["containers"].as_array().into_iter().flatten() {
+            let cname = ctr["name"].as_str().unwrap_or_default();
+            items.push((format!("{ns}/{name}/{cname}"), pod, &ctr["usage"]));
+        }
+    }
+    for node in nodes["items"].as_array().into_iter().flatten() {
+        if node["metadata"]["name"] == NODE {
+            items.push(("node".into(), node, &node["usage"]));
+        }
+    }
+    items
+        .into_iter()
+        .map(|(key, item, usage)| {
+            Ok(Served {
+                ts: parse_timestamp(item["timestamp"].as_str().unwrap_or_default())
+                    .ok_or_else(|| anyhow!("{key}: timestamp {item}"))?,
+                window: parse_go_duration(item["window"].as_str().unwrap_or_default())
+                    .ok_or_else(|| anyhow!("{key}: window {item}"))?,
+                cpu: quantity(usage["cpu"].as_str().unwrap_or_default())?,
+                memory: quantity(usage["memory"].as_str().unwrap_or_default())?,
+                key,
+            })
+        })
+        .collect()
+}
+
 /// What the metrics API serves for every container on the node, window by
 /// window, against each container's own cgroup counter over the same window
 /// (its end is known to the second: the candidates within that second give a
@@ -454,26 +573,8 @@ fn within(got: f64, (lo, hi): (f64, f64), floor: f64) -> bool {
 /// pods -A --containers` and `kubectl top nodes` the same way, the window's
 /// end within the few seconds around the call.
 fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
-    let pods = node_pods(c)?;
-    let mut cgroups = BTreeMap::new();
-    for p in &pods {
-        for (name, id) in &p.containers {
-            cgroups.insert(
-                format!("{}/{}/{name}", p.namespace, p.name),
-                p.cgroup(c, id)?,
-            );
-        }
-    }
-    cgroups.insert("node".into(), "/".into());
+    let (cgroups, counters) = node_counters(c)?;
     let keys: Vec<String> = cgroups.keys().cloned().collect();
-    let mut counters = BTreeMap::new();
-    for (key, rel) in &cgroups {
-        let counter = match &c.hierarchy().v1_cpuacct {
-            Some(v1) if key == "node" => Counter::V1Cpuacct(v1.clone()),
-            _ => Counter::V2(c.cgroup_dir(rel).context("no cgroup v2")?),
-        };
-        counters.insert(key.clone(), counter);
-    }
     let sampler = Sampler::start(counters)?;
     let sampling_since = unix_now();
     // Served points, distinct by (key, timestamp): (window, cpu, when seen).
@@ -484,46 +585,29 @@ fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     while Instant::now() < deadline {
         let seen = unix_now();
-        let pods_json = api.api_json(c, "/apis/metrics.k8s.io/v1beta1/pods")?;
-        let nodes_json = api.api_json(c, "/apis/metrics.k8s.io/v1beta1/nodes")?;
-        let mut items: Vec<(String, &Value, &Value)> = Vec::new();
-        for pod in pods_json["items"].as_array().into_iter().flatten() {
-            let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-            for ctr in pod["containers"].as_array().into_iter().flatten() {
-                let cname = ctr["name"].as_str().unwrap_or_default();
-                items.push((format!("{ns}/{name}/{cname}"), pod, &ctr["usage"]));
-            }
-        }
-        for node in nodes_json["items"].as_array().into_iter().flatten() {
-            if node["metadata"]["name"] == NODE {
-                items.push(("node".into(), node, &node["usage"]));
-            }
-        }
-        for (key, item, usage) in items {
-            let Some(rel) = cgroups.get(&key) else {
+        let points = served_points(
+            &api.api_json(c, "/apis/metrics.k8s.io/v1beta1/pods")?,
+            &api.api_json(c, "/apis/metrics.k8s.io/v1beta1/nodes")?,
+        )?;
+        for p in points {
+            let Some(rel) = cgroups.get(&p.key) else {
                 continue;
             };
-            let ts = parse_timestamp(item["timestamp"].as_str().unwrap_or_default())
-                .ok_or_else(|| anyhow!("{key}: timestamp {item}"))?;
-            let window = parse_go_duration(item["window"].as_str().unwrap_or_default())
-                .ok_or_else(|| anyhow!("{key}: window {item}"))?;
-            let cpu = quantity(usage["cpu"].as_str().unwrap_or_default())?;
             // Only windows the sampler saw from their start.
-            if ts as f64 - window > sampling_since + 0.1 {
+            if p.ts as f64 - p.window > sampling_since + 0.1 {
                 served
-                    .entry(key.clone())
+                    .entry(p.key.clone())
                     .or_default()
-                    .entry(ts)
-                    .or_insert((window, cpu, seen));
+                    .entry(p.ts)
+                    .or_insert((p.window, p.cpu, seen));
             }
             // Working sets hold still: the cgroup's now against what is served.
-            let ws = quantity(usage["memory"].as_str().unwrap_or_default())?;
             let truth = cgroup_working_set(c, rel)?;
             ensure!(
-                within(ws, (truth, truth), MEMORY_FLOOR),
-                "{key}: working set served {:.1} MiB, cgroup {:.1} MiB",
-                ws / 1048576.0,
+                within(p.memory, (truth, truth), MEMORY_FLOOR),
+                "{}: working set served {:.1} MiB, cgroup {:.1} MiB",
+                p.key,
+                p.memory / 1048576.0,
                 truth / 1048576.0
             );
             memory_checked += 1;

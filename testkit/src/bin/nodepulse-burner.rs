@@ -3,8 +3,10 @@
 //!
 //! `--cpu 250m` keeps threads busy that share of a core each period (over
 //! 1000m, one thread per whole core and one for the rest); `--memory 64Mi`
-//! holds that much anonymous memory, resident; `--exit-after 30s` exits
-//! with status 1 then, so that the kubelet restarts the container.
+//! holds that much anonymous memory, resident; `--cpu-step 500m@45s` burns
+//! that much more from 45 s after the start (a load step to time how soon
+//! a metrics pipeline shows it); `--exit-after 30s` exits with status 1
+//! then, so that the kubelet restarts the container.
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
@@ -18,6 +20,9 @@ struct Args {
     /// Anonymous memory to hold: `64Mi`, `1Gi`, `100M` or bytes.
     #[arg(long, default_value = "0", value_parser = parse_bytes)]
     memory: u64,
+    /// Burn this much more CPU from this long after the start: `500m@45s`.
+    #[arg(long, value_parser = parse_step)]
+    cpu_step: Option<(f64, Duration)>,
     /// Exit with status 1 after this long (`30s`, `500ms`): a crash to restart.
     #[arg(long, value_parser = parse_duration)]
     exit_after: Option<Duration>,
@@ -35,18 +40,20 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let held = testkit::hold_anonymous(bytes);
-    let mut left = args.cpu;
-    while left > 0.0 {
-        let share = left.min(1.0);
-        left -= share;
-        let period = args.period;
-        std::thread::spawn(move || testkit::burn_duty(share, period));
-    }
+    burn(args.cpu, args.period);
     println!(
         "burner ready: cpu {:.3} cores, memory {} bytes held",
         args.cpu,
         held.len()
     );
+    if let Some((more, after)) = args.cpu_step {
+        let period = args.period;
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            burn(more, period);
+            println!("stepped up by {more:.3} cores after {after:?}, as asked");
+        });
+    }
     match args.exit_after {
         Some(after) => {
             std::thread::sleep(after);
@@ -57,6 +64,23 @@ fn main() -> ExitCode {
             std::thread::park();
         },
     }
+}
+
+/// Keeps threads busy `cpu` cores in all: one per whole core, one for the rest.
+fn burn(cpu: f64, period: Duration) {
+    let mut left = cpu;
+    while left > 0.0 {
+        let share = left.min(1.0);
+        left -= share;
+        std::thread::spawn(move || testkit::burn_duty(share, period));
+    }
+}
+
+fn parse_step(s: &str) -> Result<(f64, Duration), String> {
+    let (cpu, after) = s
+        .split_once('@')
+        .ok_or_else(|| format!("not a CPU step: {s:?} (e.g. 500m@45s)"))?;
+    Ok((parse_cpu(cpu)?, parse_duration(after)?))
 }
 
 fn parse_cpu(s: &str) -> Result<f64, String> {
@@ -120,5 +144,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_step("500m@45s"), Ok((0.5, Duration::from_secs(45))));
+        assert!(parse_step("500m").is_err() && parse_step("x@1s").is_err());
     }
 }
