@@ -7,8 +7,9 @@
 //!
 //! The real control plane (etcd, kube-apiserver, kube-controller-manager, as
 //! the e2e tests run it) holds `--nodes` Node objects and `--pods-per-node`
-//! pods bound to each (created through the API, as the scheduler's binding
-//! leaves them; no kubelet runs them). A store learns every pod from its
+//! pods bound to each (`e2e::fleet`: created through the API as the
+//! scheduler's binding and a kubelet's status leave them; no kubelet runs
+//! them). A store learns every pod from its
 //! node's reports, then the aggregator's own binding check
 //! (`aggregator_api::binding::run`, 8 nodes at a time: each Node's capacity,
 //! then the node's pods' metadata) runs until every pod is served. Side by
@@ -33,18 +34,15 @@ use aggregator_api::{
 };
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser as _;
-use e2e::{Cluster, Options};
+use e2e::{
+    Cluster, Options,
+    fleet::{self, Fleet},
+};
 use k8s_openapi::api::core::v1::Pod as KubePod;
 use kube::{
     Api, Client,
     api::{ListParams, ObjectList, PartialObjectMeta},
 };
-use proto::v1::{
-    ContainerName, ContainerSample, CpuSource, NodeMetadata, NodeReport, PodMetadata, PodSample,
-    Usage,
-};
-use serde_json::{Value, json};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Parser)]
@@ -66,8 +64,6 @@ struct Args {
     bench: bool,
 }
 
-const NAMESPACE: &str = "bench";
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let Some(h) = e2e::privileged("binding-bench") else {
@@ -79,7 +75,7 @@ fn main() -> Result<()> {
         ..Options::new("binding-bench")
     };
     let c = Cluster::start(h, opts).context("control plane")?;
-    let apiserver = apiserver_pid(c.work_dir())?;
+    let apiserver = c.apiserver_pid().context("kube-apiserver not running")?;
     let kubeconfig = c.admin_kubeconfig();
     let run = c
         .netns()
@@ -104,8 +100,17 @@ async fn measure(args: &Args, kubeconfig: &Path, apiserver: u32) -> Result<()> {
     config.read_timeout = Some(Duration::from_secs(600));
     let client = support::kube::client_for(config)?;
     let started = Instant::now();
-    let pods = fill(&client, args).await?;
-    let total = args.nodes * args.pods_per_node;
+    let fleet = fleet::fill(
+        &client,
+        &fleet::Spec {
+            nodes: args.nodes,
+            pods_per_node: args.pods_per_node,
+            namespaces: 1,
+            concurrency: args.create_concurrency,
+        },
+    )
+    .await?;
+    let total = fleet.pods();
     println!(
         "{} nodes, {total} pods created in {:.1} s",
         args.nodes,
@@ -114,7 +119,7 @@ async fn measure(args: &Args, kubeconfig: &Path, apiserver: u32) -> Result<()> {
 
     let mut check = Vec::new();
     for _ in 0..args.rounds {
-        check.push(binding_pass(&client, &pods, total, apiserver).await?);
+        check.push(binding_pass(&client, &fleet, apiserver).await?);
     }
     let mut list = Vec::new();
     for _ in 0..args.rounds {
@@ -130,7 +135,8 @@ async fn measure(args: &Args, kubeconfig: &Path, apiserver: u32) -> Result<()> {
         });
     }
     let mut one = Vec::new();
-    for (node, _) in pods.iter().take(200) {
+    for node in fleet.nodes.iter().take(200) {
+        let node = &node.name;
         let t = Instant::now();
         let answer = node_pods(&client, node).await?;
         one.push(t.elapsed());
@@ -224,144 +230,10 @@ async fn node_pods(client: &Client, node: &str) -> Result<ObjectList<PartialObje
         .await?)
 }
 
-/// GETs `path` as JSON.
-async fn get(client: &Client, path: &str) -> Result<Value> {
-    Ok(client
-        .request(http::Request::get(path).body(Vec::new())?)
-        .await?)
-}
-
-/// POSTs `object` to `path`; the created object.
-async fn post(client: &Client, path: &str, object: &Value) -> Result<Value> {
-    let request = http::Request::post(path)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(serde_json::to_vec(object)?)?;
-    Ok(client.request(request).await?)
-}
-
-/// One pod as the store learns it from its node's agent.
-struct Pod {
-    uid: String,
-    name: String,
-}
-
-/// Creates the Node objects and their pods: each node with the pods bound
-/// to it.
-async fn fill(client: &Client, args: &Args) -> Result<Vec<(String, Vec<Pod>)>> {
-    post(
-        client,
-        "/api/v1/namespaces",
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-    )
-    .await?;
-    // ServiceAccount admission wants the namespace's default account, which
-    // kube-controller-manager creates.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(
-        client,
-        &format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"),
-    )
-    .await
-    .is_err()
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "no default ServiceAccount in {NAMESPACE}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let nodes: Vec<String> = (0..args.nodes).map(|i| format!("node-{i:05}")).collect();
-    let node_objects = nodes.iter().map(|n| {
-        (
-            "/api/v1/nodes".to_string(),
-            json!({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}},
-                "status": {
-                    "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
-                    "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
-                },
-            }),
-        )
-    });
-    create_all(client, node_objects.collect(), args.create_concurrency).await?;
-    let pod_objects: Vec<(String, Value)> = nodes
-        .iter()
-        .flat_map(|n| (0..args.pods_per_node).map(move |j| (n, j)))
-        .map(|(n, j)| {
-            (
-                format!("/api/v1/namespaces/{NAMESPACE}/pods"),
-                json!({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": format!("{n}-{j}"), "namespace": NAMESPACE,
-                                 "labels": {"app": "bench"}},
-                    "spec": {
-                        "nodeName": n,
-                        "automountServiceAccountToken": false,
-                        "containers": [{"name": "app", "image": "nodepulse.invalid/burner"}],
-                    },
-                }),
-            )
-        })
-        .collect();
-    let created = create_all(client, pod_objects, args.create_concurrency).await?;
-    let mut by_node: Vec<(String, Vec<Pod>)> =
-        nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
-    for pod in created {
-        let node = pod["spec"]["nodeName"].as_str().context("nodeName")?;
-        let i: usize = node
-            .strip_prefix("node-")
-            .and_then(|i| i.parse().ok())
-            .context("node index")?;
-        by_node[i].1.push(Pod {
-            uid: pod["metadata"]["uid"].as_str().context("uid")?.to_string(),
-            name: pod["metadata"]["name"]
-                .as_str()
-                .context("name")?
-                .to_string(),
-        });
-    }
-    Ok(by_node)
-}
-
-/// POSTs every `(path, object)`, `concurrency` at a time; the created objects.
-async fn create_all(
-    client: &Client,
-    objects: Vec<(String, Value)>,
-    concurrency: usize,
-) -> Result<Vec<Value>> {
-    let total = objects.len();
-    let mut pending = objects.into_iter();
-    let mut creating = JoinSet::new();
-    let mut created = Vec::with_capacity(total);
-    let mut progress = Instant::now();
-    loop {
-        while creating.len() < concurrency
-            && let Some((path, object)) = pending.next()
-        {
-            let client = client.clone();
-            creating.spawn(async move { post(&client, &path, &object).await });
-        }
-        let Some(done) = creating.join_next().await else {
-            break;
-        };
-        created.push(done??);
-        if progress.elapsed() > Duration::from_secs(10) {
-            eprintln!("created {}/{total}", created.len());
-            progress = Instant::now();
-        }
-    }
-    Ok(created)
-}
-
 /// A fresh store learns every pod from two reports of each node; the
 /// binding check then runs until every pod is served.
-async fn binding_pass(
-    client: &Client,
-    pods: &[(String, Vec<Pod>)],
-    total: usize,
-    apiserver: u32,
-) -> Result<Cost> {
+async fn binding_pass(client: &Client, fleet: &Fleet, apiserver: u32) -> Result<Cost> {
+    let total = fleet.pods();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Each node reports once, before the pass: at 10,000 nodes applying the
     // reports and the pass take longer than the 10 s a silent node stays
@@ -375,20 +247,14 @@ async fn binding_pass(
         ..Config::default()
     }));
     let now = SystemTime::now();
-    let mut container = 0u64;
-    for (node, pods) in pods {
-        let ids: Vec<String> = pods
-            .iter()
-            .map(|_| {
-                container += 1;
-                format!("{container:064x}")
-            })
-            .collect();
+    for node in &fleet.nodes {
+        let metadata = node.metadata();
         for (k, at) in [now - Duration::from_secs(1), now].into_iter().enumerate() {
-            let report = node_report(node, pods, &ids, at, k as u64 + 1);
+            let mut report = fleet.report(node, at, k as u64 + 1, 1);
+            report.metadata = Some(metadata.clone());
             store
                 .apply(&report, now)
-                .map_err(|e| anyhow::anyhow!("{node}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{}: {e}", node.name))?;
         }
     }
     ensure!(store.pods(None).is_empty(), "pods served before the check");
@@ -422,82 +288,14 @@ async fn binding_pass(
     checking.await?;
     // What the check received: each Node and each node's metadata list.
     let mut bytes = 0;
-    for (node, _) in pods.iter().take(20) {
-        let n = get(client, &format!("/api/v1/nodes/{node}")).await?;
-        let l = node_pods(client, node).await?;
+    for node in fleet.nodes.iter().take(20) {
+        let n = fleet::get(client, &format!("/api/v1/nodes/{}", node.name)).await?;
+        let l = node_pods(client, &node.name).await?;
         bytes += serde_json::to_vec(&n)?.len() + serde_json::to_vec(&l)?.len();
     }
-    let bytes = bytes * pods.len() / pods.len().min(20);
+    let n = fleet.nodes.len();
+    let bytes = bytes * n / n.min(20);
     Ok(Cost { wall, cpu, bytes })
-}
-
-fn node_report(node: &str, pods: &[Pod], ids: &[String], at: SystemTime, seq: u64) -> NodeReport {
-    let nanos = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64)
-    };
-    let usage = |cpu_ns: u64, memory_working_set_bytes: u64| Usage {
-        cpu_ns,
-        memory_working_set_bytes,
-        swap_bytes: None,
-        read_unix_nanos: None,
-    };
-    NodeReport {
-        node: node.into(),
-        sample_unix_nanos: nanos(at),
-        node_usage: Some(usage(seq * 500_000_000, 2 << 30)),
-        pods: pods
-            .iter()
-            .zip(ids)
-            .map(|(p, id)| PodSample {
-                uid: p.uid.clone(),
-                containers: vec![ContainerSample {
-                    id: id.clone(),
-                    usage: Some(usage(seq * 10_000_000, 16 << 20)),
-                    start_unix_nanos: 1,
-                }],
-            })
-            .collect(),
-        metadata: Some(NodeMetadata {
-            labels: Default::default(),
-            pods: pods
-                .iter()
-                .zip(ids)
-                .map(|(p, id)| PodMetadata {
-                    uid: p.uid.clone(),
-                    namespace: NAMESPACE.into(),
-                    name: p.name.clone(),
-                    labels: Default::default(),
-                    running: true,
-                    containers: vec![ContainerName {
-                        id: id.clone(),
-                        name: "app".into(),
-                    }],
-                })
-                .collect(),
-        }),
-        cpu_source: CpuSource::Cgroupfs as i32,
-        seq,
-        agent_epoch: 1,
-    }
-}
-
-/// The kube-apiserver this cluster started (its arguments name the
-/// cluster's work directory).
-fn apiserver_pid(work_dir: &Path) -> Result<u32> {
-    let dir = work_dir.to_string_lossy();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if comm.trim() == "kube-apiserver" && String::from_utf8_lossy(&cmdline).contains(&*dir) {
-            return Ok(pid);
-        }
-    }
-    bail!("no kube-apiserver of {dir} running")
 }
 
 /// utime + stime of `pid`, seconds.

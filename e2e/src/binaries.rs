@@ -200,11 +200,14 @@ pub struct AggregatorArgs {
     pub kubeconfig: PathBuf,
     /// Go duration, e.g. `1s`.
     pub metric_resolution: String,
+    /// `--ingest-max-connections-per-peer`, where not the default.
+    pub ingest_connections_per_peer: Option<usize>,
 }
 
 impl AggregatorArgs {
     fn placeholder() -> Self {
         Self {
+            ingest_connections_per_peer: Some(64),
             ip: Ipv4Addr::LOCALHOST,
             secure_port: 443,
             ingest_port: 8443,
@@ -230,6 +233,9 @@ pub fn aggregator_command(bin: &Path, a: &AggregatorArgs) -> Command {
         .arg(flag("--ingest-tls-private-key-file", &a.key))
         .arg(format!("--metric-resolution={}", a.metric_resolution))
         .env("RUST_LOG", log_filter());
+    if let Some(n) = a.ingest_connections_per_peer {
+        cmd.arg(format!("--ingest-max-connections-per-peer={n}"));
+    }
     cmd
 }
 

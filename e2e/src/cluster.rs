@@ -147,6 +147,10 @@ pub struct Options {
     /// selector, an EndpointSlice of the replicas it starts, APIServices);
     /// off where `deploy/` is applied instead.
     pub register_nodepulse: bool,
+    /// The aggregators' `--ingest-max-connections-per-peer`: for simulated
+    /// agents, which all connect from one address where real agents each
+    /// have their node's. `None`: the default.
+    pub ingest_connections_per_peer: Option<usize>,
 }
 
 impl Options {
@@ -160,6 +164,7 @@ impl Options {
             agent_interval: "1s".into(),
             real_nodes: false,
             register_nodepulse: true,
+            ingest_connections_per_peer: None,
         }
     }
 
@@ -852,6 +857,16 @@ impl Cluster {
 
 impl Cluster {
     // --- accessors and diagnostics --------------------------------------
+
+    /// kube-apiserver's process id, while it runs.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.as_ref().map(Proc::pid)
+    }
+
+    /// Aggregator replica `i`'s process id, while it runs.
+    pub fn aggregator_pid(&self, i: usize) -> Option<u32> {
+        self.replicas.get(i)?.proc.as_ref().map(Proc::pid)
+    }
 
     pub fn work_dir(&self) -> &Path {
         &self.work_dir

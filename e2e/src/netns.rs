@@ -117,6 +117,35 @@ impl NetNs {
             .context("starting a thread in the namespace")
     }
 
+    /// A tokio runtime whose every thread (workers and blocking pool) joins
+    /// this namespace as it starts: its sockets are the namespace's. Work
+    /// goes through [`NsRuntime::run`] (a plain `block_on` would poll its
+    /// future on the calling thread, outside).
+    pub fn runtime(&self, workers: usize) -> Result<NsRuntime> {
+        let ns = self
+            .file
+            .try_clone()
+            .context("duplicating the namespace fd")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .on_thread_start(move || {
+                // SAFETY: setns acts on the calling thread only, with a
+                // valid namespace fd (owned by this closure).
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    // A thread outside would reach the host's network.
+                    eprintln!(
+                        "setns into the test namespace: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    std::process::abort();
+                }
+            })
+            .build()
+            .context("building a runtime")?;
+        Ok(NsRuntime(runtime))
+    }
+
     /// Whether a TCP connection to `addr` inside the namespace succeeds.
     pub fn tcp_open(&self, addr: SocketAddr) -> bool {
         self.run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
@@ -204,6 +233,21 @@ pub(crate) fn run_on_thread_in<R: Send>(
         .join()
         .map_err(|_| anyhow!("thread inside a test namespace panicked"))?
     })
+}
+
+/// See [`NetNs::runtime`].
+pub struct NsRuntime(tokio::runtime::Runtime);
+
+impl NsRuntime {
+    /// Runs `work` to completion on one of the runtime's threads.
+    pub fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T> {
+        self.0
+            .block_on(self.0.spawn(work))
+            .map_err(|e| anyhow!("a task inside the test namespace failed: {e}"))
+    }
 }
 
 /// Runs `ip <args>`, failing with its stderr.

@@ -19,6 +19,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A certificate and its private key, as PEM files.
 #[derive(Clone, Debug)]
@@ -78,6 +79,37 @@ impl Ca {
         sans: &[String],
         usage: Usage,
     ) -> Result<CertFiles> {
+        let (cert, key) = self.leaf(common_name, organization, sans, usage)?;
+        let files = CertFiles {
+            cert: dir.join(format!("{file}.crt")),
+            key: dir.join(format!("{file}.key")),
+        };
+        write(&files.cert, &cert.pem(), 0o644)?;
+        write(&files.key, &key.serialize_pem(), 0o600)?;
+        Ok(files)
+    }
+
+    /// A serving certificate for `sans`, in memory (for in-process servers):
+    /// the certificate and its PKCS#8 key, DER.
+    pub fn issue_serving_der(
+        &self,
+        common_name: &str,
+        sans: &[String],
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+        let (cert, key) = self.leaf(common_name, None, sans, Usage::Server)?;
+        Ok((
+            cert.der().clone(),
+            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        ))
+    }
+
+    fn leaf(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+        sans: &[String],
+        usage: Usage,
+    ) -> Result<(rcgen::Certificate, KeyPair)> {
         let mut params =
             CertificateParams::new(sans.to_vec()).with_context(|| format!("SANs {sans:?}"))?;
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -100,13 +132,7 @@ impl Ca {
         let cert = params
             .signed_by(&key, &self.issuer)
             .with_context(|| format!("signing {common_name}"))?;
-        let files = CertFiles {
-            cert: dir.join(format!("{file}.crt")),
-            key: dir.join(format!("{file}.key")),
-        };
-        write(&files.cert, &cert.pem(), 0o644)?;
-        write(&files.key, &key.serialize_pem(), 0o600)?;
-        Ok(files)
+        Ok((cert, key))
     }
 }
 

@@ -36,6 +36,10 @@ impl MetricsServer {
         ]
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Its log, for failure messages.
     pub fn log(&self) -> &Path {
         self.proc.log()

@@ -82,6 +82,7 @@ impl Cluster {
                 manifests::AGGREGATOR_SA,
             ))?,
             metric_resolution: self.opts.metric_resolution.clone(),
+            ingest_connections_per_peer: self.opts.ingest_connections_per_peer,
         })
     }
 
