@@ -126,7 +126,13 @@ fn main() -> Result<()> {
         let client = client.clone();
         Arc::new(rt.run(async move { fleet::fill(&client, &spec).await })??)
     };
-    let (pods, namespace_pods) = (fleet.pods(), fleet.pods() / 10);
+    let namespace_pods = fleet
+        .nodes
+        .iter()
+        .flat_map(|n| &n.pods)
+        .filter(|p| p.namespace == fleet::namespace(0))
+        .count();
+    let pods = fleet.pods();
     let apiserver = c.apiserver_pid().context("kube-apiserver not running")?;
     let front_proxy = (
         c.pki().front_proxy_client.cert.clone(),
