@@ -190,11 +190,12 @@ need(not ds.get("hostNetwork"), "agent hostNetwork false")
 tokens = [s["serviceAccountToken"] for v in ds.get("volumes", []) for s in v.get("projected", {}).get("sources", []) if "serviceAccountToken" in s]
 need(tokens and tokens[0].get("audience") == "nodepulse", "agent token audience nodepulse")
 
-# The aggregator reads nothing but what its binding check needs: pod lists and
-# each Node's capacity.
-need(get("ClusterRole", "nodepulse").get("rules") == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-                                                      {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
-     "aggregator ClusterRole: list pods, get nodes only")
+# The aggregator reads nothing but what its binding check and the nodes read
+# from their kubelet need: pods and Nodes (read only), and nodes/metrics.
+need(get("ClusterRole", "nodepulse").get("rules") == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+                                                      {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                                                      {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}],
+     "aggregator ClusterRole: read pods and nodes, get nodes/metrics only")
 
 dep = get("Deployment", "nodepulse").get("spec", {})
 need(dep.get("replicas") == 2, "aggregator replicas 2")

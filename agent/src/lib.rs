@@ -6,7 +6,6 @@ pub mod ebpf;
 pub mod export;
 pub mod health;
 pub mod kubelet;
-pub mod pods;
 pub mod report;
 pub mod run;
 pub mod top;

@@ -8,10 +8,11 @@ use agent::{
     collector::{Collector, CpuSourceChoice, Options},
     export::{self, Targets},
     kubelet::{KubeletClient, KubeletConfig, check::Tolerance, resource_url},
-    pods, run, top,
+    run, top,
 };
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use kubelet::pods;
 use proto::v1::NodeMetadata;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -1,18 +1,16 @@
 //! A [`Snapshot`] as the wire's [`NodeReport`] (without metadata, which the
 //! exporter attaches when it changed).
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use proto::v1::{ContainerSample, CpuSource as WireSource, NodeReport, PodSample, Usage};
+use proto::{
+    unix_nanos,
+    v1::{ContainerSample, CpuSource as WireSource, NodeReport, PodSample, Usage},
+};
 
 use crate::{
     cgroup::stats::Memory,
     collector::{CpuSource, Snapshot},
 };
-
-fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
 
 /// `read_at`: when the figures were read, where that differs from the
 /// snapshot's time (kubelet source; never later than it, see
@@ -26,15 +24,7 @@ fn usage(cpu_ns: u64, m: &Memory, read_at: Option<SystemTime>) -> Usage {
     }
 }
 
-/// A fresh `agent_epoch`: random per call (the standard library's hasher
-/// keys come from the OS's randomness), never 0.
-pub fn new_epoch() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_i64(unix_nanos(SystemTime::now()));
-    h.finish().max(1)
-}
+pub use proto::new_epoch;
 
 /// Builds report number `seq` of `node`, whose counters count from
 /// `epoch` (see [`new_epoch`]), from a snapshot.

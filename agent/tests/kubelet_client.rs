@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, sync::oneshot};
 
 type TestResult = Result<(), Box<dyn StdError>>;
 
-const FIXTURE: &[u8] = include_bytes!("fixtures/kubelet/resource_v1_31.txt");
+const FIXTURE: &[u8] = include_bytes!("../../kubelet/tests/fixtures/kubelet/resource_v1_31.txt");
 
 /// Files the client reads, in a temporary directory.
 struct Files {

@@ -40,7 +40,7 @@ use proto::v1::{ContainerName, CpuSource as WireSource, NodeMetadata, PodMetadat
 use support::kubelet::{FakeKubelet, Reply, make_pki};
 use testkit::{self as tk, Burn, CgroupTree, Launcher};
 
-const FIXTURE: &[u8] = include_bytes!("fixtures/kubelet/resource_v1_31.txt");
+const FIXTURE: &[u8] = include_bytes!("../../kubelet/tests/fixtures/kubelet/resource_v1_31.txt");
 
 /// Not a test: the body of burner processes (see testkit).
 #[test]

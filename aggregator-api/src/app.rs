@@ -3,7 +3,8 @@
 //! listener with its TLS, the API listener) so that a bad flag or a busy
 //! port fails before anything runs; [`Aggregator::run`] runs them together
 //! until shutdown: the gRPC ingest and watch stream, the store's eviction,
-//! the binding check, and the metrics.k8s.io HTTPS server.
+//! the binding check, the kubelets of nodes without an agent, and the
+//! metrics.k8s.io HTTPS server.
 //!
 //! The HTTPS server alone ([`run`], [`run_with`], [`run_on`]: kube-apiserver
 //! client, authentication config reloader, TokenReview/SubjectAccessReview
@@ -43,6 +44,7 @@ use crate::ingest::{
     auth::TokenReviewAuth,
     config::{AuthMode, IngestArgs},
 };
+use crate::kubelets::{self, ScrapeStats};
 use crate::server::{self, App, AppBuilder};
 use crate::store::{self, Store};
 use crate::stream::{WatchAuth, WatchService};
@@ -84,6 +86,7 @@ pub enum Error {
 pub struct Aggregator {
     config: Config,
     ingest: IngestArgs,
+    kubelets: kubelets::Settings,
     client: Client,
     store: Arc<Store>,
     /// The binding check's questions, when pod bindings are verified.
@@ -97,7 +100,11 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Builds every part from the flags and binds both listeners.
-    pub async fn build(config: Config, ingest: IngestArgs) -> Result<Self, Error> {
+    pub async fn build(
+        config: Config,
+        ingest: IngestArgs,
+        kubelets: kubelets::Settings,
+    ) -> Result<Self, Error> {
         let client = client(&config).await?;
         let (bindings_tx, bindings) = if ingest.verify_pod_bindings {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -161,6 +168,7 @@ impl Aggregator {
         Ok(Aggregator {
             config,
             ingest,
+            kubelets,
             client,
             store,
             bindings,
@@ -179,6 +187,7 @@ impl Aggregator {
         let Aggregator {
             config,
             ingest,
+            kubelets,
             client,
             store,
             bindings,
@@ -197,6 +206,15 @@ impl Aggregator {
                 cancel.clone(),
             ))
         });
+
+        let kubelet_stats = Arc::new(ScrapeStats::default());
+        let kubelet_task = tokio::spawn(kubelets::run(
+            Arc::clone(&store),
+            client.clone(),
+            kubelets,
+            Arc::clone(&kubelet_stats),
+            cancel.clone(),
+        ));
 
         let watch = WatchService::new(Arc::clone(&store), watch_auth, cancel.clone()).into_server();
         let service = IngestService::new(Arc::clone(&store), ingest_auth, cancel.clone());
@@ -253,6 +271,7 @@ impl Aggregator {
                     );
                     connections_metrics.render(out);
                     ingest_stats.render(out);
+                    kubelet_stats.render(out);
                     store.stats().render(out);
                     store.render_gauges(out);
                 })
@@ -269,6 +288,7 @@ impl Aggregator {
             }
         };
         let _ = evict_task.await;
+        let _ = kubelet_task.await;
         if let Some(task) = binding_task {
             let _ = task.await;
         }

@@ -9,7 +9,8 @@
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 
 /// Why a group of flags is ignored.
-const NO_KUBELETS: &str = "the aggregator dials no kubelet: each node's agent reports its own node";
+const HTTPS_ONLY: &str =
+    "kubelets are read over HTTPS only (--kubelet-insecure-tls skips verification)";
 const NO_AUDIT: &str =
     "the aggregator writes no audit log: kube-apiserver audits the requests it proxies";
 const NO_PROFILING: &str = "no profiling endpoints are served";
@@ -44,16 +45,8 @@ const fn switch(name: &'static str, why: &'static str) -> Ignored {
 }
 
 const IGNORED: &[Ignored] = &[
-    // Kubelet client.
-    switch("kubelet-insecure-tls", NO_KUBELETS),
-    switch("kubelet-use-node-status-port", NO_KUBELETS),
-    value("kubelet-port", NO_KUBELETS),
-    value("kubelet-preferred-address-types", NO_KUBELETS),
-    value("kubelet-certificate-authority", NO_KUBELETS),
-    value("kubelet-client-certificate", NO_KUBELETS),
-    value("kubelet-client-key", NO_KUBELETS),
-    value("kubelet-request-timeout", NO_KUBELETS),
-    switch("deprecated-kubelet-completely-insecure", NO_KUBELETS),
+    // Kubelet client (the rest are the aggregator's, for nodes without an agent).
+    switch("deprecated-kubelet-completely-insecure", HTTPS_ONLY),
     // Delegated authentication and authorization.
     value("authentication-kubeconfig", ONE_KUBECONFIG),
     value("authorization-kubeconfig", ONE_KUBECONFIG),
@@ -206,9 +199,9 @@ mod tests {
     fn metrics_server_manifest_flags_are_taken_and_named() {
         let cli = parse(&[
             "--secure-port=10250",
-            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
-            "--kubelet-use-node-status-port",
-            "--kubelet-insecure-tls=true",
+            "--deprecated-kubelet-completely-insecure",
+            "--permit-port-sharing=true",
+            "--request-timeout=1m",
             "--profiling=false",
             "--audit-log-path",
             "-",
@@ -218,12 +211,9 @@ mod tests {
         assert_eq!(
             cli.ignored.given,
             [
-                ("kubelet-insecure-tls", None),
-                ("kubelet-use-node-status-port", None),
-                (
-                    "kubelet-preferred-address-types",
-                    Some("InternalIP,ExternalIP,Hostname".to_owned())
-                ),
+                ("deprecated-kubelet-completely-insecure", None),
+                ("permit-port-sharing", None),
+                ("request-timeout", Some("1m".to_owned())),
                 ("audit-log-path", Some("-".to_owned())),
                 ("profiling", None),
             ]
@@ -232,9 +222,9 @@ mod tests {
 
     #[test]
     fn a_bool_flag_takes_only_a_bool_and_only_with_equals() {
-        assert!(parse(&["--kubelet-insecure-tls=yes"]).is_err());
+        assert!(parse(&["--profiling=yes"]).is_err());
         // A bare bool flag does not swallow the next argument.
-        let cli = parse(&["--kubelet-insecure-tls", "--secure-port=1"]).expect("parses");
+        let cli = parse(&["--profiling", "--secure-port=1"]).expect("parses");
         assert_eq!(cli.secure_port, Some(1));
     }
 
@@ -250,6 +240,7 @@ mod tests {
         use clap::CommandFactory;
         let command = crate::config::Args::command();
         let command = crate::ingest::config::IngestArgs::augment_args(command);
+        let command = crate::kubelets::KubeletArgs::augment_args(command);
         support::logging::LogArgs::augment_args(command).debug_assert();
     }
 }

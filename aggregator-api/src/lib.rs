@@ -10,6 +10,7 @@ pub mod compat;
 pub mod config;
 pub mod connections;
 pub mod ingest;
+pub mod kubelets;
 pub mod server;
 pub mod store;
 pub mod stream;

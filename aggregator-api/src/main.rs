@@ -1,7 +1,9 @@
 //! `nodepulse-aggregator`: flags, tracing and process limits; then the
 //! [`Aggregator`] the library assembles, until SIGTERM or Ctrl-C.
 
-use aggregator_api::{app::Aggregator, config::Args, ingest::config::IngestArgs};
+use aggregator_api::{
+    app::Aggregator, config::Args, ingest::config::IngestArgs, kubelets::KubeletArgs,
+};
 use anyhow::Context as _;
 use clap::Parser as _;
 
@@ -19,6 +21,8 @@ struct Cli {
     api: Args,
     #[command(flatten)]
     ingest: IngestArgs,
+    #[command(flatten)]
+    kubelets: KubeletArgs,
     #[command(flatten)]
     log: support::logging::LogArgs,
 }
@@ -89,8 +93,12 @@ async fn main() -> anyhow::Result<()> {
     cli.log.init().context("setting up logging")?;
     cli.api.ignored.warn();
     let config = cli.api.into_config().context("invalid flags")?;
+    let kubelets = cli
+        .kubelets
+        .settings(config.metric_resolution)
+        .context("invalid flags")?;
     raise_open_file_limit();
-    Aggregator::build(config, cli.ingest)
+    Aggregator::build(config, cli.ingest, kubelets)
         .await
         .context("starting")?
         .run(shutdown_signal())

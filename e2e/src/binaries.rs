@@ -202,6 +202,8 @@ pub struct AggregatorArgs {
     pub metric_resolution: String,
     /// `--ingest-max-connections-per-peer`, where not the default.
     pub ingest_connections_per_peer: Option<usize>,
+    /// Further flags, as given.
+    pub extra: Vec<String>,
 }
 
 impl AggregatorArgs {
@@ -215,6 +217,7 @@ impl AggregatorArgs {
             key: "tls.key".into(),
             kubeconfig: "kubeconfig".into(),
             metric_resolution: "1s".into(),
+            extra: Vec::new(),
         }
     }
 }
@@ -236,6 +239,7 @@ pub fn aggregator_command(bin: &Path, a: &AggregatorArgs) -> Command {
     if let Some(n) = a.ingest_connections_per_peer {
         cmd.arg(format!("--ingest-max-connections-per-peer={n}"));
     }
+    cmd.args(&a.extra);
     cmd
 }
 

@@ -151,6 +151,8 @@ pub struct Options {
     /// agents, which all connect from one address where real agents each
     /// have their node's. `None`: the default.
     pub ingest_connections_per_peer: Option<usize>,
+    /// Further flags for every aggregator replica.
+    pub aggregator_flags: Vec<String>,
 }
 
 impl Options {
@@ -165,6 +167,7 @@ impl Options {
             real_nodes: false,
             register_nodepulse: true,
             ingest_connections_per_peer: None,
+            aggregator_flags: Vec::new(),
         }
     }
 

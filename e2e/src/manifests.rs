@@ -134,14 +134,16 @@ pub fn nodepulse_objects(metrics_reader: &str, service_port: u16) -> Vec<Value> 
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
                "metadata": {"name": AGENT_SA, "namespace": NAMESPACE}}),
         // What the aggregator reads itself (the binding check's pod lists, each
-        // Node's capacity): exactly what deploy/components.yaml grants.
+        // Node's capacity, the nodes read from their kubelet and their pods):
+        // exactly what deploy/components.yaml grants.
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": {"name": "nodepulse"},
             "rules": [
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
             ],
         }),
         cluster_role_binding("nodepulse", "nodepulse", sa_subject(AGGREGATOR_SA)),
@@ -406,7 +408,13 @@ pub fn self_subject_access_review(
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> Value {
-    let mut attributes = json!({"verb": verb, "group": group, "resource": resource});
+    // `nodes/metrics`: resource `nodes`, subresource `metrics`.
+    let mut attributes = match resource.split_once('/') {
+        Some((resource, sub)) => {
+            json!({"verb": verb, "group": group, "resource": resource, "subresource": sub})
+        }
+        None => json!({"verb": verb, "group": group, "resource": resource}),
+    };
     if let Some(ns) = namespace {
         attributes["namespace"] = Value::String(ns.to_string());
     }

@@ -321,10 +321,20 @@ fn control_plane_nodes_pods_and_nodepulse_registration() {
         "authorization.k8s.io",
         "subjectaccessreviews"
     ));
-    assert!(can(aggregator, "list", "", "pods"));
-    assert!(can(aggregator, "get", "", "nodes"));
-    assert!(!can(aggregator, "watch", "", "pods"));
-    assert!(!can(aggregator, "list", "", "nodes"));
+    // The binding check, each Node's capacity, and the nodes read from their
+    // kubelet (their Nodes, their pods, their kubelets' /metrics/resource).
+    for (verb, resource) in [
+        ("list", "pods"),
+        ("watch", "pods"),
+        ("get", "nodes"),
+        ("list", "nodes"),
+        ("watch", "nodes"),
+        ("get", "nodes/metrics"),
+    ] {
+        assert!(can(aggregator, verb, "", resource), "{verb} {resource}");
+    }
+    assert!(!can(aggregator, "create", "", "pods"));
+    assert!(!can(aggregator, "get", "", "secrets"));
     assert!(
         c.can_i(
             aggregator,

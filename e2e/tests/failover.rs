@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{Curl, duty, item_names, parse_timestamp, table};
+use common::{Curl, duty, item_names, parse_timestamp, strip_ansi, table};
 use e2e::{Cluster, Container, Options};
 
 /// Not a test: the body of burner processes the harness spawns (testkit).
@@ -33,24 +33,6 @@ fn wall() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// `text` without ANSI escape sequences (tracing colours its log lines).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
 }
 
 /// `2026-11-27T12:19:25.661661Z` → seconds since the epoch.

@@ -16,9 +16,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use ::kubelet::join::Names;
 use proto::v1::NodeMetadata;
 
-use super::{parse::KubeletStats, source::Names};
+use super::parse::KubeletStats;
 use crate::collector::Snapshot;
 
 /// How far apart the two sides may be before it is called a disagreement:

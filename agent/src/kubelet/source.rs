@@ -1,22 +1,9 @@
-//! The kubelet's stats as a [`Snapshot`], for when cgroupfs cannot be read.
-//!
-//! The kubelet names pods by namespace and name and containers by name; the
-//! wire names them by pod UID and container id. The pod watcher's metadata
-//! (this node's pods from kube-apiserver, with `status.containerStatuses`)
-//! joins the two. What cannot be joined yet (a pod the watch has not
-//! delivered, a container without an id in its status) is left out and
-//! listed in [`Snapshot::errors`]; the aggregator serves a pod only when all
-//! of its containers have data, as metrics-server does.
-//!
-//! Each figure keeps the time the kubelet says it was read (cAdvisor's
-//! housekeeping or the runtime's), so rates are computed between true read
-//! times even when the kubelet serves the same cached reading twice.
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::SystemTime,
-};
+//! The kubelet's stats as a [`Snapshot`], for when cgroupfs cannot be read:
+//! the shared join ([`kubelet::join`]) in the collector's terms.
+use std::{collections::BTreeMap, time::SystemTime};
 
-use proto::v1::{NodeMetadata, PodMetadata};
+use ::kubelet::join::{self, Reading};
+use proto::v1::NodeMetadata;
 
 use super::parse::KubeletStats;
 use crate::{
@@ -24,40 +11,14 @@ use crate::{
     collector::{ContainerSample, CpuSource, NodeSample, PodSample, Snapshot},
 };
 
-/// This node's pods by namespace and name: the join from the kubelet's
-/// names to the wire's UIDs and container ids.
-pub(super) struct Names<'m>(HashMap<(&'m str, &'m str), &'m PodMetadata>);
+pub use join::Error;
 
-impl<'m> Names<'m> {
-    pub(super) fn new(meta: &'m NodeMetadata) -> Self {
-        Self(
-            meta.pods
-                .iter()
-                .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
-                .collect(),
-        )
+fn memory(r: &Reading) -> Memory {
+    Memory {
+        usage: r.working_set_bytes,
+        working_set: r.working_set_bytes,
+        swap: r.swap_bytes,
     }
-
-    pub(super) fn pod(&self, namespace: &str, name: &str) -> Option<&'m PodMetadata> {
-        self.0.get(&(namespace, name)).copied()
-    }
-
-    /// The id of `pod`'s container `name`, once its status names one.
-    pub(super) fn container_id(pod: &'m PodMetadata, name: &str) -> Option<&'m str> {
-        pod.containers
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.id.as_str())
-    }
-}
-
-/// Why kubelet stats could not become a snapshot at all.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
-    #[error(
-        "the kubelet reported no node totals (node_cpu_usage_seconds_total and node_memory_working_set_bytes)"
-    )]
-    NoNode,
 }
 
 /// The kubelet's `stats` as a snapshot taken at `scraped` (when the scrape
@@ -67,71 +28,42 @@ pub fn snapshot(
     meta: &NodeMetadata,
     scraped: SystemTime,
 ) -> Result<Snapshot, Error> {
-    let node = stats.node.as_ref().ok_or(Error::NoNode)?;
-    let names = Names::new(meta);
-    let mut errors = Vec::new();
-    if stats.scrape_error {
-        errors.push("the kubelet says it failed to collect some container stats".to_string());
-    }
-    let mut pods = BTreeMap::new();
-    for pod in &stats.pods {
-        let Some(pm) = names.pod(&pod.namespace, &pod.name) else {
-            errors.push(format!(
-                "kubelet pod {}/{}: not among this node's pods (yet)",
-                pod.namespace, pod.name
-            ));
-            continue;
-        };
-        let mut containers = Vec::with_capacity(pod.containers.len());
-        for c in &pod.containers {
-            let Some(id) = Names::container_id(pm, &c.name) else {
-                errors.push(format!(
-                    "kubelet container {}/{}/{}: no container id in the pod's status (yet)",
-                    pod.namespace, pod.name, c.name
-                ));
-                continue;
-            };
-            containers.push(ContainerSample {
-                id: id.to_string(),
-                runtime: None,
-                cgroup: None,
-                cpu_ns: c.cpu.cumulative_ns,
-                memory: Memory {
-                    usage: c.memory.working_set_bytes,
-                    working_set: c.memory.working_set_bytes,
-                    swap: c.swap_bytes,
-                },
-                started: c.start_time,
-                read_at: Some(c.cpu.time.min(scraped)),
-            });
-        }
-        if containers.is_empty() {
-            continue;
-        }
-        containers.sort_by(|a, b| a.id.cmp(&b.id));
-        pods.insert(
-            pm.uid.clone(),
-            PodSample {
-                uid: pm.uid.clone(),
+    let joined = join::join(stats, meta, scraped)?;
+    let pods = joined
+        .pods
+        .into_iter()
+        .map(|p| {
+            let containers = p
+                .containers
+                .into_iter()
+                .map(|c| ContainerSample {
+                    id: c.id,
+                    runtime: None,
+                    cgroup: None,
+                    cpu_ns: c.reading.cpu_ns,
+                    memory: memory(&c.reading),
+                    started: c.started,
+                    read_at: Some(c.reading.read_at),
+                })
+                .collect();
+            let sample = PodSample {
+                uid: p.uid.clone(),
                 qos: None,
                 containers,
-            },
-        );
-    }
+            };
+            (p.uid, sample)
+        })
+        .collect::<BTreeMap<_, _>>();
     Ok(Snapshot {
         timestamp: scraped,
         source: CpuSource::Kubelet,
         node: NodeSample {
-            cpu_ns: node.cpu.cumulative_ns,
-            memory: Memory {
-                usage: node.memory.working_set_bytes,
-                working_set: node.memory.working_set_bytes,
-                swap: node.swap_bytes,
-            },
-            read_at: Some(node.cpu.time.min(scraped)),
+            cpu_ns: joined.node.cpu_ns,
+            memory: memory(&joined.node),
+            read_at: Some(joined.node.read_at),
         },
         pods,
-        errors,
+        errors: joined.errors,
     })
 }
 

@@ -879,6 +879,16 @@ impl Store {
         }
     }
 
+    /// Whether `node` is served from counters of another origin than
+    /// `epoch` that are still fresh: its agent reports (or another source
+    /// does), and a report of `epoch` would start its series over.
+    pub fn fed_elsewhere(&self, node: &str, epoch: u64) -> bool {
+        read(&self.nodes).get(node).is_some_and(|n| {
+            let n = lock(n);
+            n.counters.is_some_and(|(e, _)| e != epoch) && n.fresh(&self.config.freshness)
+        })
+    }
+
     /// Whether `node`'s capacity is known (see [`Store::record_capacity`]).
     pub fn has_capacity(&self, node: &str) -> bool {
         read(&self.nodes)

@@ -1269,3 +1269,28 @@ fn gauges_count_fresh_and_silent_nodes_and_their_pods() {
         assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
     }
 }
+
+/// A node read from its kubelet is not read while another origin (its
+/// agent) keeps it fresh, and is once that origin falls silent.
+#[test]
+fn another_origin_stands_only_while_it_is_fresh() {
+    let store = Store::new(Config {
+        freshness: Freshness {
+            windows: 0,
+            at_least: Duration::from_millis(200),
+        },
+        ..Config::default()
+    });
+    assert!(
+        !store.fed_elsewhere("n1", 7),
+        "an unknown node is fed by nobody"
+    );
+    first_report_of_one_pod(&store, 0);
+    assert!(store.fed_elsewhere("n1", 7), "the agent (epoch 1) reports");
+    assert!(
+        !store.fed_elsewhere("n1", 1),
+        "its own origin is not elsewhere"
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(!store.fed_elsewhere("n1", 7), "the agent fell silent");
+}

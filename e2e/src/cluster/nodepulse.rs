@@ -83,6 +83,7 @@ impl Cluster {
             ))?,
             metric_resolution: self.opts.metric_resolution.clone(),
             ingest_connections_per_peer: self.opts.ingest_connections_per_peer,
+            extra: self.opts.aggregator_flags.clone(),
         })
     }
 
@@ -127,6 +128,17 @@ impl Cluster {
         let proc = self.start_proc(&format!("aggregator-{i}"), cmd)?;
         self.replicas[i].proc = Some(proc);
         Ok(())
+    }
+
+    /// Further flags for the replicas started from now on (for flags that
+    /// name files the cluster makes, such as its CA).
+    pub fn add_aggregator_flags(&mut self, flags: impl IntoIterator<Item = String>) {
+        self.opts.aggregator_flags.extend(flags);
+    }
+
+    /// Replica `i`'s log, once it has been started.
+    pub fn aggregator_log(&self, i: usize) -> Option<PathBuf> {
+        Some(self.replicas.get(i)?.proc.as_ref()?.log().to_path_buf())
     }
 
     fn wait_aggregator_listening(&mut self, i: usize) -> Result<()> {

@@ -67,11 +67,31 @@ pub fn tls(fleet: &Fleet, ca: &Ca) -> Result<Vec<Arc<rustls::ServerConfig>>> {
         .collect()
 }
 
+/// What a stand-in answers `/metrics/resource` with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The node's counters, as a kubelet.
+    Metrics,
+    /// A 200 with a body that is no kubelet's.
+    Garbage,
+    /// Nothing, ever: the request hangs.
+    Hang,
+}
+
 /// Starts a stand-in for every node of `fleet`, node `i` with `tls[i]` (see
 /// [`tls`]), on the current runtime (whose threads must be inside the
 /// network namespace the nodes' addresses are reached in); every listener
 /// is bound when this returns.
 pub async fn serve(fleet: Arc<Fleet>, tls: Vec<Arc<rustls::ServerConfig>>) -> Result<Kubelets> {
+    serve_with(fleet, tls, |_| Answer::Metrics).await
+}
+
+/// [`serve`], node `i` answering `answer(i)`.
+pub async fn serve_with(
+    fleet: Arc<Fleet>,
+    tls: Vec<Arc<rustls::ServerConfig>>,
+    answer: impl Fn(usize) -> Answer,
+) -> Result<Kubelets> {
     let cancel = CancellationToken::new();
     let scrapes = Arc::new(AtomicU64::new(0));
     for (i, tls) in tls.into_iter().enumerate() {
@@ -84,7 +104,7 @@ pub async fn serve(fleet: Arc<Fleet>, tls: Vec<Arc<rustls::ServerConfig>>) -> Re
             listener,
             TlsAcceptor::from(tls),
             Arc::clone(&fleet),
-            i,
+            (i, answer(i)),
             Arc::clone(&scrapes),
             cancel.clone(),
         ));
@@ -96,7 +116,7 @@ async fn accept(
     listener: TcpListener,
     tls: TlsAcceptor,
     fleet: Arc<Fleet>,
-    node: usize,
+    (node, answer): (usize, Answer),
     scrapes: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
@@ -119,18 +139,28 @@ async fn accept(
                 return;
             };
             let service = service_fn(move |request: http::Request<Incoming>| {
-                let answer = if request.uri().path() == "/metrics/resource" {
-                    scrapes.fetch_add(1, Ordering::Relaxed);
-                    let body = resource_metrics(&fleet, &fleet.nodes[node], SystemTime::now());
-                    Response::builder()
-                        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                        .body(Full::new(Bytes::from(body)))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"404 page not found\n")))
-                };
-                std::future::ready(Ok::<_, Infallible>(answer.unwrap_or_default()))
+                let fleet = Arc::clone(&fleet);
+                let scrapes = Arc::clone(&scrapes);
+                async move {
+                    let response = if request.uri().path() != "/metrics/resource" {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"404 page not found\n")))
+                    } else {
+                        scrapes.fetch_add(1, Ordering::Relaxed);
+                        let body = match answer {
+                            Answer::Metrics => {
+                                resource_metrics(&fleet, &fleet.nodes[node], SystemTime::now())
+                            }
+                            Answer::Garbage => "<html>not a kubelet</html>\n".to_owned(),
+                            Answer::Hang => std::future::pending().await,
+                        };
+                        Response::builder()
+                            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                    };
+                    Ok::<_, Infallible>(response.unwrap_or_default())
+                }
             });
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {

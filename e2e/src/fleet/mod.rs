@@ -210,10 +210,7 @@ impl Node {
     }
 }
 
-pub fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
+pub use proto::unix_nanos;
 
 /// Pod `j` of a node is called `<node>-<app>-<j>`; its `app` label is that app.
 fn app_of(pod: &str) -> &str {

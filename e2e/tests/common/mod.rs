@@ -240,6 +240,24 @@ impl Curl {
     }
 }
 
+/// `text` without ANSI escape sequences (tracing colours its log lines).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 /// The `items` of a list as `(namespace/)name` strings, in order.
 pub fn item_names(list: &Value) -> Vec<String> {
     list["items"]

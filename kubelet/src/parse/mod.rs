@@ -194,7 +194,7 @@ pub struct Parsed {
 /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// let body = b"node_cpu_usage_seconds_total 4.710898 1624396278302\n\
 ///              node_memory_working_set_bytes 1.5e+09 1624396278302\n";
-/// let parsed = agent::kubelet::parse::parse(body, SystemTime::now());
+/// let parsed = kubelet::parse::parse(body, SystemTime::now());
 /// let node = parsed.stats.node.unwrap();
 /// assert_eq!(node.cpu.cumulative_ns, 4_710_898_000);
 /// assert_eq!(node.memory.working_set_bytes, 1_500_000_000);
@@ -231,10 +231,10 @@ mod tests {
     use super::line::{Metric, decimal_to_u64};
     use super::*;
 
-    const V1_31: &str = include_str!("../../../tests/fixtures/kubelet/resource_v1_31.txt");
-    const SCRAPE_ERROR: &str = include_str!("../../../tests/fixtures/kubelet/scrape_error.txt");
-    const ESCAPING: &str = include_str!("../../../tests/fixtures/kubelet/escaping.txt");
-    const MALFORMED: &str = include_str!("../../../tests/fixtures/kubelet/malformed.txt");
+    const V1_31: &str = include_str!("../../tests/fixtures/kubelet/resource_v1_31.txt");
+    const SCRAPE_ERROR: &str = include_str!("../../tests/fixtures/kubelet/scrape_error.txt");
+    const ESCAPING: &str = include_str!("../../tests/fixtures/kubelet/escaping.txt");
+    const MALFORMED: &str = include_str!("../../tests/fixtures/kubelet/malformed.txt");
 
     fn scrape_time() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_718_023_460)

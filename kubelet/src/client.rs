@@ -50,7 +50,8 @@ const MAX_ERROR_BODY_BYTES: usize = 1024;
 /// or protobuf never picks a format [`mod@super::parse`] does not read.
 const ACCEPT_TEXT_0_0_4: &str = "text/plain;version=0.0.4";
 
-const USER_AGENT_VALUE: &str = concat!("nodepulse-agent/", env!("CARGO_PKG_VERSION"));
+/// The default [`KubeletConfig::user_agent`].
+pub const USER_AGENT_VALUE: &str = concat!("nodepulse-agent/", env!("CARGO_PKG_VERSION"));
 
 /// Errors of building a client or of one scrape.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,7 @@ pub enum Error {
     /// The kubelet's certificate was rejected: unknown issuer (wrong CA
     /// file), a name that does not match the URL's host, or expired.
     #[error(
-        "the kubelet at {url} presented a certificate that was rejected; check the CA file, the certificate's IP/DNS names and its validity"
+        "the kubelet at {url} presented a certificate that was rejected ({source}); check the CA file, the certificate's IP/DNS names and its validity"
     )]
     CertificateRejected {
         url: String,
@@ -166,6 +167,12 @@ pub struct KubeletConfig {
     /// File holding the bearer token; checked on every request so a rotated
     /// projected service-account token is picked up without a restart.
     pub token_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM files) instead of, or beside,
+    /// the token, as metrics-server's `--kubelet-client-certificate` and
+    /// `--kubelet-client-key`.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// Who is asking, in the `User-Agent` header (the kubelet logs it).
+    pub user_agent: String,
     /// Bound on the whole scrape: connect, TLS handshake, request and body.
     pub timeout: Duration,
     /// Responses larger than this are rejected.
@@ -181,6 +188,8 @@ impl KubeletConfig {
             ca_file: None,
             insecure: false,
             token_file: None,
+            client_certificate: None,
+            user_agent: USER_AGENT_VALUE.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
@@ -214,6 +223,7 @@ pub struct KubeletClient {
     settings: kube::Config,
     client: OnceCell<kube::Client>,
     token: Option<TokenFile>,
+    user_agent: HeaderValue,
     timeout: Duration,
     max_body_bytes: usize,
 }
@@ -275,7 +285,10 @@ impl KubeletClient {
             .build()
             .map_err(|_| invalid("host is not a valid URL authority"))?;
         let settings = settings(&config, base)?;
+        let user_agent = HeaderValue::from_str(&config.user_agent)
+            .map_err(|_| invalid("the user agent is not a valid header value"))?;
         Ok(KubeletClient {
+            user_agent,
             url: config.url,
             url_text,
             path,
@@ -343,7 +356,7 @@ impl KubeletClient {
             .map_err(Error::Client)?;
         let mut builder = Request::get(self.path.as_str())
             .header(ACCEPT, ACCEPT_TEXT_0_0_4)
-            .header(USER_AGENT, USER_AGENT_VALUE);
+            .header(USER_AGENT, self.user_agent.clone());
         if let Some(value) = authorization {
             builder = builder.header(AUTHORIZATION, value);
         }
@@ -473,6 +486,12 @@ fn settings(config: &KubeletConfig, base: Uri) -> Result<kube::Config> {
             );
             settings.accept_invalid_certs = true;
         }
+    }
+    if let Some((cert, key)) = &config.client_certificate {
+        // kube-rs reads these when it builds the HTTPS client, like a
+        // kubeconfig's client-certificate and client-key.
+        settings.auth_info.client_certificate = Some(cert.display().to_string());
+        settings.auth_info.client_key = Some(key.display().to_string());
     }
     settings.connect_timeout = Some(config.timeout);
     settings.read_timeout = Some(config.timeout);

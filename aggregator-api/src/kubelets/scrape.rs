@@ -1,0 +1,191 @@
+//! One node's kubelet, read every interval into the store as the node's
+//! report: the shared parser, the shared join to the node's pods (watched
+//! as the agent watches them), and the store's own checks and rate rules.
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use kube::Client;
+use kubelet::{ClientError, KubeletClient, join};
+use proto::v1::NodeMetadata;
+use tokio::{
+    sync::{Semaphore, watch},
+    time::{Instant, MissedTickBehavior},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::stats::{Outcome, ScrapeStats};
+use crate::store::{Reject, Store};
+
+/// What every node's loop shares.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub client: Client,
+    pub permits: Semaphore,
+    pub stats: Arc<ScrapeStats>,
+    pub interval: Duration,
+}
+
+/// Where in the interval `node` is read, the same on every replica and
+/// every restart, so a thousand kubelets are not read in one burst.
+fn offset(node: &str, interval: Duration) -> Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut h);
+    interval.mul_f64((h.finish() % 1000) as f64 / 1000.0)
+}
+
+/// What a failed read is, for the count and the log line, and what fixes it.
+fn outcome(error: &ClientError) -> Outcome {
+    match error {
+        ClientError::Connect { .. } => Outcome::Unreachable,
+        ClientError::CertificateRejected { .. } => Outcome::Certificate,
+        ClientError::Tls { .. } => Outcome::Tls,
+        ClientError::Timeout { .. } => Outcome::Timeout,
+        ClientError::Status { status, .. } if status.as_u16() == 401 => Outcome::Unauthorized,
+        ClientError::Status { status, .. } if status.as_u16() == 403 => Outcome::Forbidden,
+        ClientError::Status { .. } => Outcome::Status,
+        _ => Outcome::Other,
+    }
+}
+
+/// One node's loop, until `cancel`: its own pod watch, then a read every
+/// interval. A new loop counts from a new epoch, so the store starts the
+/// node's series again rather than join counters of another origin.
+pub async fn run(
+    shared: Arc<Shared>,
+    node: Arc<str>,
+    kubelet: KubeletClient,
+    cancel: CancellationToken,
+) {
+    let (tx, mut meta) = watch::channel(Arc::new(NodeMetadata::default()));
+    let pods = tokio::spawn(kubelet::pods::run(
+        shared.client.clone(),
+        node.to_string(),
+        tx,
+        cancel.child_token(),
+    ));
+    // Nothing can be joined before the pods are listed.
+    tokio::select! {
+        changed = meta.changed() => if changed.is_err() { return },
+        () = cancel.cancelled() => return,
+    }
+    let mut node_loop = NodeLoop {
+        shared: &shared,
+        node: &node,
+        epoch: proto::new_epoch(),
+        seq: 0,
+        sent: None,
+        held: None,
+    };
+    let mut failing: Option<Outcome> = None;
+    let mut ticks = tokio::time::interval_at(
+        Instant::now() + offset(&node, shared.interval),
+        shared.interval,
+    );
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = cancel.cancelled() => break,
+        }
+        let result = {
+            let Ok(_permit) = shared.permits.acquire().await else {
+                break;
+            };
+            kubelet.scrape().await
+        };
+        let scraped = SystemTime::now();
+        let result = result
+            .map_err(|e| (outcome(&e), e.to_string()))
+            .and_then(|parsed| {
+                join::join(&parsed.stats, &meta.borrow(), scraped).map_err(|e| {
+                    let first = parsed.errors.first().map(ToString::to_string);
+                    (
+                        Outcome::Garbage,
+                        format!(
+                            "{e} ({} lines did not parse; first: {})",
+                            parsed.error_count,
+                            first.unwrap_or_default()
+                        ),
+                    )
+                })
+            })
+            .and_then(|joined| node_loop.offer(joined, &meta.borrow()));
+        match result {
+            Ok(outcome) => {
+                shared.stats.count(outcome);
+                if let Some(cause) = failing.take() {
+                    info!(node = %node, after = cause.label(), "the kubelet is read again");
+                }
+            }
+            Err((cause, error)) => {
+                shared.stats.count(cause);
+                // Once per cause: a kubelet down for an hour is one line.
+                if failing.replace(cause) != Some(cause) {
+                    warn!(node = %node, reason = cause.label(), %error, fix = cause.fix(), "cannot read the node's kubelet");
+                }
+            }
+        }
+    }
+    pods.abort();
+}
+
+/// What one node's loop keeps between reads.
+struct NodeLoop<'a> {
+    shared: &'a Shared,
+    node: &'a str,
+    /// The origin of this loop's counters.
+    epoch: u64,
+    seq: u64,
+    /// The metadata the store has from this loop.
+    sent: Option<Arc<NodeMetadata>>,
+    /// The last read while another origin fed the node: the first point of
+    /// the series when this loop takes over, so the node has a rate at once.
+    held: Option<join::Joined>,
+}
+
+impl NodeLoop<'_> {
+    /// One read: into the store, or held while the node's agent reports.
+    fn offer(
+        &mut self,
+        joined: join::Joined,
+        meta: &Arc<NodeMetadata>,
+    ) -> Result<Outcome, (Outcome, String)> {
+        // Never both: while the node's agent reports, its figures stand.
+        if self.shared.store.fed_elsewhere(self.node, self.epoch) {
+            self.held = Some(joined);
+            self.sent = None;
+            return Ok(Outcome::AgentReports);
+        }
+        if let Some(held) = self.held.take() {
+            // Refused (too old by now): the read below starts the series.
+            let _ = self.apply(&held, meta);
+        }
+        self.apply(&joined, meta)
+            .map(|()| Outcome::Success)
+            .map_err(|reject| (Outcome::Rejected, reject.to_string()))
+    }
+
+    fn apply(&mut self, joined: &join::Joined, meta: &Arc<NodeMetadata>) -> Result<(), Reject> {
+        let mut report = joined.report(self.node, self.seq, self.epoch);
+        self.seq += 1;
+        if !self.sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, meta)) {
+            report.metadata = Some((**meta).clone());
+        }
+        match self.shared.store.apply(&report, SystemTime::now()) {
+            Ok(()) => {
+                self.sent = Some(Arc::clone(meta));
+                Ok(())
+            }
+            Err(reject) => {
+                if matches!(reject, Reject::NoMetadata(_)) {
+                    self.sent = None;
+                }
+                Err(reject)
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `/metrics` of the kubelet side: reads by result, and the nodes read.
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// How one read of a kubelet ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Not read: the node's agent is reporting.
+    AgentReports,
+    Unreachable,
+    /// The serving certificate was refused (unknown CA, no IP SAN for the
+    /// address, expired).
+    Certificate,
+    Tls,
+    Timeout,
+    Unauthorized,
+    Forbidden,
+    Status,
+    /// Answered, but no node totals could be read from the body.
+    Garbage,
+    /// Read, but the store refused the figures (absurd values, clock skew).
+    Rejected,
+    Other,
+}
+
+const ALL: [Outcome; 12] = [
+    Outcome::Success,
+    Outcome::AgentReports,
+    Outcome::Unreachable,
+    Outcome::Certificate,
+    Outcome::Tls,
+    Outcome::Timeout,
+    Outcome::Unauthorized,
+    Outcome::Forbidden,
+    Outcome::Status,
+    Outcome::Garbage,
+    Outcome::Rejected,
+    Outcome::Other,
+];
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::AgentReports => "agent_reports",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Certificate => "certificate",
+            Outcome::Tls => "tls",
+            Outcome::Timeout => "timeout",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Status => "status",
+            Outcome::Garbage => "garbage",
+            Outcome::Rejected => "rejected",
+            Outcome::Other => "other",
+        }
+    }
+
+    /// What an operator does about it (docs/operations.md says more).
+    pub fn fix(self) -> &'static str {
+        match self {
+            Outcome::Success | Outcome::AgentReports => "",
+            Outcome::Unreachable => {
+                "check --kubelet-preferred-address-types and --kubelet-port, and that the network lets the aggregator reach the node"
+            }
+            Outcome::Certificate => {
+                "set --kubelet-certificate-authority to the CA that signs the kubelets' serving certificates; a certificate without the address's IP SAN needs a Hostname address type or serverTLSBootstrap"
+            }
+            Outcome::Tls => "the kubelet's TLS settings and the aggregator's do not meet",
+            Outcome::Timeout => "the kubelet answers too slowly; see --kubelet-request-timeout",
+            Outcome::Unauthorized => {
+                "the kubelet did not accept the token or client certificate (webhook authentication off, or an expired credential)"
+            }
+            Outcome::Forbidden => "grant the aggregator's ServiceAccount get on nodes/metrics",
+            Outcome::Status => "the kubelet answered with an error",
+            Outcome::Garbage => "the endpoint is not a kubelet's /metrics/resource",
+            Outcome::Rejected => "the kubelet's figures were refused; the reason says why",
+            Outcome::Other => "",
+        }
+    }
+
+    fn index(self) -> usize {
+        ALL.iter().position(|&o| o == self).unwrap_or(ALL.len() - 1)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ScrapeStats {
+    by_outcome: [AtomicU64; ALL.len()],
+    /// Nodes whose kubelet is read.
+    pub nodes: AtomicU64,
+}
+
+impl ScrapeStats {
+    pub fn count(&self, outcome: Outcome) {
+        self.by_outcome[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        self.by_outcome[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self, out: &mut String) {
+        support::process::family(
+            out,
+            "nodepulse_kubelet_nodes",
+            "gauge",
+            "Nodes without an agent, read from their kubelet.",
+        );
+        let _ = writeln!(
+            out,
+            "nodepulse_kubelet_nodes {}",
+            self.nodes.load(Ordering::Relaxed)
+        );
+        support::process::family(
+            out,
+            "nodepulse_kubelet_scrapes_total",
+            "counter",
+            "Reads of a node's kubelet by result (agent_reports: skipped, its agent reports).",
+        );
+        for o in ALL {
+            let _ = writeln!(
+                out,
+                "nodepulse_kubelet_scrapes_total{{result=\"{}\"}} {}",
+                o.label(),
+                self.get(o)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_result_is_rendered_with_its_count() {
+        let stats = ScrapeStats::default();
+        stats.count(Outcome::Success);
+        stats.count(Outcome::Success);
+        stats.count(Outcome::Certificate);
+        let mut out = String::new();
+        stats.render(&mut out);
+        assert!(
+            out.contains("nodepulse_kubelet_scrapes_total{result=\"success\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("nodepulse_kubelet_scrapes_total{result=\"certificate\"} 1\n"));
+        assert_eq!(
+            out.matches("nodepulse_kubelet_scrapes_total{").count(),
+            ALL.len()
+        );
+        let labels: std::collections::HashSet<_> = ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels.len(), ALL.len());
+    }
+}
