@@ -22,7 +22,12 @@
 //!   one simulated agent per node — the agent's own exporter, the node's own
 //!   bound token, the same counters — at each `--interval`. The simulated
 //!   agents all connect from one address, so the aggregator's per-address
-//!   connection limit is raised to let them.
+//!   connection limit is raised to let them;
+//! - with `--kubelets` (the default), the **nodepulse aggregator reading the
+//!   stand-ins itself**, as it reads nodes without an agent (every node
+//!   picked by `--kubelet-node-selector`, read every `--resolution`; each
+//!   node's pods watched as its agent would watch them): what agentless nodes
+//!   cost, beside the same nodes sent by agents.
 //!
 //! For each, once it serves every pod: its CPU (utime+stime from
 //! `/proc/<pid>/stat`) over `--seconds`, its RSS at the end, the same for
@@ -76,6 +81,10 @@ struct Args {
     /// Requests in flight while the fleet is made.
     #[arg(long, default_value_t = 32)]
     create_concurrency: usize,
+    /// Also measure the aggregator reading every node's kubelet stand-in
+    /// (`--kubelets=false`: not).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    kubelets: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -160,7 +169,6 @@ fn main() -> Result<()> {
     )?);
     eprintln!("stand-ins answered {} scrapes", stand_ins.scrapes());
     drop(ms);
-    drop(stand_ins);
 
     // nodepulse, fed by simulated agents.
     let tokens = {
@@ -202,6 +210,43 @@ fn main() -> Result<()> {
         rt.run(agents.stop())?;
         c.stop_aggregator(0);
     }
+
+    // nodepulse, reading every node's kubelet stand-in itself.
+    if args.kubelets {
+        c.add_aggregator_flags([
+            "--kubelet-node-selector=e2e.nodepulse.dev/simulated=true".to_owned(),
+            format!(
+                "--kubelet-certificate-authority={}",
+                c.pki().cluster_ca.cert.display()
+            ),
+            "--kubelet-use-node-status-port".to_owned(),
+            "--kubelet-preferred-address-types=InternalIP".to_owned(),
+            format!("--kubelet-scrape-interval={}", args.resolution),
+        ]);
+        c.start_aggregators()?;
+        let pid = c.aggregator_pid(0).context("aggregator not running")?;
+        let reader = rt.run(metrics_client(
+            format!("https://{}:{}", replica_ip(0), e2e::AGGREGATOR_PORT),
+            ca.clone(),
+            front_proxy.clone(),
+        ))??;
+        let before = stand_ins.scrapes();
+        costs.push(measure(
+            &rt,
+            &args,
+            format!("nodepulse (kubelets, {})", args.resolution),
+            &client,
+            &reader,
+            (pid, apiserver),
+            (pods, namespace_pods),
+        )?);
+        eprintln!(
+            "stand-ins answered {} reads of the aggregator",
+            stand_ins.scrapes() - before
+        );
+        c.stop_aggregator(0);
+    }
+    drop(stand_ins);
     print_table(&args, &fleet, &costs);
     Ok(())
 }

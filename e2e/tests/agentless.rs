@@ -15,11 +15,15 @@
 //! Shown: the agentless nodes and their pods appear in `kubectl top` with
 //! the stand-ins' values; the agent's node is unaffected; each broken
 //! kubelet is logged once with its reason while reads of it keep failing
-//! and counting, and the good ones stay on time. Then `node-00000` is
+//! and counting, and the good ones stay on time. Then `node-00000`'s agent
+//! is stopped: with `--kubelet-fallback-after` its kubelet is read once the
+//! agent has been silent that long; the agent is started again and takes
+//! back over, and the kubelet is no longer read. Then `node-00000` is
 //! labelled too: its agent's figures stand (never both); its agent is
-//! stopped, and its kubelet takes over; its agent is started again, and
-//! takes back over, every value served on the way within 1 % of the truth
-//! (no spike, nothing negative).
+//! stopped, and its kubelet takes over with no gap (the read held while the
+//! agent reported); its agent is started again, and takes back over. Every
+//! value served on the way is within 1 % of the truth (no spike, nothing
+//! negative).
 //!
 //! Needs root, cgroup v2 and iproute2; skips with a message elsewhere
 //! (fails instead under NODEPULSE_REQUIRE_PRIVILEGED=1, as in CI).
@@ -50,6 +54,8 @@ use serde_json::Value;
 const INTERVAL: Duration = Duration::from_secs(10);
 /// The agent's report interval.
 const AGENT_INTERVAL: Duration = Duration::from_secs(1);
+/// The aggregator's `--kubelet-fallback-after`.
+const FALLBACK_AFTER: Duration = Duration::from_secs(5);
 /// Every value served against the fleet's truth.
 const TOLERANCE: f64 = 0.01;
 
@@ -85,6 +91,7 @@ fn run(c: &mut Cluster) -> Result<()> {
         "--kubelet-preferred-address-types=InternalIP".to_owned(),
         "--kubelet-request-timeout=2s".to_owned(),
         format!("--kubelet-scrape-interval={}s", INTERVAL.as_secs()),
+        format!("--kubelet-fallback-after={}s", FALLBACK_AFTER.as_secs()),
         "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics".to_owned(),
     ]);
     let rt = c.netns().runtime(2)?;
@@ -242,51 +249,77 @@ fn run(c: &mut Cluster) -> Result<()> {
         eprintln!("agentless: {}", lines[0]);
     }
 
+    // The agent's node, not picked, falls back to its kubelet while its
+    // agent is silent, and only then.
+    let gauge = |c: &mut Cluster, name: &str| -> Result<f64> {
+        let (_, text) = curl.get(c, &metrics_url)?;
+        metric(&text, name)
+    };
+    let picked = (GOOD.len() + BROKEN.len()) as f64;
+    ensure!(
+        gauge(c, "nodepulse_kubelet_nodes")? == picked,
+        "only the picked nodes are read while the agent reports"
+    );
+    let agent = switch_source(c, &rt, &fleet, agent, &start_agent, "fallback")?;
+    c.wait_for("the fallback's loop gone", INTERVAL * 3, |c| {
+        Ok((gauge(c, "nodepulse_kubelet_nodes")? == picked).then_some(()))
+    })?;
+
     // The agent's node picked too: its agent's figures stand.
     c.kubectl_ok(&["label", "node", &name(AGENT_NODE), "type=virtual-kubelet"])?;
-    let held = |c: &mut Cluster| -> Result<f64> {
-        let (_, text) = curl.get(c, &metrics_url)?;
-        scrapes(&text, "agent_reports")
-    };
+    let held = r#"nodepulse_kubelet_scrapes_total{result="agent_reports"}"#;
     c.wait_for(
         "the agent's node read and held",
         Duration::from_secs(45),
-        |c| Ok((held(c)? >= 2.0).then_some(())),
+        |c| Ok((gauge(c, held)? >= 2.0).then_some(())),
     )?;
     let nodes = raw(c, "/apis/metrics.k8s.io/v1beta1/nodes")?;
     ensure!(
         (window_of(&nodes, &name(AGENT_NODE))? - AGENT_INTERVAL.as_secs_f64()).abs() < 0.5,
         "the agent's node is served from its kubelet while its agent reports"
     );
+    let _agent = switch_source(c, &rt, &fleet, agent, &start_agent, "picked")?;
+    Ok(())
+}
 
-    // Its agent stops: the kubelet takes over; it starts again: back.
+/// Stops the agent of [`AGENT_NODE`] until its kubelet serves the node,
+/// then starts it until it serves the node again; every value served on
+/// the way must hold. Returns the new agent.
+fn switch_source(
+    c: &mut Cluster,
+    rt: &NsRuntime,
+    fleet: &Fleet,
+    agent: agents::Agents,
+    start_agent: &dyn Fn(&NsRuntime) -> Result<agents::Agents>,
+    case: &str,
+) -> Result<agents::Agents> {
     rt.run(agent.stop())?;
     let stopped = Instant::now();
     let mut gap = Gap::default();
     c.wait_for(
         "the kubelet serving the agent's node",
         Duration::from_secs(60),
-        |c| gap.watch(c, &fleet, AGENT_NODE, INTERVAL),
+        |c| gap.watch(c, fleet, AGENT_NODE, INTERVAL),
     )?;
     eprintln!(
-        "agentless: agent stopped; its kubelet serves the node after {:.1} s (unserved for {:.1} s)",
+        "agentless ({case}): agent stopped; its kubelet serves the node after {:.1} s (unserved for {:.1} s)",
         stopped.elapsed().as_secs_f64(),
         gap.longest
     );
-    let _agent = start_agent(&rt)?;
+    let agent = start_agent(rt)?;
     let restarted = Instant::now();
     let mut gap = Gap::default();
     c.wait_for(
         "the agent serving its node again",
         Duration::from_secs(30),
-        |c| gap.watch(c, &fleet, AGENT_NODE, AGENT_INTERVAL),
+        |c| gap.watch(c, fleet, AGENT_NODE, AGENT_INTERVAL),
     )?;
     eprintln!(
-        "agentless: agent started; it serves the node again after {:.1} s (unserved for {:.1} s)",
+        "agentless ({case}): agent started; it serves the node again after {:.1} s (unserved for {:.1} s)",
         restarted.elapsed().as_secs_f64(),
         gap.longest
     );
-    Ok(())
+    Ok(agent)
 }
 
 /// Watches one node through a change of source: every value served must
@@ -406,11 +439,19 @@ fn check_pods(fleet: &Fleet, i: usize, pods: &Value) -> Result<()> {
 
 /// `nodepulse_kubelet_scrapes_total{result="<result>"}` in a `/metrics` text.
 fn scrapes(text: &str, result: &str) -> Result<f64> {
-    let prefix = format!("nodepulse_kubelet_scrapes_total{{result=\"{result}\"}} ");
+    metric(
+        text,
+        &format!("nodepulse_kubelet_scrapes_total{{result=\"{result}\"}}"),
+    )
+}
+
+/// The sample `series` (name and labels, as printed) in a `/metrics` text.
+fn metric(text: &str, series: &str) -> Result<f64> {
+    let prefix = format!("{series} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
-        .ok_or_else(|| anyhow!("no {prefix}in /metrics"))?
+        .ok_or_else(|| anyhow!("no {series} in /metrics"))?
         .trim()
         .parse()
-        .context("a counter")
+        .context("a sample")
 }

@@ -132,6 +132,14 @@ const TIMING: Timing = Timing {
     backoff_max: Duration::from_secs(30),
 };
 
+/// Where the Node's labels come from.
+enum Labels {
+    /// Read from kube-apiserver, then every `labels_every`.
+    Read,
+    /// Given by a caller that watches the Node already.
+    Given(watch::Receiver<BTreeMap<String, String>>),
+}
+
 /// Keeps `tx` holding this node's metadata until `cancel`.
 pub async fn run(
     client: Client,
@@ -139,30 +147,76 @@ pub async fn run(
     tx: watch::Sender<Arc<NodeMetadata>>,
     cancel: CancellationToken,
 ) {
-    watch_node(client, &node, &TIMING, &tx, &cancel).await;
+    watch_node(client, &node, &TIMING, Labels::Read, &tx, &cancel).await;
 }
 
-/// [`run`] at any pace: the pod watch and the label refresh side by side,
-/// until `cancel`.
+/// [`run`], with the Node's labels from `labels` rather than read from
+/// kube-apiserver every minute: for a caller that watches the Node already.
+pub async fn run_with_labels(
+    client: Client,
+    node: String,
+    labels: watch::Receiver<BTreeMap<String, String>>,
+    tx: watch::Sender<Arc<NodeMetadata>>,
+    cancel: CancellationToken,
+) {
+    watch_node(client, &node, &TIMING, Labels::Given(labels), &tx, &cancel).await;
+}
+
+/// [`run`] at any pace: the pod watch and the labels side by side, until
+/// `cancel`.
 async fn watch_node(
     client: Client,
     node: &str,
     timing: &Timing,
+    labels: Labels,
     tx: &watch::Sender<Arc<NodeMetadata>>,
     cancel: &CancellationToken,
 ) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client);
+    let pods: Api<Pod> = Api::all(client.clone());
     let state = Mutex::new(State::default());
-    // Read once before the first list, so the first publish carries them.
-    tokio::select! {
-        () = refresh_labels(&nodes, node, &state, tx) => {}
-        () = cancel.cancelled() => return,
+    match labels {
+        Labels::Read => {
+            let nodes: Api<Node> = Api::all(client);
+            // Read once before the first list, so the first publish carries them.
+            tokio::select! {
+                () = refresh_labels(&nodes, node, &state, tx) => {}
+                () = cancel.cancelled() => return,
+            }
+            tokio::join!(
+                keep_labels(&nodes, node, timing, &state, tx, cancel),
+                keep_pods(pods, node, timing, &state, tx, cancel),
+            );
+        }
+        Labels::Given(labels) => {
+            tokio::join!(
+                follow_labels(labels, &state, tx, cancel),
+                keep_pods(pods, node, timing, &state, tx, cancel),
+            );
+        }
     }
-    tokio::join!(
-        keep_labels(&nodes, node, timing, &state, tx, cancel),
-        keep_pods(pods, node, timing, &state, tx, cancel),
-    );
+}
+
+/// Takes the labels `labels` gives, as they change.
+async fn follow_labels(
+    mut labels: watch::Receiver<BTreeMap<String, String>>,
+    state: &Mutex<State>,
+    tx: &watch::Sender<Arc<NodeMetadata>>,
+    cancel: &CancellationToken,
+) {
+    loop {
+        {
+            let mut state = lock(state);
+            state.node_labels = labels.borrow_and_update().clone();
+            state.publish(tx);
+        }
+        tokio::select! {
+            changed = labels.changed() => if changed.is_err() {
+                // The caller is gone: the last labels stand.
+                return cancel.cancelled().await;
+            },
+            () = cancel.cancelled() => return,
+        }
+    }
 }
 
 /// Reads the Node's labels every `labels_every`, whatever the pod watch is
@@ -425,7 +479,7 @@ mod tests {
                 (lists, watches)
             };
             let timing = timing(Duration::from_secs(3600));
-            let watcher = watch_node(client(&fake), "node-1", &timing, &tx, &cancel);
+            let watcher = watch_node(client(&fake), "node-1", &timing, Labels::Read, &tx, &cancel);
             let ((), (lists, watches)) =
                 tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, watches) })
                     .await
@@ -466,10 +520,41 @@ mod tests {
             );
         };
         let timing = timing(Duration::from_millis(20));
-        let watcher = watch_node(client(&fake), "node-1", &timing, &tx, &cancel);
+        let watcher = watch_node(client(&fake), "node-1", &timing, Labels::Read, &tx, &cancel);
         tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, test) })
             .await
             .expect("the new labels while the watch lives");
+    }
+
+    #[tokio::test]
+    async fn given_labels_are_published_as_they_change() {
+        let (fake, _calls) = Fake::new(WatchEnds::Never);
+        let (tx, mut rx) = watch::channel(Arc::<NodeMetadata>::default());
+        let (labels, given) = watch::channel(BTreeMap::from([("zone".to_owned(), "g".to_owned())]));
+        let cancel = CancellationToken::new();
+        let zone = |m: &NodeMetadata| m.labels.get("zone").cloned();
+        let test = async {
+            rx.wait_for(|m| zone(m).as_deref() == Some("g") && m.pods.len() == 1)
+                .await
+                .expect("the first list published, with the given labels");
+            labels.send_replace(BTreeMap::from([("zone".to_owned(), "h".to_owned())]));
+            rx.wait_for(|m| zone(m).as_deref() == Some("h"))
+                .await
+                .expect("the new labels published");
+            cancel.cancel();
+        };
+        let timing = timing(Duration::from_millis(20));
+        let watcher = watch_node(
+            client(&fake),
+            "node-1",
+            &timing,
+            Labels::Given(given),
+            &tx,
+            &cancel,
+        );
+        tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, test) })
+            .await
+            .expect("the given labels");
     }
 
     /// What the scripted kube-apiserver answers next, per kind of request.
@@ -570,7 +655,7 @@ mod tests {
             published
         };
         let timing = timing(Duration::from_secs(3600));
-        let watcher = watch_node(client, "node-1", &timing, &tx, &cancel);
+        let watcher = watch_node(client, "node-1", &timing, Labels::Read, &tx, &cancel);
         let ((), published) = tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, test) })
             .await
             .expect("the metadata after the last list");
@@ -713,7 +798,7 @@ mod tests {
             query
         };
         let timing = timing(Duration::from_secs(60));
-        let watcher = watch_node(client(&fake), "node-1", &timing, &tx, &cancel);
+        let watcher = watch_node(client(&fake), "node-1", &timing, Labels::Read, &tx, &cancel);
         let ((), query) = tokio::time::timeout(PATIENCE, async { tokio::join!(watcher, listed) })
             .await
             .expect("a list");

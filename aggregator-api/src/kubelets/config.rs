@@ -35,6 +35,12 @@ pub struct KubeletArgs {
         value_delimiter = ';'
     )]
     pub kubelet_node_selectors: Vec<String>,
+    /// Also read the kubelet of any node whose agent has not reported for
+    /// this long (Go duration; a node never reported counts from when it is
+    /// first seen), until its agent reports again. Off by default; adds one
+    /// watch of every Node.
+    #[arg(long, env = "NODEPULSE_KUBELET_FALLBACK_AFTER", value_parser = duration_arg)]
+    pub kubelet_fallback_after: Option<Duration>,
     /// How often each of those kubelets is read (not below 10s, the
     /// kubelet's own resolution); default: --metric-resolution.
     #[arg(long, env = "NODEPULSE_KUBELET_SCRAPE_INTERVAL", value_parser = duration_arg)]
@@ -97,6 +103,8 @@ pub enum Error {
     Concurrency,
     #[error("--kubelet-request-timeout must be positive")]
     Timeout,
+    #[error("--kubelet-fallback-after must be positive")]
+    Fallback,
 }
 
 /// The flags, checked.
@@ -105,6 +113,8 @@ pub struct Settings {
     /// Label selectors, each as kube-apiserver takes it; empty: no kubelet
     /// is read.
     pub selectors: Vec<String>,
+    /// Read nodes whose agent has been silent this long.
+    pub fallback_after: Option<Duration>,
     pub interval: Duration,
     pub concurrency: usize,
     port: u16,
@@ -169,6 +179,9 @@ impl KubeletArgs {
         if self.kubelet_request_timeout.is_zero() {
             return Err(Error::Timeout);
         }
+        if self.kubelet_fallback_after.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Fallback);
+        }
         let ca_file = match (
             &self.kubelet_certificate_authority,
             self.kubelet_insecure_tls,
@@ -179,6 +192,7 @@ impl KubeletArgs {
         };
         Ok(Settings {
             selectors,
+            fallback_after: self.kubelet_fallback_after,
             interval: self
                 .kubelet_scrape_interval
                 .unwrap_or(resolution)
@@ -329,8 +343,15 @@ mod tests {
             ["kubernetes.io/os=windows", "type=virtual-kubelet"]
         );
         assert_eq!(s.interval, Duration::from_secs(15));
-        let s = settings(&["--kubelet-node-selector="]).expect("valid");
+        assert_eq!(s.fallback_after, None, "no fallback unless asked");
+        let s =
+            settings(&["--kubelet-node-selector=", "--kubelet-fallback-after=1m"]).expect("valid");
         assert!(s.selectors.is_empty());
+        assert_eq!(s.fallback_after, Some(Duration::from_secs(60)));
+        assert!(matches!(
+            settings(&["--kubelet-fallback-after=0s"]),
+            Err(Error::Fallback)
+        ));
         let s = settings(&["--kubelet-scrape-interval=1s"]).expect("valid");
         assert_eq!(
             s.interval, MIN_INTERVAL,

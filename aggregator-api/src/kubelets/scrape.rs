@@ -2,6 +2,7 @@
 //! report: the shared parser, the shared join to the node's pods (watched
 //! as the agent watches them), and the store's own checks and rate rules.
 use std::{
+    collections::BTreeMap,
     hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -31,7 +32,7 @@ pub struct Shared {
 
 /// Where in the interval `node` is read, the same on every replica and
 /// every restart, so a thousand kubelets are not read in one burst.
-fn offset(node: &str, interval: Duration) -> Duration {
+pub fn offset(node: &str, interval: Duration) -> Duration {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     node.hash(&mut h);
     interval.mul_f64((h.finish() % 1000) as f64 / 1000.0)
@@ -51,19 +52,32 @@ fn outcome(error: &ClientError) -> Outcome {
     }
 }
 
+/// How a node's loop starts.
+pub struct Start {
+    /// The origin of its counters: a new loop has a new one, so the store
+    /// starts the node's series again rather than join counters of another
+    /// origin.
+    pub epoch: u64,
+    /// When the first read is.
+    pub first: Duration,
+    /// The Node's labels, from the caller's own watch of it.
+    pub labels: watch::Receiver<BTreeMap<String, String>>,
+}
+
 /// One node's loop, until `cancel`: its own pod watch, then a read every
-/// interval. A new loop counts from a new epoch, so the store starts the
-/// node's series again rather than join counters of another origin.
+/// interval.
 pub async fn run(
     shared: Arc<Shared>,
     node: Arc<str>,
     kubelet: KubeletClient,
+    start: Start,
     cancel: CancellationToken,
 ) {
     let (tx, mut meta) = watch::channel(Arc::new(NodeMetadata::default()));
-    let pods = tokio::spawn(kubelet::pods::run(
+    let pods = tokio::spawn(kubelet::pods::run_with_labels(
         shared.client.clone(),
         node.to_string(),
+        start.labels,
         tx,
         cancel.child_token(),
     ));
@@ -75,16 +89,13 @@ pub async fn run(
     let mut node_loop = NodeLoop {
         shared: &shared,
         node: &node,
-        epoch: proto::new_epoch(),
+        epoch: start.epoch,
         seq: 0,
         sent: None,
         held: None,
     };
     let mut failing: Option<Outcome> = None;
-    let mut ticks = tokio::time::interval_at(
-        Instant::now() + offset(&node, shared.interval),
-        shared.interval,
-    );
+    let mut ticks = tokio::time::interval_at(Instant::now() + start.first, shared.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -879,6 +879,14 @@ impl Store {
         }
     }
 
+    /// How long since `node` last reported, from any origin; `None` for a
+    /// node the store does not hold.
+    pub fn silent_for(&self, node: &str) -> Option<Duration> {
+        read(&self.nodes)
+            .get(node)
+            .map(|n| lock(n).last_report.elapsed())
+    }
+
     /// Whether `node` is served from counters of another origin than
     /// `epoch` that are still fresh: its agent reports (or another source
     /// does), and a report of `epoch` would start its series over.
