@@ -83,6 +83,40 @@ async fn no_token_file_sends_no_authorization() -> TestResult {
     kubelet.stop().await
 }
 
+/// As metrics-server's `--kubelet-client-certificate`/`--kubelet-client-key`.
+#[tokio::test]
+async fn a_client_certificate_is_presented() -> TestResult {
+    let pki = make_pki("127.0.0.1")?;
+    let mut kubelet =
+        FakeKubelet::start_requiring_client_certificates(&pki, Reply::ok(FIXTURE)).await?;
+    let files = Files::new()?;
+    let ca = files.write("ca.crt", &pki.ca_pem)?;
+    let mut config = trusting(&kubelet.url, ca.clone());
+    config.client_certificate = Some((
+        files.write("client.crt", &pki.client_pem.0)?,
+        files.write("client.key", &pki.client_pem.1)?,
+    ));
+    let body = KubeletClient::new(config)?.fetch().await?;
+    assert_eq!(body.as_ref(), FIXTURE);
+    let seen = kubelet.seen.recv().await.ok_or("server saw no request")?;
+    assert!(seen.client_certificate);
+    assert_eq!(seen.authorization, None);
+
+    // Without one, the kubelet refuses the handshake.
+    let error = KubeletClient::new(trusting(&kubelet.url, ca))?
+        .fetch()
+        .await
+        .expect_err("no client certificate");
+    assert!(
+        matches!(
+            error,
+            ClientError::Tls { .. } | ClientError::Connect { .. } | ClientError::Http { .. }
+        ),
+        "{error:?}"
+    );
+    kubelet.stop().await
+}
+
 #[tokio::test]
 async fn untrusted_ca_is_rejected_clearly() -> TestResult {
     let pki = make_pki("127.0.0.1")?;

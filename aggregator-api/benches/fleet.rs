@@ -47,6 +47,7 @@ use proto::v1::{
     ContainerName, ContainerSample, CpuSource, NodeMetadata, NodeReport, PodMetadata, PodSample,
     ReportSummary, Usage, WatchRequest, metrics_client::MetricsClient,
 };
+use testkit::process::{cpu_seconds, rss_kib};
 
 #[derive(clap::Parser)]
 #[command(about = "Simulated fleet against one real nodepulse-aggregator")]
@@ -107,12 +108,6 @@ fn main() -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- /proc
 
-/// CPU time of a process, seconds (utime + stime).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    testkit::stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
-        .with_context(|| format!("reading /proc/{pid}/stat"))
-}
-
 /// Field `nth` (whitespace-separated) of the line of `/proc/<pid>/<file>`
 /// that starts with `prefix`.
 fn proc_field(pid: u32, file: &str, prefix: &str, nth: usize) -> anyhow::Result<String> {
@@ -126,11 +121,6 @@ fn proc_field(pid: u32, file: &str, prefix: &str, nth: usize) -> anyhow::Result<
         .nth(nth)
         .with_context(|| format!("{prefix:?} line format"))?
         .to_string())
-}
-
-/// `VmRSS` of a process, KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    Ok(proc_field(pid, "status", "VmRSS:", 1)?.parse()?)
 }
 
 /// Busy and total jiffies of the whole machine (`/proc/stat`).
@@ -189,14 +179,8 @@ fn cores_between(a: &Probe, b: &Probe) -> (f64, f64, f64) {
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit — the
 /// aggregator inherits it — and checks that it covers `need` descriptors.
 fn raise_nofile(need: u64) -> anyhow::Result<u64> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let raised = Rlimit {
-        current: limit.maximum,
-        maximum: limit.maximum,
-    };
-    setrlimit(Resource::Nofile, raised).context("raising RLIMIT_NOFILE to its hard limit")?;
-    let have = limit.maximum.unwrap_or(u64::MAX);
+    let have =
+        testkit::process::raise_nofile().context("raising RLIMIT_NOFILE to its hard limit")?;
     if have < need {
         bail!(
             "RLIMIT_NOFILE hard limit is {have}, {need} descriptors are needed: raise the hard limit (e.g. `prlimit --nofile={need}:{need} --pid $$` as root, or limits.conf) and retry"

@@ -43,6 +43,7 @@ use kube::{
     Api, Client,
     api::{ListParams, ObjectList, PartialObjectMeta},
 };
+use testkit::process::cpu_seconds;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Parser)]
@@ -296,10 +297,4 @@ async fn binding_pass(client: &Client, fleet: &Fleet, apiserver: u32) -> Result<
     let n = fleet.nodes.len();
     let bytes = bytes * n / n.min(20);
     Ok(Cost { wall, cpu, bytes })
-}
-
-/// utime + stime of `pid`, seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    testkit::stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat")))
-        .with_context(|| format!("reading /proc/{pid}/stat"))
 }

@@ -38,11 +38,12 @@
 //! The table ends with nodepulse / metrics-server ratios.
 //!
 //! Not simulated: the agents' pod watches (one field-selected watch per
-//! node in a real cluster) and what a real kubelet spends answering
-//! metrics-server. Needs root (the cluster runs in a network namespace).
+//! node in a real cluster; the aggregator reading kubelets does run one per
+//! node) and what a real kubelet spends answering a read. Needs root (the
+//! cluster runs in a network namespace).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -58,6 +59,7 @@ use e2e::{
 use http::{HeaderName, HeaderValue, Request};
 use kube::Client;
 use serde_json::Value;
+use testkit::process::{cpu_seconds, raise_nofile, rss_kib};
 
 #[derive(clap::Parser)]
 #[command(about = "nodepulse beside metrics-server, the same fleet")]
@@ -108,7 +110,8 @@ fn main() -> Result<()> {
     let Some(h) = e2e::privileged("versus-bench") else {
         bail!("the versus bench needs root, cgroup v2 and iproute2");
     };
-    raise_nofile()?;
+    // Thousands of connections (stand-ins, agents).
+    raise_nofile().context("raising the open-file limit")?;
     let opts = Options {
         replicas: 1,
         // The aggregator's staleness floor, as metrics-server's resolution.
@@ -347,12 +350,11 @@ async fn metrics_client(
     config.auth_info.client_key = Some(key.display().to_string());
     config.read_timeout = Some(Duration::from_secs(120));
     config.headers = MetricsServer::headers(e2e::USER_ADMIN, "system:masters")
-        .iter()
-        .map(|h| {
-            let (name, value) = h.split_once(": ").context("a header")?;
+        .into_iter()
+        .map(|(name, value)| {
             Ok((
                 HeaderName::from_bytes(name.as_bytes())?,
-                HeaderValue::from_str(value)?,
+                HeaderValue::try_from(value)?,
             ))
         })
         .collect::<Result<_>>()?;
@@ -507,38 +509,4 @@ fn print_table(args: &Args, fleet: &Fleet, costs: &[Cost]) {
             c.name, c.apiserver_requests.1
         );
     }
-}
-
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    testkit::stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat")))
-        .with_context(|| format!("reading /proc/{pid}/stat"))
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
-}
-
-/// Thousands of connections (stand-ins, agents): the open-file limit up to
-/// its hard limit.
-fn raise_nofile() -> Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write and read the struct given.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            bail!("getrlimit: {}", std::io::Error::last_os_error());
-        }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            bail!("setrlimit: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

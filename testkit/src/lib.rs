@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod flag_reference;
+pub mod process;
 use std::{
     ffi::CString,
     fs,

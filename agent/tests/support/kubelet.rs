@@ -39,11 +39,14 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-/// A cluster CA and a kubelet serving certificate it signed.
+/// A cluster CA, a kubelet serving certificate it signed, and a client
+/// certificate it signed (PEM, with its key).
 pub struct Pki {
     pub ca_pem: String,
+    pub ca: CertificateDer<'static>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    pub client_pem: (String, String),
 }
 
 /// `san` is the serving certificate's only subject alternative name, as the
@@ -72,10 +75,19 @@ pub fn make_pki_with_ca_name(san: &str, ca_name: &str) -> Result<Pki, rcgen::Err
         .push(DnType::CommonName, "system:node:test-node");
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
+    let client_key = KeyPair::generate()?;
+    let mut client_params = CertificateParams::new(Vec::<String>::new())?;
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "nodepulse-aggregator");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca)?;
     Ok(Pki {
         ca_pem: ca.pem(),
+        ca: ca.der().clone(),
         chain: vec![leaf.der().clone()],
         key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+        client_pem: (client.pem(), client_key.serialize_pem()),
     })
 }
 
@@ -137,6 +149,8 @@ pub struct Seen {
     pub accept: Option<String>,
     /// Which connection it came on: 1 for the first accepted, and so on.
     pub connection: usize,
+    /// The client presented a certificate (the server verified it).
+    pub client_certificate: bool,
 }
 
 pub struct FakeKubelet {
@@ -156,14 +170,41 @@ impl FakeKubelet {
         pki: &Pki,
         reply: Arc<dyn Fn() -> Reply + Send + Sync>,
     ) -> Result<Self, Box<dyn StdError>> {
+        Self::serve(pki, reply, false).await
+    }
+
+    /// A kubelet that takes only connections with a client certificate
+    /// signed by the cluster CA.
+    pub async fn start_requiring_client_certificates(
+        pki: &Pki,
+        reply: Reply,
+    ) -> Result<Self, Box<dyn StdError>> {
+        Self::serve(pki, Arc::new(move || reply.clone()), true).await
+    }
+
+    async fn serve(
+        pki: &Pki,
+        reply: Arc<dyn Fn() -> Reply + Send + Sync>,
+        client_certificates: bool,
+    ) -> Result<Self, Box<dyn StdError>> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(pki.chain.clone(), pki.key.clone_key())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?;
+        let builder = if client_certificates {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.ca.clone())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut tls = builder.with_single_cert(pki.chain.clone(), pki.key.clone_key())?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let (seen_tx, seen) = mpsc::channel(16);
@@ -182,6 +223,7 @@ impl FakeKubelet {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let client_certificate = tls.get_ref().1.peer_certificates().is_some();
                     let reply = Arc::clone(&reply);
                     let seen_tx = seen_tx.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -198,6 +240,7 @@ impl FakeKubelet {
                             authorization: header(AUTHORIZATION),
                             accept: header(ACCEPT),
                             connection,
+                            client_certificate,
                         });
                         let response = reply().response();
                         async move { Ok::<_, Infallible>(response) }

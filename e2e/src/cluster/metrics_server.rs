@@ -28,11 +28,12 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// The request headers kube-apiserver's aggregator sends for `user`.
-    pub fn headers(user: &str, group: &str) -> [String; 2] {
+    /// The request headers kube-apiserver's aggregator sends for `user`,
+    /// as (name, value).
+    pub fn headers(user: &str, group: &str) -> [(&'static str, String); 2] {
         [
-            format!("X-Remote-User: {user}"),
-            format!("X-Remote-Group: {group}"),
+            ("X-Remote-User", user.to_owned()),
+            ("X-Remote-Group", group.to_owned()),
         ]
     }
 

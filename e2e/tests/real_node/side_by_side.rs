@@ -10,6 +10,8 @@
 //! Asserted: nodepulse's figures against the cgroups'. metrics-server's are
 //! reported, not judged: that is what a user weighing the switch reads.
 
+use std::collections::HashMap;
+
 use super::*;
 use e2e::MetricsServer;
 
@@ -37,7 +39,8 @@ struct Readings {
 }
 
 impl Readings {
-    fn record(&mut self, c: &Cluster, p: &Served, rel: &str, seen: f64, since: f64) -> Result<()> {
+    /// `p` as served at `seen`, beside `truth`, its cgroup's working set.
+    fn record(&mut self, p: &Served, truth: f64, seen: f64, since: f64) {
         // Only windows the sampler saw from their start.
         if p.ts as f64 - p.window > since + 0.1 {
             self.cpu
@@ -46,12 +49,10 @@ impl Readings {
                 .entry(p.ts)
                 .or_insert((p.window, p.cpu, seen));
         }
-        let truth = cgroup_working_set(c, rel)?;
         self.memory
             .entry(p.key.clone())
             .or_default()
             .push((p.memory, truth));
-        Ok(())
     }
 
     /// When the step pod was first listed.
@@ -72,7 +73,10 @@ impl Readings {
 pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
     let mut ms = c.start_metrics_server(RESOLUTION)?;
     let ms_curl = Curl::with_files(&ms.ca, Some((&ms.client.0, &ms.client.1)));
-    let headers = MetricsServer::headers(e2e::USER_ADMIN, "system:masters");
+    let headers: Vec<String> = MetricsServer::headers(e2e::USER_ADMIN, "system:masters")
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect();
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
     let ms_url = ms.url.clone();
     let read_ms = |c: &Cluster, path: &str| -> Result<Value> {
@@ -120,6 +124,8 @@ pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
         let seen = unix_now();
         let from_ours = served_points(&api.api_json(c, PODS)?, &api.api_json(c, NODES)?)?;
         let from_theirs = served_points(&read_ms(c, PODS)?, &read_ms(c, NODES)?)?;
+        // Each cgroup's working set, read once per poll for both.
+        let mut truths: HashMap<String, f64> = HashMap::new();
         for (readings, points) in [(&mut ours, from_ours), (&mut theirs, from_theirs)] {
             for p in points {
                 let (Some(rel), Some(&since)) = (cgroups.get(&p.key), since.get(&p.key)) else {
@@ -128,7 +134,15 @@ pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
                 if p.key == step_key {
                     readings.step.push((seen, p.cpu));
                 }
-                readings.record(c, &p, rel, seen, since)?;
+                let truth = match truths.get(&p.key) {
+                    Some(&truth) => truth,
+                    None => {
+                        let truth = cgroup_working_set(c, rel)?;
+                        truths.insert(p.key.clone(), truth);
+                        truth
+                    }
+                };
+                readings.record(&p, truth, seen, since);
             }
         }
         ms.ensure_running()?;
