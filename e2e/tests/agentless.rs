@@ -12,18 +12,19 @@
 //! - `node-00003` answers garbage, `node-00004` never answers, `node-00005`
 //!   presents a certificate from a CA the aggregator does not trust.
 //!
-//! Shown: the agentless nodes and their pods appear in `kubectl top` with
-//! the stand-ins' values; the agent's node is unaffected; each broken
-//! kubelet is logged once with its reason while reads of it keep failing
-//! and counting, and the good ones stay on time. Then `node-00000`'s agent
-//! is stopped: with `--kubelet-fallback-after` its kubelet is read once the
-//! agent has been silent that long; the agent is started again and takes
-//! back over, and the kubelet is no longer read. Then `node-00000` is
-//! labelled too: its agent's figures stand (never both); its agent is
-//! stopped, and its kubelet takes over with no gap (the read held while the
-//! agent reported); its agent is started again, and takes back over. Every
-//! value served on the way is within 1 % of the truth (no spike, nothing
-//! negative).
+//! Shown, with two aggregator replicas: the agentless nodes and their pods
+//! appear in `kubectl top` with the stand-ins' values, and each replica,
+//! asked directly, holds them; the agent's node is unaffected; each broken
+//! kubelet is logged once by each replica with its reason while reads of it
+//! keep failing and counting, and the good ones stay on time. Then
+//! `node-00000`'s agent is stopped: with `--kubelet-fallback-after` its
+//! kubelet is read once the agent has been silent that long; the agent is
+//! started again and takes back over, and the kubelet is no longer read.
+//! Then `node-00000` is labelled too: its agent's figures stand (never
+//! both); its agent is stopped, and its kubelet takes over with no gap (the
+//! read held while the agent reported); its agent is started again, and
+//! takes back over. Every value served on the way is within 1 % of the
+//! truth (no spike, nothing negative).
 //!
 //! Needs root, cgroup v2 and iproute2; skips with a message elsewhere
 //! (fails instead under NODEPULSE_REQUIRE_PRIVILEGED=1, as in CI).
@@ -54,6 +55,8 @@ use serde_json::Value;
 const INTERVAL: Duration = Duration::from_secs(10);
 /// The agent's report interval.
 const AGENT_INTERVAL: Duration = Duration::from_secs(1);
+/// Aggregator replicas: each reads every picked kubelet itself.
+const REPLICAS: usize = 2;
 /// The aggregator's `--kubelet-fallback-after`.
 const FALLBACK_AFTER: Duration = Duration::from_secs(5);
 /// Every value served against the fleet's truth.
@@ -70,7 +73,7 @@ fn nodes_without_an_agent_are_read_from_their_kubelet() {
         return;
     };
     let opts = Options {
-        replicas: 1,
+        replicas: REPLICAS,
         ..Options::new("agentless")
     };
     let mut c = Cluster::start(h, opts).expect("cluster starts");
@@ -128,7 +131,11 @@ fn run(c: &mut Cluster) -> Result<()> {
             .swap_remove(AGENT_NODE)
     };
     let agent_config = export::Config {
-        targets: Targets::Static(vec![format!("https://{}:{INGEST_PORT}", replica_ip(0))]),
+        targets: Targets::Static(
+            (0..REPLICAS)
+                .map(|i| format!("https://{}:{INGEST_PORT}", replica_ip(i)))
+                .collect(),
+        ),
         ca_file: Some(c.pki().nodepulse_ca.cert.clone()),
         tls_server_name: Some(SERVER_NAME.to_string()),
         token_file: Some(token),
@@ -178,6 +185,33 @@ fn run(c: &mut Cluster) -> Result<()> {
     }
     for (i, _) in BROKEN {
         ensure!(find(&nodes, &name(i)).is_none(), "{} served", name(i));
+    }
+    // Every replica holds the agentless nodes: asked directly, as the
+    // aggregation layer asks (front-proxy certificate, X-Remote-* headers).
+    let front_proxy = Curl::with_files(
+        &c.pki().nodepulse_ca.cert,
+        Some((
+            &c.pki().front_proxy_client.cert,
+            &c.pki().front_proxy_client.key,
+        )),
+    );
+    let as_admin = [
+        format!("X-Remote-User: {}", e2e::USER_ADMIN),
+        "X-Remote-Group: system:masters".to_owned(),
+    ];
+    let as_admin: Vec<&str> = as_admin.iter().map(String::as_str).collect();
+    for r in 0..REPLICAS {
+        let url = format!(
+            "https://{}:{}/apis/metrics.k8s.io/v1beta1/nodes",
+            replica_ip(r),
+            e2e::AGGREGATOR_PORT
+        );
+        let (status, body) = front_proxy.get_with(c, &url, &as_admin)?;
+        ensure!(status == 200, "replica {r}: {status} {body}");
+        let nodes: Value = serde_json::from_str(&body)?;
+        for i in GOOD {
+            check_node(&fleet, i, &nodes).with_context(|| format!("replica {r}"))?;
+        }
     }
 
     // What kubectl shows.
@@ -233,20 +267,24 @@ fn run(c: &mut Cluster) -> Result<()> {
         oldest <= INTERVAL.as_secs_f64() + 3.0,
         "a good node's reading was {oldest:.1} s old while others failed"
     );
-    let log = strip_ansi(&std::fs::read_to_string(
-        c.aggregator_log(0).context("aggregator log")?,
-    )?);
-    for (i, reason) in BROKEN {
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("cannot read the node's kubelet") && l.contains(&name(i)))
-            .collect();
-        ensure!(
-            lines.len() == 1 && lines[0].contains(&format!("reason=\"{reason}\"")),
-            "{}: want one line with reason {reason}, got {lines:#?}",
-            name(i)
-        );
-        eprintln!("agentless: {}", lines[0]);
+    for r in 0..REPLICAS {
+        let log = strip_ansi(&std::fs::read_to_string(
+            c.aggregator_log(r).context("aggregator log")?,
+        )?);
+        for (i, reason) in BROKEN {
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("cannot read the node's kubelet") && l.contains(&name(i)))
+                .collect();
+            ensure!(
+                lines.len() == 1 && lines[0].contains(&format!("reason=\"{reason}\"")),
+                "replica {r}, {}: want one line with reason {reason}, got {lines:#?}",
+                name(i)
+            );
+            if r == 0 {
+                eprintln!("agentless: {}", lines[0]);
+            }
+        }
     }
 
     // The agent's node, not picked, falls back to its kubelet while its

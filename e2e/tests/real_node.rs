@@ -33,6 +33,8 @@ use images::catalog;
 use serde_json::{Value, json};
 
 const NODE: &str = "node-a";
+/// The node's own figures among containers' (`namespace/pod/container`).
+const NODE_KEY: &str = "node";
 const SYSTEM: &str = "kube-system";
 const SHOP: &str = "shop";
 /// The agents' sampling interval as shipped.
@@ -423,17 +425,28 @@ impl Sampler {
     /// The range of `key`'s CPU rate (cores) over windows of `window` s
     /// ending anywhere in `ends` (unix seconds), from the samples around
     /// each end; `None` where the samples do not reach.
+    ///
+    /// Between two samples a container's counter is taken as linear (its
+    /// burner's load is steady). The node's is not: it counts every process
+    /// on the machine, the harness's own bursts among them, so it is only
+    /// known to lie between the two samples (it never falls).
     fn rate_range(&self, key: &str, ends: (f64, f64), window: f64) -> Option<(f64, f64)> {
+        let bracketed = key == NODE_KEY;
         let s = lock(&self.series);
         let series = s.get(key)?;
-        let at = |t: f64| -> Option<f64> {
+        // The counter at `t`: (lowest, highest) it can have been.
+        let at = |t: f64| -> Option<(f64, f64)> {
             let i = series.iter().position(|&(x, _)| x >= t)?;
             let (x1, y1) = series[i];
             if x1 == t {
-                return Some(y1);
+                return Some((y1, y1));
             }
             let (x0, y0) = series[i.checked_sub(1)?];
-            Some(y0 + (y1 - y0) * (t - x0) / (x1 - x0))
+            if bracketed {
+                return Some((y0, y1));
+            }
+            let y = y0 + (y1 - y0) * (t - x0) / (x1 - x0);
+            Some((y, y))
         };
         // Ends the samples cover (the last one may be a few ms behind).
         let last = series.last()?.0;
@@ -441,8 +454,9 @@ impl Sampler {
         let mut range: Option<(f64, f64)> = None;
         let mut e = from;
         while e <= to {
-            let r = (at(e)? - at(e - window)?) / window;
-            range = Some(range.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))));
+            let ((end_lo, end_hi), (start_lo, start_hi)) = (at(e)?, at(e - window)?);
+            let (lo, hi) = ((end_lo - start_hi) / window, (end_hi - start_lo) / window);
+            range = Some(range.map_or((lo, hi), |(l, h)| (l.min(lo), h.max(hi))));
             e += 0.05;
         }
         range
@@ -514,8 +528,8 @@ fn node_counters(c: &Cluster) -> Result<(BTreeMap<String, String>, BTreeMap<Stri
         Some(v1) => Counter::V1Cpuacct(v1.clone()),
         None => Counter::V2(c.cgroup_dir("/").context("no cgroup v2")?),
     };
-    cgroups.insert("node".into(), "/".into());
-    counters.insert("node".into(), node);
+    cgroups.insert(NODE_KEY.into(), "/".into());
+    counters.insert(NODE_KEY.into(), node);
     Ok((cgroups, counters))
 }
 
@@ -547,7 +561,7 @@ fn served_points(pods: &Value, nodes: &Value) -> Result<Vec<Served>> {
     }
     for node in nodes["items"].as_array().into_iter().flatten() {
         if node["metadata"]["name"] == NODE {
-            items.push(("node".into(), node, &node["usage"]));
+            items.push((NODE_KEY.into(), node, &node["usage"]));
         }
     }
     items
@@ -688,7 +702,7 @@ fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
             .keys()
             .map(|k| {
                 if k == NODE {
-                    "node".to_string()
+                    NODE_KEY.to_string()
                 } else {
                     k.clone()
                 }
@@ -696,7 +710,7 @@ fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
             .collect();
         let want: BTreeSet<String> = keys
             .iter()
-            .filter(|k| (args[1] == "nodes") == (k.as_str() == "node"))
+            .filter(|k| (args[1] == "nodes") == (k.as_str() == NODE_KEY))
             .cloned()
             .collect();
         ensure!(
@@ -706,7 +720,7 @@ fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
         );
         for (k, row) in &rows {
             let key = if k == NODE {
-                "node".to_string()
+                NODE_KEY.to_string()
             } else {
                 k.clone()
             };

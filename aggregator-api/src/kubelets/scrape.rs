@@ -200,3 +200,45 @@ impl NodeLoop<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_by_what_fixes_them() {
+        let status = |code: u16| ClientError::Status {
+            url: "https://10.0.0.7:10250/metrics/resource".into(),
+            status: StatusCode::from_u16(code).expect("a status"),
+            body: String::new(),
+        };
+        assert_eq!(outcome(&status(401)), Outcome::Unauthorized);
+        assert_eq!(outcome(&status(403)), Outcome::Forbidden);
+        assert_eq!(outcome(&status(500)), Outcome::Status);
+        let timeout = ClientError::Timeout {
+            url: String::new(),
+            timeout: Duration::from_secs(10),
+        };
+        assert_eq!(outcome(&timeout), Outcome::Timeout);
+        assert_eq!(
+            outcome(&ClientError::BodyTooLarge {
+                url: String::new(),
+                limit: 1
+            }),
+            Outcome::Other
+        );
+    }
+
+    #[test]
+    fn a_node_is_read_at_the_same_point_of_every_interval() {
+        let interval = Duration::from_secs(15);
+        assert_eq!(offset("node-a", interval), offset("node-a", interval));
+        assert!(offset("node-a", interval) < interval);
+        let spread: std::collections::BTreeSet<_> = (0..100)
+            .map(|i| offset(&format!("node-{i}"), interval).as_millis() / 1500)
+            .collect();
+        assert!(spread.len() >= 8, "100 nodes over 10 tenths: {spread:?}");
+    }
+}
