@@ -274,6 +274,9 @@ async fn run_agent(opts: Options, args: RunArgs) -> Result<()> {
             let mut config = KubeletConfig::new(url);
             config.ca_file = args.kubelet_ca_file.clone();
             config.insecure = args.kubelet_insecure_tls;
+            if config.insecure {
+                ::kubelet::client::warn_insecure(&config.url.to_string());
+            }
             config.token_file = args.kubelet_token_file.clone();
             Some(run::Kubelet {
                 client: KubeletClient::new(config).context("--kubelet-url")?,

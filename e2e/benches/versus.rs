@@ -48,11 +48,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::export::{self, Targets};
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser as _;
 use e2e::{
-    Cluster, INGEST_PORT, MetricsServer, Options, SERVER_NAME,
+    Cluster, MetricsServer, Options,
     fleet::{self, Fleet, agents, kubelets},
     replica_ip,
 };
@@ -185,13 +184,7 @@ fn main() -> Result<()> {
         let pid = c.aggregator_pid(0).context("aggregator not running")?;
         let configs = tokens
             .iter()
-            .map(|token| export::Config {
-                targets: Targets::Static(vec![format!("https://{}:{INGEST_PORT}", replica_ip(0))]),
-                ca_file: Some(ca.clone()),
-                tls_server_name: Some(SERVER_NAME.to_string()),
-                token_file: Some(token.clone()),
-                ..export::Config::default()
-            })
+            .map(|token| c.agent_export_config(token.clone()))
             .collect();
         let fleet = Arc::clone(&fleet);
         let period = Duration::from_secs_f64(interval);

@@ -38,6 +38,7 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod curl;
 pub mod fleet;
 pub mod kubectl;
 pub mod manifests;

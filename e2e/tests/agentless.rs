@@ -37,11 +37,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agent::export::{self, Targets};
 use anyhow::{Context, Result, anyhow, ensure};
-use common::{Curl, parse_go_duration, quantity, raw, strip_ansi, table};
+use common::{parse_go_duration, quantity, raw, strip_ansi, table};
+use e2e::curl::Curl;
 use e2e::{
-    Cluster, INGEST_PORT, Options, SERVER_NAME,
+    Cluster, Options,
     fleet::{
         self, Fleet, agents,
         kubelets::{self, Answer},
@@ -130,17 +130,7 @@ fn run(c: &mut Cluster) -> Result<()> {
         rt.run(async move { agents::node_tokens(&client, &fleet, &dir).await })??
             .swap_remove(AGENT_NODE)
     };
-    let agent_config = export::Config {
-        targets: Targets::Static(
-            (0..REPLICAS)
-                .map(|i| format!("https://{}:{INGEST_PORT}", replica_ip(i)))
-                .collect(),
-        ),
-        ca_file: Some(c.pki().nodepulse_ca.cert.clone()),
-        tls_server_name: Some(SERVER_NAME.to_string()),
-        token_file: Some(token),
-        ..export::Config::default()
-    };
+    let agent_config = c.agent_export_config(token);
     let start_agent = |rt: &NsRuntime| {
         let (fleet, config) = (Arc::clone(&fleet), agent_config.clone());
         rt.run(async move { agents::start(fleet, vec![config], AGENT_INTERVAL) })
@@ -332,32 +322,43 @@ fn switch_source(
     case: &str,
 ) -> Result<agents::Agents> {
     rt.run(agent.stop())?;
-    let stopped = Instant::now();
-    let mut gap = Gap::default();
-    c.wait_for(
+    let (after, unserved) = until_served(
+        c,
+        fleet,
         "the kubelet serving the agent's node",
         Duration::from_secs(60),
-        |c| gap.watch(c, fleet, AGENT_NODE, INTERVAL),
+        INTERVAL,
     )?;
     eprintln!(
-        "agentless ({case}): agent stopped; its kubelet serves the node after {:.1} s (unserved for {:.1} s)",
-        stopped.elapsed().as_secs_f64(),
-        gap.longest
+        "agentless ({case}): agent stopped; its kubelet serves the node after {after:.1} s (unserved for {unserved:.1} s)"
     );
     let agent = start_agent(rt)?;
-    let restarted = Instant::now();
-    let mut gap = Gap::default();
-    c.wait_for(
+    let (after, unserved) = until_served(
+        c,
+        fleet,
         "the agent serving its node again",
         Duration::from_secs(30),
-        |c| gap.watch(c, fleet, AGENT_NODE, AGENT_INTERVAL),
+        AGENT_INTERVAL,
     )?;
     eprintln!(
-        "agentless ({case}): agent started; it serves the node again after {:.1} s (unserved for {:.1} s)",
-        restarted.elapsed().as_secs_f64(),
-        gap.longest
+        "agentless ({case}): agent started; it serves the node again after {after:.1} s (unserved for {unserved:.1} s)"
     );
     Ok(agent)
+}
+
+/// Waits until [`AGENT_NODE`] is served over `window`, checking every
+/// value served on the way: (seconds it took, longest time unserved).
+fn until_served(
+    c: &mut Cluster,
+    fleet: &Fleet,
+    what: &str,
+    timeout: Duration,
+    window: Duration,
+) -> Result<(f64, f64)> {
+    let started = Instant::now();
+    let mut gap = Gap::default();
+    c.wait_for(what, timeout, |c| gap.watch(c, fleet, AGENT_NODE, window))?;
+    Ok((started.elapsed().as_secs_f64(), gap.longest))
 }
 
 /// Watches one node through a change of source: every value served must

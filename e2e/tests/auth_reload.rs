@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Curl;
+use e2e::curl::Curl;
 use e2e::pki::Usage;
 use e2e::{AGGREGATOR_PORT, Options, replica_ip};
 use serde_json::{Value, json};

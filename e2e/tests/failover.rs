@@ -16,7 +16,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{Curl, duty, item_names, parse_timestamp, strip_ansi, table};
+use common::{duty, item_names, parse_timestamp, strip_ansi, table};
+use e2e::curl::Curl;
 use e2e::{Cluster, Container, Options};
 
 /// Not a test: the body of burner processes the harness spawns (testkit).

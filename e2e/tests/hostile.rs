@@ -15,9 +15,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use agent::export::{self, Outgoing, Targets};
+use agent::export::{self, Outgoing};
 use common::{duty, raw};
-use e2e::{Cluster, Container, INGEST_PORT, Options, SERVER_NAME, replica_ip};
+use e2e::{Cluster, Container, Options};
 use proto::v1::{
     ContainerName, ContainerSample, CpuSource, NodeMetadata, NodeReport, PodMetadata, PodSample,
     Usage,
@@ -86,17 +86,7 @@ fn a_node_cannot_report_another_nodes_pod() {
     // node-b's agent, lying: its own valid token, node-a's pod's name.
     let token = c.work_dir().join("node-b.token");
     std::fs::write(&token, c.node_token("node-b").expect("token")).expect("token file");
-    let config = export::Config {
-        targets: Targets::Static(
-            (0..c.replica_count())
-                .map(|i| format!("https://{}:{INGEST_PORT}", replica_ip(i)))
-                .collect(),
-        ),
-        ca_file: Some(c.pki().nodepulse_ca.cert.clone()),
-        tls_server_name: Some(SERVER_NAME.to_string()),
-        token_file: Some(token),
-        ..export::Config::default()
-    };
+    let config = c.agent_export_config(token);
     let metadata = Arc::new(NodeMetadata {
         labels: Default::default(),
         pods: vec![PodMetadata {

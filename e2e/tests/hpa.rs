@@ -16,8 +16,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Curl, duty, idle, parse_go_duration, parse_timestamp, quantity};
+use common::{duty, idle, parse_go_duration, parse_timestamp, quantity};
 use e2e::Cluster;
+use e2e::curl::Curl;
 use serde_json::{Value, json};
 
 /// Not a test: the body of burner processes the harness spawns (testkit).

@@ -317,7 +317,7 @@ fn kubectl_top_and_raw_paths_with_the_real_kubectl() {
     // asks about. Two fresh reports of quiet first, then five rounds at
     // distinct timestamps (1 s windows): medians per container, and the
     // kernel's own cpu.stat over the same span as a second reference.
-    let curl = common::Curl::new(&c, "e2e-sampler", Some("system:masters"), None).expect("curl");
+    let curl = e2e::curl::Curl::new(&c, "e2e-sampler", Some("system:masters"), None).expect("curl");
     let fresh_ts = |c: &Cluster, after: u64| -> Option<(u64, Value, Value)> {
         let list = curl
             .api_json(c, "/apis/metrics.k8s.io/v1/pods")

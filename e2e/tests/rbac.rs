@@ -18,7 +18,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Curl, duty, item_names};
+use common::{duty, item_names};
+use e2e::curl::Curl;
 use e2e::{Cluster, Container, Options, USER_METRICS_READER, USER_NO_RBAC};
 use serde_json::{Value, json};
 

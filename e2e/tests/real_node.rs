@@ -27,8 +27,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use common::{Curl, cgroup_working_set, parse_go_duration, parse_timestamp, quantity, table};
+use common::{cgroup_working_set, parse_go_duration, parse_timestamp, quantity, table};
 use e2e::Cluster;
+use e2e::curl::Curl;
 use images::catalog;
 use serde_json::{Value, json};
 

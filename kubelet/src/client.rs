@@ -58,6 +58,8 @@ pub const USER_AGENT_VALUE: &str = concat!("nodepulse-agent/", env!("CARGO_PKG_V
 pub enum Error {
     #[error("invalid kubelet URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: &'static str },
+    #[error("the user agent {0:?} is not a valid HTTP header value")]
+    InvalidUserAgent(String),
     #[error(
         "both a kubelet CA file and insecure TLS were configured; pick one (as client-go refuses this combination too)"
     )]
@@ -286,7 +288,7 @@ impl KubeletClient {
             .map_err(|_| invalid("host is not a valid URL authority"))?;
         let settings = settings(&config, base)?;
         let user_agent = HeaderValue::from_str(&config.user_agent)
-            .map_err(|_| invalid("the user agent is not a valid header value"))?;
+            .map_err(|_| Error::InvalidUserAgent(config.user_agent.clone()))?;
         Ok(KubeletClient {
             user_agent,
             url: config.url,
@@ -470,6 +472,16 @@ async fn error_snippet(mut body: Body) -> String {
     line.trim().to_owned()
 }
 
+/// Says loudly, once where the configuration is read (not per client: the
+/// aggregator builds one per node), that `kubelets` are trusted blindly.
+pub fn warn_insecure(kubelets: &str) {
+    warn!(
+        kubelets,
+        "TLS verification of the kubelet's certificate is DISABLED (insecure); \
+         anyone on the path can impersonate the kubelet and read the bearer token"
+    );
+}
+
 /// The HTTPS client's settings: the kubelet's address, whom to trust, and
 /// one attempt per scrape (a retry belongs to the next interval).
 fn settings(config: &KubeletConfig, base: Uri) -> Result<kube::Config> {
@@ -478,14 +490,7 @@ fn settings(config: &KubeletConfig, base: Uri) -> Result<kube::Config> {
         (Some(_), true) => return Err(Error::ConflictingTrust),
         (None, false) => return Err(Error::NoTrust),
         (Some(path), false) => settings.root_cert = Some(load_roots(path)?),
-        (None, true) => {
-            warn!(
-                url = %config.url,
-                "TLS verification of the kubelet's certificate is DISABLED (insecure); \
-                 anyone on the path can impersonate the kubelet and read the bearer token"
-            );
-            settings.accept_invalid_certs = true;
-        }
+        (None, true) => settings.accept_invalid_certs = true,
     }
     if let Some((cert, key)) = &config.client_certificate {
         // kube-rs reads these when it builds the HTTPS client, like a

@@ -190,6 +190,9 @@ impl KubeletArgs {
             (None, false) => existing(SERVICE_ACCOUNT_CA),
             (None, true) => None,
         };
+        if self.kubelet_insecure_tls {
+            kubelet::client::warn_insecure("every node read from its kubelet");
+        }
         Ok(Settings {
             selectors,
             fallback_after: self.kubelet_fallback_after,

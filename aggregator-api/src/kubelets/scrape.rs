@@ -109,10 +109,12 @@ pub async fn run(
             kubelet.scrape().await
         };
         let scraped = SystemTime::now();
+        // One version for the join and the report: the watch may move on.
+        let current = Arc::clone(&meta.borrow());
         let result = result
             .map_err(|e| (outcome(&e), e.to_string()))
             .and_then(|parsed| {
-                join::join(&parsed.stats, &meta.borrow(), scraped).map_err(|e| {
+                join::join(&parsed.stats, &current, scraped).map_err(|e| {
                     let first = parsed.errors.first().map(ToString::to_string);
                     (
                         Outcome::Garbage,
@@ -124,7 +126,7 @@ pub async fn run(
                     )
                 })
             })
-            .and_then(|joined| node_loop.offer(joined, &meta.borrow()));
+            .and_then(|joined| node_loop.offer(joined, &current));
         match result {
             Ok(outcome) => {
                 shared.stats.count(outcome);

@@ -10,6 +10,7 @@
 //! aggregation layer would read it ([`MetricsServer::headers`]).
 
 use super::*;
+use crate::curl::Curl;
 use crate::pki::Usage;
 
 /// Its secure port, on the namespace's loopback.
@@ -113,25 +114,9 @@ impl Cluster {
             ),
         };
         let readyz = format!("{}/readyz", server.url);
-        let ca = server.ca.clone();
+        let curl = Curl::with_files(&server.ca, None);
         let ready = self.wait_for("metrics-server ready", Duration::from_secs(90), |c| {
-            let out = c
-                .command_in_netns("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "5",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--cacert",
-                ])
-                .arg(&ca)
-                .arg(&readyz)
-                .output()
-                .context("running curl")?;
-            Ok((String::from_utf8_lossy(&out.stdout) == "200").then_some(()))
+            Ok((curl.get(c, &readyz)?.0 == 200).then_some(()))
         });
         if let Err(e) = ready {
             server.ensure_running()?;

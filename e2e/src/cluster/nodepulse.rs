@@ -192,6 +192,24 @@ impl Cluster {
         Ok(out.trim().to_string())
     }
 
+    /// An in-process agent exporter's settings for this cluster: every
+    /// replica's ingest port, nodepulse's CA and server name, `token` as
+    /// the credential.
+    pub fn agent_export_config(&self, token: PathBuf) -> agent::export::Config {
+        agent::export::Config {
+            targets: agent::export::Targets::Static(
+                self.replicas
+                    .iter()
+                    .map(|r| format!("https://{}:{INGEST_PORT}", r.ip))
+                    .collect(),
+            ),
+            ca_file: Some(self.pki.nodepulse_ca.cert.clone()),
+            tls_server_name: Some(SERVER_NAME.to_string()),
+            token_file: Some(token),
+            ..agent::export::Config::default()
+        }
+    }
+
     /// The arguments `node`'s agent runs with (writes its token file).
     pub fn agent_args(&self, node: &str) -> Result<AgentArgs> {
         let idx = self.node_index(node)?;
