@@ -1,7 +1,7 @@
 //! Nodes without an agent, read from their kubelet as metrics-server reads
 //! every node, on the real control plane.
 //!
-//! Six simulated nodes (Node objects and pods in kube-apiserver, as
+//! Eight simulated nodes (Node objects and pods in kube-apiserver, as
 //! kubelets leave them; see `e2e::fleet`), each with a kubelet stand-in on
 //! its own loopback address serving its known counters over HTTPS with a
 //! serving certificate from the cluster CA:
@@ -10,7 +10,9 @@
 //! - `node-00001`, `node-00002`: labelled `type=virtual-kubelet` (the
 //!   aggregator's default `--kubelet-node-selector` picks them), no agent;
 //! - `node-00003` answers garbage, `node-00004` never answers, `node-00005`
-//!   presents a certificate from a CA the aggregator does not trust.
+//!   presents a certificate from a CA the aggregator does not trust,
+//!   `node-00006` answers 403 as a kubelet's authorizer does, and nothing
+//!   listens on `node-00007`'s address.
 //!
 //! Shown, with two aggregator replicas: the agentless nodes and their pods
 //! appear in `kubectl top` with the stand-ins' values, and each replica,
@@ -65,7 +67,13 @@ const TOLERANCE: f64 = 0.01;
 const AGENT_NODE: usize = 0;
 const GOOD: [usize; 2] = [1, 2];
 /// (node, the reason the aggregator gives)
-const BROKEN: [(usize, &str); 3] = [(3, "garbage"), (4, "timeout"), (5, "certificate")];
+const BROKEN: [(usize, &str); 5] = [
+    (3, "garbage"),
+    (4, "timeout"),
+    (5, "certificate"),
+    (6, "forbidden"),
+    (7, "unreachable"),
+];
 
 #[test]
 fn nodes_without_an_agent_are_read_from_their_kubelet() {
@@ -102,7 +110,7 @@ fn run(c: &mut Cluster) -> Result<()> {
     let client =
         rt.run(async move { anyhow::Ok(support::kube::client(Some(&admin)).await?) })??;
     let spec = fleet::Spec {
-        nodes: 6,
+        nodes: 8,
         pods_per_node: 2,
         namespaces: 2,
         concurrency: 8,
@@ -121,6 +129,8 @@ fn run(c: &mut Cluster) -> Result<()> {
     let _stand_ins = rt.run(kubelets::serve_with(Arc::clone(&fleet), tls, |i| match i {
         3 => Answer::Garbage,
         4 => Answer::Hang,
+        6 => Answer::Forbidden,
+        7 => Answer::Absent,
         _ => Answer::Metrics,
     }))??;
     c.start_aggregators()?;

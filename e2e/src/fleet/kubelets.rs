@@ -67,6 +67,9 @@ pub fn tls(fleet: &Fleet, ca: &Ca) -> Result<Vec<Arc<rustls::ServerConfig>>> {
         .collect()
 }
 
+/// The body of a kubelet's 403 to a client its authorizer refuses.
+const FORBIDDEN: &[u8] = b"Forbidden (user=system:serviceaccount:kube-system:nodepulse, verb=get, resource=nodes, subresource=metrics)";
+
 /// What a stand-in answers `/metrics/resource` with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -76,6 +79,10 @@ pub enum Answer {
     Garbage,
     /// Nothing, ever: the request hangs.
     Hang,
+    /// 403, as a kubelet answers a client its authorizer refuses.
+    Forbidden,
+    /// No listener on the node's address: connections are refused.
+    Absent,
 }
 
 /// Starts a stand-in for every node of `fleet`, node `i` with `tls[i]` (see
@@ -96,6 +103,10 @@ pub async fn serve_with(
     let scrapes = Arc::new(AtomicU64::new(0));
     for (i, tls) in tls.into_iter().enumerate() {
         let node = &fleet.nodes[i];
+        let answer = answer(i);
+        if answer == Answer::Absent {
+            continue;
+        }
         let addr = SocketAddr::from((node.ip, KUBELET_PORT));
         let listener = TcpListener::bind(addr)
             .await
@@ -104,7 +115,7 @@ pub async fn serve_with(
             listener,
             TlsAcceptor::from(tls),
             Arc::clone(&fleet),
-            (i, answer(i)),
+            (i, answer),
             Arc::clone(&scrapes),
             cancel.clone(),
         ));
@@ -148,16 +159,24 @@ async fn accept(
                             .body(Full::new(Bytes::from_static(b"404 page not found\n")))
                     } else {
                         scrapes.fetch_add(1, Ordering::Relaxed);
-                        let body = match answer {
-                            Answer::Metrics => {
-                                resource_metrics(&fleet, &fleet.nodes[node], SystemTime::now())
-                            }
-                            Answer::Garbage => "<html>not a kubelet</html>\n".to_owned(),
-                            Answer::Hang => std::future::pending().await,
+                        let metrics = |body: String| {
+                            Response::builder()
+                                .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(body)))
                         };
-                        Response::builder()
-                            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(body)))
+                        match answer {
+                            Answer::Metrics => metrics(resource_metrics(
+                                &fleet,
+                                &fleet.nodes[node],
+                                SystemTime::now(),
+                            )),
+                            Answer::Garbage => metrics("<html>not a kubelet</html>\n".to_owned()),
+                            Answer::Hang => std::future::pending().await,
+                            Answer::Forbidden => Response::builder()
+                                .status(StatusCode::FORBIDDEN)
+                                .body(Full::new(Bytes::from_static(FORBIDDEN))),
+                            Answer::Absent => unreachable!("an absent kubelet has no listener"),
+                        }
                     };
                     Ok::<_, Infallible>(response.unwrap_or_default())
                 }
