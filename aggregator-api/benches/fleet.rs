@@ -70,6 +70,10 @@ struct Args {
     /// Nodes followed by a watch consumer each, for freshness.
     #[arg(long, default_value_t = 48)]
     probes: usize,
+    /// Seconds between `kubectl top nodes` requests during the measured
+    /// window; 0 sends none (the aggregator's cost is then ingest alone).
+    #[arg(long, default_value_t = 0.25)]
+    probe_every: f64,
     /// Seconds the aggregator runs idle (no node) before the load, measured.
     #[arg(long, default_value_t = 10.0)]
     idle: f64,
@@ -981,17 +985,18 @@ async fn dribble(
     }
 }
 
-/// `kubectl top nodes`' request every 250 ms until `stop`: a new TLS
+/// `kubectl top nodes`' request every `every` until `stop`: a new TLS
 /// connection, `GET /apis/metrics.k8s.io/v1beta1/nodes`, the whole answer.
 /// Records (start, unix ns; latency, ns; answered 200).
 async fn probe_https(
+    every: Duration,
     to: std::net::SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     out: Arc<Mutex<Vec<(u64, u64, bool)>>>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut every = tokio::time::interval(Duration::from_millis(250));
+    let mut every = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -1058,6 +1063,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         n > 0 && args.interval > 0.0,
         "--nodes and --interval must be > 0"
+    );
+    anyhow::ensure!(
+        !(args.soak && args.probe_every <= 0.0),
+        "--soak compares `kubectl top nodes` latency: --probe-every must be > 0"
     );
     // Each process holds one descriptor per connection plus its own.
     let attackers = if args.soak {
@@ -1203,12 +1212,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 marks[0] = now_nanos();
                 // Its own thread: the fleet's and the attackers' tasks must not
                 // delay it (what it measures is the aggregator).
-                on_own_thread(probe_https(
-                    agg.https,
-                    Arc::clone(&agg.client_tls),
-                    Arc::clone(&https_probes),
-                    stop_probe.clone(),
-                ));
+                if args.probe_every > 0.0 {
+                    on_own_thread(probe_https(
+                        Duration::from_secs_f64(args.probe_every),
+                        agg.https,
+                        Arc::clone(&agg.client_tls),
+                        Arc::clone(&https_probes),
+                        stop_probe.clone(),
+                    ));
+                }
             }
             if sent == measure_to {
                 end = Some((Probe::take(pid)?, sent));
@@ -1415,12 +1427,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         percentile(&fresh, 0.99),
         percentile(&fresh, 1.0)
     );
-    println!(
-        "| `kubectl top nodes` request (new TLS connection, GET nodes; n = {}) | p50 {:.1} ms, p99 {:.1} ms; {quiet_failed} failed |",
-        quiet_https.len(),
-        percentile(&quiet_https, 0.5),
-        percentile(&quiet_https, 0.99)
-    );
+    if args.probe_every > 0.0 {
+        println!(
+            "| `kubectl top nodes` request (new TLS connection, GET nodes; n = {}) | p50 {:.1} ms, p99 {:.1} ms; {quiet_failed} failed |",
+            quiet_https.len(),
+            percentile(&quiet_https, 0.5),
+            percentile(&quiet_https, 0.99)
+        );
+    }
     if args.soak {
         let (attack_https, attack_failed) = window_of(&probes_seen, marks[1], marks[2]);
         let ratio = |a: f64, q: f64| a / q;

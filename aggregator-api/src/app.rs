@@ -80,6 +80,9 @@ pub enum Error {
     /// The gRPC ingest server failed.
     #[error("ingest server")]
     Ingest(#[source] tonic::transport::Error),
+    /// The ingest's own runtime, its thread or its listener could not be set up.
+    #[error("ingest runtime")]
+    IngestRuntime(#[source] std::io::Error),
 }
 
 /// Every part of the aggregator, built and bound, not yet running.
@@ -229,17 +232,31 @@ impl Aggregator {
             .max_concurrent_streams(Some(64))
             .add_service(service)
             .add_service(watch);
-        // The certificate is reloaded when its files change.
-        let ingest_task = tokio::spawn(router.serve_with_incoming_shutdown(
-            ingest::listener::incoming(
-                ingest_listener,
-                ingest_tls,
-                connections,
-                ingest.settings(),
-                cancel.clone(),
-            ),
-            cancel.clone().cancelled_owned(),
-        ));
+        let ingest_listener = ingest_listener.into_std().map_err(Error::IngestRuntime)?;
+        let (settings, ingest_cancel) = (ingest.settings(), cancel.clone());
+        let ingest_task = on_own_runtime(
+            "nodepulse-ingest",
+            ingest.ingest_threads.into(),
+            move || async move {
+                let listener =
+                    TcpListener::from_std(ingest_listener).map_err(Error::IngestRuntime)?;
+                // The certificate is reloaded when its files change.
+                router
+                    .serve_with_incoming_shutdown(
+                        ingest::listener::incoming(
+                            listener,
+                            ingest_tls,
+                            connections,
+                            settings,
+                            ingest_cancel.clone(),
+                        ),
+                        ingest_cancel.cancelled_owned(),
+                    )
+                    .await
+                    .map_err(Error::Ingest)
+            },
+        )
+        .map_err(Error::IngestRuntime)?;
         let evict_task = {
             let (store, cancel) = (Arc::clone(&store), cancel.clone());
             let after = ingest.node_eviction;
@@ -281,9 +298,9 @@ impl Aggregator {
         .await;
         cancel.cancel();
         let ingested = match ingest_task.await {
-            Ok(result) => result.map_err(Error::Ingest),
-            Err(error) => {
-                tracing::warn!(%error, "ingest task");
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("the ingest thread ended without a result (panicked)");
                 Ok(())
             }
         };
@@ -294,6 +311,36 @@ impl Aggregator {
         }
         served.and(ingested)
     }
+}
+
+/// Runs the future `make` returns on a runtime of its own, `threads` wide,
+/// on threads named `name`: its wake-ups do not wake the main runtime's
+/// workers, and the main runtime's work (listing every pod) does not delay
+/// it. The future is made on that runtime, so what it binds is bound there.
+fn on_own_runtime<F>(
+    name: &str,
+    threads: usize,
+    make: impl FnOnce() -> F + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<F::Output>>
+where
+    F: Future + 'static,
+    F::Output: Send + 'static,
+{
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = builder.enable_all().thread_name(name).build()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(runtime.block_on(make()));
+        })?;
+    Ok(rx)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
