@@ -101,6 +101,13 @@ struct Args {
     bench: bool,
 }
 
+impl Args {
+    /// How often `kubectl top nodes` is asked during the window, if at all.
+    fn probe(&self) -> Option<Duration> {
+        (self.probe_every > 0.0).then(|| Duration::from_secs_f64(self.probe_every))
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // One thread: the simulator must leave the other core to the aggregator.
@@ -1064,8 +1071,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         n > 0 && args.interval > 0.0,
         "--nodes and --interval must be > 0"
     );
+    anyhow::ensure!(args.probe_every >= 0.0, "--probe-every must be ≥ 0");
     anyhow::ensure!(
-        !(args.soak && args.probe_every <= 0.0),
+        !args.soak || args.probe().is_some(),
         "--soak compares `kubectl top nodes` latency: --probe-every must be > 0"
     );
     // Each process holds one descriptor per connection plus its own.
@@ -1212,9 +1220,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 marks[0] = now_nanos();
                 // Its own thread: the fleet's and the attackers' tasks must not
                 // delay it (what it measures is the aggregator).
-                if args.probe_every > 0.0 {
+                if let Some(every) = args.probe() {
                     on_own_thread(probe_https(
-                        Duration::from_secs_f64(args.probe_every),
+                        every,
                         agg.https,
                         Arc::clone(&agg.client_tls),
                         Arc::clone(&https_probes),
@@ -1427,7 +1435,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         percentile(&fresh, 0.99),
         percentile(&fresh, 1.0)
     );
-    if args.probe_every > 0.0 {
+    if args.probe().is_some() {
         println!(
             "| `kubectl top nodes` request (new TLS connection, GET nodes; n = {}) | p50 {:.1} ms, p99 {:.1} ms; {quiet_failed} failed |",
             quiet_https.len(),

@@ -93,7 +93,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// ingest thread works, so without a background thread those pages would
 /// stay resident (+20 % RSS at 1,000 nodes, BENCHMARKS.md).
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
+static MALLOC_CONF: &[u8; JEMALLOC_OPTIONS.len()] = JEMALLOC_OPTIONS.first_chunk().unwrap();
+/// A C string: jemalloc reads `_rjem_malloc_conf` as `const char *`.
+const JEMALLOC_OPTIONS: &[u8] = b"background_thread:true\0";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

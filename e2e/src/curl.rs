@@ -1,5 +1,7 @@
 //! curl inside the cluster's network namespace: a client far lighter than
-//! kubectl, for polls and for phases that sample CPU or time things.
+//! kubectl (a Go binary that costs a noticeable share of these 2 cores per
+//! call), for polls and for the phases that sample CPU or time things to the
+//! tenth of a second.
 
 use std::path::{Path, PathBuf};
 
@@ -8,10 +10,7 @@ use serde_json::Value;
 
 use crate::Cluster;
 
-/// curl inside the test namespace with a client certificate of its own: a
-/// client far lighter than kubectl (a Go binary that costs a noticeable
-/// share of these 2 cores per call), for the phases that sample CPU or time
-/// things to the tenth of a second.
+/// curl with a client certificate of its own (or none).
 pub struct Curl {
     ca: PathBuf,
     client: Option<(PathBuf, PathBuf)>,

@@ -1,7 +1,7 @@
 //! Nodes without an agent, read from their kubelet as metrics-server reads
 //! every node, on the real control plane.
 //!
-//! Eight simulated nodes (Node objects and pods in kube-apiserver, as
+//! Nine simulated nodes (Node objects and pods in kube-apiserver, as
 //! kubelets leave them; see `e2e::fleet`), each with a kubelet stand-in on
 //! its own loopback address serving its known counters over HTTPS with a
 //! serving certificate from the cluster CA:
@@ -11,8 +11,9 @@
 //!   aggregator's default `--kubelet-node-selector` picks them), no agent;
 //! - `node-00003` answers garbage, `node-00004` never answers, `node-00005`
 //!   presents a certificate from a CA the aggregator does not trust,
-//!   `node-00006` answers 403 as a kubelet's authorizer does, and nothing
-//!   listens on `node-00007`'s address.
+//!   `node-00006` answers 403 as a kubelet's authorizer does, nothing
+//!   listens on `node-00007`'s address, and `node-00008` answers 401 as a
+//!   kubelet does to a token it cannot authenticate.
 //!
 //! Shown, with two aggregator replicas: the agentless nodes and their pods
 //! appear in `kubectl top` with the stand-ins' values, and each replica,
@@ -67,12 +68,13 @@ const TOLERANCE: f64 = 0.01;
 const AGENT_NODE: usize = 0;
 const GOOD: [usize; 2] = [1, 2];
 /// (node, the reason the aggregator gives)
-const BROKEN: [(usize, &str); 5] = [
+const BROKEN: [(usize, &str); 6] = [
     (3, "garbage"),
     (4, "timeout"),
     (5, "certificate"),
     (6, "forbidden"),
     (7, "unreachable"),
+    (8, "unauthorized"),
 ];
 
 #[test]
@@ -110,10 +112,10 @@ fn run(c: &mut Cluster) -> Result<()> {
     let client =
         rt.run(async move { anyhow::Ok(support::kube::client(Some(&admin)).await?) })??;
     let spec = fleet::Spec {
-        nodes: 8,
+        nodes: 9,
         pods_per_node: 2,
         namespaces: 2,
-        concurrency: 8,
+        concurrency: 9,
     };
     let fleet = {
         let client = client.clone();
@@ -127,11 +129,12 @@ fn run(c: &mut Cluster) -> Result<()> {
     let untrusted = kubelets::tls(&fleet, &c.pki().nodepulse_ca)?;
     tls[5] = Arc::clone(&untrusted[5]);
     let _stand_ins = rt.run(kubelets::serve_with(Arc::clone(&fleet), tls, |i| match i {
-        3 => Answer::Garbage,
-        4 => Answer::Hang,
-        6 => Answer::Forbidden,
-        7 => Answer::Absent,
-        _ => Answer::Metrics,
+        3 => Some(Answer::Garbage),
+        4 => Some(Answer::Hang),
+        6 => Some(Answer::Forbidden),
+        7 => None,
+        8 => Some(Answer::Unauthorized),
+        _ => Some(Answer::Metrics),
     }))??;
     c.start_aggregators()?;
     let token = {

@@ -192,17 +192,20 @@ impl Cluster {
         Ok(out.trim().to_string())
     }
 
+    /// Every replica's ingest URL, as an agent is given them.
+    fn ingest_targets(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .map(|r| format!("https://{}:{INGEST_PORT}", r.ip))
+            .collect()
+    }
+
     /// An in-process agent exporter's settings for this cluster: every
     /// replica's ingest port, nodepulse's CA and server name, `token` as
     /// the credential.
     pub fn agent_export_config(&self, token: PathBuf) -> agent::export::Config {
         agent::export::Config {
-            targets: agent::export::Targets::Static(
-                self.replicas
-                    .iter()
-                    .map(|r| format!("https://{}:{INGEST_PORT}", r.ip))
-                    .collect(),
-            ),
+            targets: agent::export::Targets::Static(self.ingest_targets()),
             ca_file: Some(self.pki.nodepulse_ca.cert.clone()),
             tls_server_name: Some(SERVER_NAME.to_string()),
             token_file: Some(token),
@@ -220,11 +223,7 @@ impl Cluster {
         Ok(AgentArgs {
             node_name: node.to_string(),
             node_cgroup: self.nodes[idx].base.clone(),
-            aggregators: self
-                .replicas
-                .iter()
-                .map(|r| format!("https://{}:{INGEST_PORT}", r.ip))
-                .collect(),
+            aggregators: self.ingest_targets(),
             ca: self.pki.nodepulse_ca.cert.clone(),
             server_name: SERVER_NAME.to_string(),
             token_file,

@@ -70,6 +70,10 @@ pub fn tls(fleet: &Fleet, ca: &Ca) -> Result<Vec<Arc<rustls::ServerConfig>>> {
 /// The body of a kubelet's 403 to a client its authorizer refuses.
 const FORBIDDEN: &[u8] = b"Forbidden (user=system:serviceaccount:kube-system:nodepulse, verb=get, resource=nodes, subresource=metrics)";
 
+/// The body of a kubelet's 401 to a client it cannot authenticate (an
+/// expired or foreign token).
+const UNAUTHORIZED: &[u8] = b"Unauthorized";
+
 /// What a stand-in answers `/metrics/resource` with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -81,8 +85,8 @@ pub enum Answer {
     Hang,
     /// 403, as a kubelet answers a client its authorizer refuses.
     Forbidden,
-    /// No listener on the node's address: connections are refused.
-    Absent,
+    /// 401, as a kubelet answers a token it cannot authenticate.
+    Unauthorized,
 }
 
 /// Starts a stand-in for every node of `fleet`, node `i` with `tls[i]` (see
@@ -90,23 +94,23 @@ pub enum Answer {
 /// network namespace the nodes' addresses are reached in); every listener
 /// is bound when this returns.
 pub async fn serve(fleet: Arc<Fleet>, tls: Vec<Arc<rustls::ServerConfig>>) -> Result<Kubelets> {
-    serve_with(fleet, tls, |_| Answer::Metrics).await
+    serve_with(fleet, tls, |_| Some(Answer::Metrics)).await
 }
 
-/// [`serve`], node `i` answering `answer(i)`.
+/// [`serve`], node `i` answering `answer(i)`; where that is `None`, nothing
+/// listens on the node's address (connections are refused).
 pub async fn serve_with(
     fleet: Arc<Fleet>,
     tls: Vec<Arc<rustls::ServerConfig>>,
-    answer: impl Fn(usize) -> Answer,
+    answer: impl Fn(usize) -> Option<Answer>,
 ) -> Result<Kubelets> {
     let cancel = CancellationToken::new();
     let scrapes = Arc::new(AtomicU64::new(0));
     for (i, tls) in tls.into_iter().enumerate() {
         let node = &fleet.nodes[i];
-        let answer = answer(i);
-        if answer == Answer::Absent {
+        let Some(answer) = answer(i) else {
             continue;
-        }
+        };
         let addr = SocketAddr::from((node.ip, KUBELET_PORT));
         let listener = TcpListener::bind(addr)
             .await
@@ -175,7 +179,9 @@ async fn accept(
                             Answer::Forbidden => Response::builder()
                                 .status(StatusCode::FORBIDDEN)
                                 .body(Full::new(Bytes::from_static(FORBIDDEN))),
-                            Answer::Absent => unreachable!("an absent kubelet has no listener"),
+                            Answer::Unauthorized => Response::builder()
+                                .status(StatusCode::UNAUTHORIZED)
+                                .body(Full::new(Bytes::from_static(UNAUTHORIZED))),
                         }
                     };
                     Ok::<_, Infallible>(response.unwrap_or_default())
