@@ -71,6 +71,30 @@ async fn trusted_ca_with_rotating_bearer_token() -> TestResult {
     kubelet.stop().await
 }
 
+/// A kubelet read less often than the request timeout (the aggregator's
+/// 15 s against 10 s) keeps its connection: the timeout bounds a read, not
+/// the idle time between reads.
+#[tokio::test]
+async fn the_connection_outlives_the_timeout_between_reads() -> TestResult {
+    let pki = make_pki("127.0.0.1")?;
+    let mut kubelet = FakeKubelet::start(&pki, Reply::ok(FIXTURE)).await?;
+    let files = Files::new()?;
+    let mut config = trusting(&kubelet.url, files.write("ca.crt", &pki.ca_pem)?);
+    config.timeout = Duration::from_millis(300);
+    let client = KubeletClient::new(config)?;
+    client.fetch().await?;
+    let first = kubelet.seen.recv().await.ok_or("server saw no request")?;
+    // Idle for longer than the timeout: the very case under test.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    client.fetch().await?;
+    let second = kubelet.seen.recv().await.ok_or("server saw no request")?;
+    assert_eq!(
+        second.connection, first.connection,
+        "the kept connection was closed while idle"
+    );
+    kubelet.stop().await
+}
+
 #[tokio::test]
 async fn no_token_file_sends_no_authorization() -> TestResult {
     let pki = make_pki("127.0.0.1")?;

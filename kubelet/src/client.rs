@@ -498,9 +498,12 @@ fn settings(config: &KubeletConfig, base: Uri) -> Result<kube::Config> {
         settings.auth_info.client_certificate = Some(cert.display().to_string());
         settings.auth_info.client_key = Some(key.display().to_string());
     }
+    // `fetch` bounds the whole exchange by `timeout`. A read timeout on the
+    // connection would also count the idle time between scrapes and close
+    // the kept connection before the next one: a TLS handshake per read.
     settings.connect_timeout = Some(config.timeout);
-    settings.read_timeout = Some(config.timeout);
-    settings.write_timeout = Some(config.timeout);
+    settings.read_timeout = None;
+    settings.write_timeout = None;
     settings.default_retry = false;
     Ok(settings)
 }
