@@ -33,6 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use testkit::stats::median;
+
 use aggregator_api::api::list::{self, Format, PodList};
 use aggregator_api::api::view::MetricsView;
 use aggregator_api::api::view::PodRef;
@@ -349,11 +351,6 @@ fn connector(cert_pem: &str) -> TlsConnector {
 // ---------------------------------------------------------------------------
 // Measurements
 // ---------------------------------------------------------------------------
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

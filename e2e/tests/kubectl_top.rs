@@ -16,12 +16,12 @@ use std::{
 };
 
 use common::{
-    MIB, cgroup_cpu_seconds, cgroup_working_set, container_usage, duty, item_names, median,
-    now_secs, parse_go_duration, parse_timestamp, quantity, raw, rel_err, rows_by, table, usage,
+    MIB, cgroup_cpu_seconds, cgroup_working_set, container_usage, duty, item_names, now_secs,
+    parse_go_duration, parse_timestamp, quantity, raw, rel_err, rows_by, table, usage,
 };
 use e2e::{Cluster, Container, Options, PodInfo};
 use serde_json::Value;
-use testkit::Burn;
+use testkit::{Burn, stats::median};
 
 /// Not a test: the body of burner processes the harness spawns (testkit).
 #[test]
@@ -431,8 +431,8 @@ fn kubectl_top_and_raw_paths_with_the_real_kubectl() {
             .find(|(n, _)| *n == parts[2])
             .expect("container")
             .1;
-        let cpu = median(&samples[&format!("{key}/cpu")]);
-        let mem = median(&samples[&format!("{key}/memory")]);
+        let cpu = median(samples[&format!("{key}/cpu")].iter().copied());
+        let mem = median(samples[&format!("{key}/memory")].iter().copied());
         let kernel_cpu = (cpu_after[i] - cpu_before[i]) / span;
         let kernel_mem = cgroup_working_set(&c, cgroup).expect("working set");
         match load {

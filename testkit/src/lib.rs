@@ -13,6 +13,7 @@
 
 pub mod flag_reference;
 pub mod process;
+pub mod stats;
 use std::{
     ffi::CString,
     fs,

@@ -8,6 +8,7 @@ use std::{
 use agent::ebpf::{CpuAccounting, Options, iter::CgroupTotals};
 use agent_common::PENDING_SLOTS;
 use anyhow::{Context, Result, bail, ensure};
+use testkit::stats::median;
 
 fn pin(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
@@ -176,16 +177,6 @@ impl Drop for SplitCgroups {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// What a round measures with.
 #[derive(Clone, Copy, Debug)]
 enum Attached {
@@ -301,7 +292,7 @@ pub fn switch_cost(rounds: usize, ops: u64, cross_cgroup: bool, pending_slots: u
     let noise = |with: &[f64], base: &[f64]| {
         let d = differences(with, base);
         let m = median(d.clone());
-        median(d.iter().map(|x| (x - m).abs()).collect())
+        median(d.iter().map(|x| (x - m).abs()))
     };
     let (m0, me, mo, mi) = (
         median(without.clone()),

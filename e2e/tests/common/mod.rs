@@ -316,18 +316,6 @@ pub fn rows_by(
     Ok(out)
 }
 
-/// The median of `v` (which must not be empty).
-pub fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 /// `|got − want| / want`.
 pub fn rel_err(got: f64, want: f64) -> f64 {
     (got - want).abs() / want
