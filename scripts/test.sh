@@ -21,7 +21,7 @@ cargo test --workspace --exclude agent-ebpf --no-fail-fast
 
 # Every benchmark in a seconds-long smoke mode, so that none rots unnoticed
 # (BENCHMARKS.md has the full-size commands and figures).
-step "benchmarks, smoke mode (fleet with the soak, serve, build cost, binding, versus metrics-server, xtask bench switch and agent)"
+step "benchmarks, smoke mode (fleet with the soak, serve, build cost, binding, versus metrics-server, a real kubelet's read cost, xtask bench switch and agent)"
 cargo bench -p aggregator-api --bench fleet -- --nodes 20 --interval 1 --rounds 2 \
   --warmup-rounds 1 --idle 1 --probes 4 --soak --abandoned 200 --slow 40 --recovery 2
 cargo bench -p aggregator-api --bench serve -- --pods 1000 --rounds 1 --clients 2 --seconds 1
@@ -31,6 +31,7 @@ if [ "$(id -u)" = 0 ]; then
   cargo bench -p e2e --bench binding -- --nodes 20 --pods-per-node 5 --rounds 1
   cargo bench -p e2e --bench versus -- --nodes 20 --pods-per-node 5 --interval 1 \
     --seconds 2 --requests 3
+  cargo bench -p e2e --bench kubelet_read -- --pods 2 --rounds 1 --seconds 1 --rate 5
   target/release/xtask bench switch --rounds 1 --ops 2000
   target/release/xtask bench agent --pods 3 --seconds 2
 fi

@@ -62,6 +62,16 @@ impl RealNode {
         &self.cgroup.path
     }
 
+    /// The kubelet's process id, while it runs.
+    pub fn kubelet_pid(&self) -> Option<u32> {
+        self.kubelet.as_ref().map(Proc::pid)
+    }
+
+    /// containerd's process id, while it runs.
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.containerd.as_ref().map(Proc::pid)
+    }
+
     /// The v2 directory of `rel` below the node's cgroup.
     pub fn cgroup_v2_dir(&self, rel: &str) -> PathBuf {
         self.cgroup.v2_dir(rel)
