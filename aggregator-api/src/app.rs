@@ -83,6 +83,9 @@ pub enum Error {
     /// The ingest's own runtime, its thread or its listener could not be set up.
     #[error("ingest runtime")]
     IngestRuntime(#[source] std::io::Error),
+    /// The ingest's thread ended without a result: its server panicked.
+    #[error("the ingest thread panicked")]
+    IngestPanicked,
 }
 
 /// Every part of the aggregator, built and bound, not yet running.
@@ -257,6 +260,7 @@ impl Aggregator {
             },
         )
         .map_err(Error::IngestRuntime)?;
+        let ingest_task = follow_ingest(ingest_task, cancel.clone());
         let evict_task = {
             let (store, cancel) = (Arc::clone(&store), cancel.clone());
             let after = ingest.node_eviction;
@@ -297,13 +301,7 @@ impl Aggregator {
         )
         .await;
         cancel.cancel();
-        let ingested = match ingest_task.await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!("the ingest thread ended without a result (panicked)");
-                Ok(())
-            }
-        };
+        let ingested = ingest_task.await.unwrap_or(Err(Error::IngestPanicked));
         let _ = evict_task.await;
         let _ = kubelet_task.await;
         if let Some(task) = binding_task {
@@ -341,6 +339,27 @@ where
             let _ = tx.send(runtime.block_on(make()));
         })?;
     Ok(rx)
+}
+
+/// Follows the ingest's thread: whenever it ends, the whole aggregator
+/// stops (`cancel`), for without the agents' streams it would serve ever
+/// older figures; a panic is an error, so the process exits non-zero and
+/// is restarted.
+fn follow_ingest(
+    ended: tokio::sync::oneshot::Receiver<Result<(), Error>>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    tokio::spawn(async move {
+        let result = ended.await.unwrap_or(Err(Error::IngestPanicked));
+        if !cancel.is_cancelled() {
+            match &result {
+                Ok(()) => tracing::error!("the ingest server stopped; stopping"),
+                Err(error) => tracing::error!(error = %error, "the ingest server failed; stopping"),
+            }
+            cancel.cancel();
+        }
+        result
+    })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -457,4 +476,39 @@ async fn serve(
         tracing::warn!(%error, "authentication config reloader ended abnormally");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_on_the_ingest_thread_stops_the_aggregator() {
+        let cancel = CancellationToken::new();
+        let ended = on_own_runtime("test-ingest", 1, || async {
+            if true {
+                panic!("the ingest server panics");
+            }
+            Ok(())
+        })
+        .expect("ingest thread");
+        let followed = follow_ingest(ended, cancel.clone());
+        let result = followed.await.expect("follower");
+        assert!(matches!(result, Err(Error::IngestPanicked)), "{result:?}");
+        assert!(cancel.is_cancelled(), "the aggregator keeps running");
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_not_an_error() {
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let ended = on_own_runtime("test-ingest", 1, move || async move {
+            stop.cancelled().await;
+            Ok(())
+        })
+        .expect("ingest thread");
+        let followed = follow_ingest(ended, cancel.clone());
+        cancel.cancel();
+        assert!(followed.await.expect("follower").is_ok());
+    }
 }
