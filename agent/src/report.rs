@@ -58,5 +58,6 @@ pub fn build(node: &str, seq: u64, epoch: u64, s: &Snapshot) -> NodeReport {
         } as i32,
         seq,
         agent_epoch: epoch,
+        metadata_continues: false,
     }
 }

@@ -1,5 +1,6 @@
 //! Fleet simulator: thousands of simulated node agents streaming real
-//! `nodepulse.v1.Ingest/Report` streams over loopback TCP to one real
+//! `nodepulse.v1.Ingest/ReportInParts` streams (`Report` with
+//! `--whole-metadata`) over loopback TCP to one real
 //! `nodepulse-aggregator` process, and consumers following a sample of the
 //! nodes through the real `nodepulse.v1.Metrics/Watch` stream.
 //!
@@ -93,6 +94,10 @@ struct Args {
     /// Seconds after the attack ends before RSS is measured again.
     #[arg(long, default_value_t = 15.0)]
     recovery: f64,
+    /// Send metadata in one message on `Report`, as agents do to an
+    /// aggregator without `ReportInParts` (the baseline for its parts).
+    #[arg(long)]
+    whole_metadata: bool,
     /// The aggregator binary.
     #[arg(long, default_value = env!("CARGO_BIN_EXE_nodepulse-aggregator"))]
     aggregator: PathBuf,
@@ -697,6 +702,7 @@ impl SimNode {
             cpu_source: CpuSource::Ebpf as i32,
             seq: 0,
             agent_epoch: 1,
+            metadata_continues: false,
         };
 
         let mut enc = Enc::default();
@@ -748,11 +754,11 @@ impl SimNode {
 
     /// The first report on a new stream after a broken one: current
     /// counters, with the node's metadata again (as an agent sends it).
-    fn reconnect_report(&mut self, metadata: Option<NodeMetadata>, now: u64) -> Bytes {
+    fn reconnect_report(&mut self, metadata: Option<NodeMetadata>, now: u64) -> NodeReport {
         let counters = self.next_report(now);
         let mut report = NodeReport::decode(&counters[5..]).expect("template decodes");
         report.metadata = metadata;
-        Bytes::from(grpc_frame(&report.encode_to_vec()))
+        report
     }
 
     /// The next report: counters advanced by the time since the last one.
@@ -809,11 +815,26 @@ fn node_address(i: usize) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, hi.min(255) as u8, lo as u8], 0))
 }
 
-/// One agent's connection: TCP, HTTP/2, the Report stream, the first report.
+/// A stream's first report as an agent sends it: its metadata in parts
+/// (each its own message and data frame), or in one message when `whole`.
+fn first_frames(mut report: NodeReport, whole: bool) -> Vec<Bytes> {
+    let reports = match report.metadata.take() {
+        Some(metadata) if !whole => proto::parts::reports_in_parts(report, &metadata),
+        metadata => vec![NodeReport { metadata, ..report }],
+    };
+    reports
+        .iter()
+        .map(|r| Bytes::from(grpc_frame(&r.encode_to_vec())))
+        .collect()
+}
+
+/// One agent's connection: TCP, HTTP/2, the stream (`ReportInParts`, or
+/// `Report` when `whole`), the first report.
 async fn connect(
     addr: std::net::SocketAddr,
     from: std::net::SocketAddr,
-    first: Bytes,
+    first: Vec<Bytes>,
+    whole: bool,
     broken: Arc<Broken>,
 ) -> anyhow::Result<Stream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -829,12 +850,17 @@ async fn connect(
     let mut client = client.ready().await?;
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/nodepulse.v1.Ingest/Report"))
+        .uri(format!(
+            "http://{addr}/nodepulse.v1.Ingest/{}",
+            if whole { "Report" } else { "ReportInParts" }
+        ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())?;
     let (response, mut send) = client.send_request(request, false)?;
-    send.send_data(first, false)?;
+    for frame in first {
+        send.send_data(frame, false)?;
+    }
     Ok((send, response))
 }
 
@@ -1118,13 +1144,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Connect every node: each sends its first report (with metadata).
     let connecting = Instant::now();
     let broken = Arc::new(Broken::default());
-    let firsts: Vec<(usize, Bytes)> = firsts
+    let whole = args.whole_metadata;
+    let firsts: Vec<(usize, Vec<Bytes>)> = firsts
         .into_iter()
         .zip(&mut fleet)
         .map(|(mut first, f)| {
             f.last_sample = now_nanos();
             first.sample_unix_nanos = f.last_sample as i64;
-            (f.index, Bytes::from(grpc_frame(&first.encode_to_vec())))
+            (f.index, first_frames(first, whole))
         })
         .collect();
     let mut streams: Vec<Option<Stream>> = (0..n).map(|_| None).collect();
@@ -1132,7 +1159,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut results = futures::stream::iter(firsts)
         .map(|(i, first)| {
             let broken = Arc::clone(&broken);
-            async move { (i, connect(addr, node_address(i), first, broken).await) }
+            async move {
+                (
+                    i,
+                    connect(addr, node_address(i), first, whole, broken).await,
+                )
+            }
         })
         .buffer_unordered(args.connect_parallel);
     while let Some((i, r)) = results.next().await {
@@ -1301,9 +1333,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 reconnects += 1;
                 let (_, first) = SimNode::new(i, args.pods, &deployments, start);
                 let first = fleet[i].reconnect_report(first.metadata, now_nanos());
+                let first = first_frames(first, whole);
                 let (tx, broken) = (reopened_tx.clone(), Arc::clone(&broken));
                 tokio::spawn(async move {
-                    let stream = connect(addr, node_address(i), first, broken).await;
+                    let stream = connect(addr, node_address(i), first, whole, broken).await;
                     let _ = tx.send((i, stream)).await;
                 });
             }

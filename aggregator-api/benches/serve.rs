@@ -192,6 +192,7 @@ fn report(node: usize, namespaces: usize, at: SystemTime, cpu_scale: u64) -> Nod
         cpu_source: 1,
         seq: cpu_scale,
         agent_epoch: 1,
+        metadata_continues: false,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Agents' exporters streaming to two aggregator replicas, in process over
 //! real loopback sockets: every replica holds the full view, a replica
 //! restarted mid-stream is whole again within two intervals with correct
-//! rates, and unauthenticated or spoofed-node streams are refused.
+//! rates, unauthenticated or spoofed-node streams are refused, and metadata
+//! in parts reaches new and older replicas whole.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -15,12 +16,18 @@ use aggregator_api::{
     ingest::{Caller, IngestAuth, IngestService, Unauthenticated},
     store::Store,
 };
-use proto::v1::{
-    ContainerName, ContainerSample, NodeMetadata, NodeReport, PodMetadata, PodSample, Usage,
+use prost::Message as _;
+use proto::{
+    unix_nanos,
+    v1::{
+        ContainerName, ContainerSample, NodeMetadata, NodeReport, PodMetadata, PodSample,
+        ReportSummary, Usage,
+        ingest_server::{Ingest, IngestServer},
+    },
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, metadata::MetadataMap};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 
 const INTERVAL: Duration = Duration::from_millis(300);
 
@@ -33,10 +40,21 @@ struct Replica {
 }
 
 async fn replica(listener: TcpListener, auth: Arc<dyn IngestAuth>) -> Replica {
+    replica_of(listener, |store, stop| {
+        IngestService::new(store, auth, stop).into_server(16 << 20)
+    })
+    .await
+}
+
+/// A replica serving `service(store, stop)`.
+async fn replica_of<T: Ingest>(
+    listener: TcpListener,
+    service: impl FnOnce(Arc<Store>, CancellationToken) -> IngestServer<T>,
+) -> Replica {
     let store = Arc::new(Store::default());
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
-    let service = IngestService::new(Arc::clone(&store), auth, stop.clone()).into_server(16 << 20);
+    let service = service(Arc::clone(&store), stop.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
@@ -63,7 +81,7 @@ impl Replica {
 }
 
 /// A simulated node: `pods` pods of one container each; container `i` burns
-/// `(i + 1) × 100` millicores, exactly.
+/// `(i + 1) × 100` millicores, exactly, and the node one core more than all.
 struct SimNode {
     name: String,
     tx: watch::Sender<Option<Arc<Outgoing>>>,
@@ -120,7 +138,8 @@ impl SimNode {
         let report = NodeReport {
             node: self.name.clone(),
             sample_unix_nanos: now.duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i64,
-            node_usage: Some(usage(2000)),
+            // The node: its containers and one core more.
+            node_usage: Some(usage(self.pods as u64 * (self.pods as u64 + 1) * 50 + 1000)),
             pods: (0..self.pods)
                 .map(|i| PodSample {
                     uid: format!("{}-uid-{i}", self.name),
@@ -135,6 +154,7 @@ impl SimNode {
             cpu_source: 1,
             seq: self.seq,
             agent_epoch: 1,
+            metadata_continues: false,
         };
         self.tx.send_replace(Some(Arc::new(Outgoing {
             report,
@@ -465,11 +485,6 @@ async fn node_names_are_checked_before_they_are_logged() {
     }
 }
 
-fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// Raw sockets that never send the HTTP/2 preface, hundreds from one
 /// address and more from many: the ingest port's timeouts are set far
 /// beyond the test's deadline, so only admission (per-peer limits, the
@@ -551,4 +566,116 @@ async fn silent_connections_do_not_lock_agents_out() {
     drop(held);
     stop.cancel();
     let _ = server.await;
+}
+
+/// The ingest service, recording which methods agents call; as an aggregator
+/// from before `ReportInParts` when `takes_parts` is false (tonic answers
+/// UNIMPLEMENTED for a method a server does not have).
+struct Recorded {
+    inner: IngestService,
+    takes_parts: bool,
+    calls: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+#[tonic::async_trait]
+impl Ingest for Recorded {
+    async fn report(
+        &self,
+        request: Request<Streaming<NodeReport>>,
+    ) -> Result<Response<ReportSummary>, Status> {
+        self.calls.lock().expect("calls").push("Report");
+        self.inner.report(request).await
+    }
+
+    async fn report_in_parts(
+        &self,
+        request: Request<Streaming<NodeReport>>,
+    ) -> Result<Response<ReportSummary>, Status> {
+        self.calls.lock().expect("calls").push("ReportInParts");
+        if !self.takes_parts {
+            return Err(Status::unimplemented(""));
+        }
+        self.inner.report_in_parts(request).await
+    }
+}
+
+/// A node with 150 pods (over 8 KiB of metadata: three parts) reporting to a
+/// replica that takes parts and to an older one that does not: both serve
+/// every pod, the new one from parts, the older one from one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_metadata_reaches_new_and_older_replicas_whole() {
+    let recorded = |takes_parts: bool, calls: &Arc<std::sync::Mutex<Vec<&'static str>>>| {
+        let calls = Arc::clone(calls);
+        move |store, stop| {
+            IngestServer::new(Recorded {
+                inner: IngestService::new(store, Arc::new(Unauthenticated), stop),
+                takes_parts,
+                calls,
+            })
+        }
+    };
+    let (new_calls, old_calls) = (Arc::default(), Arc::default());
+    let new = replica_of(bind().await, recorded(true, &new_calls)).await;
+    let old = replica_of(bind().await, recorded(false, &old_calls)).await;
+    let cancel = CancellationToken::new();
+    let layout = [("node-1", 150usize)];
+    let (node, rx) = SimNode::new("node-1", 150);
+    assert!(node.metadata.encoded_len() > 2 * proto::parts::PART_BYTES);
+    let export = exporter(vec![new.addr, old.addr], rx, None, &cancel);
+    let ticker = ticking(vec![node], &cancel);
+    for (replica, what) in [(&new, "new replica"), (&old, "older replica")] {
+        until(&replica.store, what, INTERVAL * 10, |s| {
+            full_and_correct(s, &layout)
+        })
+        .await;
+    }
+    assert_eq!(*new_calls.lock().expect("calls"), ["ReportInParts"]);
+    assert_eq!(
+        *old_calls.lock().expect("calls"),
+        ["ReportInParts", "Report"]
+    );
+    cancel.cancel();
+    let _ = ticker.await;
+    let _ = export.await;
+    new.stop().await;
+    old.stop().await;
+}
+
+/// Parts that break the rules end their stream with a clear status; the
+/// store takes nothing from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_parts_that_break_the_rules_end_the_stream() {
+    let limit = 64 << 10;
+    let r = replica_of(bind().await, |store, stop| {
+        IngestService::new(store, Arc::new(Unauthenticated), stop).into_server(limit)
+    })
+    .await;
+    let mut client = proto::v1::ingest_client::IngestClient::connect(format!("http://{}", r.addr))
+        .await
+        .expect("connect");
+    let (node, _rx) = SimNode::new("node-1", 40);
+    let part = NodeReport {
+        node: "node-1".into(),
+        metadata: Some((*node.metadata).clone()),
+        metadata_continues: true,
+        ..NodeReport::default()
+    };
+    let with_usage = NodeReport {
+        sample_unix_nanos: unix_nanos(SystemTime::now()),
+        node_usage: Some(Usage::default()),
+        ..part.clone()
+    };
+    let too_many = std::iter::repeat_n(part.clone(), limit / part.encoded_len() + 1);
+    for (reports, code) in [
+        (vec![with_usage], tonic::Code::InvalidArgument),
+        (too_many.collect(), tonic::Code::ResourceExhausted),
+    ] {
+        let status = client
+            .report_in_parts(futures::stream::iter(reports))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+    assert!(matches!(r.store.node("node-1"), Lookup::Unknown));
+    r.stop().await;
 }

@@ -71,6 +71,7 @@ fn report(node: &str, second: u64, with_meta: bool) -> NodeReport {
         cpu_source: 1,
         seq: second,
         agent_epoch: 1,
+        metadata_continues: false,
     }
 }
 

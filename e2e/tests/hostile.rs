@@ -149,6 +149,7 @@ fn a_node_cannot_report_another_nodes_pod() {
                         cpu_source: CpuSource::Cgroupfs as i32,
                         seq,
                         agent_epoch: 7,
+                        metadata_continues: false,
                     };
                     tx.send_replace(Some(Arc::new(Outgoing {
                         report,

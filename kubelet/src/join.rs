@@ -206,6 +206,7 @@ impl Joined {
             cpu_source: CpuSource::Kubelet as i32,
             seq,
             agent_epoch: epoch,
+            metadata_continues: false,
         }
     }
 }

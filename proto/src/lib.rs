@@ -9,6 +9,9 @@ pub mod v1 {
     tonic::include_proto!("nodepulse.v1");
 }
 
+pub mod codec;
+pub mod parts;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `t` as the wire counts time: nanoseconds since the Unix epoch (0 before

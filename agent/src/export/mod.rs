@@ -5,10 +5,11 @@
 //! wins, so a slow or absent replica never grows memory — and since counters
 //! are cumulative, a skipped sample costs resolution, never correctness. A
 //! broken stream is re-opened with exponential backoff and jitter; the first
-//! report of every stream carries the full metadata.
+//! report of every stream carries the full metadata, in bounded parts
+//! (`ReportInParts`) where the aggregator takes them, else in one message.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -228,6 +229,9 @@ async fn endpoint_loop(
     // so the longer an agent waits to reconnect, the longer that replica may
     // serve without its pods. Refused connects to a down replica are cheap.
     let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_CAP);
+    // Every new stream tries parts first: an older replica may since have
+    // been replaced by one that takes them.
+    let mut in_parts = true;
     loop {
         let started = Instant::now();
         let attempt = stream_once(
@@ -236,6 +240,7 @@ async fn endpoint_loop(
             &uri,
             samples.clone(),
             cancel.clone(),
+            in_parts,
         );
         let result = tokio::select! {
             r = attempt => r,
@@ -249,11 +254,24 @@ async fn endpoint_loop(
                 );
                 StreamEnd::Closed
             }
+            Err(Error::Stream { status, .. })
+                if in_parts && status.code() == tonic::Code::Unimplemented =>
+            {
+                info!(
+                    "the aggregator does not take metadata in parts (an older version); sending it whole"
+                );
+                in_parts = false;
+                if let Some(health) = &config.health {
+                    health.stream_ended(&uri, StreamEnd::Refused);
+                }
+                continue;
+            }
             Err(e) => {
                 warn!(error = %e, "stream failed");
                 e.end()
             }
         };
+        in_parts = true;
         if let Some(health) = &config.health {
             health.stream_ended(&uri, end);
         }
@@ -308,6 +326,7 @@ async fn stream_once(
     uri: &str,
     samples: watch::Receiver<Option<Arc<Outgoing>>>,
     cancel: CancellationToken,
+    in_parts: bool,
 ) -> Result<ReportSummary> {
     let channel = channel(config, uri).await?;
     let mut client = IngestClient::new(channel).max_encoding_message_size(config.max_message_bytes);
@@ -319,7 +338,7 @@ async fn stream_once(
             }
         }
     };
-    let mut request = tonic::Request::new(outbound(samples, cancel, sent));
+    let mut request = tonic::Request::new(outbound(samples, cancel, sent, in_parts));
     if let Some(token) = token {
         let header = token.header()?;
         let mut value =
@@ -335,10 +354,12 @@ async fn stream_once(
     if let Some(health) = &config.health {
         health.stream_opened(uri);
     }
-    client
-        .report(request)
-        .await
-        .map(tonic::Response::into_inner)
+    let call = if in_parts {
+        client.report_in_parts(request).await
+    } else {
+        client.report(request).await
+    };
+    call.map(tonic::Response::into_inner)
         .map_err(|status| Error::Stream {
             uri: uri.into(),
             status,
@@ -346,13 +367,15 @@ async fn stream_once(
 }
 
 /// The reports of one stream: the current sample at once (with metadata),
-/// then each newer one, with metadata whenever its version changed.
-/// `sent` is called as each goes out (the transport asks for the next
-/// report once it has room for it).
+/// then each newer one, with metadata whenever its version changed — in
+/// parts before the sample when `in_parts` ([`proto::parts`]). `sent` is
+/// called as each sample goes out (the transport asks for the next report
+/// once it has room for it).
 pub fn outbound(
     samples: watch::Receiver<Option<Arc<Outgoing>>>,
     cancel: CancellationToken,
     sent: impl Fn() + Send + 'static,
+    in_parts: bool,
 ) -> impl Stream<Item = NodeReport> + Send + 'static {
     struct State<F> {
         rx: watch::Receiver<Option<Arc<Outgoing>>>,
@@ -360,6 +383,9 @@ pub fn outbound(
         sent_metadata: Option<u64>,
         first: bool,
         sent: F,
+        in_parts: bool,
+        /// Metadata parts, then their sample.
+        queue: VecDeque<NodeReport>,
     }
     let state = State {
         rx: samples,
@@ -367,9 +393,17 @@ pub fn outbound(
         sent_metadata: None,
         first: true,
         sent,
+        in_parts,
+        queue: VecDeque::new(),
     };
     futures::stream::unfold(state, |mut s| async move {
         loop {
+            if let Some(report) = s.queue.pop_front() {
+                if !report.metadata_continues {
+                    (s.sent)();
+                }
+                return Some((report, s));
+            }
             if !s.first {
                 tokio::select! {
                     changed = s.rx.changed() => changed.ok()?,
@@ -380,13 +414,132 @@ pub fn outbound(
             let Some(out) = s.rx.borrow_and_update().clone() else {
                 continue;
             };
-            let mut report = out.report.clone();
-            if s.sent_metadata != Some(out.metadata_version) {
-                report.metadata = Some((*out.metadata).clone());
-                s.sent_metadata = Some(out.metadata_version);
+            let report = out.report.clone();
+            if s.sent_metadata == Some(out.metadata_version) {
+                s.queue.push_back(report);
+            } else if s.in_parts {
+                s.queue
+                    .extend(proto::parts::reports_in_parts(report, &out.metadata));
+            } else {
+                s.queue.push_back(NodeReport {
+                    metadata: Some((*out.metadata).clone()),
+                    ..report
+                });
             }
-            (s.sent)();
-            return Some((report, s));
+            s.sent_metadata = Some(out.metadata_version);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt as _;
+    use prost::Message as _;
+    use proto::{
+        parts::PART_BYTES,
+        v1::{ContainerName, PodMetadata},
+    };
+
+    use super::*;
+
+    fn outgoing(pods: usize, metadata_version: u64) -> Arc<Outgoing> {
+        let metadata = NodeMetadata {
+            labels: [("kubernetes.io/hostname".to_string(), "n".to_string())].into(),
+            pods: (0..pods)
+                .map(|i| PodMetadata {
+                    uid: format!("uid-{i}"),
+                    namespace: "team".into(),
+                    name: format!("pod-{i}"),
+                    running: true,
+                    containers: vec![ContainerName {
+                        id: format!("{i:064x}"),
+                        name: "main".into(),
+                    }],
+                    ..PodMetadata::default()
+                })
+                .collect(),
+        };
+        Arc::new(Outgoing {
+            report: NodeReport {
+                node: "n".into(),
+                seq: metadata_version,
+                ..NodeReport::default()
+            },
+            metadata: Arc::new(metadata),
+            metadata_version,
+        })
+    }
+
+    /// The reports of a stream over `samples`, each published once the
+    /// previous one went out, and how many times it said a sample went out.
+    async fn reports(samples: Vec<Arc<Outgoing>>, in_parts: bool) -> (Vec<NodeReport>, usize) {
+        let (tx, rx) = watch::channel(None);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&sent);
+        let stream = outbound(
+            rx,
+            CancellationToken::new(),
+            move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            },
+            in_parts,
+        );
+        tokio::pin!(stream);
+        let mut out = Vec::new();
+        for sample in samples {
+            tx.send_replace(Some(sample));
+            loop {
+                let report = stream.next().await.expect("open");
+                let done = !report.metadata_continues;
+                out.push(report);
+                if done {
+                    break;
+                }
+            }
+        }
+        (out, sent.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn large_metadata_goes_in_bounded_parts_before_its_sample() {
+        let (reports, sent) = reports(vec![outgoing(100, 1), outgoing(100, 1)], true).await;
+        let whole = outgoing(100, 1).metadata.encoded_len();
+        let parts = reports.iter().take_while(|r| r.metadata_continues).count();
+        assert!(parts >= whole / PART_BYTES, "{whole} B in {parts} parts");
+        for part in &reports[..parts] {
+            assert!(
+                part.encoded_len() <= PART_BYTES + 16,
+                "{}",
+                part.encoded_len()
+            );
+            assert!(part.node_usage.is_none() && part.pods.is_empty());
+        }
+        // The sample that completes them, then the next without metadata.
+        let sample = &reports[parts];
+        assert!(!sample.metadata_continues && sample.metadata.is_none());
+        assert_eq!(sample.seq, 1);
+        assert_eq!(reports.len(), parts + 2);
+        assert_eq!(reports[parts + 1].metadata, None);
+        assert_eq!(sent, 2, "one per sample, none per part");
+    }
+
+    #[tokio::test]
+    async fn metadata_goes_whole_where_parts_are_not_taken_and_again_when_it_changes() {
+        let (reports, sent) = reports(
+            vec![outgoing(100, 1), outgoing(100, 1), outgoing(100, 2)],
+            false,
+        )
+        .await;
+        assert_eq!(reports.len(), 3);
+        assert!(reports.iter().all(|r| !r.metadata_continues));
+        assert_eq!(
+            reports[0].metadata.as_ref(),
+            Some(&*outgoing(100, 1).metadata)
+        );
+        assert_eq!(reports[1].metadata, None);
+        assert!(reports[2].metadata.is_some(), "version 2 is sent");
+        assert_eq!(sent, 3);
+    }
 }

@@ -747,6 +747,7 @@ mod tests {
                     cpu_source: 1,
                     seq: round as u64,
                     agent_epoch: 1,
+                    metadata_continues: false,
                 };
                 store
                     .apply(&report, at + Duration::from_millis(1))

@@ -6,7 +6,9 @@
 //! counted and logged (rate-limited) and the stream goes on, except when the
 //! store has no metadata for the node: metadata comes on a stream's first
 //! report, so that stream is ended (FAILED_PRECONDITION) for the agent to
-//! start a new one. A stream that breaks the rules is ended with a clear
+//! start a new one. Both methods take metadata in parts
+//! ([`proto::parts`]); `ReportInParts` only tells an agent that this
+//! aggregator does. A stream that breaks the rules is ended with a clear
 //! status, and no other stream notices. [`listener`] is the port's TLS.
 pub mod auth;
 pub mod config;
@@ -22,7 +24,10 @@ use std::{
 };
 use support::log_gate::LogGate;
 
-use proto::v1::{NodeReport, ReportSummary, ingest_server::Ingest};
+use proto::{
+    parts::{PartError, Parts},
+    v1::{NodeReport, ReportSummary, ingest_server::Ingest},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::{info, warn};
@@ -122,6 +127,9 @@ pub struct IngestService {
     /// Refused reports: one gate per reason, so each cause is logged.
     report_logs: Arc<[LogGate; Reject::REASONS.len()]>,
     shutdown: CancellationToken,
+    /// The largest message taken, and so the most one metadata's parts may
+    /// add up to.
+    max_message_bytes: usize,
 }
 
 impl IngestService {
@@ -138,6 +146,7 @@ impl IngestService {
                 LogGate::new(Duration::from_secs(60))
             })),
             shutdown,
+            max_message_bytes: 4 << 20,
         }
     }
 
@@ -147,9 +156,10 @@ impl IngestService {
 
     /// The tonic server for this service, with limits set explicitly.
     pub fn into_server(
-        self,
+        mut self,
         max_message_bytes: usize,
     ) -> proto::v1::ingest_server::IngestServer<Self> {
+        self.max_message_bytes = max_message_bytes;
         proto::v1::ingest_server::IngestServer::new(self)
             .max_decoding_message_size(max_message_bytes)
     }
@@ -158,6 +168,22 @@ impl IngestService {
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn report(
+        &self,
+        request: Request<Streaming<NodeReport>>,
+    ) -> Result<Response<ReportSummary>, Status> {
+        self.stream(request).await
+    }
+
+    async fn report_in_parts(
+        &self,
+        request: Request<Streaming<NodeReport>>,
+    ) -> Result<Response<ReportSummary>, Status> {
+        self.stream(request).await
+    }
+}
+
+impl IngestService {
+    async fn stream(
         &self,
         request: Request<Streaming<NodeReport>>,
     ) -> Result<Response<ReportSummary>, Status> {
@@ -175,6 +201,7 @@ impl Ingest for IngestService {
         let _open = OpenStream::new(&self.stats);
         let mut stream = request.into_inner();
         let mut node: Option<String> = None;
+        let mut parts = Parts::new(self.max_message_bytes);
         let mut accepted = 0u64;
         loop {
             let report = tokio::select! {
@@ -217,6 +244,21 @@ impl Ingest for IngestService {
                 }
                 Some(_) => {}
             }
+            let report = match parts.take(report) {
+                Ok(Some(report)) => report,
+                Ok(None) => continue,
+                Err(e) => {
+                    if let Some(suppressed) = self.reject_log.open() {
+                        warn!(node = node.as_deref().unwrap_or_default(), error = %e, suppressed, "ingest stream ended: metadata parts");
+                    }
+                    return Err(match e {
+                        PartError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+                        PartError::NotOnlyMetadata | PartError::NoMetadata => {
+                            Status::invalid_argument(e.to_string())
+                        }
+                    });
+                }
+            };
             match self.store.apply(&report, SystemTime::now()) {
                 Ok(()) => accepted += 1,
                 Err(reject @ Reject::NoMetadata(_)) => {

@@ -78,6 +78,7 @@ fn report(node: &str, ms: u64, cpu_ms: u64, containers: &[(&str, &str, u64)]) ->
         cpu_source: 1,
         seq: ms,
         agent_epoch: 1,
+        metadata_continues: false,
     }
 }
 
@@ -1169,6 +1170,7 @@ mod invariants {
             cpu_source: 1,
             seq: 0,
             agent_epoch: 1,
+            metadata_continues: false,
         }
     }
 

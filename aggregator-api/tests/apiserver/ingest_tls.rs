@@ -43,6 +43,7 @@ fn agent(
         node_usage: Some(Usage::default()),
         cpu_source: 1,
         agent_epoch: 1,
+        metadata_continues: false,
         ..NodeReport::default()
     };
     let (tx, rx) = watch::channel(Some(Arc::new(Outgoing {
