@@ -19,7 +19,10 @@
 //! round's, over the reads. Needs root (the cluster runs in a network
 //! namespace, the node in cgroups of its own).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use agent::kubelet::{KubeletClient, KubeletConfig, resource_url};
 use anyhow::{Context as _, Result, bail, ensure};
@@ -82,30 +85,27 @@ fn main() -> Result<()> {
         KubeletClient::new(config)?
     };
     let rt = c.netns().runtime(1)?;
-    let client = std::sync::Arc::new(client);
+    let client = Arc::new(client);
 
     // The kubelet lists a pod's container once it has stats for it.
     let containers = args.pods;
     let started = Instant::now();
-    loop {
-        let client = std::sync::Arc::clone(&client);
-        let parsed = rt.run(async move { client.scrape().await })??;
-        let ours = parsed
-            .stats
-            .pods
-            .iter()
-            .filter(|p| p.namespace == NAMESPACE)
-            .map(|p| p.containers.len())
-            .sum::<usize>();
-        if ours == containers {
-            break;
-        }
-        ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "the kubelet lists {ours} of {containers} containers after 2 minutes"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    c.wait_for(
+        &format!("the kubelet lists all {containers} containers"),
+        Duration::from_secs(120),
+        |_| {
+            let client = Arc::clone(&client);
+            let parsed = rt.run(async move { client.scrape().await })??;
+            let ours = parsed
+                .stats
+                .pods
+                .iter()
+                .filter(|p| p.namespace == NAMESPACE)
+                .map(|p| p.containers.len())
+                .sum::<usize>();
+            Ok((ours == containers).then_some(()))
+        },
+    )?;
     eprintln!(
         "kubelet-read: the kubelet lists all {containers} containers, {:.0} s after the pods ran",
         started.elapsed().as_secs_f64()
@@ -121,7 +121,7 @@ fn main() -> Result<()> {
         let before = (cpu(kubelet)?, cpu(containerd)?);
         let t = Instant::now();
         let n = if read {
-            let client = std::sync::Arc::clone(&client);
+            let client = Arc::clone(&client);
             let seconds = args.seconds;
             rt.run(async move { read_for(&client, period, seconds).await })??
         } else {
