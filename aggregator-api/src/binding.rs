@@ -12,6 +12,10 @@
 //! 10,000 small lists when the aggregator starts, then one per node whose
 //! pods change — nothing like a watch of 300,000 pods per replica.
 //!
+//! A node the aggregator reads from its kubelet is never asked: its pods come
+//! from the aggregator's own watch by `spec.nodeName`, and its capacity from
+//! its own Node watch ([`crate::store::Source::Watched`]).
+//!
 //! Each node's capacity (its Node object's `status.capacity`) is read once,
 //! with its first question: no report may then claim more memory than the
 //! node has, nor a CPU rate beyond its CPUs.
@@ -140,7 +144,8 @@ async fn capacity_of(client: &Client, node: &str) -> Result<Capacity, CapacityEr
     parse_capacity(&node)
 }
 
-fn parse_capacity(node: &Node) -> Result<Capacity, CapacityError> {
+/// `node`'s CPU and memory, as its `status.capacity` says.
+pub fn parse_capacity(node: &Node) -> Result<Capacity, CapacityError> {
     let capacity = node.status.as_ref().and_then(|s| s.capacity.as_ref());
     let quantity = |key: &'static str| {
         capacity

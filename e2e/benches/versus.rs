@@ -23,7 +23,7 @@
 //!   bound token, the same counters — at each `--interval`. The simulated
 //!   agents all connect from one address, so the aggregator's per-address
 //!   connection limit is raised to let them;
-//! - with `--kubelets` (the default), the **nodepulse aggregator reading the
+//! - the **nodepulse aggregator reading the
 //!   stand-ins itself**, as it reads nodes without an agent (every node
 //!   picked by `--kubelet-node-selector`, read every `--resolution`; each
 //!   node's pods watched as its agent would watch them): what agentless nodes
@@ -82,17 +82,33 @@ struct Args {
     /// Requests in flight while the fleet is made.
     #[arg(long, default_value_t = 32)]
     create_concurrency: usize,
-    /// Also measure the aggregator reading every node's kubelet stand-in
-    /// (`--kubelets=false`: not).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
-    kubelets: bool,
+    /// The setups measured, in this order; ratios are to the first.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "metrics-server,agents,kubelets"
+    )]
+    setups: Vec<Setup>,
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Setup {
+    /// metrics-server scraping the kubelet stand-ins.
+    MetricsServer,
+    /// The aggregator fed by simulated agents, at each `--interval`.
+    Agents,
+    /// The aggregator reading the kubelet stand-ins itself.
+    Kubelets,
 }
 
 /// What one setup cost.
 struct Cost {
     name: String,
+    /// From the server's start (ready) until it served every pod.
+    first_served: Duration,
     server_cpu: f64,
     server_rss_kib: u64,
     feeder_cpu: f64,
@@ -150,97 +166,106 @@ fn main() -> Result<()> {
         c.pki().front_proxy_client.key.clone(),
     );
     let mut costs = Vec::new();
-
-    // metrics-server, scraping the stand-ins.
     let tls = kubelets::tls(&fleet, &c.pki().cluster_ca)?;
     let stand_ins = rt.run(kubelets::serve(Arc::clone(&fleet), tls))??;
-    let ms = c.start_metrics_server(&args.resolution)?;
-    let reader = rt.run(metrics_client(
-        ms.url.clone(),
-        ms.ca.clone(),
-        front_proxy.clone(),
-    ))??;
-    costs.push(measure(
-        &rt,
-        &args,
-        format!("metrics-server ({})", args.resolution),
-        &client,
-        &reader,
-        (ms.pid(), apiserver),
-        (pods, namespace_pods),
-    )?);
-    eprintln!("stand-ins answered {} scrapes", stand_ins.scrapes());
-    drop(ms);
-
-    // nodepulse, fed by simulated agents.
-    let tokens = {
-        let (client, fleet) = (client.clone(), Arc::clone(&fleet));
-        let dir = c.work_dir().join("node-tokens");
-        rt.run(async move { agents::node_tokens(&client, &fleet, &dir).await })??
-    };
     let ca = c.pki().nodepulse_ca.cert.clone();
-    for &interval in &args.interval {
-        c.start_aggregators()?;
-        let pid = c.aggregator_pid(0).context("aggregator not running")?;
-        let configs = tokens
-            .iter()
-            .map(|token| c.agent_export_config(token.clone()))
-            .collect();
-        let fleet = Arc::clone(&fleet);
-        let period = Duration::from_secs_f64(interval);
-        let agents = rt.run(async move { agents::start(fleet, configs, period) })?;
-        let reader = rt.run(metrics_client(
+    let aggregator_reader = |rt: &e2e::netns::NsRuntime| {
+        rt.run(metrics_client(
             format!("https://{}:{}", replica_ip(0), e2e::AGGREGATOR_PORT),
             ca.clone(),
             front_proxy.clone(),
-        ))??;
-        costs.push(measure(
-            &rt,
-            &args,
-            format!("nodepulse ({interval} s)"),
-            &client,
-            &reader,
-            (pid, apiserver),
-            (pods, namespace_pods),
-        )?);
-        rt.run(agents.stop())?;
-        c.stop_aggregator(0);
-    }
-
-    // nodepulse, reading every node's kubelet stand-in itself.
-    if args.kubelets {
-        c.add_aggregator_flags([
-            "--kubelet-node-selector=e2e.nodepulse.dev/simulated=true".to_owned(),
-            format!(
-                "--kubelet-certificate-authority={}",
-                c.pki().cluster_ca.cert.display()
-            ),
-            "--kubelet-use-node-status-port".to_owned(),
-            "--kubelet-preferred-address-types=InternalIP".to_owned(),
-            format!("--kubelet-scrape-interval={}", args.resolution),
-        ]);
-        c.start_aggregators()?;
-        let pid = c.aggregator_pid(0).context("aggregator not running")?;
-        let reader = rt.run(metrics_client(
-            format!("https://{}:{}", replica_ip(0), e2e::AGGREGATOR_PORT),
-            ca.clone(),
-            front_proxy.clone(),
-        ))??;
-        let before = stand_ins.scrapes();
-        costs.push(measure(
-            &rt,
-            &args,
-            format!("nodepulse (kubelets, {})", args.resolution),
-            &client,
-            &reader,
-            (pid, apiserver),
-            (pods, namespace_pods),
-        )?);
-        eprintln!(
-            "stand-ins answered {} reads of the aggregator",
-            stand_ins.scrapes() - before
-        );
-        c.stop_aggregator(0);
+        ))?
+    };
+    for setup in &args.setups {
+        match setup {
+            Setup::MetricsServer => {
+                let before = stand_ins.scrapes();
+                let ms = c.start_metrics_server(&args.resolution)?;
+                let reader = rt.run(metrics_client(
+                    ms.url.clone(),
+                    ms.ca.clone(),
+                    front_proxy.clone(),
+                ))??;
+                costs.push(measure(
+                    &rt,
+                    &args,
+                    format!("metrics-server ({})", args.resolution),
+                    &client,
+                    &reader,
+                    (ms.pid(), apiserver),
+                    (pods, namespace_pods),
+                )?);
+                eprintln!(
+                    "stand-ins answered {} scrapes",
+                    stand_ins.scrapes() - before
+                );
+            }
+            Setup::Agents => {
+                let tokens = {
+                    let (client, fleet) = (client.clone(), Arc::clone(&fleet));
+                    let dir = c.work_dir().join("node-tokens");
+                    rt.run(async move { agents::node_tokens(&client, &fleet, &dir).await })??
+                };
+                for &interval in &args.interval {
+                    c.start_aggregators()?;
+                    let pid = c.aggregator_pid(0).context("aggregator not running")?;
+                    let configs = tokens
+                        .iter()
+                        .map(|token| c.agent_export_config(token.clone()))
+                        .collect();
+                    let fleet = Arc::clone(&fleet);
+                    let period = Duration::from_secs_f64(interval);
+                    let agents = rt.run(async move { agents::start(fleet, configs, period) })?;
+                    let reader = aggregator_reader(&rt)?;
+                    costs.push(measure(
+                        &rt,
+                        &args,
+                        format!("nodepulse ({interval} s)"),
+                        &client,
+                        &reader,
+                        (pid, apiserver),
+                        (pods, namespace_pods),
+                    )?);
+                    rt.run(agents.stop())?;
+                    c.stop_aggregator(0);
+                }
+            }
+            Setup::Kubelets => {
+                // Restored after, for setups that follow.
+                let base = c.set_aggregator_flags(Vec::new());
+                let mut flags = base.clone();
+                flags.extend([
+                    "--kubelet-node-selector=e2e.nodepulse.dev/simulated=true".to_owned(),
+                    format!(
+                        "--kubelet-certificate-authority={}",
+                        c.pki().cluster_ca.cert.display()
+                    ),
+                    "--kubelet-use-node-status-port".to_owned(),
+                    "--kubelet-preferred-address-types=InternalIP".to_owned(),
+                    format!("--kubelet-scrape-interval={}", args.resolution),
+                ]);
+                c.set_aggregator_flags(flags);
+                c.start_aggregators()?;
+                let pid = c.aggregator_pid(0).context("aggregator not running")?;
+                let reader = aggregator_reader(&rt)?;
+                let before = stand_ins.scrapes();
+                costs.push(measure(
+                    &rt,
+                    &args,
+                    format!("nodepulse (kubelets, {})", args.resolution),
+                    &client,
+                    &reader,
+                    (pid, apiserver),
+                    (pods, namespace_pods),
+                )?);
+                eprintln!(
+                    "stand-ins answered {} reads of the aggregator",
+                    stand_ins.scrapes() - before
+                );
+                c.stop_aggregator(0);
+                c.set_aggregator_flags(base);
+            }
+        }
     }
     drop(stand_ins);
     print_table(&args, &fleet, &costs);
@@ -277,9 +302,10 @@ fn measure(
         );
         std::thread::sleep(Duration::from_secs(3));
     }
+    let first_served = started.elapsed();
     eprintln!(
         "{name}: every pod served after {:.0} s; measuring {} s",
-        started.elapsed().as_secs_f64(),
+        first_served.as_secs_f64(),
         args.seconds
     );
     let me = std::process::id();
@@ -325,6 +351,7 @@ fn measure(
         apiserver_requests: requests_between(&requests_before, &requests_after, wall),
         all_pods: latency(all.to_string(), pods)?,
         one_namespace: latency(one, namespace_pods)?,
+        first_served,
         name,
     })
 }
@@ -490,6 +517,12 @@ fn print_table(args: &Args, fleet: &Fleet, costs: &[Cost]) {
         &|c| c.apiserver_rss_kib as f64 / 1024.0,
         " MiB",
         1,
+    );
+    row(
+        "every pod served after",
+        &|c| c.first_served.as_secs_f64(),
+        " s",
+        0,
     );
     row("all pods, p50", &|c| c.all_pods.0, " ms", 1);
     row("all pods, p99", &|c| c.all_pods.1, " ms", 1);

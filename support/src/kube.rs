@@ -5,8 +5,8 @@
 //! callers) but starts a new watch at once when one ends cleanly.
 //! kube-apiserver ends a healthy watch after minutes; a proxy that cuts every
 //! stream at once would make that a tight loop of watch requests. So a watch
-//! that starts soon after the previous successful one on the same path waits
-//! a growing pause first.
+//! that starts again soon after its previous successful start (the same path
+//! and selectors) waits a growing pause first.
 use std::{
     collections::HashMap,
     future::Future,
@@ -195,10 +195,10 @@ struct PaceWatches<S = ()> {
     pacer: Arc<Pacer>,
 }
 
-/// When each request path's watches may start.
+/// When each watch may start again.
 struct Pacer {
     pacing: Pacing,
-    /// Per request path: when its last successful watch started.
+    /// Per watch ([`watch_of`]): when it last started successfully.
     last: Mutex<HashMap<String, Pace>>,
 }
 
@@ -231,10 +231,10 @@ impl<S> Layer<S> for PaceWatches {
 }
 
 impl Pacer {
-    /// The pause before a watch of `path` starts now.
-    fn delay(&self, path: &str) -> Duration {
+    /// The pause before `watch` starts now.
+    fn delay(&self, watch: &str) -> Duration {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(pace) = last.get_mut(path) else {
+        let Some(pace) = last.get_mut(watch) else {
             return Duration::ZERO;
         };
         if pace.started.elapsed() >= self.pacing.healthy {
@@ -245,17 +245,30 @@ impl Pacer {
         }
     }
 
-    /// A watch of `path` that started at `started` was accepted.
-    fn started(&self, path: String, started: Instant) {
+    /// `watch`, started at `started`, was accepted.
+    fn started(&self, watch: String, started: Instant) {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         let pacing = self.pacing;
-        last.entry(path)
+        last.entry(watch)
             .or_insert_with(|| Pace {
                 started,
                 backoff: Backoff::new(pacing.base, pacing.max),
             })
             .started = started;
     }
+}
+
+/// Which watch a request starts again: its path and query without the
+/// version it resumes from or its timeout. Watches of one path with other
+/// selectors (one per node's pods, say) are apart: one that starts does not
+/// make the next wait.
+fn watch_of<B>(request: &Request<B>) -> String {
+    let uri = request.uri();
+    let query = uri.query().unwrap_or_default().split('&').filter(|pair| {
+        !pair.starts_with("resourceVersion=") && !pair.starts_with("timeoutSeconds=")
+    });
+    let query: Vec<&str> = query.collect();
+    format!("{}?{}", uri.path(), query.join("&"))
 }
 
 /// `watch=true` (kube-rs) or `watch=1` (others) in the query.
@@ -288,8 +301,8 @@ where
         if !is_watch(&request) {
             return Box::pin(self.inner.call(request));
         }
-        let path = request.uri().path().to_string();
-        let delay = self.pacer.delay(&path);
+        let watch = watch_of(&request);
+        let delay = self.pacer.delay(&watch);
         // The clone is not ready; the one that is goes into the future.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -302,7 +315,7 @@ where
             let response = inner.call(request).await?;
             // Refused watches are the watcher's to back off from.
             if response.status().is_success() {
-                pacer.started(path, started);
+                pacer.started(watch, started);
             }
             Ok(response)
         })
@@ -398,6 +411,22 @@ mod tests {
         assert!(
             after <= Duration::from_millis(100),
             "started over: {after:?}"
+        );
+    }
+
+    #[test]
+    fn a_watch_is_told_apart_by_its_selectors_not_its_version() {
+        let watch = |uri: &str| watch_of(&Request::get(uri).body(()).expect("request"));
+        let node = |n: &str, version: u32| {
+            watch(&format!(
+                "/api/v1/pods?watch=true&timeoutSeconds=290&fieldSelector=spec.nodeName%3D{n}&allowWatchBookmarks=true&resourceVersion={version}"
+            ))
+        };
+        assert_eq!(node("a", 5), node("a", 9), "the same watch, resumed");
+        assert_ne!(node("a", 5), node("b", 5), "another node's pods");
+        assert_ne!(
+            watch("/api/v1/pods?watch=true&labelSelector=app%3Dx"),
+            watch("/api/v1/pods?watch=true&labelSelector=app%3Dy")
         );
     }
 

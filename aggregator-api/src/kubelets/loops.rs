@@ -1,7 +1,7 @@
 //! Which nodes have a loop reading their kubelet, and why: picked by a
 //! selector, or fallen back to because their agent has gone silent.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{Settings, scrape};
+use crate::{binding::parse_capacity, store::Capacity};
 
 /// A node being read.
 struct Reading {
@@ -26,10 +27,18 @@ struct Reading {
     epoch: u64,
     /// The Node's labels, for its pod metadata.
     labels: watch::Sender<BTreeMap<String, String>>,
+    capacity: watch::Sender<Option<Capacity>>,
     cancel: CancellationToken,
 }
 
 impl Reading {
+    /// The Node changed: its loop sees the new labels and capacity.
+    fn update(&self, facts: Facts) {
+        self.labels.send_if_modified(|l| replace(l, facts.labels));
+        self.capacity
+            .send_if_modified(|c| replace(c, facts.capacity));
+    }
+
     fn picked(&self) -> bool {
         self.picked_by.iter().any(|&p| p)
     }
@@ -39,12 +48,24 @@ impl Reading {
 /// first seen (a node never reported counts as silent since then).
 struct Candidate {
     url: Result<Uri, String>,
-    labels: BTreeMap<String, String>,
+    facts: Facts,
     seen: Instant,
 }
 
-fn labels_of(node: &Node) -> BTreeMap<String, String> {
-    node.metadata.labels.clone().unwrap_or_default()
+/// What a node's loop takes from its Node object.
+#[derive(Clone)]
+struct Facts {
+    labels: BTreeMap<String, String>,
+    /// None where the Node says none: its figures are then bounded by their
+    /// own consistency only, as with an agent when the Node cannot be read.
+    capacity: Option<Capacity>,
+}
+
+fn facts_of(node: &Node) -> Facts {
+    Facts {
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        capacity: parse_capacity(node).ok(),
+    }
 }
 
 /// The loops, by node, and what they share.
@@ -61,7 +82,7 @@ pub(super) struct Loops<'a> {
 }
 
 /// For `send_if_modified`: whether `new` differs from what `current` held.
-fn replace(current: &mut BTreeMap<String, String>, new: BTreeMap<String, String>) -> bool {
+fn replace<T: PartialEq>(current: &mut T, new: T) -> bool {
     if *current == new {
         return false;
     }
@@ -92,11 +113,11 @@ impl<'a> Loops<'a> {
 
     /// Selector `i` has listed `nodes`: it picks those, and no other.
     pub(super) fn listed(&mut self, i: usize, nodes: Vec<Node>) {
-        let names: Vec<Arc<str>> = nodes.iter().filter_map(name_of).collect();
+        let names: HashSet<Arc<str>> = nodes.iter().filter_map(name_of).collect();
         let gone: Vec<Arc<str>> = self
             .reading
             .iter()
-            .filter(|(name, r)| r.picked_by[i] && !names.contains(name))
+            .filter(|(name, r)| r.picked_by[i] && !names.contains(*name))
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
@@ -122,7 +143,7 @@ impl<'a> Loops<'a> {
         let mut picked_by = vec![false; self.settings.selectors.len()];
         if let Some(r) = self.reading.get_mut(&name) {
             r.picked_by[i] = true;
-            r.labels.send_if_modified(|l| replace(l, labels_of(node)));
+            r.update(facts_of(node));
             if r.url == url {
                 // A selector's own loop now, whatever its agent does.
                 r.fallback = false;
@@ -132,7 +153,7 @@ impl<'a> Loops<'a> {
             picked_by.clone_from(&r.picked_by);
         }
         picked_by[i] = true;
-        self.start(name, url, labels_of(node), picked_by, false);
+        self.start(name, url, facts_of(node), picked_by, false);
     }
 
     /// Selector `i` no longer picks `node`: stop its loop once none does.
@@ -180,8 +201,7 @@ impl<'a> Loops<'a> {
                 // Read again from the new address at the next sweep.
                 self.stop(&name);
             } else {
-                r.labels
-                    .send_if_modified(|l| replace(l, candidate.labels.clone()));
+                r.update(candidate.facts.clone());
             }
         }
         self.all.insert(name, candidate);
@@ -190,7 +210,7 @@ impl<'a> Loops<'a> {
     fn candidate(&self, name: &str, node: &Node) -> Candidate {
         Candidate {
             url: self.settings.url(node).map_err(|e| e.to_string()),
-            labels: labels_of(node),
+            facts: facts_of(node),
             seen: self.all.get(name).map_or_else(Instant::now, |c| c.seen),
         }
     }
@@ -241,10 +261,10 @@ impl<'a> Loops<'a> {
             let candidate = &self.all[&name];
             match &candidate.url {
                 Ok(url) => {
-                    let (url, labels) = (url.clone(), candidate.labels.clone());
+                    let (url, facts) = (url.clone(), candidate.facts.clone());
                     info!(node = %name, silent = ?quiet, "its agent is silent: reading the node's kubelet");
                     let picked_by = vec![false; self.settings.selectors.len()];
-                    self.start(name, url, labels, picked_by, true);
+                    self.start(name, url, facts, picked_by, true);
                 }
                 Err(error) => {
                     let error = error.clone();
@@ -265,7 +285,7 @@ impl<'a> Loops<'a> {
         &mut self,
         name: Arc<str>,
         url: Uri,
-        labels: BTreeMap<String, String>,
+        facts: Facts,
         picked_by: Vec<bool>,
         fallback: bool,
     ) {
@@ -286,7 +306,8 @@ impl<'a> Loops<'a> {
         } else {
             scrape::offset(&name, self.settings.interval)
         };
-        let (labels, given) = watch::channel(labels);
+        let (labels, given) = watch::channel(facts.labels);
+        let (capacity, given_capacity) = watch::channel(facts.capacity);
         self.shared.stats.nodes.fetch_add(1, Ordering::Relaxed);
         self.tasks.spawn(
             scrape::run(
@@ -297,6 +318,7 @@ impl<'a> Loops<'a> {
                     epoch,
                     first,
                     labels: given,
+                    capacity: given_capacity,
                 },
                 cancel.clone(),
             )
@@ -310,6 +332,7 @@ impl<'a> Loops<'a> {
                 fallback,
                 epoch,
                 labels,
+                capacity,
                 cancel,
             },
         );

@@ -9,10 +9,11 @@
 //! metrics-server holds) and reads no kubelet while agents report. Each
 //! node read gets a loop ([`scrape`]) that watches the node's pods as its
 //! agent would and reads the kubelet every interval into the store as the
-//! node's report, so the store's checks and rate rules apply unchanged. A
-//! node whose agent reports is not served from its kubelet (never both
-//! figures), and a node that moves between the two starts its series over
-//! rather than joining counters of different origins.
+//! node's report, so the store's checks and rate rules apply unchanged (its
+//! pods, from that watch, need no binding check; its capacity comes from the
+//! Node watch). A node whose agent reports is not served from its kubelet
+//! (never both figures), and a node that moves between the two starts its
+//! series over rather than joining counters of different origins.
 //!
 //! Every replica reads every such kubelet: each then holds the full view
 //! without asking the others, as it does for agents' pushes. A kubelet

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::stats::{Outcome, ScrapeStats};
-use crate::store::{Reject, Store};
+use crate::store::{Capacity, Reject, Source, Store};
 
 /// What every node's loop shares.
 pub struct Shared {
@@ -62,6 +62,8 @@ pub struct Start {
     pub first: Duration,
     /// The Node's labels, from the caller's own watch of it.
     pub labels: watch::Receiver<BTreeMap<String, String>>,
+    /// The Node's capacity, from the same watch.
+    pub capacity: watch::Receiver<Option<Capacity>>,
 }
 
 /// One node's loop, until `cancel`: its own pod watch, then a read every
@@ -90,6 +92,7 @@ pub async fn run(
         shared: &shared,
         node: &node,
         epoch: start.epoch,
+        capacity: start.capacity,
         seq: 0,
         sent: None,
         held: None,
@@ -152,6 +155,7 @@ struct NodeLoop<'a> {
     node: &'a str,
     /// The origin of this loop's counters.
     epoch: u64,
+    capacity: watch::Receiver<Option<Capacity>>,
     seq: u64,
     /// The metadata the store has from this loop.
     sent: Option<Arc<NodeMetadata>>,
@@ -188,7 +192,13 @@ impl NodeLoop<'_> {
         if !self.sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, meta)) {
             report.metadata = Some((**meta).clone());
         }
-        match self.shared.store.apply(&report, SystemTime::now()) {
+        // The pods are the loop's own watch of the node's: nothing to ask.
+        let source = Source::Watched(*self.capacity.borrow());
+        match self
+            .shared
+            .store
+            .apply_from(&report, SystemTime::now(), source)
+        {
             Ok(()) => {
                 self.sent = Some(Arc::clone(meta));
                 Ok(())

@@ -299,6 +299,19 @@ pub enum Binding {
     Refused,
 }
 
+/// Who vouches for a report's pods and for its node's capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The node's agent: its pods are served once kube-apiserver confirms
+    /// them bound to the node (see [`Store::record_bindings`]), and the
+    /// node's capacity is read then.
+    Agent,
+    /// The aggregator's own watches: the node's pods as kube-apiserver lists
+    /// them by `spec.nodeName` (bound by construction, nothing to ask) and
+    /// its Node object's capacity, when it has one.
+    Watched(Option<Capacity>),
+}
+
 /// What a node has, as its Node object's `status.capacity` says: no report
 /// of it or its containers may claim more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -529,7 +542,17 @@ impl Store {
     /// Applies one report of `node`: metadata (when present) replaces the node's
     /// labels and pod names; every series takes its new point.
     pub fn apply(&self, report: &NodeReport, now: SystemTime) -> Result<(), Reject> {
-        let result = self.apply_inner(report, now);
+        self.apply_from(report, now, Source::Agent)
+    }
+
+    /// [`Store::apply`], with the pods and capacity vouched for by `source`.
+    pub fn apply_from(
+        &self,
+        report: &NodeReport,
+        now: SystemTime,
+        source: Source,
+    ) -> Result<(), Reject> {
+        let result = self.apply_inner(report, now, source);
         let counter = match &result {
             Ok(()) => &self.stats.reports,
             Err(reject) => {
@@ -617,7 +640,12 @@ impl Store {
         Ok((time, usage))
     }
 
-    fn apply_inner(&self, report: &NodeReport, now: SystemTime) -> Result<(), Reject> {
+    fn apply_inner(
+        &self,
+        report: &NodeReport,
+        now: SystemTime,
+        source: Source,
+    ) -> Result<(), Reject> {
         let (time, usage) = self.check(report, now)?;
         // Refused before an entry is made for it (checked again under the
         // node's lock: an entry can exist without metadata).
@@ -636,6 +664,11 @@ impl Store {
             // served, and the stream would never say them again.
             return Err(Reject::NoMetadata(report.node.clone()));
         }
+        if let Source::Watched(Some(capacity)) = source
+            && state.capacity != Some(capacity)
+        {
+            self.hold_to_capacity(&mut state, capacity);
+        }
         if let Some(cap) = state.capacity
             && usage.memory_working_set_bytes > cap.memory_ceiling()
         {
@@ -646,7 +679,7 @@ impl Store {
         }
         state.last_report = Instant::now();
         if let Some(meta) = &report.metadata {
-            self.replace_metadata(&name, &mut state, meta);
+            self.replace_metadata(&name, &mut state, meta, source);
         }
         if !state.selected {
             // Kept only as labels, to notice when they come to match.
@@ -795,13 +828,16 @@ impl Store {
         node: &Arc<str>,
         state: &mut NodeState,
         meta: &proto::v1::NodeMetadata,
+        source: Source,
     ) {
         state.known = true;
         // A pod keeps what was found of its binding (a UID is bound once,
         // to one node, for good).
-        let before: HashMap<&str, Binding> =
-            state.pods.iter().map(|p| (&*p.uid, p.binding)).collect();
-        let unchecked = if self.config.bindings.is_some() {
+        let before: HashMap<&str, Binding> = match source {
+            Source::Agent => state.pods.iter().map(|p| (&*p.uid, p.binding)).collect(),
+            Source::Watched(_) => HashMap::new(),
+        };
+        let unchecked = if self.config.bindings.is_some() && source == Source::Agent {
             Binding::Pending { attempts: 0 }
         } else {
             Binding::Bound
@@ -910,12 +946,14 @@ impl Store {
         let Some(n) = read(&self.nodes).get(node).cloned() else {
             return;
         };
-        let mut state = lock(&n);
+        self.hold_to_capacity(&mut lock(&n), capacity);
+    }
+
+    fn hold_to_capacity(&self, state: &mut NodeState, capacity: Capacity) {
         state.capacity = Some(capacity);
         // Rates recorded before the capacity was known are held to it too:
         // one beyond it keeps only its latest point.
         let ceiling = capacity.cpu_ceiling();
-        let state = &mut *state;
         for series in state.usage.iter_mut().chain(state.containers.series_mut()) {
             if series.rate().is_some_and(|r| r.cpu_nanocores > ceiling) {
                 series.prev = None;

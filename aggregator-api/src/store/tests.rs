@@ -991,6 +991,56 @@ fn a_node_cannot_stand_in_for_another_nodes_pod() {
     assert_eq!(p.containers[0].cpu_nanocores, 1_000_000_000);
 }
 
+/// Pods the aggregator lists itself (`Source::Watched`: its own watch of
+/// the node's pods by `spec.nodeName`) are served from the first rate with
+/// nothing asked of kube-apiserver, even one an agent's earlier claim left
+/// pending; the Node's capacity that comes with them holds the rates.
+#[test]
+fn pods_the_aggregator_watched_itself_are_served_without_asking() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let store = Store::new(Config {
+        bindings: Some(tx),
+        ..Config::default()
+    });
+    let mut claimed = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    claimed.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "app")])]));
+    store.apply(&claimed, now()).expect("applies");
+    assert_eq!(
+        rx.try_recv().ok().as_deref(),
+        Some("n1"),
+        "an agent's claim is asked about"
+    );
+
+    let watched = Source::Watched(Some(Capacity {
+        cpu_nanocores: 2_000_000_000,
+        memory_bytes: 16 << 30,
+    }));
+    let mut first = report("n1", 1000, 0, &[("u1", "c1", 0)]);
+    first.agent_epoch = 2;
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "app")])]));
+    store.apply_from(&first, now(), watched).expect("applies");
+    let mut second = report("n1", 2000, 1500, &[("u1", "c1", 1000)]);
+    second.agent_epoch = 2;
+    store.apply_from(&second, now(), watched).expect("applies");
+    assert!(rx.try_recv().is_err(), "nothing asked");
+    let Lookup::Found(p) = store.pod("ns", "p") else {
+        panic!("served at once");
+    };
+    assert_eq!(p.containers[0].cpu_nanocores, 1_000_000_000);
+    assert!(store.has_capacity("n1"));
+
+    // 3 cores on a 2-CPU node: not served.
+    let mut third = report("n1", 3000, 4500, &[("u1", "c1", 2000)]);
+    third.agent_epoch = 2;
+    store.apply_from(&third, now(), watched).expect("applies");
+    assert!(
+        matches!(store.node("n1"), Lookup::NoMetrics),
+        "{:?}",
+        store.node("n1")
+    );
+    assert_eq!(store.stats().over_capacity.load(Ordering::Relaxed), 1);
+}
+
 /// Node `n1` has 2 CPUs and 16 GiB. Rates beyond its CPUs are not served,
 /// whether recorded before its capacity was known or after; a working set
 /// beyond its memory is refused whole; honest figures around them are served.

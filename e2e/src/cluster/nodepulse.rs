@@ -136,6 +136,12 @@ impl Cluster {
         self.opts.aggregator_flags.extend(flags);
     }
 
+    /// Replaces the flags aggregators started from now get; returns the
+    /// ones they replace.
+    pub fn set_aggregator_flags(&mut self, flags: Vec<String>) -> Vec<String> {
+        std::mem::replace(&mut self.opts.aggregator_flags, flags)
+    }
+
     /// Replica `i`'s log, once it has been started.
     pub fn aggregator_log(&self, i: usize) -> Option<PathBuf> {
         Some(self.replicas.get(i)?.proc.as_ref()?.log().to_path_buf())
