@@ -301,7 +301,10 @@ impl Aggregator {
         )
         .await;
         cancel.cancel();
-        let ingested = ingest_task.await.unwrap_or(Err(Error::IngestPanicked));
+        // The follower itself neither panics nor is aborted.
+        let ingested = ingest_task
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let _ = evict_task.await;
         let _ = kubelet_task.await;
         if let Some(task) = binding_task {
@@ -485,13 +488,10 @@ mod tests {
     #[tokio::test]
     async fn a_panic_on_the_ingest_thread_stops_the_aggregator() {
         let cancel = CancellationToken::new();
-        let ended = on_own_runtime("test-ingest", 1, || async {
-            if true {
-                panic!("the ingest server panics");
-            }
-            Ok(())
-        })
-        .expect("ingest thread");
+        async fn panics() -> Result<(), Error> {
+            panic!("the ingest server panics")
+        }
+        let ended = on_own_runtime("test-ingest", 1, panics).expect("ingest thread");
         let followed = follow_ingest(ended, cancel.clone());
         let result = followed.await.expect("follower");
         assert!(matches!(result, Err(Error::IngestPanicked)), "{result:?}");

@@ -4,10 +4,10 @@
 //! tonic's default encoder gathers every message that is ready into one
 //! chunk of up to 32 KiB. The receiver copies each chunk whole into its
 //! decode buffer, so metadata parts sent back to back would grow that buffer
-//! (and the HTTP/2 read buffer below it) as one large message does, for the
-//! connection's life. One chunk per message keeps a receiver's buffers the
-//! size of one message. A stream that has one message ready at a time (a
-//! report per interval, a watch event per change) is sent as before.
+//! as one large message does, for the stream's life. One chunk per message
+//! keeps a receiver's decode buffer the size of one message. A stream that
+//! has one message ready at a time (a report per interval, a watch event per
+//! change) is sent as before.
 
 use std::marker::PhantomData;
 

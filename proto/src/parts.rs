@@ -2,11 +2,9 @@
 //! the sender's [`split`] and the receiver's [`Parts`].
 //!
 //! A node's metadata grows with its pods (about 0.5 KB a pod). Sent in one
-//! message it would grow the buffers that hold a message on both ends of a
-//! connection — the receiver's decode buffer, its HTTP/2 read buffer — to the
-//! largest message, and they keep that size for the connection's life. In
-//! parts of at most [`PART_BYTES`], no message is larger than a report
-//! without metadata.
+//! message it would grow the receiver's decode buffer to the largest
+//! message, and the buffer keeps that size for the stream's life. In parts,
+//! no message carries more than [`PART_BYTES`] of metadata.
 
 use prost::Message as _;
 
@@ -20,25 +18,22 @@ pub const PART_BYTES: usize = 4096;
 /// the node's labels in the first, then as many whole pods as fit in each.
 /// Never empty; joined with [`Parts`], they give `metadata` back.
 pub fn split(metadata: &NodeMetadata, budget: usize) -> Vec<NodeMetadata> {
-    let mut parts = vec![NodeMetadata {
+    let mut parts = Vec::new();
+    let mut current = NodeMetadata {
         labels: metadata.labels.clone(),
         pods: Vec::new(),
-    }];
-    let mut size = parts[0].encoded_len();
+    };
+    let mut size = current.encoded_len();
     for pod in &metadata.pods {
         let pod_size = prost::encoding::message::encoded_len(2, pod);
-        let current = parts.last_mut().expect("never empty");
         if size + pod_size > budget && (!current.pods.is_empty() || !current.labels.is_empty()) {
-            parts.push(NodeMetadata::default());
+            parts.push(std::mem::take(&mut current));
             size = 0;
         }
-        parts
-            .last_mut()
-            .expect("never empty")
-            .pods
-            .push(pod.clone());
+        current.pods.push(pod.clone());
         size += pod_size;
     }
+    parts.push(current);
     parts
 }
 
