@@ -8,6 +8,8 @@
 # NODEPULSE_SETUP_MINIMAL=1 (deploy/Dockerfile.agent's builder): only what
 # building the binaries needs (protoc, the toolchain, bpf-linker).
 set -euo pipefail
+# Under pipefail a reader that stops early (head, grep -q) can kill the
+# writer with SIGPIPE and fail the line: readers here read to the end.
 cd "$(dirname "$0")/.."
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
@@ -25,7 +27,7 @@ if [ "${NODEPULSE_SETUP_MINIMAL:-0}" != 1 ]; then
 fi
 missing=()
 for p in "${APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
@@ -38,16 +40,16 @@ fi
 command -v rustup >/dev/null || { echo "setup: rustup not found; this machine kind ships it" >&2; exit 1; }
 rustup set auto-self-update disable >/dev/null 2>&1 || true
 if ! rustup run "$TOOLCHAIN" rustc --version >/dev/null 2>&1 \
-   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src' \
-   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^clippy' \
-   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^rustfmt'; then
+   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep '^rust-src' >/dev/null \
+   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep '^clippy' >/dev/null \
+   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep '^rustfmt' >/dev/null; then
   log "installing Rust $TOOLCHAIN"
   rustup toolchain install "$TOOLCHAIN" --profile minimal -c rust-src -c rustfmt -c clippy --no-self-update
 fi
 
 # --- bpf-linker against the toolchain's LLVM -------------------------------------
 SYSROOT=$(rustup run "$TOOLCHAIN" rustc --print sysroot)
-LIBLLVM=$(find "$SYSROOT/lib" -maxdepth 1 -name 'libLLVM.so.*' | head -n1)
+LIBLLVM=$(find "$SYSROOT/lib" -maxdepth 1 -name 'libLLVM.so.*' | sed -n 1p)
 [ -n "$LIBLLVM" ] || { echo "setup: no libLLVM.so.* in $SYSROOT/lib" >&2; exit 1; }
 LLVM_MAJOR=$(basename "$LIBLLVM" | sed -n 's/^libLLVM\.so\.\([0-9]*\).*/\1/p')
 STAMP="$LINKER_ROOT/stamp"
@@ -64,7 +66,7 @@ if [ ! -x "$LINKER_ROOT/bin/bpf-linker" ] || [ "$(cat "$STAMP" 2>/dev/null)" != 
 fi
 # --- cargo-fuzz (the ingest fuzz target runs in scripts/test.sh) -------------------
 CARGO_FUZZ_VERSION=0.13.2
-if [ "${NODEPULSE_SETUP_MINIMAL:-0}" != 1 ] && ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+if [ "${NODEPULSE_SETUP_MINIMAL:-0}" != 1 ] && ! cargo fuzz --version 2>/dev/null | grep "$CARGO_FUZZ_VERSION" >/dev/null; then
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
   rustup run "$TOOLCHAIN" cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --force
 fi

@@ -27,6 +27,8 @@
 #   NODEPULSE_TOOLS   cache root (default $HOME/.local/share/nodepulse)
 #   UPSTREAM_FORCE=1  rebuild/reinstall even if the stamps match
 set -euo pipefail
+# Under pipefail a reader that stops early (head, grep -q) can kill the
+# writer with SIGPIPE and fail the line: readers here read to the end.
 
 # Everything below logs to stderr; fd 3 keeps the real stdout for the result.
 exec 3>&1 1>&2
@@ -169,11 +171,11 @@ if stamp_ok runc "$WANT_RUNC" runc; then
   log "runc $RUNC_V: cached"
 else
   rm -f "$BIN/.stamp-runc"
-  dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q 'install ok installed' \
+  dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep 'install ok installed' >/dev/null \
     || die "runc needs Debian's libseccomp-dev (scripts/setup.sh installs it)"
   CGO_ENABLED=1 TAGS="seccomp urfave_cli_no_docs" gobuild "$UP/runc" "$TMP/runc" \
     "-s -w -X main.version=${RUNC_V#v}" github.com/opencontainers/runc
-  v=$("$TMP/runc" --version | head -n1)
+  v=$("$TMP/runc" --version | sed -n 1p)
   [ "$v" = "runc version ${RUNC_V#v}" ] || die "built runc does not report $RUNC_V: $v"
   mv -f "$TMP/runc" "$BIN/runc"
   echo "$WANT_RUNC" >"$BIN/.stamp-runc"
@@ -186,7 +188,7 @@ if stamp_ok coredns "$WANT_COREDNS" coredns; then
 else
   rm -f "$BIN/.stamp-coredns"
   TAGS="" gobuild "$UP/coredns" "$TMP/coredns" "-s -w" github.com/coredns/coredns
-  v=$("$TMP/coredns" -version | head -n1)
+  v=$("$TMP/coredns" -version | sed -n 1p)
   grep -q "CoreDNS-${COREDNS_V#v}\b" <<<"$v" || die "built coredns does not report $COREDNS_V: $v"
   mv -f "$TMP/coredns" "$BIN/coredns"
   echo "$WANT_COREDNS" >"$BIN/.stamp-coredns"
@@ -202,7 +204,7 @@ else
   TAGS="" gobuild "$UP/metrics-server" "$TMP/metrics-server" \
     "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_V" \
     sigs.k8s.io/metrics-server/cmd/metrics-server
-  v=$("$TMP/metrics-server" --version 2>&1 | head -n1)
+  v=$("$TMP/metrics-server" --version 2>&1 | sed -n 1p)
   [ "$v" = "$METRICS_SERVER_V" ] || die "built metrics-server does not report $METRICS_SERVER_V: $v"
   mv -f "$TMP/metrics-server" "$BIN/metrics-server"
   echo "$WANT_METRICS_SERVER" >"$BIN/.stamp-metrics-server"
@@ -219,7 +221,7 @@ else
   log "gcc -static $PAUSE_SRC"
   gcc -Os -Wall -Werror -static -DVERSION="$KUBE_V" -o "$TMP/pause" "$PAUSE_SRC"
   strip "$TMP/pause"
-  "$TMP/pause" -v | grep -q "$KUBE_V" || die "built pause does not report $KUBE_V"
+  "$TMP/pause" -v | grep "$KUBE_V" >/dev/null || die "built pause does not report $KUBE_V"
   mv -f "$TMP/pause" "$BIN/pause"
   echo "$WANT_PAUSE" >"$BIN/.stamp-pause"
 fi
@@ -256,12 +258,12 @@ PY
 fi
 
 # --- verify --------------------------------------------------------------------
-log "$("$BIN/etcd" --version | head -n1)"
+log "$("$BIN/etcd" --version | sed -n 1p)"
 log "$("$BIN/kube-apiserver" --version), kube-controller-manager: $("$BIN/kube-controller-manager" --version)"
 log "kubelet: $("$BIN/kubelet" --version), kube-proxy: $("$BIN/kube-proxy" --version)"
-log "$("$BIN/containerd" --version), $("$BIN/runc" --version | head -n1), $("$BIN/coredns" -version | head -n1)"
-log "metrics-server: $("$BIN/metrics-server" --version 2>&1 | head -n1)"
-log "kubectl: $("$BIN/kubectl" version --client 2>&1 | head -n1)"
+log "$("$BIN/containerd" --version), $("$BIN/runc" --version | sed -n 1p), $("$BIN/coredns" -version | sed -n 1p)"
+log "metrics-server: $("$BIN/metrics-server" --version 2>&1 | sed -n 1p)"
+log "kubectl: $("$BIN/kubectl" version --client 2>&1 | sed -n 1p)"
 log "helm: $(HELM_CONFIG_HOME="$TMP/helm" HELM_CACHE_HOME="$TMP/helm" HELM_DATA_HOME="$TMP/helm" "$BIN/helm" version --short 2>&1)"
 
 echo "$BIN" >&3
