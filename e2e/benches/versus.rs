@@ -176,6 +176,17 @@ fn main() -> Result<()> {
             front_proxy.clone(),
         ))?
     };
+    let measure = |name: String, reader: &Client, server: u32| {
+        measure(
+            &rt,
+            &args,
+            name,
+            &client,
+            reader,
+            (server, apiserver),
+            (pods, namespace_pods),
+        )
+    };
     for setup in &args.setups {
         match setup {
             Setup::MetricsServer => {
@@ -187,13 +198,9 @@ fn main() -> Result<()> {
                     front_proxy.clone(),
                 ))??;
                 costs.push(measure(
-                    &rt,
-                    &args,
                     format!("metrics-server ({})", args.resolution),
-                    &client,
                     &reader,
-                    (ms.pid(), apiserver),
-                    (pods, namespace_pods),
+                    ms.pid(),
                 )?);
                 eprintln!(
                     "stand-ins answered {} scrapes",
@@ -217,15 +224,7 @@ fn main() -> Result<()> {
                     let period = Duration::from_secs_f64(interval);
                     let agents = rt.run(async move { agents::start(fleet, configs, period) })?;
                     let reader = aggregator_reader(&rt)?;
-                    costs.push(measure(
-                        &rt,
-                        &args,
-                        format!("nodepulse ({interval} s)"),
-                        &client,
-                        &reader,
-                        (pid, apiserver),
-                        (pods, namespace_pods),
-                    )?);
+                    costs.push(measure(format!("nodepulse ({interval} s)"), &reader, pid)?);
                     rt.run(agents.stop())?;
                     c.stop_aggregator(0);
                 }
@@ -250,13 +249,9 @@ fn main() -> Result<()> {
                 let reader = aggregator_reader(&rt)?;
                 let before = stand_ins.scrapes();
                 costs.push(measure(
-                    &rt,
-                    &args,
                     format!("nodepulse (kubelets, {})", args.resolution),
-                    &client,
                     &reader,
-                    (pid, apiserver),
-                    (pods, namespace_pods),
+                    pid,
                 )?);
                 eprintln!(
                     "stand-ins answered {} reads of the aggregator",

@@ -831,16 +831,15 @@ impl Store {
         source: Source,
     ) {
         state.known = true;
-        // A pod keeps what was found of its binding (a UID is bound once,
-        // to one node, for good).
-        let before: HashMap<&str, Binding> = match source {
-            Source::Agent => state.pods.iter().map(|p| (&*p.uid, p.binding)).collect(),
-            Source::Watched(_) => HashMap::new(),
-        };
-        let unchecked = if self.config.bindings.is_some() && source == Source::Agent {
-            Binding::Pending { attempts: 0 }
+        // Only an agent's claims are checked: pods the aggregator watched
+        // itself were selected by their `spec.nodeName`. A checked pod keeps
+        // what was found of its binding (a UID is bound once, to one node,
+        // for good).
+        let checked = source == Source::Agent && self.config.bindings.is_some();
+        let before: HashMap<&str, Binding> = if checked {
+            state.pods.iter().map(|p| (&*p.uid, p.binding)).collect()
         } else {
-            Binding::Bound
+            HashMap::new()
         };
         let mut pods = Vec::with_capacity(meta.pods.len());
         {
@@ -856,7 +855,14 @@ impl Store {
                     name: p.name.as_str().into(),
                     labels: strings.labels(&p.labels),
                     running: p.running,
-                    binding: before.get(p.uid.as_str()).copied().unwrap_or(unchecked),
+                    binding: if checked {
+                        before
+                            .get(p.uid.as_str())
+                            .copied()
+                            .unwrap_or(Binding::Pending { attempts: 0 })
+                    } else {
+                        Binding::Bound
+                    },
                     containers: p
                         .containers
                         .iter()

@@ -82,6 +82,17 @@ fn report(node: &str, ms: u64, cpu_ms: u64, containers: &[(&str, &str, u64)]) ->
     }
 }
 
+/// A store that asks whether agents' pods are bound to them; the receiver
+/// gets the nodes asked about.
+fn checking_store() -> (Store, tokio::sync::mpsc::UnboundedReceiver<Arc<str>>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let store = Store::new(Config {
+        bindings: Some(tx),
+        ..Config::default()
+    });
+    (store, rx)
+}
+
 /// Node `n1`'s first report, with metadata: pod `ns/p` of one container
 /// `c1` ("a") at `cpu_ms` of CPU.
 fn first_report_of_one_pod(store: &Store, cpu_ms: u64) {
@@ -916,11 +927,7 @@ fn absurd_values_are_not_served() {
 /// for a pod before its binding is known.
 #[test]
 fn a_node_cannot_stand_in_for_another_nodes_pod() {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let store = Store::new(Config {
-        bindings: Some(tx),
-        ..Config::default()
-    });
+    let (store, mut rx) = checking_store();
     let mut a = report("node-a", 0, 0, &[("ua", "ca", 0)]);
     a.metadata = Some(meta(&[("ua", "prod", "web-0", &[("ca", "app")])]));
     store.apply(&a, now()).expect("applies");
@@ -997,14 +1004,8 @@ fn a_node_cannot_stand_in_for_another_nodes_pod() {
 /// pending; the Node's capacity that comes with them holds the rates.
 #[test]
 fn pods_the_aggregator_watched_itself_are_served_without_asking() {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let store = Store::new(Config {
-        bindings: Some(tx),
-        ..Config::default()
-    });
-    let mut claimed = report("n1", 0, 0, &[("u1", "c1", 0)]);
-    claimed.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "app")])]));
-    store.apply(&claimed, now()).expect("applies");
+    let (store, mut rx) = checking_store();
+    first_report_of_one_pod(&store, 0);
     assert_eq!(
         rx.try_recv().ok().as_deref(),
         Some("n1"),
@@ -1017,7 +1018,7 @@ fn pods_the_aggregator_watched_itself_are_served_without_asking() {
     }));
     let mut first = report("n1", 1000, 0, &[("u1", "c1", 0)]);
     first.agent_epoch = 2;
-    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "app")])]));
+    first.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
     store.apply_from(&first, now(), watched).expect("applies");
     let mut second = report("n1", 2000, 1500, &[("u1", "c1", 1000)]);
     second.agent_epoch = 2;
