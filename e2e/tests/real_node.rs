@@ -412,6 +412,32 @@ impl Sampler {
         lock(&self.counters).insert(key, counter);
     }
 
+    /// When `key` was first and last sampled.
+    fn span(&self, key: &str) -> Option<(f64, f64)> {
+        let s = lock(&self.series);
+        let series = s.get(key)?;
+        Some((series.first()?.0, series.last()?.0))
+    }
+
+    /// The range of `key`'s CPU rate over a served window of `window` s:
+    /// it ended within second `ts`, and before it was first seen at `seen`.
+    fn served_range(&self, key: &str, ts: u64, window: f64, seen: f64) -> Result<(f64, f64)> {
+        self.rate_range(key, (ts as f64, (ts as f64 + 0.999).min(seen)), window)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{key}: no cgroup samples around the {window:.3} s window ending in second {ts} (seen at {seen:.3}); sampled over {:?}",
+                    self.span(key)
+                )
+            })
+    }
+
+    /// Whether the samples of `key` began before a window of `window` s
+    /// ending in second `ts` (one the sampler saw from its start).
+    fn saw_start(&self, key: &str, ts: u64, window: f64) -> bool {
+        self.span(key)
+            .is_some_and(|(first, _)| ts as f64 - window > first)
+    }
+
     /// When `key`'s CPU rate first rose above `cores`, to the sampling
     /// period: the start of the first quarter second burning that much.
     fn rise(&self, key: &str, cores: f64) -> Option<f64> {
@@ -591,7 +617,6 @@ fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
     let (cgroups, counters) = node_counters(c)?;
     let keys: Vec<String> = cgroups.keys().cloned().collect();
     let sampler = Sampler::start(counters)?;
-    let sampling_since = unix_now();
     // Served points, distinct by (key, timestamp): (window, cpu, when seen).
     let mut served: BTreeMap<String, BTreeMap<u64, (f64, f64, f64)>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(14);
@@ -608,8 +633,7 @@ fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
             let Some(rel) = cgroups.get(&p.key) else {
                 continue;
             };
-            // Only windows the sampler saw from their start.
-            if p.ts as f64 - p.window > sampling_since + 0.1 {
+            if sampler.saw_start(&p.key, p.ts, p.window) {
                 served
                     .entry(p.key.clone())
                     .or_default()
@@ -644,10 +668,7 @@ fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
         // and how wide that range was (the uncertainty of the window's end).
         let (mut outside, mut widest, mut inside): (f64, f64, usize) = (0.0, 0.0, 0);
         for (&ts, &(window, cpu, seen)) in points {
-            // It ended within its second, and before it was first seen.
-            let range = sampler
-                .rate_range(key, (ts as f64, (ts as f64 + 0.999).min(seen)), window)
-                .ok_or_else(|| anyhow!("{key}: no cgroup samples around {ts}"))?;
+            let range = sampler.served_range(key, ts, window, seen)?;
             ensure!(
                 within(cpu, range, CPU_FLOOR),
                 "{key}: {:.1}m served for the {window}s window ending in second {ts}; its cgroup's counter says {:.1}m to {:.1}m",

@@ -40,9 +40,8 @@ struct Readings {
 
 impl Readings {
     /// `p` as served at `seen`, beside `truth`, its cgroup's working set.
-    fn record(&mut self, p: &Served, truth: f64, seen: f64, since: f64) {
-        // Only windows the sampler saw from their start.
-        if p.ts as f64 - p.window > since + 0.1 {
+    fn record(&mut self, p: &Served, truth: f64, seen: f64, sampler: &Sampler) {
+        if sampler.saw_start(&p.key, p.ts, p.window) {
             self.cpu
                 .entry(p.key.clone())
                 .or_default()
@@ -87,9 +86,6 @@ pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
 
     let (mut cgroups, counters) = node_counters(c)?;
     let sampler = Sampler::start(counters)?;
-    // Per key, since when the sampler has read its counter.
-    let mut since: BTreeMap<String, f64> =
-        cgroups.keys().map(|k| (k.clone(), unix_now())).collect();
     let step_arg = format!("--cpu-step={:.0}m@{}s", STEP * 1e3, STEP_AFTER.as_secs());
     let pod = burner_pod(c, STEP_POD, &[(STEP_POD, &[&step_arg])])?;
     c.create(&pod)?;
@@ -114,7 +110,6 @@ pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
             {
                 for (key, counter, rel) in p.counters(c)? {
                     sampler.add(key.clone(), counter);
-                    since.insert(key.clone(), unix_now());
                     cgroups.insert(key, rel);
                 }
                 started = Some(at as f64);
@@ -128,7 +123,7 @@ pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
         let mut truths: HashMap<String, f64> = HashMap::new();
         for (readings, points) in [(&mut ours, from_ours), (&mut theirs, from_theirs)] {
             for p in points {
-                let (Some(rel), Some(&since)) = (cgroups.get(&p.key), since.get(&p.key)) else {
+                let Some(rel) = cgroups.get(&p.key) else {
                     continue;
                 };
                 if p.key == step_key {
@@ -142,7 +137,7 @@ pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
                         truth
                     }
                 };
-                readings.record(&p, truth, seen, since);
+                readings.record(&p, truth, seen, &sampler);
             }
         }
         ms.ensure_running()?;
@@ -250,9 +245,7 @@ fn window_errors(
         .into_iter()
         .flatten()
         .map(|(&ts, &(window, served, seen))| {
-            let range = sampler
-                .rate_range(key, (ts as f64, (ts as f64 + 0.999).min(seen)), window)
-                .ok_or_else(|| anyhow!("{key}: no cgroup samples around {ts}"))?;
+            let range = sampler.served_range(key, ts, window, seen)?;
             Ok(WindowError {
                 ts,
                 window,
