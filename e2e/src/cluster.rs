@@ -589,7 +589,12 @@ impl Cluster {
                 "--kubelet-client-key={}",
                 path(&p.dir.join(format!("{KUBELET_CLIENT}.key")))
             ))
-            .arg("--profiling=false");
+            // NODEPULSE_E2E_PROFILING=1 serves /debug/pprof, to see where a
+            // bench's kube-apiserver spends.
+            .arg(format!(
+                "--profiling={}",
+                std::env::var("NODEPULSE_E2E_PROFILING").is_ok_and(|v| v == "1")
+            ));
         self.apiserver = Some(self.start_proc("kube-apiserver", cmd)?);
         self.wait_for("kube-apiserver /readyz", self.opts.ready_timeout, |c| {
             let out = c.kubectl(&["get", "--raw=/readyz"])?;
