@@ -434,7 +434,7 @@ impl Collector {
         if let Err(reason) = self.source.before_walk() {
             self.fall_back(reason);
         }
-        let timestamp = SystemTime::now();
+        let before_walk = SystemTime::now();
         let walked = match self.walked.take() {
             Some(walked) if !self.tree_changed(&walked) => walked,
             _ => self.walk()?,
@@ -457,15 +457,48 @@ impl Collector {
             prune,
             walks: self.walks,
         };
+        let timestamp = if self.source.reads_before_walk() {
+            before_walk
+        } else {
+            SystemTime::now()
+        };
         if let Err(reason) = self.source.after_walk(&walk) {
             self.fall_back(reason);
         }
-        let snapshot = self.sample(timestamp, &walked, prune);
+        // Beside the containers' counters, before their memory is read.
+        let node_cpu = self.node_cpu(&walked);
+        let snapshot = self.sample(timestamp, &walked, prune, node_cpu);
         self.walked = Some(walked);
         Ok(snapshot)
     }
 
-    fn sample(&mut self, timestamp: SystemTime, walked: &Walked, prune: bool) -> Snapshot {
+    /// The node's cumulative CPU: the source's, else its cgroup's file.
+    fn node_cpu(&mut self, walked: &Walked) -> Result<u64, String> {
+        if let Some(cpu) = self.source.node_cpu() {
+            return Ok(cpu);
+        }
+        // The whole host's CPU: the v2 root's `cpu.stat` is the scheduler
+        // tick's sampling, the v1 cpuacct root's counter is exact: that,
+        // where the host has one.
+        let node_tree = if self.whole_host() && self.hierarchy.v1_cpuacct.is_some() {
+            Tree::V1
+        } else {
+            walked.scan.tree.unwrap_or(Tree::V2)
+        };
+        // The walk's first cgroup is the node's own.
+        let node_id = walked.scan.cgroups.first().map_or(0, |c| c.id);
+        self.files
+            .cpu_usage_ns(&self.hierarchy, node_tree, node_id, &self.opts.node_cgroup)
+            .map_err(|e| format!("node cpu: {e}"))
+    }
+
+    fn sample(
+        &mut self,
+        timestamp: SystemTime,
+        walked: &Walked,
+        prune: bool,
+        node_cpu: Result<u64, String>,
+    ) -> Snapshot {
         let scan = &walked.scan;
         let mut errors = Vec::new();
         let tree = scan.tree.unwrap_or(Tree::V2);
@@ -546,21 +579,9 @@ impl Collector {
         // The walk's first cgroup is the node's own.
         let node_id = scan.cgroups.first().map_or(0, |c| c.id);
         let whole_host = self.whole_host();
-        let node_cpu = self.source.node_cpu().unwrap_or_else(|| {
-            // The whole host's CPU: the v2 root's `cpu.stat` is the
-            // scheduler tick's sampling, the v1 cpuacct root's counter is
-            // exact: that, where the host has one.
-            let node_tree = if whole_host && self.hierarchy.v1_cpuacct.is_some() {
-                Tree::V1
-            } else {
-                tree
-            };
-            self.files
-                .cpu_usage_ns(&self.hierarchy, node_tree, node_id, &self.opts.node_cgroup)
-                .unwrap_or_else(|e| {
-                    errors.push(format!("node cpu: {e}"));
-                    0
-                })
+        let node_cpu = node_cpu.unwrap_or_else(|e| {
+            errors.push(e);
+            0
         });
         let node_memory = if whole_host {
             self.files

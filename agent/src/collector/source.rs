@@ -46,6 +46,14 @@ pub(super) trait Source: Send {
         Ok(())
     }
 
+    /// Whether [`Self::before_walk`] reads the counters: the snapshot's
+    /// time is then taken before the walk, else just before
+    /// [`Self::after_walk`] (a walk between the two would skew each rate
+    /// by its length).
+    fn reads_before_walk(&self) -> bool {
+        false
+    }
+
     /// Whether that read names a cgroup `walked` did not see and that is
     /// not known to be outside the node: the tree is walked again.
     fn sees_unwalked(&self, _walked: &Walked) -> bool {

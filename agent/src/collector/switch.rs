@@ -123,6 +123,10 @@ impl Source for Switch {
         Ok(())
     }
 
+    fn reads_before_walk(&self) -> bool {
+        true
+    }
+
     fn sees_unwalked(&self, walked: &Walked) -> bool {
         self.raw.as_ref().is_some_and(|raw| {
             raw.keys()
