@@ -34,6 +34,8 @@ if [ "$(id -u)" = 0 ]; then
   cargo bench -p e2e --bench kubelet_read -- --pods 2 --rounds 1 --seconds 1 --rate 5
   target/release/xtask bench switch --rounds 1 --ops 2000
   target/release/xtask bench agent --pods 3 --seconds 2
+  target/release/xtask bench agent --pods 3 --seconds 2 --sources iterator \
+    --baseline target/release/nodepulse-agent
 fi
 
 # Every fuzz target, a short run each (FUZZ_SECONDS, default 15) from its kept

@@ -402,8 +402,16 @@ fn task_cpu(pid: u32) -> Result<Duration> {
     Ok(Duration::from_nanos(ns))
 }
 
-fn run_measured(cmd: &mut std::process::Command, warmup: Duration) -> Result<Usage> {
-    let child = cmd.spawn().context("spawning the agent")?;
+/// Runs `cmd` to its end, measured; its stderr goes to `log`, whose end is
+/// shown if it fails.
+fn run_measured(
+    cmd: &mut std::process::Command,
+    warmup: Duration,
+    log: &std::path::Path,
+) -> Result<Usage> {
+    let stderr =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = cmd.stderr(stderr).spawn().context("spawning the agent")?;
     let started = Instant::now();
     std::thread::sleep(warmup);
     let warm_cpu = task_cpu(child.id()).context("the agent's CPU after warm-up")?;
@@ -418,7 +426,14 @@ fn run_measured(cmd: &mut std::process::Command, warmup: Duration) -> Result<Usa
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("the agent failed (status {status})");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "the agent failed (wait status {status}); the end of its log ({}):\n{}",
+            log.display(),
+            tail.join("\n")
+        );
     }
     let ended = Instant::now();
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
@@ -443,12 +458,59 @@ const WARMUP: Duration = Duration::from_secs(5);
 /// Names an agent binary to measure instead of building this tree's.
 const AGENT_ENV: &str = "NODEPULSE_BENCH_AGENT";
 
+/// What `xtask bench agent` runs.
+pub struct AgentRuns {
+    pub pods: u32,
+    pub seconds: u64,
+    /// Another agent binary, run before this tree's for each source.
+    pub baseline: Option<std::path::PathBuf>,
+    /// Only these sources (`iterator`, `switch`, `switch-stat`,
+    /// `cgroupfs`); empty: all.
+    pub sources: Vec<String>,
+}
+
+/// The configurations measured: name, `--cpu-source`, `--memory-stat-max-age`
+/// and what `--sources` calls it. The third is the same build reading
+/// `memory.stat` at every interval (the cost for containers whose memory
+/// moves every second).
+const CONFIGS: [(&str, &str, &str, &str); 4] = [
+    ("cgroup iterator", "iterator", "10s", "iterator"),
+    ("switch program", "switch", "10s", "switch"),
+    (
+        "switch program, memory.stat every interval",
+        "switch",
+        "0",
+        "switch-stat",
+    ),
+    ("cgroupfs", "cgroupfs", "10s", "cgroupfs"),
+];
+
+/// One measured run of the agent.
+struct Row {
+    name: String,
+    mcpu: f64,
+    steady: f64,
+    rss_kib: u64,
+}
+
 /// Agent CPU and peak RSS while it tracks `pods` pods at 1 s: each CPU
 /// source (the cgroup iterator, the switch program, the same reading
-/// `memory.stat` at every interval, cgroupfs), measured in the same run.
+/// `memory.stat` at every interval, cgroupfs), measured in the same run;
+/// with a baseline binary, it and this build in turn for each.
 #[allow(clippy::print_stdout)]
-pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()> {
+pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
     use testkit::{Burn, CgroupTree, Launcher};
+    let AgentRuns { pods, seconds, .. } = *runs;
+    for s in &runs.sources {
+        ensure!(
+            CONFIGS.iter().any(|c| c.3 == s),
+            "--sources: unknown {s:?} (iterator, switch, switch-stat, cgroupfs)"
+        );
+    }
+    let configs: Vec<_> = CONFIGS
+        .iter()
+        .filter(|c| runs.sources.is_empty() || runs.sources.iter().any(|s| s == c.3))
+        .collect();
     let Some(h) = testkit::privileged("bench agent") else {
         bail!("needs root, BTF and cgroup v2");
     };
@@ -469,6 +531,17 @@ pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()>
         }
     };
     eprintln!("agent: {}", agent.display());
+    let mut binaries = Vec::new();
+    if let Some(baseline) = &runs.baseline {
+        ensure!(
+            baseline.is_file(),
+            "--baseline: no file {}",
+            baseline.display()
+        );
+        eprintln!("baseline: {}", baseline.display());
+        binaries.push(("baseline", baseline.clone()));
+    }
+    binaries.push(("", agent));
     let mut tree = CgroupTree::new(&h, "bench");
     let base = tree.base.clone();
     let launcher = Launcher {
@@ -487,32 +560,34 @@ pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()>
         };
         holders.push(tree.spawn(&path, &burn, &launcher));
     }
-    // The baseline is the same build reading `memory.stat` at every
-    // interval (what it did before the inactive-file reading was kept while
-    // usage holds steady; also the cost for containers whose memory moves
-    // every second).
-    let configs: [(&str, &str, &str); 4] = [
-        ("cgroup iterator", "iterator", "10s"),
-        ("switch program", "switch", "10s"),
-        ("switch program, memory.stat every interval", "switch", "0"),
-        ("cgroupfs", "cgroupfs", "10s"),
-    ];
-    let mut rows = Vec::new();
-    for (name, source, stat_age) in configs {
-        let mut cmd = std::process::Command::new(&agent);
-        cmd.args(["--cpu-source", source, "--node-cgroup", &base])
-            .args(["--memory-stat-max-age", stat_age])
-            .args(["top", "--interval", "1s", "--count", &seconds.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let u = run_measured(&mut cmd, WARMUP)?;
-        let mcpu = u.cpu.as_secs_f64() / seconds as f64 * 1000.0;
-        let steady = u.steady_cpu.as_secs_f64() / u.steady_wall.as_secs_f64() * 1000.0;
-        eprintln!(
-            "{name}: {mcpu:.2} mCPU, after start-up {steady:.2} mCPU, peak RSS {:.1} MiB",
-            u.max_rss_kib as f64 / 1024.0
-        );
-        rows.push((name, mcpu, steady, u.max_rss_kib));
+    let mut rows: Vec<Row> = Vec::new();
+    for (name, source, stat_age, _) in configs {
+        for (which, binary) in &binaries {
+            let name = if which.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name} ({which})")
+            };
+            let mut cmd = std::process::Command::new(binary);
+            cmd.args(["--cpu-source", source, "--node-cgroup", &base])
+                .args(["--memory-stat-max-age", stat_age])
+                .args(["top", "--interval", "1s", "--count", &seconds.to_string()])
+                .stdout(std::process::Stdio::null());
+            let u = run_measured(&mut cmd, WARMUP, &scratch.join("agent.log"))
+                .with_context(|| name.clone())?;
+            let mcpu = u.cpu.as_secs_f64() / seconds as f64 * 1000.0;
+            let steady = u.steady_cpu.as_secs_f64() / u.steady_wall.as_secs_f64() * 1000.0;
+            eprintln!(
+                "{name}: {mcpu:.2} mCPU, after start-up {steady:.2} mCPU, peak RSS {:.1} MiB",
+                u.max_rss_kib as f64 / 1024.0
+            );
+            rows.push(Row {
+                name,
+                mcpu,
+                steady,
+                rss_kib: u.max_rss_kib,
+            });
+        }
     }
     let reads = read_cost(&tree.v2_dir(&base))?;
     drop(holders);
@@ -523,24 +598,35 @@ pub fn agent_cost(root: &std::path::Path, pods: u32, seconds: u64) -> Result<()>
         WARMUP.as_secs()
     );
     println!("|---|---|---|---|");
-    for (name, mcpu, steady, rss) in &rows {
+    let print = |name: &str, a: &Row, b: &Row| {
         println!(
-            "| {name} | {mcpu:.2} | {steady:.2} | {:.1} |",
-            *rss as f64 / 1024.0
+            "| {name} | {:.2} | {:.2} | {:.2} |",
+            a.mcpu / b.mcpu,
+            a.steady / b.steady,
+            a.rss_kib as f64 / b.rss_kib as f64
+        );
+    };
+    for r in &rows {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.1} |",
+            r.name,
+            r.mcpu,
+            r.steady,
+            r.rss_kib as f64 / 1024.0
         );
     }
-    if let [(_, i, is, ir), (_, e, es, er), (_, b, bs, br), _] = rows.as_slice() {
-        println!(
-            "| ratio iterator / switch program | {:.2} | {:.2} | {:.2} |",
-            i / e,
-            is / es,
-            *ir as f64 / *er as f64
-        );
-        println!(
-            "| ratio switch program / the same with memory.stat every interval | {:.2} | {:.2} | {:.2} |",
-            e / b,
-            es / bs,
-            *er as f64 / *br as f64
+    if runs.baseline.is_some() {
+        for pair in rows.chunks(2) {
+            if let [base, this] = pair {
+                print(&format!("ratio {} / baseline", this.name), this, base);
+            }
+        }
+    } else if let [i, e, b, _] = rows.as_slice() {
+        print("ratio iterator / switch program", i, e);
+        print(
+            "ratio switch program / the same with memory.stat every interval",
+            e,
+            b,
         );
     }
     println!();

@@ -46,6 +46,13 @@ enum Bench {
         pods: u32,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Another agent binary (say, main's) run beside this tree's build,
+        /// each source in turn: rows for both and their ratio.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Only these CPU sources (default: all four configurations).
+        #[arg(long, value_delimiter = ',')]
+        sources: Vec<String>,
     },
 }
 
@@ -99,9 +106,20 @@ fn main() -> Result<()> {
             cross_cgroup,
             pending_slots,
         }) => bench::switch_cost(rounds, ops, cross_cgroup, pending_slots),
-        Cmd::Bench(Bench::Agent { pods, seconds }) => {
-            bench::agent_cost(&workspace_root(), pods, seconds)
-        }
+        Cmd::Bench(Bench::Agent {
+            pods,
+            seconds,
+            baseline,
+            sources,
+        }) => bench::agent_cost(
+            &workspace_root(),
+            &bench::AgentRuns {
+                pods,
+                seconds,
+                baseline,
+                sources,
+            },
+        ),
         Cmd::Burn => {
             testkit::burner_main();
             Ok(())
