@@ -9,7 +9,6 @@
 //! the cgroup lives, keyed by path and cgroup id (a path re-created as a new
 //! cgroup gets its files reopened), and reads into one reused buffer.
 use std::{
-    collections::HashMap,
     fs::File,
     io,
     os::unix::fs::FileExt,
@@ -24,7 +23,7 @@ use super::{
 
 /// Open counter files of the cgroups being sampled.
 pub struct CounterFiles {
-    by_path: HashMap<String, Entry>,
+    by_path: foldhash::HashMap<String, Entry>,
     buf: Vec<u8>,
     stat_max_age: Duration,
 }
@@ -149,7 +148,7 @@ impl CounterFiles {
     /// `memory.stat` re-read at least every `max_age` (zero: every read).
     pub fn with_stat_max_age(max_age: Duration) -> Self {
         Self {
-            by_path: HashMap::new(),
+            by_path: foldhash::HashMap::default(),
             buf: Vec::new(),
             stat_max_age: max_age,
         }

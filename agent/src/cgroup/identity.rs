@@ -37,13 +37,20 @@ pub enum QosClass {
     BestEffort,
 }
 
-impl fmt::Display for QosClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl QosClass {
+    /// As the pod's `status.qosClass` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
             QosClass::Guaranteed => "Guaranteed",
             QosClass::Burstable => "Burstable",
             QosClass::BestEffort => "BestEffort",
-        })
+        }
+    }
+}
+
+impl fmt::Display for QosClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

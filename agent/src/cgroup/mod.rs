@@ -10,7 +10,6 @@ pub mod stats;
 pub mod watch;
 
 use std::{
-    collections::HashMap,
     fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -118,7 +117,7 @@ impl Scan {
     }
 
     /// Cgroup id → index into `cgroups`.
-    pub fn by_id(&self) -> HashMap<u64, usize> {
+    pub fn by_id(&self) -> foldhash::HashMap<u64, usize> {
         self.cgroups
             .iter()
             .enumerate()

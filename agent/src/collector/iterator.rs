@@ -14,7 +14,9 @@
 //! kernel brings up to date only when a reader of that cgroup's (or an
 //! ancestor's) files asks and enough updates are pending, which a BPF
 //! program on this kernel cannot ask for.
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path};
+use std::{os::unix::fs::MetadataExt as _, path::Path};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use tracing::{info, warn};
 
@@ -24,7 +26,7 @@ use super::{
 };
 use crate::{
     cgroup::{Cgroup, Identity},
-    ebpf::iter::{CgroupTotals, Reading},
+    ebpf::iter::{CgroupTotals, Readings},
 };
 
 pub(super) struct CgroupIterator {
@@ -32,7 +34,7 @@ pub(super) struct CgroupIterator {
     /// Failed CPU reads in a row.
     failures: u32,
     /// This collection's readings of the v2 tree, by cgroup id.
-    cpu: Option<HashMap<u64, Reading>>,
+    cpu: Option<Readings>,
     node_cpu: Option<u64>,
     memory: MemoryState,
 }
@@ -79,7 +81,7 @@ impl CgroupIterator {
     /// One read, or after a tolerated failure `None` (this collection's
     /// figures then come from the files): a pods root going away mid-read,
     /// say. Only a failure that persists ends the iterator.
-    fn read_tolerating(&mut self, start: &Path) -> Result<Option<HashMap<u64, Reading>>, String> {
+    fn read_tolerating(&mut self, start: &Path) -> Result<Option<Readings>, String> {
         match self.totals.read(start) {
             Ok(readings) => {
                 self.failures = 0;
@@ -108,7 +110,7 @@ impl Source for CgroupIterator {
         self.memory.usage.clear();
         let Some(rel) = Self::start(walk) else {
             // No pods root yet: no pods to read.
-            self.cpu = Some(HashMap::new());
+            self.cpu = Some(Readings::new());
             return Ok(());
         };
         let Some(v2) = walk.hierarchy.v2.as_ref() else {
@@ -118,30 +120,36 @@ impl Source for CgroupIterator {
         let Some(readings) = self.read_tolerating(&start)? else {
             return Ok(());
         };
-        if self.memory.off.is_none() {
-            let usage = if walk.hierarchy.v2_memory {
-                Ok(usage_by_id(&readings, Some))
-            } else if let Some(v1) = walk.hierarchy.v1_memory.as_ref() {
-                let start = v1.join(rel.trim_start_matches('/'));
-                match self.totals.read(&start) {
-                    Ok(readings) => {
-                        let ids = self.memory.v1_ids(v1, walk);
-                        Ok(usage_by_id(&readings, |id| ids.get(&id).copied()))
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            } else {
-                Ok(HashMap::new())
-            };
-            self.memory.take(usage);
-        }
         if !walk.whole_host() {
-            // The walk's first cgroup is the node's own.
-            let node_id = walk.walked.scan.cgroups.first().map(|c| c.id);
-            self.node_cpu = node_id.and_then(|id| readings.get(&id)).map(|r| r.cpu_ns);
+            self.node_cpu = readings.get(&walk.walked.node_id()).map(|r| r.cpu_ns);
         }
         self.cpu = Some(readings);
         Ok(())
+    }
+
+    fn read_memory(&mut self, walk: &Walk<'_>) {
+        // None where this collection's CPU read failed (the files serve
+        // both then).
+        let (None, Some(readings)) = (&self.memory.off, &self.cpu) else {
+            return;
+        };
+        let usage = if walk.hierarchy.v2_memory {
+            Ok(usage_by_id(readings, Some))
+        } else if let Some(v1) = walk.hierarchy.v1_memory.as_ref()
+            && let Some(rel) = Self::start(walk)
+        {
+            let start = v1.join(rel.trim_start_matches('/'));
+            match self.totals.read(&start) {
+                Ok(readings) => {
+                    let ids = self.memory.v1_ids(v1, walk);
+                    Ok(usage_by_id(&readings, |id| ids.get(&id).copied()))
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            Ok(HashMap::new())
+        };
+        self.memory.take(usage);
     }
 
     fn container_cpu(&self, cg: &Cgroup, _id: &str) -> Option<u64> {
@@ -158,17 +166,14 @@ impl Source for CgroupIterator {
         self.memory.usage.get(&cg.id).copied()
     }
 
-    fn read_memory(&self) -> bool {
+    fn memory_read(&self) -> bool {
         self.memory.off.is_none() && self.memory.failures == 0 && self.cpu.is_some()
     }
 }
 
 /// Each cgroup's memory usage, by its v2 id; `v2_of` maps the id a reading
 /// is keyed by to that (itself on the v2 tree).
-fn usage_by_id(
-    readings: &HashMap<u64, Reading>,
-    v2_of: impl Fn(u64) -> Option<u64>,
-) -> HashMap<u64, u64> {
+fn usage_by_id(readings: &Readings, v2_of: impl Fn(u64) -> Option<u64>) -> HashMap<u64, u64> {
     readings
         .iter()
         .filter_map(|(&id, r)| Some((v2_of(id)?, r.memory_usage?)))

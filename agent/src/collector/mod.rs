@@ -8,13 +8,13 @@
 //! reason for cgroupfs is kept in [`Collector::fallback_reason`]); the active
 //! source is in every [`Snapshot`].
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    fmt,
+    collections::{BTreeMap, HashSet},
+    fmt, io,
     path::PathBuf,
     time::{Duration, SystemTime},
 };
 
-use proto::v1::NodeMetadata;
+use proto::v1::{NodeMetadata, PodMetadata};
 use tracing::{info, warn};
 
 use crate::{
@@ -238,16 +238,12 @@ impl Snapshot {
     /// container so new that the kubelet has not reported its id yet (it is
     /// kept from the next sample on, once its pod says what it is).
     pub fn retain_named(&mut self, meta: &NodeMetadata) -> usize {
+        let named = Named::new(meta);
         let mut dropped = 0;
         self.pods.retain(|uid, pod| {
-            let named = meta
-                .pods
-                .iter()
-                .find(|p| p.uid == *uid)
-                .map(|p| &p.containers);
+            let names = named.pod(uid);
             let before = pod.containers.len();
-            pod.containers
-                .retain(|c| named.is_some_and(|n| n.iter().any(|n| n.id == c.id)));
+            pod.containers.retain(|c| Named::names(names, &c.id));
             dropped += before - pod.containers.len();
             !pod.containers.is_empty()
         });
@@ -255,11 +251,38 @@ impl Snapshot {
     }
 }
 
+/// The node's pods as kube-apiserver names them, by UID (a search of the
+/// list for each pod would cost pods² string comparisons every interval).
+pub struct Named<'a>(foldhash::HashMap<&'a str, &'a PodMetadata>);
+
+impl<'a> Named<'a> {
+    pub fn new(meta: &'a NodeMetadata) -> Self {
+        Self(meta.pods.iter().map(|p| (p.uid.as_str(), p)).collect())
+    }
+
+    /// Pod `uid`, where it is named.
+    pub fn pod(&self, uid: &str) -> Option<&'a PodMetadata> {
+        self.0.get(uid).copied()
+    }
+
+    /// Whether `pod` (from [`Named::pod`]) names container `id`.
+    pub fn names(pod: Option<&PodMetadata>, id: &str) -> bool {
+        pod.is_some_and(|p| p.containers.iter().any(|n| n.id == id))
+    }
+}
+
 /// The last walk of the tree, kept until the tree changes.
 pub(crate) struct Walked {
     scan: cgroup::Scan,
     /// Cgroup id → index into `scan.cgroups`.
-    by_id: HashMap<u64, usize>,
+    by_id: foldhash::HashMap<u64, usize>,
+}
+
+impl Walked {
+    /// The node's own cgroup's id: the walk's first (0 before it exists).
+    fn node_id(&self) -> u64 {
+        self.scan.cgroups.first().map_or(0, |c| c.id)
+    }
 }
 
 /// Reads samples through one CPU source, files for what it does not give.
@@ -284,7 +307,7 @@ pub struct Collector {
     pruned_at_walk: u64,
     /// When each live container was first seen (its cgroup's mtime then): a
     /// start time that stays put while the container lives.
-    started: HashMap<String, SystemTime>,
+    started: foldhash::HashMap<String, SystemTime>,
 }
 
 impl Collector {
@@ -320,7 +343,7 @@ impl Collector {
             passed_over: Vec::new(),
             fallback_reason: None,
             pruned_at_walk: 0,
-            started: HashMap::new(),
+            started: foldhash::HashMap::default(),
         };
         match source {
             Some(source) => this.source = source,
@@ -357,7 +380,7 @@ impl Collector {
     /// `iterator` (the cgroup iterator's walk) or `cgroupfs` (the files;
     /// the inactive file pages and swap always do).
     pub fn memory_source(&self) -> &'static str {
-        if self.source.read_memory() {
+        if self.source.memory_read() {
             "iterator"
         } else {
             "cgroupfs"
@@ -450,81 +473,103 @@ impl Collector {
         // counters must go on, not restart).
         let prune = self.pruned_at_walk != self.walks && walked.scan.is_complete();
         self.pruned_at_walk = self.walks;
-        let walk = Walk {
-            walked: &walked,
-            hierarchy: &self.hierarchy,
-            node_cgroup: &self.opts.node_cgroup,
-            prune,
-            walks: self.walks,
-        };
         let timestamp = if self.source.reads_before_walk() {
             before_walk
         } else {
             SystemTime::now()
         };
+        // Built from the fields, not `self`: the source is borrowed too.
+        let walk = Walk::new(&walked, &self.hierarchy, &self.opts, prune, self.walks);
         if let Err(reason) = self.source.after_walk(&walk) {
             self.fall_back(reason);
         }
-        // Beside the containers' counters, before their memory is read.
-        let node_cpu = self.node_cpu(&walked);
-        let snapshot = self.sample(timestamp, &walked, prune, node_cpu);
+        let cpu = self.read_cpu(&walked);
+        let walk = Walk::new(&walked, &self.hierarchy, &self.opts, prune, self.walks);
+        self.source.read_memory(&walk);
+        let snapshot = self.sample(timestamp, &walked, prune, cpu);
         self.walked = Some(walked);
         Ok(snapshot)
     }
 
-    /// The node's cumulative CPU: the source's, else its cgroup's file.
-    fn node_cpu(&mut self, walked: &Walked) -> Result<u64, String> {
-        if let Some(cpu) = self.source.node_cpu() {
-            return Ok(cpu);
-        }
-        // The whole host's CPU: the v2 root's `cpu.stat` is the scheduler
-        // tick's sampling, the v1 cpuacct root's counter is exact: that,
-        // where the host has one.
-        let node_tree = if self.whole_host() && self.hierarchy.v1_cpuacct.is_some() {
-            Tree::V1
-        } else {
-            walked.scan.tree.unwrap_or(Tree::V2)
+    /// Cumulative CPU of each container the walk saw, in the walk's order,
+    /// then the node's: every counter is read before any memory file, so
+    /// that all are read as near the snapshot's time as they can be (a
+    /// counter read after slow memory reads would skew its rate).
+    fn read_cpu(&mut self, walked: &Walked) -> Cpu {
+        let scan = &walked.scan;
+        let tree = scan.tree.unwrap_or(Tree::V2);
+        let containers = containers(scan)
+            .map(|(cg, c)| {
+                // What the source does not give (all, from cgroupfs; a
+                // cgroup the iterator's walk left out: beyond its results'
+                // capacity, counted and warned of, or removed since the
+                // scan, when this fails too) the files hold, the same
+                // counters.
+                match self.source.container_cpu(cg, c.id) {
+                    Some(cpu) => Ok(cpu),
+                    None => self
+                        .files
+                        .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path),
+                }
+            })
+            .collect();
+        let node = match self.source.node_cpu() {
+            Some(cpu) => Ok(cpu),
+            None => {
+                // The whole host's CPU: the v2 root's `cpu.stat` is the
+                // scheduler tick's sampling, the v1 cpuacct root's counter
+                // is exact: that, where the host has one.
+                let node_tree = if self.whole_host() && self.hierarchy.v1_cpuacct.is_some() {
+                    Tree::V1
+                } else {
+                    tree
+                };
+                self.files
+                    .cpu_usage_ns(
+                        &self.hierarchy,
+                        node_tree,
+                        walked.node_id(),
+                        &self.opts.node_cgroup,
+                    )
+                    .map_err(|e| format!("node cpu: {e}"))
+            }
         };
-        // The walk's first cgroup is the node's own.
-        let node_id = walked.scan.cgroups.first().map_or(0, |c| c.id);
-        self.files
-            .cpu_usage_ns(&self.hierarchy, node_tree, node_id, &self.opts.node_cgroup)
-            .map_err(|e| format!("node cpu: {e}"))
+        Cpu { containers, node }
     }
 
+    /// The snapshot: `cpu` as read, memory read now.
     fn sample(
         &mut self,
         timestamp: SystemTime,
         walked: &Walked,
         prune: bool,
-        node_cpu: Result<u64, String>,
+        cpu: Cpu,
     ) -> Snapshot {
         let scan = &walked.scan;
         let mut errors = Vec::new();
         let tree = scan.tree.unwrap_or(Tree::V2);
         errors.extend(scan.errors.iter().map(ToString::to_string));
+        let Cpu {
+            containers: cpus,
+            node: node_cpu,
+        } = cpu;
 
         let mut pods: BTreeMap<String, PodSample> = BTreeMap::new();
-        for cg in &scan.cgroups {
-            let Some(Identity::Container {
+        for ((cg, c), cpu) in containers(scan).zip(cpus) {
+            let Container {
                 pod_uid,
                 qos,
                 id,
                 runtime,
-                nested: false,
-            }) = &cg.identity
-            else {
-                continue;
-            };
-            // What the source does not give (all, from cgroupfs; a cgroup
-            // the iterator's walk left out: beyond its results' capacity,
-            // counted and warned of, or removed since the scan, when this
-            // fails too) the files hold, the same counters.
-            let cpu = match self.source.container_cpu(cg, id) {
-                Some(cpu) => Ok(cpu),
-                None => self
-                    .files
-                    .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path),
+            } = c;
+            // Most often: the container went away between scan and read.
+            let skipped = |e: &dyn fmt::Display| format!("{}: {e}", cg.path);
+            let cpu_ns = match cpu {
+                Ok(cpu_ns) => cpu_ns,
+                Err(e) => {
+                    errors.push(skipped(&e));
+                    continue;
+                }
             };
             let memory = match self.source.container_memory_usage(cg) {
                 Some(usage) => {
@@ -533,37 +578,38 @@ impl Collector {
                 }
                 None => self.files.memory(&self.hierarchy, tree, cg.id, &cg.path),
             };
-            let (cpu_ns, memory) = match (cpu, memory) {
-                (Ok(c), Ok(m)) => (c, m),
-                (Err(e), _) | (_, Err(e)) => {
-                    // Most often: the container went away between scan and read.
-                    errors.push(format!("{}: {e}", cg.path));
+            let memory = match memory {
+                Ok(memory) => memory,
+                Err(e) => {
+                    errors.push(skipped(&e));
                     continue;
                 }
             };
-            pods.entry(pod_uid.clone())
-                .or_insert_with(|| PodSample {
+            // Looked up before inserting: a pod's UID is copied once.
+            let pod = match pods.get_mut(pod_uid) {
+                Some(pod) => pod,
+                None => pods.entry(pod_uid.clone()).or_insert_with(|| PodSample {
                     uid: pod_uid.clone(),
-                    qos: Some(*qos),
+                    qos: Some(qos),
                     containers: Vec::new(),
-                })
-                .containers
-                .push(ContainerSample {
-                    id: id.clone(),
-                    runtime: Some(*runtime),
-                    cgroup: Some(cg.path.clone()),
-                    cpu_ns,
-                    memory,
-                    started: Some(match self.started.get(id) {
-                        Some(&t) => t,
-                        None => {
-                            let t = cg.modified.unwrap_or(timestamp);
-                            self.started.insert(id.clone(), t);
-                            t
-                        }
-                    }),
-                    read_at: None,
-                });
+                }),
+            };
+            pod.containers.push(ContainerSample {
+                id: id.clone(),
+                runtime: Some(runtime),
+                cgroup: Some(cg.path.clone()),
+                cpu_ns,
+                memory,
+                started: Some(match self.started.get(id) {
+                    Some(&t) => t,
+                    None => {
+                        let t = cg.modified.unwrap_or(timestamp);
+                        self.started.insert(id.clone(), t);
+                        t
+                    }
+                }),
+                read_at: None,
+            });
         }
         for pod in pods.values_mut() {
             pod.containers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -576,8 +622,6 @@ impl Collector {
             self.started.retain(|id, _| live.contains(id.as_str()));
         }
 
-        // The walk's first cgroup is the node's own.
-        let node_id = scan.cgroups.first().map_or(0, |c| c.id);
         let whole_host = self.whole_host();
         let node_cpu = node_cpu.unwrap_or_else(|e| {
             errors.push(e);
@@ -587,8 +631,12 @@ impl Collector {
             self.files
                 .node_memory(&self.hierarchy, &self.opts.proc_root)
         } else {
-            self.files
-                .memory(&self.hierarchy, tree, node_id, &self.opts.node_cgroup)
+            self.files.memory(
+                &self.hierarchy,
+                tree,
+                walked.node_id(),
+                &self.opts.node_cgroup,
+            )
         }
         .unwrap_or_else(|e| {
             errors.push(format!("node memory: {e}"));
@@ -610,6 +658,44 @@ impl Collector {
     fn whole_host(&self) -> bool {
         source::whole_host(&self.opts.node_cgroup)
     }
+}
+
+/// One collection's CPU counters, read before any memory.
+struct Cpu {
+    /// Each container's, in the order [`containers`] yields them.
+    containers: Vec<io::Result<u64>>,
+    node: Result<u64, String>,
+}
+
+/// A container cgroup's identity, as [`containers`] yields it.
+struct Container<'a> {
+    pod_uid: &'a String,
+    qos: QosClass,
+    id: &'a String,
+    runtime: Runtime,
+}
+
+/// The containers among a walk's cgroups (nested cgroups inside a
+/// container are the container's own business), in the walk's order.
+fn containers(scan: &cgroup::Scan) -> impl Iterator<Item = (&cgroup::Cgroup, Container<'_>)> {
+    scan.cgroups.iter().filter_map(|cg| match &cg.identity {
+        Some(Identity::Container {
+            pod_uid,
+            qos,
+            id,
+            runtime,
+            nested: false,
+        }) => Some((
+            cg,
+            Container {
+                pod_uid,
+                qos: *qos,
+                id,
+                runtime: *runtime,
+            },
+        )),
+        _ => None,
+    })
 }
 
 /// The first eBPF source `opts` allows that loads, given the kernel's
@@ -713,6 +799,102 @@ mod tests {
             started: None,
             read_at: None,
         }
+    }
+
+    /// A source that records the collector's calls, giving nothing (the
+    /// files give every figure).
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+    impl Recorder {
+        fn log(&self, call: &'static str) {
+            self.0.lock().expect("log").push(call);
+        }
+    }
+
+    impl Source for Recorder {
+        fn kind(&self) -> CpuSource {
+            CpuSource::Cgroupfs
+        }
+        fn after_walk(&mut self, _walk: &Walk<'_>) -> Result<(), String> {
+            self.log("after_walk");
+            Ok(())
+        }
+        fn container_cpu(&self, _cg: &cgroup::Cgroup, _id: &str) -> Option<u64> {
+            self.log("container_cpu");
+            None
+        }
+        fn node_cpu(&self) -> Option<u64> {
+            self.log("node_cpu");
+            None
+        }
+        fn read_memory(&mut self, _walk: &Walk<'_>) {
+            self.log("read_memory");
+        }
+        fn container_memory_usage(&self, _cg: &cgroup::Cgroup) -> Option<u64> {
+            self.log("container_memory_usage");
+            None
+        }
+    }
+
+    /// Every CPU counter (each container's, then the node's) is read
+    /// before any memory: a memory read between two counters would skew
+    /// the later one's rate by its length.
+    #[test]
+    fn every_cpu_counter_is_read_before_any_memory() {
+        let write = |dir: &std::path::Path, name: &str, text: &str| {
+            std::fs::create_dir_all(dir).expect("mkdir");
+            std::fs::write(dir.join(name), text).expect("write fixture");
+        };
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (root, proc_root) = (tmp.path().join("cgroup"), tmp.path().join("proc"));
+        write(&root, "cgroup.controllers", "cpu memory\n");
+        write(&root, "cgroup.procs", "");
+        write(&root, "cpu.stat", "usage_usec 9000\n");
+        write(
+            &proc_root,
+            "meminfo",
+            "MemTotal: 1000 kB\nMemFree: 400 kB\nInactive(file): 100 kB\n",
+        );
+        let pod = root.join(
+            "kubepods.slice/kubepods-burstable.slice/\
+             kubepods-burstable-pod0c3a8ec8_6a39_4b5c_a5e3_2f0cb7a8e1d4.slice",
+        );
+        for (n, id) in ["4f1e0e5a6b1f", "5a4db0c0ffee"].iter().enumerate() {
+            let dir = pod.join(format!("cri-containerd-{id}.scope"));
+            write(&dir, "cpu.stat", &format!("usage_usec {}\n", n + 1));
+            write(&dir, "memory.current", "4096\n");
+            write(&dir, "memory.stat", "inactive_file 1024\n");
+        }
+        let mut c = Collector::new(Options {
+            cgroup_root: root,
+            proc_root,
+            cpu_source: CpuSourceChoice::Cgroupfs,
+            ..Options::default()
+        })
+        .expect("collector");
+        let calls = std::sync::Arc::default();
+        c.source = Box::new(Recorder(std::sync::Arc::clone(&calls)));
+        let s = c.collect().expect("collect");
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        let cpu: Vec<u64> = s
+            .pods
+            .values()
+            .flat_map(|p| p.containers.iter().map(|c| c.cpu_ns))
+            .collect();
+        assert_eq!(cpu, [1000, 2000]);
+        assert_eq!(s.node.cpu_ns, 9_000_000);
+        assert_eq!(
+            *calls.lock().expect("log"),
+            [
+                "after_walk",
+                "container_cpu",
+                "container_cpu",
+                "node_cpu",
+                "read_memory",
+                "container_memory_usage",
+                "container_memory_usage"
+            ]
+        );
     }
 
     #[test]

@@ -25,7 +25,23 @@ pub(super) struct Walk<'a> {
     pub walks: u64,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    pub fn new(
+        walked: &'a Walked,
+        hierarchy: &'a Hierarchy,
+        opts: &'a super::Options,
+        prune: bool,
+        walks: u64,
+    ) -> Self {
+        Self {
+            walked,
+            hierarchy,
+            node_cgroup: &opts.node_cgroup,
+            prune,
+            walks,
+        }
+    }
+
     /// The node is the whole host, not a subtree of it.
     pub fn whole_host(&self) -> bool {
         whole_host(self.node_cgroup)
@@ -63,8 +79,13 @@ pub(super) trait Source: Send {
     /// A new walk was made.
     fn walked(&mut self, _walked: &Walked) {}
 
-    /// Reads (or takes in) this collection's figures, the walk in hand.
+    /// Reads (or takes in) this collection's CPU figures, the walk in hand.
     fn after_walk(&mut self, walk: &Walk<'_>) -> Result<(), String>;
+
+    /// Reads this collection's memory usage, where the source gives it:
+    /// after every CPU counter (the containers' and the node's) was read,
+    /// so that no memory read comes between those.
+    fn read_memory(&mut self, _walk: &Walk<'_>) {}
 
     /// Cumulative CPU ns of container `id` in cgroup `cg`.
     fn container_cpu(&self, cg: &Cgroup, id: &str) -> Option<u64>;
@@ -79,7 +100,7 @@ pub(super) trait Source: Send {
     }
 
     /// Whether the last collection's memory usage came from this source.
-    fn read_memory(&self) -> bool {
+    fn memory_read(&self) -> bool {
         false
     }
 

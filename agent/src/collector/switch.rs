@@ -1,7 +1,7 @@
 //! CPU from the context-switch program: per-cgroup totals the kernel side
 //! charged, turned into per-container and node totals that survive
 //! cgroups going away.
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use super::{
     CpuSource, Walked,

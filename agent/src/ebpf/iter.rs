@@ -16,7 +16,6 @@
 //!   object, into a kernel function call (`src_reg` 2) of the flush
 //!   function's BTF id before aya sees it.
 use std::{
-    collections::HashMap,
     ffi::CString,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     os::unix::ffi::OsStrExt as _,
@@ -47,6 +46,9 @@ pub struct Reading {
     pub memory_usage: Option<u64>,
 }
 
+/// One walk's readings, by cgroup id in the hierarchy walked.
+pub type Readings = foldhash::HashMap<u64, Reading>;
+
 /// Links kept at once: one per hierarchy walked (CPU on v2, memory on a v1
 /// memory hierarchy).
 const LINKS: usize = 2;
@@ -61,6 +63,8 @@ pub struct CgroupTotals {
     links: Vec<(PathBuf, OwnedFd)>,
     /// The number of the last walk that recorded anything.
     last_walk: u64,
+    /// How many cgroups it recorded (the next one's map is sized for them).
+    last_len: usize,
     flush: &'static str,
     /// Why the walks read no memory usage, where they do not.
     no_memory: Option<String>,
@@ -117,6 +121,7 @@ impl CgroupTotals {
             stats,
             links: Vec::new(),
             last_walk: 0,
+            last_len: 0,
             flush: iter.flush.0,
             no_memory,
         })
@@ -142,7 +147,7 @@ impl CgroupTotals {
     /// hierarchy, as the kernel counts them now. `start` is a cgroup
     /// directory; CPU is meaningful on the v2 hierarchy only, and there
     /// not for its root, whose time the kernel keeps elsewhere.
-    pub fn read(&mut self, start: &Path) -> Result<HashMap<u64, Reading>> {
+    pub fn read(&mut self, start: &Path) -> Result<Readings> {
         if !self.links.iter().any(|(at, _)| at == start) {
             self.relink(start)?;
         }
@@ -172,7 +177,7 @@ impl CgroupTotals {
     }
 
     /// One walk from `start` and its results; `None` when it recorded nothing.
-    fn walk_once(&mut self, start: &Path) -> Result<Option<HashMap<u64, Reading>>> {
+    fn walk_once(&mut self, start: &Path) -> Result<Option<Readings>> {
         let Some((_, link)) = self.links.iter().find(|(at, _)| at == start) else {
             return Ok(None);
         };
@@ -188,12 +193,14 @@ impl CgroupTotals {
         };
         self.last_walk = first.walk;
         let page = page_size() as u64;
-        Ok(Some(
+        let mut out = Readings::with_capacity_and_hasher(self.last_len, Default::default());
+        out.extend(
             std::iter::once(first)
                 .chain(entries.take_while(|t| t.walk == first.walk))
-                .map(|t| (t.cgroup, Reading::new(t, page)))
-                .collect(),
-        ))
+                .map(|t| (t.cgroup, Reading::new(t, page))),
+        );
+        self.last_len = out.len();
+        Ok(Some(out))
     }
 
     fn link_to(&self, start: &Path) -> Result<OwnedFd> {

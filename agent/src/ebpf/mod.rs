@@ -11,7 +11,6 @@ pub mod iter;
 mod kfunc;
 
 use std::{
-    collections::HashMap,
     num::NonZeroU32,
     time::{Duration, Instant},
 };
@@ -294,13 +293,13 @@ impl CpuAccounting {
 
     /// Cumulative on-CPU nanoseconds per cgroup v2 id since loading, exact up to
     /// this call (in [`FlushMode::TestRun`]) or to the last clock tick.
-    pub fn read(&mut self) -> Result<HashMap<u64, u64>> {
+    pub fn read(&mut self) -> Result<foldhash::HashMap<u64, u64>> {
         if self.flush == FlushMode::TestRun {
             let flushed = run_flush(&self.ebpf, &self.cpus);
             drain(&mut self.logger);
             flushed?;
         }
-        let mut out = HashMap::with_capacity(256);
+        let mut out = foldhash::HashMap::with_capacity_and_hasher(256, Default::default());
         for entry in self.cgroup_cpu.iter() {
             let (cgroup, per_cpu) = entry.map_err(|source| Error::Map {
                 name: MAP_CGROUP_CPU,
