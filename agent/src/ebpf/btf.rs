@@ -5,7 +5,7 @@
 //! id a BTF tracepoint attaches by. Only what that needs is parsed: the type
 //! section is walked once, structs are looked up by name, and anonymous
 //! struct/union members are searched through as the C compiler would.
-use std::{collections::HashMap, num::NonZeroU32, path::Path};
+use std::{collections::HashMap, num::NonZeroU32, os::unix::fs::FileExt as _, path::Path};
 
 use agent_common::{
     CgroupOffsets, ITER_TARGET_CGROUP, KFUNC_RSTAT_FLUSH, TYPEDEF_SCHED_SWITCH, TaskOffsets,
@@ -22,6 +22,8 @@ pub enum Error {
     },
     #[error("malformed BTF: {0}")]
     Malformed(&'static str),
+    #[error("reading BTF: {0}")]
+    Io(#[source] std::io::Error),
     #[error("BTF has no struct {0}")]
     NoStruct(String),
     #[error("struct {strukt} has no member {member} in this kernel's BTF")]
@@ -61,13 +63,38 @@ pub struct CgroupIter {
 }
 
 impl Kernel {
-    /// Reads the kernel's BTF (a vmlinux BTF file).
+    /// Reads the kernel's BTF (a vmlinux BTF file): its strings whole, its
+    /// types as they stream past (the file is ~5 MiB; the agent's peak
+    /// memory is this read).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|source| Error::Read {
+        let read_error = |source| Error::Read {
             path: path.display().to_string(),
             source,
-        })?;
-        let btf = Btf::parse(&data)?;
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let mut header = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Error::Malformed("header truncated"),
+                _ => read_error(e),
+            })?;
+        let h = Header::parse(&header)?;
+        let mut strings = vec![0u8; h.str_len];
+        file.read_exact_at(&mut strings, h.str_start() as u64)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    Error::Malformed("string section out of bounds")
+                }
+                _ => read_error(e),
+            })?;
+        let types = std::io::BufReader::with_capacity(
+            64 << 10,
+            Section {
+                file: &file,
+                at: h.type_start() as u64,
+            },
+        );
+        let btf = Btf::parse_from(strings, types, h.type_len, &STRUCTS)?;
         Ok(Self {
             offsets: task_offsets(&btf),
             sched_switch_typedef: btf.named_id(Named::Typedef, TYPEDEF_SCHED_SWITCH),
@@ -76,7 +103,71 @@ impl Kernel {
     }
 }
 
-fn cgroup_iter(btf: &Btf<'_>) -> Result<CgroupIter> {
+/// The structs whose members the loader looks up (the only named ones the
+/// parse keeps; anonymous ones are kept for the members inside them).
+const STRUCTS: [&str; 10] = [
+    "bpf_iter_meta",
+    "cgroup",
+    "cgroup_base_stat",
+    "css_set",
+    "kernfs_node",
+    "mem_cgroup",
+    "page_counter",
+    "sched_entity",
+    "task_cputime",
+    "task_struct",
+];
+
+/// A part of a file read from `at` on (positioned reads: no seek state).
+struct Section<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl std::io::Read for Section<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+const HEADER_LEN: usize = 24;
+
+/// Where a BTF blob's sections are.
+struct Header {
+    hdr_len: usize,
+    type_off: usize,
+    type_len: usize,
+    str_off: usize,
+    str_len: usize,
+}
+
+impl Header {
+    fn parse(data: &[u8]) -> Result<Self> {
+        if data.get(0..2) != Some(&[0x9f, 0xeb]) {
+            return Err(Error::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let at = |i| u32_at(data, i).map(|v| v as usize);
+        Ok(Self {
+            hdr_len: at(4)?,
+            type_off: at(8)?,
+            type_len: at(12)?,
+            str_off: at(16)?,
+            str_len: at(20)?,
+        })
+    }
+
+    fn type_start(&self) -> usize {
+        self.hdr_len + self.type_off
+    }
+
+    fn str_start(&self) -> usize {
+        self.hdr_len + self.str_off
+    }
+}
+
+fn cgroup_iter(btf: &Btf) -> Result<CgroupIter> {
     let target_name = format!("bpf_iter_{ITER_TARGET_CGROUP}");
     let target = btf
         .named_id(Named::Func, &target_name)
@@ -125,7 +216,7 @@ impl MemoryOffsets {
     }
 }
 
-fn memory_offsets(btf: &Btf<'_>) -> Result<MemoryOffsets> {
+fn memory_offsets(btf: &Btf) -> Result<MemoryOffsets> {
     let bytes = |strukt, member| btf.member_offset(strukt, member).map(|m| m.bits / 8);
     let memory_id = btf.enumerator(ENUM_MEMORY_CGRP_ID)?;
     if bytes("mem_cgroup", "css")? != 0 {
@@ -143,7 +234,7 @@ const ENUM_MEMORY_CGRP_ID: &str = "memory_cgrp_id";
 /// The enumerators the loader looks up (the only ones the parse keeps).
 const ENUMERATORS: [&str; 1] = [ENUM_MEMORY_CGRP_ID];
 
-fn task_offsets(btf: &Btf<'_>) -> Result<TaskOffsets> {
+fn task_offsets(btf: &Btf) -> Result<TaskOffsets> {
     let bytes = |strukt, member| btf.member_offset(strukt, member).map(|m| m.bits / 8);
     let se = bytes("task_struct", "se")?;
     Ok(TaskOffsets {
@@ -251,16 +342,23 @@ fn name_at(strings: &[u8], off: u32) -> &[u8] {
     &rest[..end]
 }
 
-/// The functions the loader looks up by name: the cgroup iterator's
-/// target and the statistics flush.
-fn looked_up(func: &[u8]) -> bool {
-    func.strip_prefix(b"bpf_iter_") == Some(ITER_TARGET_CGROUP.as_bytes())
-        || KFUNC_RSTAT_FLUSH.iter().any(|f| f.as_bytes() == func)
+/// The functions and typedefs the loader looks up by name: the cgroup
+/// iterator's target, the statistics flush and the switch tracepoint's
+/// typedef (tens of thousands of others are not kept).
+fn looked_up(kind: u32, name: &[u8]) -> bool {
+    match kind {
+        KIND_FUNC => {
+            name.strip_prefix(b"bpf_iter_") == Some(ITER_TARGET_CGROUP.as_bytes())
+                || KFUNC_RSTAT_FLUSH.iter().any(|f| f.as_bytes() == name)
+        }
+        KIND_TYPEDEF => name == TYPEDEF_SCHED_SWITCH.as_bytes(),
+        _ => false,
+    }
 }
 
 /// The parts of a BTF blob needed to find member offsets.
-pub struct Btf<'a> {
-    strings: &'a [u8],
+pub struct Btf {
+    strings: Vec<u8>,
     /// Type id → composite (struct/union), for ids that are one.
     composites: HashMap<u32, Composite>,
     /// Type id → (kind, referenced type) for modifiers and typedefs, to see through them.
@@ -272,25 +370,39 @@ pub struct Btf<'a> {
     enumerators: HashMap<&'static str, u64>,
 }
 
-struct Cursor<'a> {
-    data: &'a [u8],
+/// The type section as it is read, `len` bytes long.
+struct Cursor<R> {
+    read: R,
     pos: usize,
+    len: usize,
 }
 
-impl Cursor<'_> {
+impl<R: std::io::Read> Cursor<R> {
     fn u32(&mut self) -> Result<u32> {
-        let bytes = self
-            .data
-            .get(self.pos..self.pos + 4)
-            .ok_or(Error::Malformed("type section truncated"))?;
-        self.pos += 4;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        let mut bytes = [0u8; 4];
+        self.fill(&mut bytes)?;
+        Ok(u32::from_le_bytes(bytes))
     }
-    fn skip(&mut self, n: usize) -> Result<()> {
-        if self.pos + n > self.data.len() {
+
+    fn skip(&mut self, mut n: usize) -> Result<()> {
+        let mut scratch = [0u8; 64];
+        while n > 0 {
+            let step = n.min(scratch.len());
+            self.fill(&mut scratch[..step])?;
+            n -= step;
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+        if self.pos + buf.len() > self.len {
             return Err(Error::Malformed("type section truncated"));
         }
-        self.pos += n;
+        self.read.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::Malformed("type section truncated"),
+            _ => Error::Io(e),
+        })?;
+        self.pos += buf.len();
         Ok(())
     }
 }
@@ -301,33 +413,50 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32> {
         .ok_or(Error::Malformed("header truncated"))
 }
 
-impl<'a> Btf<'a> {
+impl Btf {
     /// Parses a little-endian BTF blob (vmlinux BTF is native-endian; this agent
-    /// runs on little-endian hosts only, as does its eBPF target).
-    pub fn parse(data: &'a [u8]) -> Result<Self> {
-        if data.get(0..2) != Some(&[0x9f, 0xeb]) {
-            return Err(Error::Malformed("bad magic (not little-endian BTF)"));
-        }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
-        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+    /// runs on little-endian hosts only, as does its eBPF target), keeping
+    /// the loader's [`STRUCTS`].
+    pub fn parse(data: &[u8]) -> Result<Self> {
+        Self::parse_keeping(data, &STRUCTS)
+    }
+
+    /// As [`Btf::parse`], keeping the structs named `structs`.
+    fn parse_keeping(data: &[u8], structs: &[&str]) -> Result<Self> {
+        let h = Header::parse(data)?;
         let types = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .get(h.type_start()..h.type_start() + h.type_len)
             .ok_or(Error::Malformed("type section out of bounds"))?;
         let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .get(h.str_start()..h.str_start() + h.str_len)
             .ok_or(Error::Malformed("string section out of bounds"))?;
+        Self::parse_from(strings.to_vec(), types, h.type_len, structs)
+    }
 
+    /// Parses the type section `types`, `type_len` bytes long, whose names
+    /// are in `strings`.
+    fn parse_from(
+        strings: Vec<u8>,
+        types: impl std::io::Read,
+        type_len: usize,
+        structs: &[&str],
+    ) -> Result<Self> {
         let mut composites = HashMap::new();
         let mut refs = HashMap::new();
         let mut named = HashMap::new();
         let mut enumerators = HashMap::new();
         let mut cur = Cursor {
-            data: types,
+            read: types,
             pos: 0,
+            len: type_len,
+        };
+        // Named structs not looked up, and their members, are not kept.
+        let kept = |name_off: u32| {
+            let name = name_at(&strings, name_off);
+            name.is_empty() || structs.iter().any(|s| s.as_bytes() == name)
         };
         let mut id = 0u32;
-        while cur.pos < types.len() {
+        while cur.pos < type_len {
             id += 1;
             let name_off = cur.u32()?;
             let info = cur.u32()?;
@@ -338,6 +467,7 @@ impl<'a> Btf<'a> {
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => cur.skip(4)?,
                 KIND_ARRAY => cur.skip(12)?,
+                KIND_STRUCT | KIND_UNION if !kept(name_off) => cur.skip(12 * vlen)?,
                 KIND_STRUCT | KIND_UNION => {
                     let mut members = Vec::with_capacity(vlen);
                     for _ in 0..vlen {
@@ -360,7 +490,7 @@ impl<'a> Btf<'a> {
                 }
                 KIND_ENUM | KIND_ENUM64 => {
                     for _ in 0..vlen {
-                        let name = name_at(strings, cur.u32()?);
+                        let name = name_at(&strings, cur.u32()?);
                         let low = cur.u32()?;
                         let high = if kind == KIND_ENUM64 { cur.u32()? } else { 0 };
                         if let Some(&wanted) = ENUMERATORS.iter().find(|e| e.as_bytes() == name) {
@@ -374,13 +504,11 @@ impl<'a> Btf<'a> {
                 // no trailing data. Modifiers/typedefs refer to another type.
                 8..=11 | 18 => {
                     refs.insert(id, size_or_type);
-                    if kind == KIND_TYPEDEF {
+                    if kind == KIND_TYPEDEF && looked_up(kind, name_at(&strings, name_off)) {
                         named.insert((KIND_TYPEDEF, id), name_off);
                     }
                 }
-                // Tens of thousands of functions: only those looked up are
-                // kept (the agent's peak memory is this parse).
-                KIND_FUNC if looked_up(name_at(strings, name_off)) => {
+                KIND_FUNC if looked_up(kind, name_at(&strings, name_off)) => {
                     named.insert((KIND_FUNC, id), name_off);
                 }
                 KIND_FUNC => {}
@@ -398,7 +526,7 @@ impl<'a> Btf<'a> {
     }
 
     fn name(&self, off: u32) -> &[u8] {
-        name_at(self.strings, off)
+        name_at(&self.strings, off)
     }
 
     /// The type id of the typedef or function named `name` (the lowest, if
@@ -512,7 +640,7 @@ mod tests {
                 (5, (KIND_STRUCT << 24) | 2, 24, vec![11, 1, 0, 0, 2, 128]), // 3: outer { a; union {b} at 16 }
             ],
         );
-        let btf = Btf::parse(&data).expect("parses");
+        let btf = Btf::parse_keeping(&data, &["outer"]).expect("parses");
         assert_eq!(btf.member_offset("outer", "a").expect("a").bits, 0);
         assert_eq!(btf.member_offset("outer", "b").expect("b").bits, 128);
         assert!(matches!(
@@ -532,6 +660,22 @@ mod tests {
         let mut data = blob(&["x"], &[(1, (KIND_STRUCT << 24) | 5, 8, vec![])]);
         data.truncate(data.len() - 1);
         assert!(Btf::parse(&data).is_err());
+        // The same from a file, whose type section is read as it streams.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("vmlinux");
+        let whole = blob(&["x"], &[(1, (KIND_STRUCT << 24) | 5, 8, vec![])]);
+        std::fs::write(&file, &whole[..whole.len() - 3]).expect("write");
+        assert!(matches!(
+            Kernel::from_file(&file),
+            Err(Error::Malformed("string section out of bounds"))
+        ));
+        let mut short = whole.clone();
+        short[12] = 200; // the type section's length
+        std::fs::write(&file, &short).expect("write");
+        assert!(matches!(
+            Kernel::from_file(&file),
+            Err(Error::Malformed("type section truncated"))
+        ));
     }
 
     /// This kernel's BTF, or `None` (said) on a kernel without.
@@ -629,19 +773,23 @@ mod tests {
 
     #[test]
     fn finds_typedefs_and_functions_by_name() {
-        // strings: 1 "int", 5 "t"
+        const T: &str = TYPEDEF_SCHED_SWITCH;
+        // strings: 1 "int", 5 T, then "u"
         let data = blob(
-            &["int", "t"],
+            &["int", T, "u"],
             &[
-                (1, KIND_INT << 24, 8, vec![64]),   // 1: int
-                (5, KIND_TYPEDEF << 24, 1, vec![]), // 2: typedef int t
+                (1, KIND_INT << 24, 8, vec![64]),                    // 1: int
+                (5, KIND_TYPEDEF << 24, 1, vec![]),                  // 2: typedef int T
+                (6 + T.len() as u32, KIND_TYPEDEF << 24, 1, vec![]), // 3: typedef int u
             ],
         );
         let btf = Btf::parse(&data).expect("parses");
-        assert_eq!(btf.named_id(Named::Typedef, "t"), NonZeroU32::new(2));
+        assert_eq!(btf.named_id(Named::Typedef, T), NonZeroU32::new(2));
         assert_eq!(btf.named_id(Named::Typedef, "int"), None);
-        assert_eq!(btf.named_id(Named::Func, "t"), None);
-        for (kind, name) in [(Named::Typedef, "t"), (Named::Func, "css_rstat_flush")] {
+        assert_eq!(btf.named_id(Named::Func, T), None);
+        // Typedefs nobody looks up are not kept.
+        assert_eq!(btf.named_id(Named::Typedef, "u"), None);
+        for (kind, name) in [(Named::Typedef, T), (Named::Func, "css_rstat_flush")] {
             for id in [1, 7] {
                 let id = NonZeroU32::new(id).expect("non-zero");
                 let stand_in = named_only(kind, name, id);
