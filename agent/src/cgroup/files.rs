@@ -6,8 +6,8 @@
 //! close of a leaf's `memory.stat` costs ~24 µs and a `pread` ~13 µs;
 //! `memory.usage_in_bytes` 9 µs against 1.2 µs. The collector reads every
 //! container every interval, so it keeps each sampled cgroup's files open while
-//! the cgroup lives, keyed by path and cgroup id (a path re-created as a new
-//! cgroup gets its files reopened), and reads into one reused buffer.
+//! the cgroup lives, keyed by cgroup id (a path re-created as a new cgroup
+//! gets its files reopened), and reads into one reused buffer.
 use std::{
     fs::File,
     io,
@@ -18,15 +18,19 @@ use std::{
 
 use super::{
     Hierarchy, Tree,
-    stats::{Memory, Read, Slow},
+    stats::{Dir, Memory, Read, Slow},
 };
 
 /// Open counter files of the cgroups being sampled.
 pub struct CounterFiles {
-    by_path: foldhash::HashMap<String, Entry>,
+    /// By cgroup id (0: the node's figures outside cgroupfs).
+    by_id: foldhash::HashMap<u64, Entry>,
     buf: Vec<u8>,
     stat_max_age: Duration,
 }
+
+/// The key of the node's files outside cgroupfs (no cgroup has id 0).
+const NODE: u64 = 0;
 
 impl Default for CounterFiles {
     fn default() -> Self {
@@ -37,16 +41,17 @@ impl Default for CounterFiles {
 /// One cgroup's open files, by name (a cgroup reads `memory.stat` from either
 /// the v2 or the v1 directory, never both, so names do not collide).
 struct Entry {
-    id: u64,
+    /// The cgroup's path, relative to its hierarchy's root.
+    rel: String,
     files: Vec<(&'static str, File)>,
     /// The last reading of the slow figures.
     slow: Option<SlowReading>,
 }
 
 impl Entry {
-    fn new(id: u64) -> Self {
+    fn new(rel: &str) -> Self {
         Self {
-            id,
+            rel: rel.to_string(),
             files: Vec::new(),
             slow: None,
         }
@@ -88,11 +93,11 @@ struct Reader<'a> {
 }
 
 impl Read for Reader<'_> {
-    fn text(&mut self, dir: &Path, name: &'static str) -> io::Result<&str> {
+    fn text(&mut self, dir: Dir<'_>, name: &'static str) -> io::Result<&str> {
         let file = match self.entry.files.iter().position(|(n, _)| *n == name) {
             Some(i) => &self.entry.files[i].1,
             None => {
-                let file = File::open(dir.join(name))?;
+                let file = File::open(dir.file(name))?;
                 self.entry.files.push((name, file));
                 &self.entry.files[self.entry.files.len() - 1].1
             }
@@ -101,7 +106,7 @@ impl Read for Reader<'_> {
         std::str::from_utf8(&self.buf[..len]).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: {e}", dir.join(name).display()),
+                format!("{}: {e}", dir.file(name).display()),
             )
         })
     }
@@ -148,7 +153,7 @@ impl CounterFiles {
     /// `memory.stat` re-read at least every `max_age` (zero: every read).
     pub fn with_stat_max_age(max_age: Duration) -> Self {
         Self {
-            by_path: foldhash::HashMap::default(),
+            by_id: foldhash::HashMap::default(),
             buf: Vec::new(),
             stat_max_age: max_age,
         }
@@ -163,18 +168,12 @@ impl CounterFiles {
         rel: &str,
         read: impl FnOnce(&mut Reader<'_>) -> io::Result<T>,
     ) -> io::Result<T> {
-        // Looked up before inserting: no key allocated in the steady state.
-        if !self.by_path.contains_key(rel) {
-            self.by_path.insert(rel.to_string(), Entry::new(id));
-        }
-        let Some(entry) = self.by_path.get_mut(rel) else {
-            return Err(io::Error::other(
-                "counter files: entry just inserted is missing",
-            ));
-        };
-        if entry.id != id {
-            // The path now names another cgroup: its old files are stale.
-            *entry = Entry::new(id);
+        let entry = self.by_id.entry(id).or_insert_with(|| Entry::new(rel));
+        if entry.rel != rel {
+            // The id names another directory now (cgroupfs never reuses
+            // one, but other file systems reuse inode numbers): the old
+            // files are stale.
+            *entry = Entry::new(rel);
         }
         let result = read(&mut Reader {
             entry,
@@ -182,7 +181,7 @@ impl CounterFiles {
             stat_max_age: self.stat_max_age,
         });
         if result.is_err() {
-            self.by_path.remove(rel);
+            self.by_id.remove(&id);
         }
         result
     }
@@ -219,25 +218,23 @@ impl CounterFiles {
 
     /// [`Hierarchy::node_memory`], through kept-open files.
     pub fn node_memory(&mut self, h: &Hierarchy, proc_root: &Path) -> io::Result<Memory> {
-        // Not a cgroup path: cannot collide with one (they start with `/`).
-        const NODE: &str = "node";
-        self.with(0, NODE, |r| h.node_memory_with(r, proc_root))
+        self.with(NODE, "", |r| h.node_memory_with(r, proc_root))
     }
 
     /// Closes the files of cgroups for which `live(rel, id)` is false.
     pub fn retain(&mut self, mut live: impl FnMut(&str, u64) -> bool) {
-        self.by_path
-            .retain(|rel, entry| rel == "node" || live(rel, entry.id));
+        self.by_id
+            .retain(|&id, entry| id == NODE || live(&entry.rel, id));
     }
 
     /// How many cgroups have files open.
     pub fn len(&self) -> usize {
-        self.by_path.len()
+        self.by_id.len()
     }
 
     /// Whether no files are open.
     pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
+        self.by_id.is_empty()
     }
 }
 
@@ -349,9 +346,14 @@ mod tests {
         write(&dir, "memory.current", "500\n");
         assert_eq!(files.memory(&h, Tree::V2, 8, "/a").expect("mem").usage, 500);
 
-        // Gone: an error, and its files are closed.
+        // Gone: an error, and its files are closed; the older cgroups'
+        // stay open until a walk no longer sees them.
         fs::remove_dir_all(&dir).expect("rm -r");
         assert!(files.memory(&h, Tree::V2, 9, "/a").is_err());
+        assert_eq!(files.len(), 2);
+        files.retain(|rel, id| rel == "/a" && id == 8);
+        assert_eq!(files.len(), 1);
+        files.retain(|_, _| false);
         assert!(files.is_empty());
     }
 

@@ -35,10 +35,32 @@ impl Memory {
     }
 }
 
+/// A cgroup's directory (or procfs): a root and a path below it, joined
+/// only where a file is opened or named in an error (a reader that keeps
+/// files open needs no path in the steady state).
+#[derive(Clone, Copy)]
+pub(super) struct Dir<'a> {
+    root: &'a Path,
+    rel: &'a str,
+}
+
+impl<'a> Dir<'a> {
+    pub fn new(root: &'a Path, rel: &'a str) -> Self {
+        Self { root, rel }
+    }
+
+    /// File `name` in it.
+    pub fn file(&self, name: &str) -> PathBuf {
+        let mut path = self.root.join(self.rel.trim_start_matches('/'));
+        path.push(name);
+        path
+    }
+}
+
 /// How a cgroupfs file's text is obtained.
 pub(super) trait Read {
     /// The whole text of file `name` in directory `dir`.
-    fn text(&mut self, dir: &Path, name: &'static str) -> io::Result<&str>;
+    fn text(&mut self, dir: Dir<'_>, name: &'static str) -> io::Result<&str>;
 
     /// The figures that change slowly and cost the kernel most to produce
     /// (inactive file pages from `memory.stat`, swap), given the `usage` just
@@ -69,21 +91,21 @@ pub(super) struct Slow {
 pub(super) struct OneShot(String);
 
 impl Read for OneShot {
-    fn text(&mut self, dir: &Path, name: &'static str) -> io::Result<&str> {
-        self.0 = fs::read_to_string(dir.join(name))?;
+    fn text(&mut self, dir: Dir<'_>, name: &'static str) -> io::Result<&str> {
+        self.0 = fs::read_to_string(dir.file(name))?;
         Ok(&self.0)
     }
 }
 
-fn invalid(dir: &Path, name: &str, what: String) -> io::Error {
+fn invalid(dir: Dir<'_>, name: &str, what: String) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("{}: {what}", dir.join(name).display()),
+        format!("{}: {what}", dir.file(name).display()),
     )
 }
 
 /// A single-value file's number (`max` is `u64::MAX`).
-fn single(r: &mut impl Read, dir: &Path, name: &'static str) -> io::Result<u64> {
+fn single(r: &mut impl Read, dir: Dir<'_>, name: &'static str) -> io::Result<u64> {
     let text = r.text(dir, name)?.trim();
     if text == "max" {
         return Ok(u64::MAX);
@@ -93,7 +115,7 @@ fn single(r: &mut impl Read, dir: &Path, name: &'static str) -> io::Result<u64> 
 }
 
 /// A `key value` line's value from a flat-keyed file (`cpu.stat`, `memory.stat`).
-fn keyed(r: &mut impl Read, dir: &Path, name: &'static str, key: &str) -> io::Result<u64> {
+fn keyed(r: &mut impl Read, dir: Dir<'_>, name: &'static str, key: &str) -> io::Result<u64> {
     keyed_value(r.text(dir, name)?, key)
         .ok_or_else(|| invalid(dir, name, format!("no numeric {key:?}")))
 }
@@ -127,12 +149,12 @@ impl Hierarchy {
         rel: &str,
     ) -> io::Result<u64> {
         if tree == Tree::V2
-            && let Some(dir) = self.dir(Tree::V2, rel)
+            && let Some(root) = self.v2.as_deref()
         {
-            return keyed(r, &dir, "cpu.stat", "usage_usec").map(|us| us * 1000);
+            return keyed(r, Dir::new(root, rel), "cpu.stat", "usage_usec").map(|us| us * 1000);
         }
         let dir = v1_dir(self.v1_cpuacct.as_deref(), rel, "no cpuacct controller")?;
-        single(r, &dir, "cpuacct.usage")
+        single(r, dir, "cpuacct.usage")
     }
 
     /// Memory of a cgroup: from the v2 files where the memory controller is on the
@@ -154,12 +176,12 @@ impl Hierarchy {
     ) -> io::Result<Memory> {
         if tree == Tree::V2
             && self.v2_memory
-            && let Some(dir) = self.dir(Tree::V2, rel)
+            && let Some(root) = self.v2.as_deref()
         {
-            return memory_v2(r, &dir, usage);
+            return memory_v2(r, Dir::new(root, rel), usage);
         }
         let dir = v1_dir(self.v1_memory.as_deref(), rel, "no memory controller")?;
-        memory_v1(r, &dir, self.v1_memsw, usage)
+        memory_v1(r, dir, self.v1_memsw, usage)
     }
 
     /// The node's memory: the v1 memory controller's root where there is one,
@@ -174,18 +196,18 @@ impl Hierarchy {
         proc_root: &Path,
     ) -> io::Result<Memory> {
         match &self.v1_memory {
-            Some(root) => memory_v1(r, root, self.v1_memsw, None),
+            Some(root) => memory_v1(r, Dir::new(root, ""), self.v1_memsw, None),
             None => meminfo(r, proc_root),
         }
     }
 }
 
-fn v1_dir(root: Option<&Path>, rel: &str, missing: &'static str) -> io::Result<PathBuf> {
-    root.map(|root| root.join(rel.trim_start_matches('/')))
+fn v1_dir<'a>(root: Option<&'a Path>, rel: &'a str, missing: &'static str) -> io::Result<Dir<'a>> {
+    root.map(|root| Dir::new(root, rel))
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, missing))
 }
 
-fn memory_v2(r: &mut impl Read, dir: &Path, usage: Option<u64>) -> io::Result<Memory> {
+fn memory_v2(r: &mut impl Read, dir: Dir<'_>, usage: Option<u64>) -> io::Result<Memory> {
     let usage = match usage {
         Some(usage) => usage,
         None => single(r, dir, "memory.current")?,
@@ -199,7 +221,12 @@ fn memory_v2(r: &mut impl Read, dir: &Path, usage: Option<u64>) -> io::Result<Me
     Ok(Memory::from_usage(usage, slow.inactive_file, slow.swap))
 }
 
-fn memory_v1(r: &mut impl Read, dir: &Path, memsw: bool, usage: Option<u64>) -> io::Result<Memory> {
+fn memory_v1(
+    r: &mut impl Read,
+    dir: Dir<'_>,
+    memsw: bool,
+    usage: Option<u64>,
+) -> io::Result<Memory> {
     let usage = match usage {
         Some(usage) => usage,
         None => single(r, dir, "memory.usage_in_bytes")?,
@@ -237,7 +264,8 @@ fn memory_v1(r: &mut impl Read, dir: &Path, memsw: bool, usage: Option<u64>) -> 
 /// working set = usage − Inactive(file); swap = SwapTotal − SwapFree.
 fn meminfo(r: &mut impl Read, proc_root: &Path) -> io::Result<Memory> {
     const NAME: &str = "meminfo";
-    let text = r.text(proc_root, NAME)?;
+    let dir = Dir::new(proc_root, "");
+    let text = r.text(dir, NAME)?;
     let field = |name: &str| -> io::Result<u64> {
         text.lines()
             .find_map(|l| {
@@ -245,7 +273,7 @@ fn meminfo(r: &mut impl Read, proc_root: &Path) -> io::Result<Memory> {
                 let kb = rest.trim().trim_end_matches("kB").trim();
                 kb.parse::<u64>().ok().map(|kb| kb * 1024)
             })
-            .ok_or_else(|| invalid(proc_root, NAME, format!("no {name}")))
+            .ok_or_else(|| invalid(dir, NAME, format!("no {name}")))
     };
     let usage = field("MemTotal")?.saturating_sub(field("MemFree")?);
     let inactive = field("Inactive(file)")?;
