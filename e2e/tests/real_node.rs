@@ -356,6 +356,8 @@ type Series = BTreeMap<String, Vec<(f64, f64)>>;
 /// each container's own cgroup and the node's.
 struct Sampler {
     counters: Arc<Mutex<BTreeMap<String, Counter>>>,
+    /// Keys whose load is not steady (see [`Sampler::rate_range`]).
+    unsteady: Mutex<BTreeSet<String>>,
     series: Arc<Mutex<Series>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -401,6 +403,7 @@ impl Sampler {
         };
         Ok(Self {
             counters,
+            unsteady: Mutex::new([NODE_KEY.to_string()].into()),
             series,
             stop,
             thread: Some(thread),
@@ -410,6 +413,12 @@ impl Sampler {
     /// Samples `key` from now on too.
     fn add(&self, key: String, counter: Counter) {
         lock(&self.counters).insert(key, counter);
+    }
+
+    /// `key`'s load changes (it steps): between two samples its counter
+    /// is only known to lie between them.
+    fn unsteady(&self, key: &str) {
+        lock(&self.unsteady).insert(key.to_string());
     }
 
     /// When `key` was first and last sampled.
@@ -454,11 +463,12 @@ impl Sampler {
     /// each end; `None` where the samples do not reach.
     ///
     /// Between two samples a container's counter is taken as linear (its
-    /// burner's load is steady). The node's is not: it counts every process
-    /// on the machine, the harness's own bursts among them, so it is only
-    /// known to lie between the two samples (it never falls).
+    /// burner's load is steady). An unsteady one's is not (the node counts
+    /// every process on the machine, the harness's own bursts among them; a
+    /// stepped load starts between two samples), so it is only known to lie
+    /// between the two samples (it never falls).
     fn rate_range(&self, key: &str, ends: (f64, f64), window: f64) -> Option<(f64, f64)> {
-        let bracketed = key == NODE_KEY;
+        let bracketed = lock(&self.unsteady).contains(key);
         let s = lock(&self.series);
         let series = s.get(key)?;
         // The counter at `t`: (lowest, highest) it can have been.

@@ -585,7 +585,7 @@ impl Collector {
                     continue;
                 }
             };
-            // Looked up before inserting: a pod's UID is copied once.
+            // Looked up before inserting: a pod's UID is copied only for a new pod.
             let pod = match pods.get_mut(pod_uid) {
                 Some(pod) => pod,
                 None => pods.entry(pod_uid.clone()).or_insert_with(|| PodSample {

@@ -90,6 +90,7 @@ pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
     let pod = burner_pod(c, STEP_POD, &[(STEP_POD, &[&step_arg])])?;
     c.create(&pod)?;
     let step_key = format!("{SHOP}/{STEP_POD}/{STEP_POD}");
+    sampler.unsteady(&step_key);
     let deadline = Instant::now() + STEP_AFTER + Duration::from_secs_f64(AFTER_STEP + 30.0);
     let mut started: Option<f64> = None;
     let mut rise: Option<f64> = None;
