@@ -36,6 +36,9 @@ pub(super) struct CgroupIterator {
     /// This collection's readings of the v2 tree, by cgroup id.
     cpu: Option<Readings>,
     node_cpu: Option<u64>,
+    /// This collection's start of the walks, relative to a hierarchy's
+    /// root (see [`Self::start`]).
+    start: Option<String>,
     memory: MemoryState,
 }
 
@@ -47,6 +50,7 @@ impl CgroupIterator {
             failures: 0,
             cpu: None,
             node_cpu: None,
+            start: None,
             memory,
         }
     }
@@ -108,7 +112,8 @@ impl Source for CgroupIterator {
         self.cpu = None;
         self.node_cpu = None;
         self.memory.usage.clear();
-        let Some(rel) = Self::start(walk) else {
+        self.start = Self::start(walk);
+        let Some(rel) = self.start.as_deref() else {
             // No pods root yet: no pods to read.
             self.cpu = Some(Readings::new());
             return Ok(());
@@ -136,7 +141,7 @@ impl Source for CgroupIterator {
         let usage = if walk.hierarchy.v2_memory {
             Ok(usage_by_id(readings, Some))
         } else if let Some(v1) = walk.hierarchy.v1_memory.as_ref()
-            && let Some(rel) = Self::start(walk)
+            && let Some(rel) = self.start.as_deref()
         {
             let start = v1.join(rel.trim_start_matches('/'));
             match self.totals.read(&start) {
