@@ -25,40 +25,46 @@ fn short(id: &str) -> &str {
 /// Column widths: pod, QoS, container, id, CPU, memory.
 const WIDTHS: [usize; 6] = [40, 10, 20, 36, 10, 13];
 
-/// One table row: text columns padded on the right, the two figures on
-/// the left. Written straight into `out` (the formatter's padding writes
-/// one fill character at a time, most of a 110-pod table's cost).
-fn row(out: &mut String, text: [&str; 4], cpu: Option<f64>, memory: u64) {
+/// Writes `n` spaces (the formatter's padding writes one fill character
+/// at a time, most of a 110-pod table's cost).
+fn pad(out: &mut String, n: usize) {
     const SPACES: &str = "                                        ";
-    let pad = |out: &mut String, n: usize| {
-        for _ in 0..n / SPACES.len() {
-            out.push_str(SPACES);
-        }
-        out.push_str(&SPACES[..n % SPACES.len()]);
-    };
-    for (cell, width) in text.iter().zip(WIDTHS) {
+    for _ in 0..n / SPACES.len() {
+        out.push_str(SPACES);
+    }
+    out.push_str(&SPACES[..n % SPACES.len()]);
+}
+
+/// One line of the table, header or row: text cells padded on the right,
+/// figures on the left, to [`WIDTHS`].
+fn line(out: &mut String, text: [&str; 4], figures: [&str; 2]) {
+    let (text_widths, figure_widths) = WIDTHS.split_at(text.len());
+    for (cell, width) in text.iter().zip(text_widths) {
         out.push_str(cell);
         pad(out, width.saturating_sub(cell.chars().count()) + 1);
     }
-    let figure = |out: &mut String, width: usize, write: &dyn Fn(&mut String)| {
-        let at = out.len();
-        write(out);
-        let len = out.len() - at;
-        if len < width {
-            out.insert_str(at, &SPACES[..(width - len).min(SPACES.len())]);
+    for (i, (cell, width)) in figures.iter().zip(figure_widths).enumerate() {
+        if i > 0 {
+            out.push(' ');
         }
-    };
-    figure(out, WIDTHS[4], &|out| match cpu {
-        Some(m) => {
-            let _ = write!(out, "{m:.1}m");
-        }
-        None => out.push('-'),
-    });
-    out.push(' ');
-    figure(out, WIDTHS[5], &|out| {
-        let _ = write!(out, "{:.1}Mi", mib(memory));
-    });
+        pad(out, width.saturating_sub(cell.chars().count()));
+        out.push_str(cell);
+    }
     out.push('\n');
+}
+
+/// One row: CPU in millicores (`-` without a rate) and memory, formatted
+/// in `scratch` (reused, so a row allocates nothing).
+fn row(out: &mut String, scratch: &mut String, text: [&str; 4], cpu: Option<f64>, memory: u64) {
+    scratch.clear();
+    let _ = match cpu {
+        Some(m) => write!(scratch, "{m:.1}m"),
+        None => write!(scratch, "-"),
+    };
+    let cpu_len = scratch.len();
+    let _ = write!(scratch, "{:.1}Mi", mib(memory));
+    let (cpu, memory) = scratch.split_at(cpu_len);
+    line(out, text, [cpu, memory]);
 }
 
 /// Renders the table for `cur`, with rates against `prev` (the same node one
@@ -76,27 +82,31 @@ pub fn render(prev: &Snapshot, cur: &Snapshot, names: Option<&NodeMetadata>) -> 
     let named = names.map(Named::new);
     let mut rows = String::with_capacity(128 * (1 + cur.pods.len() * 2));
     let (mut shown, mut hidden) = (0, 0);
-    let mut label = String::new();
+    let (mut label, mut scratch) = (String::new(), String::new());
+    // Each shown container with its sample in `prev`, if it had one.
     let mut containers = Vec::new();
     for pod in cur.pods.values() {
         let meta = named.as_ref().and_then(|n| n.pod(&pod.uid));
+        let before = prev.pods.get(&pod.uid);
         containers.clear();
         containers.extend(
             pod.containers
                 .iter()
-                .filter(|c| named.is_none() || Named::names(meta, &c.id)),
+                .filter(|c| named.is_none() || Named::names(meta, &c.id))
+                .map(|c| {
+                    let was = before.and_then(|b| b.containers.iter().find(|p| p.id == c.id));
+                    (c, was)
+                }),
         );
         hidden += pod.containers.len() - containers.len();
         if containers.is_empty() {
             continue;
         }
         shown += 1;
-        let before = prev.pods.get(&pod.uid);
-        let was = |id: &str| before.and_then(|b| b.containers.iter().find(|p| p.id == id));
         // A pod's rate only where every shown container has one.
         let pod_cpu = containers
             .iter()
-            .map(|c| was(&c.id).map(|w| (w.cpu_ns, c.cpu_ns)))
+            .map(|(c, was)| was.map(|w| (w.cpu_ns, c.cpu_ns)))
             .try_fold((0, 0), |(a, b), r| r.map(|(w, c)| (a + w, b + c)))
             .and_then(|(was, now)| millicores(was, now, window));
         label.clear();
@@ -111,15 +121,22 @@ pub fn render(prev: &Snapshot, cur: &Snapshot, names: Option<&NodeMetadata>) -> 
             }
         };
         let qos = pod.qos.map_or("-", |q| q.name());
-        let working_set = containers.iter().map(|c| c.memory.working_set).sum();
-        row(&mut rows, [&label, qos, "", id], pod_cpu, working_set);
-        for c in &containers {
-            let cpu = was(&c.id).and_then(|w| millicores(w.cpu_ns, c.cpu_ns, window));
+        let working_set = containers.iter().map(|(c, _)| c.memory.working_set).sum();
+        row(
+            &mut rows,
+            &mut scratch,
+            [&label, qos, "", id],
+            pod_cpu,
+            working_set,
+        );
+        for (c, was) in &containers {
+            let cpu = was.and_then(|w| millicores(w.cpu_ns, c.cpu_ns, window));
             let name = meta
                 .and_then(|m| m.containers.iter().find(|n| n.id == c.id))
                 .map_or("", |n| n.name.as_str());
             row(
                 &mut rows,
+                &mut scratch,
                 ["", "", name, short(&c.id)],
                 cpu,
                 c.memory.working_set,
@@ -133,13 +150,14 @@ pub fn render(prev: &Snapshot, cur: &Snapshot, names: Option<&NodeMetadata>) -> 
         cur.source,
         window.as_secs_f64(),
     );
-    let _ = writeln!(
-        out,
-        "{:<40} {:<10} {:<20} {:<36} {:>10} {:>13}",
-        "POD", "QOS", "CONTAINER", "ID", "CPU", "MEMORY"
+    line(
+        &mut out,
+        ["POD", "QOS", "CONTAINER", "ID"],
+        ["CPU", "MEMORY"],
     );
     row(
         &mut out,
+        &mut scratch,
         ["(node)", "", "", ""],
         millicores(prev.node.cpu_ns, cur.node.cpu_ns, window),
         cur.node.memory.working_set,
