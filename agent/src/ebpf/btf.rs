@@ -5,7 +5,13 @@
 //! id a BTF tracepoint attaches by. Only what that needs is parsed: the type
 //! section is walked once, structs are looked up by name, and anonymous
 //! struct/union members are searched through as the C compiler would.
-use std::{collections::HashMap, num::NonZeroU32, os::unix::fs::FileExt as _, path::Path};
+use std::{
+    collections::HashMap,
+    io::{Read as _, Seek as _, SeekFrom},
+    num::NonZeroU32,
+    os::unix::fs::FileExt as _,
+    path::Path,
+};
 
 use agent_common::{
     CgroupOffsets, ITER_TARGET_CGROUP, KFUNC_RSTAT_FLUSH, TYPEDEF_SCHED_SWITCH, TaskOffsets,
@@ -71,30 +77,30 @@ impl Kernel {
             path: path.display().to_string(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(read_error)?;
+        let mut file = std::fs::File::open(path).map_err(read_error)?;
+        // A section past the file's end is malformed (a read that comes
+        // short of it too, should the file shrink meanwhile).
+        let read_at = |buf: &mut [u8], at: usize, short: &'static str| {
+            file.read_exact_at(buf, at as u64)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => Error::Malformed(short),
+                    _ => read_error(e),
+                })
+        };
         let mut header = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut header, 0)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => Error::Malformed("header truncated"),
-                _ => read_error(e),
-            })?;
+        read_at(&mut header, 0, "header truncated")?;
         let h = Header::parse(&header)?;
+        let file_len = file.metadata().map_err(read_error)?.len();
+        // Checked before allocating: the header's lengths are not trusted.
+        if (h.str_start() + h.str_len) as u64 > file_len {
+            return Err(Error::Malformed("string section out of bounds"));
+        }
         let mut strings = vec![0u8; h.str_len];
-        file.read_exact_at(&mut strings, h.str_start() as u64)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => {
-                    Error::Malformed("string section out of bounds")
-                }
-                _ => read_error(e),
-            })?;
-        let types = std::io::BufReader::with_capacity(
-            64 << 10,
-            Section {
-                file: &file,
-                at: h.type_start() as u64,
-            },
-        );
-        let btf = Btf::parse_from(strings, types, h.type_len, &STRUCTS)?;
+        read_at(&mut strings, h.str_start(), "string section out of bounds")?;
+        file.seek(SeekFrom::Start(h.type_start() as u64))
+            .map_err(read_error)?;
+        let types = std::io::BufReader::with_capacity(64 << 10, file.take(h.type_len as u64));
+        let btf = Btf::parse_from(strings, types, h.type_len, Some(&STRUCTS))?;
         Ok(Self {
             offsets: task_offsets(&btf),
             sched_switch_typedef: btf.named_id(Named::Typedef, TYPEDEF_SCHED_SWITCH),
@@ -104,7 +110,9 @@ impl Kernel {
 }
 
 /// The structs whose members the loader looks up (the only named ones the
-/// parse keeps; anonymous ones are kept for the members inside them).
+/// parse keeps; anonymous ones are kept for the members inside them). A
+/// test checks that the loader finds the same offsets in this kernel's BTF
+/// with every struct kept.
 const STRUCTS: [&str; 10] = [
     "bpf_iter_meta",
     "cgroup",
@@ -117,20 +125,6 @@ const STRUCTS: [&str; 10] = [
     "task_cputime",
     "task_struct",
 ];
-
-/// A part of a file read from `at` on (positioned reads: no seek state).
-struct Section<'a> {
-    file: &'a std::fs::File,
-    at: u64,
-}
-
-impl std::io::Read for Section<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
-    }
-}
 
 const HEADER_LEN: usize = 24;
 
@@ -418,11 +412,12 @@ impl Btf {
     /// runs on little-endian hosts only, as does its eBPF target), keeping
     /// the loader's [`STRUCTS`].
     pub fn parse(data: &[u8]) -> Result<Self> {
-        Self::parse_keeping(data, &STRUCTS)
+        Self::parse_keeping(data, Some(&STRUCTS))
     }
 
-    /// As [`Btf::parse`], keeping the structs named `structs`.
-    fn parse_keeping(data: &[u8], structs: &[&str]) -> Result<Self> {
+    /// As [`Btf::parse`], keeping the structs named `structs` (`None`:
+    /// every one).
+    fn parse_keeping(data: &[u8], structs: Option<&[&str]>) -> Result<Self> {
         let h = Header::parse(data)?;
         let types = data
             .get(h.type_start()..h.type_start() + h.type_len)
@@ -439,7 +434,7 @@ impl Btf {
         strings: Vec<u8>,
         types: impl std::io::Read,
         type_len: usize,
-        structs: &[&str],
+        structs: Option<&[&str]>,
     ) -> Result<Self> {
         let mut composites = HashMap::new();
         let mut refs = HashMap::new();
@@ -453,7 +448,8 @@ impl Btf {
         // Named structs not looked up, and their members, are not kept.
         let kept = |name_off: u32| {
             let name = name_at(&strings, name_off);
-            name.is_empty() || structs.iter().any(|s| s.as_bytes() == name)
+            name.is_empty()
+                || structs.is_none_or(|structs| structs.iter().any(|s| s.as_bytes() == name))
         };
         let mut id = 0u32;
         while cur.pos < type_len {
@@ -640,7 +636,7 @@ mod tests {
                 (5, (KIND_STRUCT << 24) | 2, 24, vec![11, 1, 0, 0, 2, 128]), // 3: outer { a; union {b} at 16 }
             ],
         );
-        let btf = Btf::parse_keeping(&data, &["outer"]).expect("parses");
+        let btf = Btf::parse_keeping(&data, Some(&["outer"])).expect("parses");
         assert_eq!(btf.member_offset("outer", "a").expect("a").bits, 0);
         assert_eq!(btf.member_offset("outer", "b").expect("b").bits, 128);
         assert!(matches!(
@@ -665,6 +661,15 @@ mod tests {
         let file = tmp.path().join("vmlinux");
         let whole = blob(&["x"], &[(1, (KIND_STRUCT << 24) | 5, 8, vec![])]);
         std::fs::write(&file, &whole[..whole.len() - 3]).expect("write");
+        assert!(matches!(
+            Kernel::from_file(&file),
+            Err(Error::Malformed("string section out of bounds"))
+        ));
+        // A string section's length near 4 GiB is refused before any is
+        // allocated.
+        let mut huge = whole.clone();
+        huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&file, &huge).expect("write");
         assert!(matches!(
             Kernel::from_file(&file),
             Err(Error::Malformed("string section out of bounds"))
@@ -762,6 +767,25 @@ mod tests {
             .id_by_type_name_kind(iter.flush.0, aya_obj::btf::BtfKind::Func)
             .expect("the flush function");
         assert_eq!(flush, iter.flush.1.get());
+    }
+
+    #[test]
+    fn the_structs_kept_are_every_one_looked_up() {
+        let Some(path) = kernel_btf() else { return };
+        let whole = std::fs::read(path).expect("read BTF");
+        let kept = Btf::parse(&whole).expect("BTF");
+        let all = Btf::parse_keeping(&whole, None).expect("BTF");
+        // Debug output: errors have no equality, and an error here (a
+        // struct missing from STRUCTS reads as NoStruct) must differ too.
+        let found = |btf: &Btf| {
+            format!(
+                "{:?} {:?} {:?}",
+                task_offsets(btf),
+                cgroup_iter(btf),
+                memory_offsets(btf)
+            )
+        };
+        assert_eq!(found(&kept), found(&all));
     }
 
     fn aya_typedef_id(data: &[u8]) -> u32 {
