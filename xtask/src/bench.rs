@@ -489,8 +489,14 @@ const CONFIGS: [(&str, &str, &str, &str); 4] = [
 struct Row {
     name: String,
     mcpu: f64,
-    steady: f64,
+    /// `None`: the run ended within the warm-up (a smoke run).
+    steady: Option<f64>,
     rss_kib: u64,
+}
+
+/// A figure to two decimals, or `-` where there is none.
+fn or_dash(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
 }
 
 /// Agent CPU and peak RSS while it tracks `pods` pods at 1 s: each CPU
@@ -576,9 +582,11 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
             let u = run_measured(&mut cmd, WARMUP, &scratch.join("agent.log"))
                 .with_context(|| name.clone())?;
             let mcpu = u.cpu.as_secs_f64() / seconds as f64 * 1000.0;
-            let steady = u.steady_cpu.as_secs_f64() / u.steady_wall.as_secs_f64() * 1000.0;
+            let steady = (Duration::from_secs(seconds) > WARMUP)
+                .then(|| u.steady_cpu.as_secs_f64() / u.steady_wall.as_secs_f64() * 1000.0);
             eprintln!(
-                "{name}: {mcpu:.2} mCPU, after start-up {steady:.2} mCPU, peak RSS {:.1} MiB",
+                "{name}: {mcpu:.2} mCPU, after start-up {} mCPU, peak RSS {:.1} MiB",
+                or_dash(steady),
                 u.max_rss_kib as f64 / 1024.0
             );
             rows.push(Row {
@@ -600,18 +608,18 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
     println!("|---|---|---|---|");
     let print = |name: &str, a: &Row, b: &Row| {
         println!(
-            "| {name} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {:.2} | {} | {:.2} |",
             a.mcpu / b.mcpu,
-            a.steady / b.steady,
+            or_dash(a.steady.zip(b.steady).map(|(a, b)| a / b)),
             a.rss_kib as f64 / b.rss_kib as f64
         );
     };
     for r in &rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {:.2} | {} | {:.1} |",
             r.name,
             r.mcpu,
-            r.steady,
+            or_dash(r.steady),
             r.rss_kib as f64 / 1024.0
         );
     }
