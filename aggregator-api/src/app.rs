@@ -223,9 +223,14 @@ impl Aggregator {
         ));
 
         let watch = WatchService::new(Arc::clone(&store), watch_auth, cancel.clone()).into_server();
-        let service = IngestService::new(Arc::clone(&store), ingest_auth, cancel.clone());
+        let service = IngestService::new(
+            Arc::clone(&store),
+            ingest_auth,
+            cancel.clone(),
+            ingest.ingest_max_message_bytes,
+        );
         let ingest_stats = service.stats();
-        let service = service.into_server(ingest.ingest_max_message_bytes);
+        let service = service.into_server();
         let connections = Connections::new("ingest", ingest.settings().connections);
         let connections_metrics = connections.clone();
         tracing::info!(addr = %ingest.listen(), tls = ingest_tls.is_some(), "ingest listening");

@@ -41,7 +41,7 @@ struct Replica {
 
 async fn replica(listener: TcpListener, auth: Arc<dyn IngestAuth>) -> Replica {
     replica_of(listener, |store, stop| {
-        IngestService::new(store, auth, stop).into_server(16 << 20)
+        IngestService::new(store, auth, stop, 16 << 20).into_server()
     })
     .await
 }
@@ -509,8 +509,13 @@ async fn silent_connections_do_not_lock_agents_out() {
         preface_timeout: Duration::from_secs(600),
     };
     let connections = Connections::new("ingest", settings.connections);
-    let service = IngestService::new(Arc::clone(&store), Arc::new(Unauthenticated), stop.clone())
-        .into_server(16 << 20);
+    let service = IngestService::new(
+        Arc::clone(&store),
+        Arc::new(Unauthenticated),
+        stop.clone(),
+        16 << 20,
+    )
+    .into_server();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -608,7 +613,7 @@ async fn large_metadata_reaches_new_and_older_replicas_whole() {
         let calls = Arc::clone(calls);
         move |store, stop| {
             IngestServer::new(Recorded {
-                inner: IngestService::new(store, Arc::new(Unauthenticated), stop),
+                inner: IngestService::new(store, Arc::new(Unauthenticated), stop, 16 << 20),
                 takes_parts,
                 calls,
             })
@@ -647,7 +652,7 @@ async fn large_metadata_reaches_new_and_older_replicas_whole() {
 async fn metadata_parts_that_break_the_rules_end_the_stream() {
     let limit = 64 << 10;
     let r = replica_of(bind().await, |store, stop| {
-        IngestService::new(store, Arc::new(Unauthenticated), stop).into_server(limit)
+        IngestService::new(store, Arc::new(Unauthenticated), stop, limit).into_server()
     })
     .await;
     let mut client = proto::v1::ingest_client::IngestClient::connect(format!("http://{}", r.addr))

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::ProstCodec;
 
-/// tonic's default initial buffer.
+/// tonic's default initial buffer (its constant is not public).
 const BUFFER_BYTES: usize = 8 * 1024;
 
 /// Named in `build.rs` as the generated clients' and servers' codec.

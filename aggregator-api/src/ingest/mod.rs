@@ -135,8 +135,14 @@ pub struct IngestService {
 impl IngestService {
     /// `shutdown` ends every open stream (agents reconnect to another replica
     /// or to this one restarted); a graceful server shutdown would otherwise
-    /// wait for streams that never end on their own.
-    pub fn new(store: Arc<Store>, auth: Arc<dyn IngestAuth>, shutdown: CancellationToken) -> Self {
+    /// wait for streams that never end on their own. `max_message_bytes`:
+    /// the largest report taken.
+    pub fn new(
+        store: Arc<Store>,
+        auth: Arc<dyn IngestAuth>,
+        shutdown: CancellationToken,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             store,
             auth,
@@ -146,7 +152,7 @@ impl IngestService {
                 LogGate::new(Duration::from_secs(60))
             })),
             shutdown,
-            max_message_bytes: 4 << 20,
+            max_message_bytes,
         }
     }
 
@@ -155,11 +161,8 @@ impl IngestService {
     }
 
     /// The tonic server for this service, with limits set explicitly.
-    pub fn into_server(
-        mut self,
-        max_message_bytes: usize,
-    ) -> proto::v1::ingest_server::IngestServer<Self> {
-        self.max_message_bytes = max_message_bytes;
+    pub fn into_server(self) -> proto::v1::ingest_server::IngestServer<Self> {
+        let max_message_bytes = self.max_message_bytes;
         proto::v1::ingest_server::IngestServer::new(self)
             .max_decoding_message_size(max_message_bytes)
     }

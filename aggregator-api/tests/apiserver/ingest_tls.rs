@@ -106,8 +106,13 @@ async fn agents_stream_over_tls_and_a_renewed_certificate_is_served_without_rest
     let addr = tcp.local_addr().expect("addr");
     let store = Arc::new(Store::default());
     let stop = CancellationToken::new();
-    let service = IngestService::new(Arc::clone(&store), Arc::new(Unauthenticated), stop.clone())
-        .into_server(16 << 20);
+    let service = IngestService::new(
+        Arc::clone(&store),
+        Arc::new(Unauthenticated),
+        stop.clone(),
+        16 << 20,
+    )
+    .into_server();
     let incoming = listener::incoming(
         tcp,
         Some(config),
