@@ -378,13 +378,32 @@ fn program_run_time(
         .collect())
 }
 
-/// CPU time and peak RSS of a child process, from wait4, and its CPU after
-/// start-up (from `warmup` after spawning to its exit).
+/// CPU time and peak RSS of a child process, from wait4, and its CPU and
+/// largest RSS after start-up (from `warmup` after spawning to its exit).
 struct Usage {
     cpu: Duration,
     max_rss_kib: u64,
     steady_cpu: Duration,
     steady_wall: Duration,
+    /// The largest RSS seen after start-up, sampled every
+    /// [`RSS_SAMPLE_EVERY`] (0: it had exited by then).
+    steady_rss_kib: u64,
+}
+
+/// How often a running child's RSS is sampled.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// `VmRSS` of `pid`, KiB; `None` once it has exited.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// CPU time so far of every thread of `pid` (`/proc/<pid>/task/*/schedstat`,
@@ -420,10 +439,21 @@ fn run_measured(
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child with valid out-pointers.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    if rc != pid {
-        bail!("wait4: {}", std::io::Error::last_os_error());
+    let mut steady_rss_kib = 0;
+    loop {
+        // SAFETY: waiting for our own child with valid out-pointers.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if rc == pid {
+            break;
+        }
+        if rc != 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        // A zombie has no VmRSS line: the last sample stands.
+        if let Some(kib) = rss_kib(child.id()) {
+            steady_rss_kib = steady_rss_kib.max(kib);
+        }
+        std::thread::sleep(RSS_SAMPLE_EVERY);
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -448,6 +478,7 @@ fn run_measured(
         max_rss_kib: ru.ru_maxrss as u64,
         steady_cpu: cpu.saturating_sub(warm_cpu),
         steady_wall: ended - warm_at,
+        steady_rss_kib,
     })
 }
 
@@ -492,6 +523,12 @@ struct Row {
     /// `None`: the run ended within the warm-up (a smoke run).
     steady: Option<f64>,
     rss_kib: u64,
+    /// The largest RSS after start-up (`None`: as `steady`).
+    steady_rss_kib: Option<u64>,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// A figure to two decimals, or `-` where there is none.
@@ -499,7 +536,8 @@ fn or_dash(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
 }
 
-/// Agent CPU and peak RSS while it tracks `pods` pods at 1 s: each CPU
+/// Agent CPU and RSS (its peak, and the largest after start-up) while it
+/// tracks `pods` pods at 1 s: each CPU
 /// source (the cgroup iterator, the switch program, the same reading
 /// `memory.stat` at every interval, cgroupfs), measured in the same run;
 /// with a baseline binary, it and this build in turn for each.
@@ -584,16 +622,19 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
             let mcpu = u.cpu.as_secs_f64() / seconds as f64 * 1000.0;
             let steady = (Duration::from_secs(seconds) > WARMUP)
                 .then(|| u.steady_cpu.as_secs_f64() / u.steady_wall.as_secs_f64() * 1000.0);
+            let steady_rss_kib = steady.map(|_| u.steady_rss_kib);
             eprintln!(
-                "{name}: {mcpu:.2} mCPU, after start-up {} mCPU, peak RSS {:.1} MiB",
+                "{name}: {mcpu:.2} mCPU, after start-up {} mCPU, peak RSS {:.1} MiB, after start-up {} MiB",
                 or_dash(steady),
-                u.max_rss_kib as f64 / 1024.0
+                u.max_rss_kib as f64 / 1024.0,
+                or_dash(steady_rss_kib.map(mib)),
             );
             rows.push(Row {
                 name,
                 mcpu,
                 steady,
                 rss_kib: u.max_rss_kib,
+                steady_rss_kib,
             });
         }
     }
@@ -602,25 +643,31 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
     drop(tree);
     let _ = std::fs::remove_dir_all(&scratch);
     println!(
-        "| agent, {pods} pods, 1 s interval, {seconds} s | CPU (mCPU avg, whole run) | CPU (mCPU avg, after the first {} s) | peak RSS (MiB) |",
+        "| agent, {pods} pods, 1 s interval, {seconds} s | CPU (mCPU avg, whole run) | CPU (mCPU avg, after the first {0} s) | peak RSS (MiB) | largest RSS after the first {0} s (MiB) |",
         WARMUP.as_secs()
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|");
     let print = |name: &str, a: &Row, b: &Row| {
         println!(
-            "| {name} | {:.2} | {} | {:.2} |",
+            "| {name} | {:.2} | {} | {:.2} | {} |",
             a.mcpu / b.mcpu,
             or_dash(a.steady.zip(b.steady).map(|(a, b)| a / b)),
-            a.rss_kib as f64 / b.rss_kib as f64
+            a.rss_kib as f64 / b.rss_kib as f64,
+            or_dash(
+                a.steady_rss_kib
+                    .zip(b.steady_rss_kib)
+                    .map(|(a, b)| a as f64 / b as f64)
+            ),
         );
     };
     for r in &rows {
         println!(
-            "| {} | {:.2} | {} | {:.1} |",
+            "| {} | {:.2} | {} | {:.1} | {} |",
             r.name,
             r.mcpu,
             or_dash(r.steady),
-            r.rss_kib as f64 / 1024.0
+            mib(r.rss_kib),
+            or_dash(r.steady_rss_kib.map(mib)),
         );
     }
     if runs.baseline.is_some() {
