@@ -634,11 +634,13 @@ fn accuracy(c: &mut Cluster, api: &Curl) -> Result<()> {
     // The first two seconds only fill the sampler's history.
     std::thread::sleep(Duration::from_secs(2));
     while Instant::now() < deadline {
-        let seen = unix_now();
         let points = served_points(
             &api.api_json(c, "/apis/metrics.k8s.io/v1beta1/pods")?,
             &api.api_json(c, "/apis/metrics.k8s.io/v1beta1/nodes")?,
         )?;
+        // After the answers: a window may end while a request is in flight,
+        // and a served window ended before this.
+        let seen = unix_now();
         for p in points {
             let Some(rel) = cgroups.get(&p.key) else {
                 continue;

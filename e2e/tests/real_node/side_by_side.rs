@@ -117,12 +117,19 @@ pub(super) fn side_by_side(c: &mut Cluster, api: &Curl) -> Result<()> {
             }
         }
         rise = rise.or_else(|| sampler.rise(&step_key, STEP / 2.0));
-        let seen = unix_now();
+        // Each one's answers, and when they had come: a served window ended
+        // before then (metrics-server may scrape while a request is in
+        // flight).
         let from_ours = served_points(&api.api_json(c, PODS)?, &api.api_json(c, NODES)?)?;
+        let seen_ours = unix_now();
         let from_theirs = served_points(&read_ms(c, PODS)?, &read_ms(c, NODES)?)?;
+        let seen_theirs = unix_now();
         // Each cgroup's working set, read once per poll for both.
         let mut truths: HashMap<String, f64> = HashMap::new();
-        for (readings, points) in [(&mut ours, from_ours), (&mut theirs, from_theirs)] {
+        for (readings, points, seen) in [
+            (&mut ours, from_ours, seen_ours),
+            (&mut theirs, from_theirs, seen_theirs),
+        ] {
             for p in points {
                 let Some(rel) = cgroups.get(&p.key) else {
                     continue;
