@@ -626,7 +626,16 @@ async fn large_metadata_reaches_new_and_older_replicas_whole() {
     let layout = [("node-1", 150usize)];
     let (node, rx) = SimNode::new("node-1", 150);
     assert!(node.metadata.encoded_len() > 2 * proto::parts::PART_BYTES);
-    let export = exporter(vec![new.addr, old.addr], rx, None, &cancel);
+    let health = agent::health::Health::new(INTERVAL);
+    let config = export::Config {
+        targets: Targets::Static(vec![
+            format!("http://{}", new.addr),
+            format!("http://{}", old.addr),
+        ]),
+        health: Some(Arc::clone(&health)),
+        ..export::Config::default()
+    };
+    let export = tokio::spawn(export::run(config, rx, cancel.clone()));
     let ticker = ticking(vec![node], &cancel);
     for (replica, what) in [(&new, "new replica"), (&old, "older replica")] {
         until(&replica.store, what, INTERVAL * 10, |s| {
@@ -634,6 +643,14 @@ async fn large_metadata_reaches_new_and_older_replicas_whole() {
         })
         .await;
     }
+    // Sending whole to an older replica is not a refusal an operator
+    // would act on.
+    let metrics = health.render();
+    let ended: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("nodepulse_agent_streams_ended_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(ended.is_empty(), "{ended:?}");
     assert_eq!(*new_calls.lock().expect("calls"), ["ReportInParts"]);
     assert_eq!(
         *old_calls.lock().expect("calls"),

@@ -260,10 +260,9 @@ async fn endpoint_loop(
                 info!(
                     "the aggregator does not take metadata in parts (an older version); sending it whole"
                 );
+                // Not counted as a refused stream (operators alert on
+                // those): the same attempt goes on, sending metadata whole.
                 in_parts = false;
-                if let Some(health) = &config.health {
-                    health.stream_ended(&uri, StreamEnd::Refused);
-                }
                 continue;
             }
             Err(e) => {
