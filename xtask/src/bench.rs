@@ -378,16 +378,21 @@ fn program_run_time(
         .collect())
 }
 
-/// CPU time and peak RSS of a child process, from wait4, and its CPU and
-/// largest RSS after start-up (from `warmup` after spawning to its exit).
+/// CPU time and peak RSS of a child process, from wait4, and its figures
+/// after start-up.
 struct Usage {
     cpu: Duration,
     max_rss_kib: u64,
-    steady_cpu: Duration,
-    steady_wall: Duration,
-    /// The largest RSS seen after start-up, sampled every
-    /// [`RSS_SAMPLE_EVERY`] (0: it had exited by then).
-    steady_rss_kib: u64,
+    /// `None`: it had exited by the warm-up's end (a smoke run).
+    steady: Option<Steady>,
+}
+
+/// A child's figures from the warm-up's end to its exit.
+#[derive(Clone, Copy)]
+struct Steady {
+    mcpu: f64,
+    /// The largest RSS seen, sampled every [`RSS_SAMPLE_EVERY`].
+    rss_kib: u64,
 }
 
 /// How often a running child's RSS is sampled.
@@ -439,7 +444,7 @@ fn run_measured(
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut steady_rss_kib = 0;
+    let mut steady_rss_kib = None;
     loop {
         // SAFETY: waiting for our own child with valid out-pointers.
         let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
@@ -451,7 +456,7 @@ fn run_measured(
         }
         // A zombie has no VmRSS line: the last sample stands.
         if let Some(kib) = rss_kib(child.id()) {
-            steady_rss_kib = steady_rss_kib.max(kib);
+            steady_rss_kib = steady_rss_kib.max(Some(kib));
         }
         std::thread::sleep(RSS_SAMPLE_EVERY);
     }
@@ -473,12 +478,14 @@ fn run_measured(
         (warm_at - started).as_secs_f64(),
         warm_cpu.as_secs_f64() * 1000.0
     );
+    let steady = steady_rss_kib.map(|rss_kib| Steady {
+        mcpu: cpu.saturating_sub(warm_cpu).as_secs_f64() / (ended - warm_at).as_secs_f64() * 1000.0,
+        rss_kib,
+    });
     Ok(Usage {
         cpu,
         max_rss_kib: ru.ru_maxrss as u64,
-        steady_cpu: cpu.saturating_sub(warm_cpu),
-        steady_wall: ended - warm_at,
-        steady_rss_kib,
+        steady,
     })
 }
 
@@ -519,12 +526,11 @@ const CONFIGS: [(&str, &str, &str, &str); 4] = [
 /// One measured run of the agent.
 struct Row {
     name: String,
+    /// What `--sources` calls its configuration.
+    config: &'static str,
     mcpu: f64,
-    /// `None`: the run ended within the warm-up (a smoke run).
-    steady: Option<f64>,
     rss_kib: u64,
-    /// The largest RSS after start-up (`None`: as `steady`).
-    steady_rss_kib: Option<u64>,
+    steady: Option<Steady>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -605,7 +611,7 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
         holders.push(tree.spawn(&path, &burn, &launcher));
     }
     let mut rows: Vec<Row> = Vec::new();
-    for (name, source, stat_age, _) in configs {
+    for &(name, source, stat_age, config) in configs {
         for (which, binary) in &binaries {
             let name = if which.is_empty() {
                 name.to_string()
@@ -620,21 +626,18 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
             let u = run_measured(&mut cmd, WARMUP, &scratch.join("agent.log"))
                 .with_context(|| name.clone())?;
             let mcpu = u.cpu.as_secs_f64() / seconds as f64 * 1000.0;
-            let steady = (Duration::from_secs(seconds) > WARMUP)
-                .then(|| u.steady_cpu.as_secs_f64() / u.steady_wall.as_secs_f64() * 1000.0);
-            let steady_rss_kib = steady.map(|_| u.steady_rss_kib);
             eprintln!(
                 "{name}: {mcpu:.2} mCPU, after start-up {} mCPU, peak RSS {:.1} MiB, after start-up {} MiB",
-                or_dash(steady),
-                u.max_rss_kib as f64 / 1024.0,
-                or_dash(steady_rss_kib.map(mib)),
+                or_dash(u.steady.map(|s| s.mcpu)),
+                mib(u.max_rss_kib),
+                or_dash(u.steady.map(|s| mib(s.rss_kib))),
             );
             rows.push(Row {
                 name,
+                config,
                 mcpu,
-                steady,
                 rss_kib: u.max_rss_kib,
-                steady_rss_kib,
+                steady: u.steady,
             });
         }
     }
@@ -651,12 +654,12 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
         println!(
             "| {name} | {:.2} | {} | {:.2} | {} |",
             a.mcpu / b.mcpu,
-            or_dash(a.steady.zip(b.steady).map(|(a, b)| a / b)),
+            or_dash(a.steady.zip(b.steady).map(|(a, b)| a.mcpu / b.mcpu)),
             a.rss_kib as f64 / b.rss_kib as f64,
             or_dash(
-                a.steady_rss_kib
-                    .zip(b.steady_rss_kib)
-                    .map(|(a, b)| a as f64 / b as f64)
+                a.steady
+                    .zip(b.steady)
+                    .map(|(a, b)| a.rss_kib as f64 / b.rss_kib as f64)
             ),
         );
     };
@@ -665,9 +668,9 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
             "| {} | {:.2} | {} | {:.1} | {} |",
             r.name,
             r.mcpu,
-            or_dash(r.steady),
+            or_dash(r.steady.map(|s| s.mcpu)),
             mib(r.rss_kib),
-            or_dash(r.steady_rss_kib.map(mib)),
+            or_dash(r.steady.map(|s| mib(s.rss_kib))),
         );
     }
     if runs.baseline.is_some() {
@@ -676,13 +679,18 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
                 print(&format!("ratio {} / baseline", this.name), this, base);
             }
         }
-    } else if let [i, e, b, _] = rows.as_slice() {
-        print("ratio iterator / switch program", i, e);
-        print(
-            "ratio switch program / the same with memory.stat every interval",
-            e,
-            b,
-        );
+    } else {
+        let row = |config: &str| rows.iter().find(|r| r.config == config);
+        if let (Some(i), Some(e)) = (row("iterator"), row("switch")) {
+            print("ratio iterator / switch program", i, e);
+        }
+        if let (Some(e), Some(b)) = (row("switch"), row("switch-stat")) {
+            print(
+                "ratio switch program / the same with memory.stat every interval",
+                e,
+                b,
+            );
+        }
     }
     println!();
     println!("{reads}");
