@@ -23,8 +23,8 @@ use std::{
 };
 
 use agent_common::{
-    CgroupTotal, GLOBAL_CGROUP_OFFSETS, ITER_TARGET_CGROUP, MAP_CGROUP_CPU, MAP_CGROUP_TOTALS,
-    MEMORY_READ, PROG_CGROUP_ITER,
+    CgroupTotal, GLOBAL_CGROUP_OFFSETS, MAP_CGROUP_CPU, MAP_CGROUP_TOTALS, MEMORY_READ,
+    PROG_CGROUP_ITER,
 };
 use aya::{EbpfLoader, maps::Map, programs::Iter};
 use tracing::debug;
@@ -100,16 +100,10 @@ impl CgroupTotals {
             .override_global(GLOBAL_CGROUP_OFFSETS, &offsets, true)
             .load(object.bytes())?;
         let err = program_error(PROG_CGROUP_ITER);
-        // aya looks the target up by name for its id; a stand-in with just
-        // that function at that id spares it parsing the kernel's whole BTF.
-        let target = format!("bpf_iter_{ITER_TARGET_CGROUP}");
-        let stand_in = aya::Btf::parse(
-            &btf::named_only(btf::Named::Func, &target, iter.target),
-            aya::Endianness::default(),
-        )
-        .map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
+        // The target's id from our own BTF read: aya's `load` would look it
+        // up in a parsed copy of the kernel's whole BTF (megabytes).
         let prog: &mut Iter = program(&mut ebpf, PROG_CGROUP_ITER)?;
-        prog.load(ITER_TARGET_CGROUP, &stand_in).map_err(&err)?;
+        prog.load_with_btf_id(iter.target.get()).map_err(&err)?;
         let Some(Map::Array(totals)) = ebpf.take_map(MAP_CGROUP_TOTALS) else {
             return Err(Error::MissingMap(MAP_CGROUP_TOTALS));
         };

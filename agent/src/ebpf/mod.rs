@@ -528,15 +528,10 @@ fn attach_btf(ebpf: &mut Ebpf, typedef: Option<NonZeroU32>) -> Result<()> {
             type_name: TYPEDEF_SCHED_SWITCH.into(),
         }))
     })?;
-    // aya looks the typedef up by name for its id; a stand-in with just that
-    // typedef at that id spares it parsing the kernel's whole BTF.
-    let btf = aya::Btf::parse(
-        &btf::named_only(btf::Named::Typedef, TYPEDEF_SCHED_SWITCH, id),
-        aya::Endianness::default(),
-    )
-    .map_err(|e| err(ProgramError::Btf(e)))?;
+    // The id from our own BTF read: aya's `load` would look it up in a
+    // parsed copy of the kernel's whole BTF (megabytes).
     let prog: &mut BtfTracePoint = program(ebpf, PROG_SCHED_SWITCH)?;
-    prog.load(TRACEPOINT_SCHED_SWITCH, &btf).map_err(&err)?;
+    prog.load_with_btf_id(id.get()).map_err(&err)?;
     prog.attach().map_err(err)?;
     Ok(())
 }
