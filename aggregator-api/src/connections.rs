@@ -22,6 +22,7 @@ use std::{
     },
 };
 
+use support::process::family;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The limits of one listener.
@@ -163,25 +164,32 @@ impl Connections {
             (s.open, s.pending.len())
         };
         let l = self.name;
-        let _ = write!(
+        let name = format!("nodepulse_{l}_connections");
+        family(
             out,
-            "# HELP nodepulse_{l}_connections Connections held now, and those still in their handshake.\n\
-             # TYPE nodepulse_{l}_connections gauge\n\
-             nodepulse_{l}_connections{{state=\"open\"}} {open}\n\
-             nodepulse_{l}_connections{{state=\"pending\"}} {pending}\n\
-             # HELP nodepulse_{l}_connections_total Connections by what became of them at the door.\n\
-             # TYPE nodepulse_{l}_connections_total counter\n\
-             nodepulse_{l}_connections_total{{result=\"accepted\"}} {}\n\
-             nodepulse_{l}_connections_total{{result=\"refused_per_peer\"}} {}\n\
-             nodepulse_{l}_connections_total{{result=\"refused_full\"}} {}\n\
-             nodepulse_{l}_connections_total{{result=\"evicted_pending\"}} {}\n\
-             nodepulse_{l}_connections_total{{result=\"handshake_failed\"}} {}\n",
-            n(&self.stats.accepted),
-            n(&self.stats.refused_per_peer),
-            n(&self.stats.refused_full),
-            n(&self.stats.evicted),
-            n(&self.stats.handshake_failed),
+            &name,
+            "gauge",
+            "Connections held now, and those still in their handshake.",
         );
+        for (state, v) in [("open", open), ("pending", pending)] {
+            let _ = writeln!(out, "{name}{{state=\"{state}\"}} {v}");
+        }
+        let name = format!("nodepulse_{l}_connections_total");
+        family(
+            out,
+            &name,
+            "counter",
+            "Connections by what became of them at the door.",
+        );
+        for (result, c) in [
+            ("accepted", &self.stats.accepted),
+            ("refused_per_peer", &self.stats.refused_per_peer),
+            ("refused_full", &self.stats.refused_full),
+            ("evicted_pending", &self.stats.evicted),
+            ("handshake_failed", &self.stats.handshake_failed),
+        ] {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", n(c));
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::{
     },
     time::{Duration, SystemTime},
 };
-use support::log_gate::LogGate;
+use support::{log_gate::LogGate, process::family};
 
 use proto::{
     parts::{PartError, Parts},
@@ -81,23 +81,35 @@ impl IngestStats {
     /// Prometheus text of these counters (appended to `/metrics`).
     pub fn render(&self, out: &mut String) {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = write!(
+        let name = "nodepulse_ingest_open_streams";
+        family(
             out,
-            "# HELP nodepulse_ingest_open_streams Agent streams open now: one per connected agent.\n\
-             # TYPE nodepulse_ingest_open_streams gauge\n\
-             nodepulse_ingest_open_streams {}\n\
-             # HELP nodepulse_ingest_streams_total Agent streams by authentication result.\n\
-             # TYPE nodepulse_ingest_streams_total counter\n\
-             nodepulse_ingest_streams_total{{result=\"accepted\"}} {}\n\
-             nodepulse_ingest_streams_total{{result=\"rejected\"}} {}\n\
-             # HELP nodepulse_ingest_spoofed_reports_total Reports for a node other than the one the stream's token is bound to.\n\
-             # TYPE nodepulse_ingest_spoofed_reports_total counter\n\
-             nodepulse_ingest_spoofed_reports_total {}\n",
-            n(&self.open),
-            n(&self.streams),
-            n(&self.streams_rejected),
-            n(&self.spoofed),
+            name,
+            "gauge",
+            "Agent streams open now: one per connected agent.",
         );
+        let _ = writeln!(out, "{name} {}", n(&self.open));
+        let name = "nodepulse_ingest_streams_total";
+        family(
+            out,
+            name,
+            "counter",
+            "Agent streams by authentication result.",
+        );
+        let _ = writeln!(out, "{name}{{result=\"accepted\"}} {}", n(&self.streams));
+        let _ = writeln!(
+            out,
+            "{name}{{result=\"rejected\"}} {}",
+            n(&self.streams_rejected)
+        );
+        let name = "nodepulse_ingest_spoofed_reports_total";
+        family(
+            out,
+            name,
+            "counter",
+            "Reports for a node other than the one the stream's token is bound to.",
+        );
+        let _ = writeln!(out, "{name} {}", n(&self.spoofed));
     }
 }
 

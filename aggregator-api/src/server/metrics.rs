@@ -14,6 +14,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use support::process::family;
+
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -109,8 +111,12 @@ impl Metrics {
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP apiserver_request_total Requests by verb, resource and HTTP code.\n");
-        out.push_str("# TYPE apiserver_request_total counter\n");
+        family(
+            &mut out,
+            "apiserver_request_total",
+            "counter",
+            "Requests by verb, resource and HTTP code.",
+        );
         for ((verb, resource, code), n) in self
             .requests
             .lock()
@@ -122,10 +128,12 @@ impl Metrics {
                 "apiserver_request_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
             );
         }
-        out.push_str(
-            "# HELP apiserver_request_duration_seconds Request latency, authentication included.\n",
+        family(
+            &mut out,
+            "apiserver_request_duration_seconds",
+            "histogram",
+            "Request latency, authentication included.",
         );
-        out.push_str("# TYPE apiserver_request_duration_seconds histogram\n");
         for ((verb, resource), h) in self
             .durations
             .lock()
@@ -155,10 +163,12 @@ impl Metrics {
                 h.count
             );
         }
-        out.push_str(
-            "# HELP nodepulse_authentication_attempts_total Authentication outcomes by method.\n",
+        family(
+            &mut out,
+            "nodepulse_authentication_attempts_total",
+            "counter",
+            "Authentication outcomes by method.",
         );
-        out.push_str("# TYPE nodepulse_authentication_attempts_total counter\n");
         for ((result, method), n) in self
             .authentication
             .lock()
@@ -170,8 +180,12 @@ impl Metrics {
                 "nodepulse_authentication_attempts_total{{result=\"{result}\",method=\"{method}\"}} {n}"
             );
         }
-        out.push_str("# HELP nodepulse_authorization_decisions_total Authorization decisions.\n");
-        out.push_str("# TYPE nodepulse_authorization_decisions_total counter\n");
+        family(
+            &mut out,
+            "nodepulse_authorization_decisions_total",
+            "counter",
+            "Authorization decisions.",
+        );
         for (decision, n) in self
             .authorization
             .lock()
@@ -183,17 +197,23 @@ impl Metrics {
                 "nodepulse_authorization_decisions_total{{decision=\"{decision}\"}} {n}"
             );
         }
-        out.push_str("# HELP apiserver_open_connections Open client connections.\n");
-        out.push_str("# TYPE apiserver_open_connections gauge\n");
+        family(
+            &mut out,
+            "apiserver_open_connections",
+            "gauge",
+            "Open client connections.",
+        );
         let _ = writeln!(
             out,
             "apiserver_open_connections {}",
             self.open_connections.load(Ordering::Relaxed)
         );
-        out.push_str(
-            "# HELP apiserver_tls_handshake_errors_total Failed or timed-out TLS handshakes.\n",
+        family(
+            &mut out,
+            "apiserver_tls_handshake_errors_total",
+            "counter",
+            "Failed or timed-out TLS handshakes.",
         );
-        out.push_str("# TYPE apiserver_tls_handshake_errors_total counter\n");
         let _ = writeln!(
             out,
             "apiserver_tls_handshake_errors_total {}",

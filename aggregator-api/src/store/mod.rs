@@ -28,6 +28,7 @@ use std::{
 use std::fmt::Write as _;
 
 use proto::v1::{NodeReport, Usage};
+use support::process::family;
 use tokio::sync::watch;
 
 use crate::api::{ContainerUsage, NodeUsage, PodUsage, selector::LabelSelector, view};
@@ -227,52 +228,74 @@ impl Stats {
     /// Prometheus text of these counters (appended to `/metrics`).
     pub fn render(&self, out: &mut String) {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = write!(
+        let counter = |out: &mut String, name: &str, help: &str, values: &[(&str, u64)]| {
+            family(out, name, "counter", help);
+            for (labels, v) in values {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        counter(
             out,
-            "# HELP nodepulse_store_reports_total Agent reports by outcome (a rejected report changes nothing).\n\
-             # TYPE nodepulse_store_reports_total counter\n\
-             nodepulse_store_reports_total{{outcome=\"applied\"}} {}\n\
-             nodepulse_store_reports_total{{outcome=\"rejected\"}} {}\n\
-             # HELP nodepulse_store_rejected_metadata_total Reports rejected for names or labels over the limits.\n\
-             # TYPE nodepulse_store_rejected_metadata_total counter\n\
-             nodepulse_store_rejected_metadata_total {}\n\
-             # HELP nodepulse_store_samples_total Counter samples not taken as a new point, by reason.\n\
-             # TYPE nodepulse_store_samples_total counter\n\
-             nodepulse_store_samples_total{{reason=\"reset\"}} {}\n\
-             nodepulse_store_samples_total{{reason=\"absurd\"}} {}\n\
-             nodepulse_store_samples_total{{reason=\"stale\"}} {}\n\
-             nodepulse_store_samples_total{{reason=\"too_soon\"}} {}\n\
-             nodepulse_store_samples_total{{reason=\"duplicate\"}} {}\n\
-             # HELP nodepulse_store_evicted_nodes_total Nodes forgotten after they stopped reporting.\n\
-             # TYPE nodepulse_store_evicted_nodes_total counter\n\
-             nodepulse_store_evicted_nodes_total {}\n\
-             # HELP nodepulse_store_counter_restarts_total Nodes whose series all restarted: a new agent process or CPU source.\n\
-             # TYPE nodepulse_store_counter_restarts_total counter\n\
-             nodepulse_store_counter_restarts_total {}\n\
-             # HELP nodepulse_store_samples_over_node_total Container samples dropped for claiming more CPU or memory than their node reported.\n\
-             # TYPE nodepulse_store_samples_over_node_total counter\n\
-             nodepulse_store_samples_over_node_total {}\n\
-             # HELP nodepulse_store_samples_over_capacity_total Node and container samples dropped for a CPU rate beyond the node's capacity.\n\
-             # TYPE nodepulse_store_samples_over_capacity_total counter\n\
-             nodepulse_store_samples_over_capacity_total {}\n\
-             # HELP nodepulse_store_refused_pods_total Pods an agent reported that kube-apiserver does not bind to that node (never served).\n\
-             # TYPE nodepulse_store_refused_pods_total counter\n\
-             nodepulse_store_refused_pods_total {}\n\
-             # HELP nodepulse_store_rejected_reports_total Refused reports by reason.\n\
-             # TYPE nodepulse_store_rejected_reports_total counter\n",
-            n(&self.reports),
-            n(&self.rejected),
-            n(&self.bad_metadata),
-            n(&self.resets),
-            n(&self.absurd),
-            n(&self.stale),
-            n(&self.too_soon),
-            n(&self.duplicates),
-            n(&self.evicted_nodes),
-            n(&self.restarts),
-            n(&self.over_node),
-            n(&self.over_capacity),
-            n(&self.refused_pods),
+            "nodepulse_store_reports_total",
+            "Agent reports by outcome (a rejected report changes nothing).",
+            &[
+                ("{outcome=\"applied\"}", n(&self.reports)),
+                ("{outcome=\"rejected\"}", n(&self.rejected)),
+            ],
+        );
+        counter(
+            out,
+            "nodepulse_store_rejected_metadata_total",
+            "Reports rejected for names or labels over the limits.",
+            &[("", n(&self.bad_metadata))],
+        );
+        counter(
+            out,
+            "nodepulse_store_samples_total",
+            "Counter samples not taken as a new point, by reason.",
+            &[
+                ("{reason=\"reset\"}", n(&self.resets)),
+                ("{reason=\"absurd\"}", n(&self.absurd)),
+                ("{reason=\"stale\"}", n(&self.stale)),
+                ("{reason=\"too_soon\"}", n(&self.too_soon)),
+                ("{reason=\"duplicate\"}", n(&self.duplicates)),
+            ],
+        );
+        counter(
+            out,
+            "nodepulse_store_evicted_nodes_total",
+            "Nodes forgotten after they stopped reporting.",
+            &[("", n(&self.evicted_nodes))],
+        );
+        counter(
+            out,
+            "nodepulse_store_counter_restarts_total",
+            "Nodes whose series all restarted: a new agent process or CPU source.",
+            &[("", n(&self.restarts))],
+        );
+        counter(
+            out,
+            "nodepulse_store_samples_over_node_total",
+            "Container samples dropped for claiming more CPU or memory than their node reported.",
+            &[("", n(&self.over_node))],
+        );
+        counter(
+            out,
+            "nodepulse_store_samples_over_capacity_total",
+            "Node and container samples dropped for a CPU rate beyond the node's capacity.",
+            &[("", n(&self.over_capacity))],
+        );
+        counter(
+            out,
+            "nodepulse_store_refused_pods_total",
+            "Pods an agent reported that kube-apiserver does not bind to that node (never served).",
+            &[("", n(&self.refused_pods))],
+        );
+        family(
+            out,
+            "nodepulse_store_rejected_reports_total",
+            "counter",
+            "Refused reports by reason.",
         );
         for (reason, c) in Reject::REASONS.iter().zip(&self.rejected_by) {
             let _ = writeln!(
