@@ -164,17 +164,19 @@ impl SimNode {
     }
 }
 
+/// The exporter's defaults, sending in plain text to `targets`.
+fn config(targets: &[SocketAddr]) -> export::Config {
+    export::Config {
+        targets: Targets::Static(targets.iter().map(|a| format!("http://{a}")).collect()),
+        ..export::Config::default()
+    }
+}
+
 fn exporter(
-    targets: Vec<SocketAddr>,
+    config: export::Config,
     rx: watch::Receiver<Option<Arc<Outgoing>>>,
-    token: Option<std::path::PathBuf>,
     cancel: &CancellationToken,
 ) -> JoinHandle<()> {
-    let config = export::Config {
-        targets: Targets::Static(targets.iter().map(|a| format!("http://{a}")).collect()),
-        token_file: token,
-        ..export::Config::default()
-    };
     tokio::spawn(export::run(config, rx, cancel.clone()))
 }
 
@@ -241,7 +243,7 @@ async fn every_replica_holds_the_full_view_and_a_restarted_one_recovers() {
     let mut exporters = Vec::new();
     for (name, pods) in layout {
         let (node, rx) = SimNode::new(name, pods);
-        exporters.push(exporter(targets.clone(), rx, None, &cancel));
+        exporters.push(exporter(config(&targets), rx, &cancel));
         nodes.push(node);
     }
     let ticker = ticking(nodes, &cancel);
@@ -337,16 +339,20 @@ async fn unauthenticated_and_spoofed_streams_are_refused_others_unaffected() {
     let (spoofer, rx3) = SimNode::new("node-9", 2);
     let exporters = [
         exporter(
-            vec![r.addr],
+            export::Config {
+                token_file: Some(token("t1", "token-for-node-1")),
+                ..config(&[r.addr])
+            },
             rx1,
-            Some(token("t1", "token-for-node-1")),
             &cancel,
         ),
-        exporter(vec![r.addr], rx2, None, &cancel),
+        exporter(config(&[r.addr]), rx2, &cancel),
         exporter(
-            vec![r.addr],
+            export::Config {
+                token_file: Some(token("t3", "token-for-node-3\n")),
+                ..config(&[r.addr])
+            },
             rx3,
-            Some(token("t3", "token-for-node-3\n")),
             &cancel,
         ),
     ];
@@ -387,7 +393,7 @@ async fn a_node_whose_metadata_was_refused_is_served_after_a_new_stream() {
     let (mut node, rx) = SimNode::new("node-1", 2);
     node.ahead = Duration::from_secs(60);
     node.tick();
-    let export = exporter(vec![r.addr], rx, None, &cancel);
+    let export = exporter(config(&[r.addr]), rx, &cancel);
     let rejected = || {
         r.store
             .stats()
@@ -545,7 +551,7 @@ async fn silent_connections_do_not_lock_agents_out() {
     }
     let cancel = CancellationToken::new();
     let (node, rx) = SimNode::new("node-1", 2);
-    let agent = exporter(vec![addr], rx, None, &cancel);
+    let agent = exporter(config(&[addr]), rx, &cancel);
     let ticker = ticking(vec![node], &cancel);
     until(
         &store,
@@ -627,15 +633,14 @@ async fn large_metadata_reaches_new_and_older_replicas_whole() {
     let (node, rx) = SimNode::new("node-1", 150);
     assert!(node.metadata.encoded_len() > 2 * proto::parts::PART_BYTES);
     let health = agent::health::Health::new(INTERVAL);
-    let config = export::Config {
-        targets: Targets::Static(vec![
-            format!("http://{}", new.addr),
-            format!("http://{}", old.addr),
-        ]),
-        health: Some(Arc::clone(&health)),
-        ..export::Config::default()
-    };
-    let export = tokio::spawn(export::run(config, rx, cancel.clone()));
+    let export = exporter(
+        export::Config {
+            health: Some(Arc::clone(&health)),
+            ..config(&[new.addr, old.addr])
+        },
+        rx,
+        &cancel,
+    );
     let ticker = ticking(vec![node], &cancel);
     for (replica, what) in [(&new, "new replica"), (&old, "older replica")] {
         until(&replica.store, what, INTERVAL * 10, |s| {
