@@ -8,7 +8,7 @@
 //! reason for cgroupfs is kept in [`Collector::fallback_reason`]); the active
 //! source is in every [`Snapshot`].
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     fmt, io,
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -305,9 +305,9 @@ pub struct Collector {
     /// The walk the source's and `started`'s state was last pruned to
     /// (they change only when the tree does).
     pruned_at_walk: u64,
-    /// When each live container was first seen (its cgroup's mtime then): a
-    /// start time that stays put while the container lives.
-    started: foldhash::HashMap<String, SystemTime>,
+    /// When each live container was first seen (its cgroup's mtime then), by
+    /// cgroup id: a start time that stays put while the container lives.
+    started: foldhash::HashMap<u64, SystemTime>,
 }
 
 impl Collector {
@@ -600,14 +600,12 @@ impl Collector {
                 cgroup: Some(cg.path.clone()),
                 cpu_ns,
                 memory,
-                started: Some(match self.started.get(id) {
-                    Some(&t) => t,
-                    None => {
-                        let t = cg.modified.unwrap_or(timestamp);
-                        self.started.insert(id.clone(), t);
-                        t
-                    }
-                }),
+                started: Some(
+                    *self
+                        .started
+                        .entry(cg.id)
+                        .or_insert_with(|| cg.modified.unwrap_or(timestamp)),
+                ),
                 read_at: None,
             });
         }
@@ -615,11 +613,9 @@ impl Collector {
             pod.containers.sort_by(|a, b| a.id.cmp(&b.id));
         }
         if prune {
-            let live: HashSet<&str> = pods
-                .values()
-                .flat_map(|p| p.containers.iter().map(|c| c.id.as_str()))
-                .collect();
-            self.started.retain(|id, _| live.contains(id.as_str()));
+            // Every container the walk saw, read this time or not.
+            let live: foldhash::HashSet<u64> = containers(scan).map(|(cg, _)| cg.id).collect();
+            self.started.retain(|id, _| live.contains(id));
         }
 
         let whole_host = self.whole_host();
@@ -839,39 +835,71 @@ mod tests {
     /// Every CPU counter (each container's, then the node's) is read
     /// before any memory: a memory read between two counters would skew
     /// the later one's rate by its length.
-    #[test]
-    fn every_cpu_counter_is_read_before_any_memory() {
-        let write = |dir: &std::path::Path, name: &str, text: &str| {
-            std::fs::create_dir_all(dir).expect("mkdir");
-            std::fs::write(dir.join(name), text).expect("write fixture");
-        };
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let (root, proc_root) = (tmp.path().join("cgroup"), tmp.path().join("proc"));
-        write(&root, "cgroup.controllers", "cpu memory\n");
-        write(&root, "cgroup.procs", "");
-        write(&root, "cpu.stat", "usage_usec 9000\n");
-        write(
-            &proc_root,
-            "meminfo",
-            "MemTotal: 1000 kB\nMemFree: 400 kB\nInactive(file): 100 kB\n",
-        );
-        let pod = root.join(
-            "kubepods.slice/kubepods-burstable.slice/\
-             kubepods-burstable-pod0c3a8ec8_6a39_4b5c_a5e3_2f0cb7a8e1d4.slice",
-        );
-        for (n, id) in ["4f1e0e5a6b1f", "5a4db0c0ffee"].iter().enumerate() {
-            let dir = pod.join(format!("cri-containerd-{id}.scope"));
-            write(&dir, "cpu.stat", &format!("usage_usec {}\n", n + 1));
+    fn write(dir: &std::path::Path, name: &str, text: &str) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(dir.join(name), text).expect("write fixture");
+    }
+
+    /// A v2 cgroup tree and procfs in a temporary directory, with one
+    /// burstable pod and no containers yet.
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        root: std::path::PathBuf,
+        proc_root: std::path::PathBuf,
+        pod: std::path::PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let (root, proc_root) = (tmp.path().join("cgroup"), tmp.path().join("proc"));
+            write(&root, "cgroup.controllers", "cpu memory\n");
+            write(&root, "cgroup.procs", "");
+            write(&root, "cpu.stat", "usage_usec 9000\n");
+            write(
+                &proc_root,
+                "meminfo",
+                "MemTotal: 1000 kB\nMemFree: 400 kB\nInactive(file): 100 kB\n",
+            );
+            let pod = root.join(
+                "kubepods.slice/kubepods-burstable.slice/\
+                 kubepods-burstable-pod0c3a8ec8_6a39_4b5c_a5e3_2f0cb7a8e1d4.slice",
+            );
+            Self {
+                _tmp: tmp,
+                root,
+                proc_root,
+                pod,
+            }
+        }
+
+        /// A container `id` of the pod, with `usage_usec` CPU; its directory.
+        fn container(&self, id: &str, usage_usec: u64) -> std::path::PathBuf {
+            let dir = self.pod.join(format!("cri-containerd-{id}.scope"));
+            write(&dir, "cpu.stat", &format!("usage_usec {usage_usec}\n"));
             write(&dir, "memory.current", "4096\n");
             write(&dir, "memory.stat", "inactive_file 1024\n");
+            dir
         }
-        let mut c = Collector::new(Options {
-            cgroup_root: root,
-            proc_root,
-            cpu_source: CpuSourceChoice::Cgroupfs,
-            ..Options::default()
-        })
-        .expect("collector");
+
+        /// A collector reading the files (cgroupfs).
+        fn collector(&self) -> Collector {
+            Collector::new(Options {
+                cgroup_root: self.root.clone(),
+                proc_root: self.proc_root.clone(),
+                cpu_source: CpuSourceChoice::Cgroupfs,
+                ..Options::default()
+            })
+            .expect("collector")
+        }
+    }
+
+    #[test]
+    fn every_cpu_counter_is_read_before_any_memory() {
+        let f = Fixture::new();
+        f.container("4f1e0e5a6b1f", 1);
+        f.container("5a4db0c0ffee", 2);
+        let mut c = f.collector();
         let calls = std::sync::Arc::default();
         c.source = Box::new(Recorder(std::sync::Arc::clone(&calls)));
         let s = c.collect().expect("collect");
@@ -893,6 +921,51 @@ mod tests {
                 "read_memory",
                 "container_memory_usage",
                 "container_memory_usage"
+            ]
+        );
+    }
+
+    /// A container's start time is its cgroup's mtime when first seen, and
+    /// stays put across later walks, whatever the mtime says then.
+    #[test]
+    fn a_containers_start_time_stays_put_while_it_lives() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let set_mtime = |dir: &std::path::Path, at: SystemTime| {
+            std::fs::File::open(dir)
+                .and_then(|d| d.set_modified(at))
+                .expect("set mtime");
+        };
+        let f = Fixture::new();
+        let container = |id: &str, at: SystemTime| {
+            let dir = f.container(id, 1);
+            set_mtime(&dir, at);
+            dir
+        };
+        let (t1, t2, t3) = (
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_100),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_200),
+        );
+        let first = container("4f1e0e5a6b1f", t1);
+        let mut c = f.collector();
+        let started = |s: &Snapshot| -> Vec<(String, Option<SystemTime>)> {
+            s.pods
+                .values()
+                .flat_map(|p| p.containers.iter().map(|c| (c.id.clone(), c.started)))
+                .collect()
+        };
+        let s = c.collect().expect("collect");
+        assert_eq!(started(&s), [("4f1e0e5a6b1f".into(), Some(t1))]);
+        // The first container's mtime moves, and a second container makes
+        // the collector walk the tree again.
+        set_mtime(&first, t2);
+        container("5a4db0c0ffee", t3);
+        let s = c.collect().expect("collect");
+        assert_eq!(
+            started(&s),
+            [
+                ("4f1e0e5a6b1f".into(), Some(t1)),
+                ("5a4db0c0ffee".into(), Some(t3))
             ]
         );
     }
