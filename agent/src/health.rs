@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use export::{Observer, StreamEnd};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -26,24 +27,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// How a stream to an aggregator ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The aggregator ended it cleanly (it shuts down, or rebalances).
-    Closed,
-    /// The aggregator refused it (credentials, node name, metadata).
-    Refused,
-    /// Connecting failed or the connection broke.
-    Failed,
-}
-
-impl StreamEnd {
-    fn label(self) -> &'static str {
-        match self {
-            StreamEnd::Closed => "closed",
-            StreamEnd::Refused => "refused",
-            StreamEnd::Failed => "failed",
-        }
+fn label(end: StreamEnd) -> &'static str {
+    match end {
+        StreamEnd::Closed => "closed",
+        StreamEnd::Refused => "refused",
+        StreamEnd::Failed => "failed",
     }
 }
 
@@ -153,36 +141,6 @@ impl Health {
     /// A kubelet scrape failed.
     pub fn kubelet_scrape_failed(&self) {
         self.state().scrape_errors += 1;
-    }
-
-    /// A stream to `aggregator` is open.
-    pub fn stream_opened(&self, aggregator: &str) {
-        let mut state = self.state();
-        let peer = state.peers.entry(aggregator.to_owned()).or_default();
-        peer.connected = true;
-        peer.stream_sent = 0;
-    }
-
-    /// A report went out to `aggregator`.
-    pub fn report_sent(&self, aggregator: &str) {
-        let mut state = self.state();
-        let peer = state.peers.entry(aggregator.to_owned()).or_default();
-        peer.sent += 1;
-        peer.stream_sent += 1;
-        peer.last_sent = Some(Instant::now());
-    }
-
-    /// The stream to `aggregator` ended (or could not be opened).
-    pub fn stream_ended(&self, aggregator: &str, end: StreamEnd) {
-        let mut state = self.state();
-        let peer = state.peers.entry(aggregator.to_owned()).or_default();
-        peer.connected = false;
-        peer.ended[end as usize] += 1;
-    }
-
-    /// `aggregator` is no longer a replica (DNS says so).
-    pub fn aggregator_gone(&self, aggregator: &str) {
-        self.state().peers.remove(aggregator);
     }
 
     /// `Err(why)` when the collector stalled.
@@ -354,7 +312,7 @@ impl Health {
                 let _ = writeln!(
                     o,
                     "nodepulse_agent_streams_ended_total{{{l},result=\"{}\"}} {}",
-                    end.label(),
+                    label(end),
                     peer.ended[end as usize]
                 );
             }
@@ -457,6 +415,35 @@ fn answer<B>(health: &Health, request: &Request<B>) -> Response<Full<Bytes>> {
             StatusCode::NOT_FOUND,
             "not found: /livez, /readyz, /metrics\n".to_owned(),
         ),
+    }
+}
+
+/// The exporter's streams, by aggregator replica.
+impl Observer for Health {
+    fn stream_opened(&self, aggregator: &str) {
+        let mut state = self.state();
+        let peer = state.peers.entry(aggregator.to_owned()).or_default();
+        peer.connected = true;
+        peer.stream_sent = 0;
+    }
+
+    fn report_sent(&self, aggregator: &str) {
+        let mut state = self.state();
+        let peer = state.peers.entry(aggregator.to_owned()).or_default();
+        peer.sent += 1;
+        peer.stream_sent += 1;
+        peer.last_sent = Some(Instant::now());
+    }
+
+    fn stream_ended(&self, aggregator: &str, end: StreamEnd) {
+        let mut state = self.state();
+        let peer = state.peers.entry(aggregator.to_owned()).or_default();
+        peer.connected = false;
+        peer.ended[end as usize] += 1;
+    }
+
+    fn replica_gone(&self, aggregator: &str) {
+        self.state().peers.remove(aggregator);
     }
 }
 

@@ -3,7 +3,6 @@
 pub mod cgroup;
 pub mod collector;
 pub mod ebpf;
-pub mod export;
 pub mod health;
 pub mod kubelet;
 pub mod report;

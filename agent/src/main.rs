@@ -6,12 +6,12 @@ use std::sync::Arc;
 use agent::{
     cgroup::files,
     collector::{Collector, CpuSourceChoice, Options},
-    export::{self, Targets},
     kubelet::{KubeletClient, KubeletConfig, check::Tolerance, resource_url},
     run, top,
 };
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use export::Targets;
 use kubelet::pods;
 use proto::v1::NodeMetadata;
 use tokio::sync::watch;

@@ -14,9 +14,10 @@ use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use export::Outgoing;
+
 use crate::{
     collector::{self, Collector, Snapshot},
-    export::{self, Outgoing},
     health::{Collected, Health},
     kubelet::{
         ClientError, KubeletClient, Parsed,
@@ -84,7 +85,7 @@ pub async fn run(
         .map_err(Error::Thread)?
     };
     let export = export::Config {
-        health: Some(config.health),
+        observer: Some(config.health),
         ..config.export
     };
     export::run(export, rx, cancel.clone()).await;

@@ -10,12 +10,12 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use agent::export::{self, Outgoing, Targets};
 use aggregator_api::{
     api::view::{Lookup, MetricsView},
     ingest::{Caller, IngestAuth, IngestService, Unauthenticated},
     store::Store,
 };
+use export::{self, Outgoing, Targets};
 use prost::Message as _;
 use proto::{
     unix_nanos,
@@ -635,7 +635,7 @@ async fn large_metadata_reaches_new_and_older_replicas_whole() {
     let health = agent::health::Health::new(INTERVAL);
     let export = exporter(
         export::Config {
-            health: Some(Arc::clone(&health)),
+            observer: Some(Arc::clone(&health) as Arc<dyn export::Observer>),
             ..config(&[new.addr, old.addr])
         },
         rx,

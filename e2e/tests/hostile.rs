@@ -15,9 +15,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use agent::export::{self, Outgoing};
 use common::{duty, raw};
 use e2e::{Cluster, Container, Options};
+use export::{self, Outgoing};
 use proto::v1::{
     ContainerName, ContainerSample, CpuSource, NodeMetadata, NodeReport, PodMetadata, PodSample,
     Usage,

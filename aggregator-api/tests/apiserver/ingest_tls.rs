@@ -3,11 +3,11 @@
 //! connections without a restart.
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-use agent::export::{self, Outgoing, Targets};
 use aggregator_api::{
     ingest::{IngestService, Unauthenticated, listener},
     store::Store,
 };
+use export::{self, Outgoing, Targets};
 use proto::v1::{NodeMetadata, NodeReport, Usage};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};

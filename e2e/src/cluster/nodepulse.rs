@@ -209,13 +209,13 @@ impl Cluster {
     /// An in-process agent exporter's settings for this cluster: every
     /// replica's ingest port, nodepulse's CA and server name, `token` as
     /// the credential.
-    pub fn agent_export_config(&self, token: PathBuf) -> agent::export::Config {
-        agent::export::Config {
-            targets: agent::export::Targets::Static(self.ingest_targets()),
+    pub fn agent_export_config(&self, token: PathBuf) -> export::Config {
+        export::Config {
+            targets: export::Targets::Static(self.ingest_targets()),
             ca_file: Some(self.pki.nodepulse_ca.cert.clone()),
             tls_server_name: Some(SERVER_NAME.to_string()),
             token_file: Some(token),
-            ..agent::export::Config::default()
+            ..export::Config::default()
         }
     }
 

@@ -1,13 +1,13 @@
 //! Simulated agents: for every node of a [`Fleet`], the agent's own exporter
-//! (`agent::export`, one connection and stream per aggregator replica, the
+//! (`export`, one connection and stream per aggregator replica, the
 //! node's own bound ServiceAccount token) sending the fleet's counters every
 //! interval. What a real agent adds — reading cgroups, eBPF, its pod watch —
 //! is not simulated; the report it sends is.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use agent::export::{self, Outgoing};
 use anyhow::Result;
+use export::{self, Outgoing};
 use kube::Client;
 use serde_json::json;
 use tokio::{sync::watch, task::JoinSet};

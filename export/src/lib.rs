@@ -1,4 +1,5 @@
-//! Streams this node's samples to every aggregator replica.
+//! Streams a node's samples to every aggregator replica: the agent's
+//! exporter, and the simulated agents' in the tests and benches.
 //!
 //! One task per replica holds a long-lived client stream. Samples reach the
 //! tasks through a `watch` channel: a buffer of one where the newest sample
@@ -24,7 +25,26 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use support::{backoff::Backoff, token::TokenFile};
 
-use crate::health::{Health, StreamEnd};
+/// How a stream to an aggregator ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The aggregator ended it cleanly (it shuts down, or rebalances).
+    Closed,
+    /// The aggregator refused it (credentials, node name, metadata).
+    Refused,
+    /// Connecting failed or the connection broke.
+    Failed,
+}
+
+/// Told of every stream and report, by replica address: the agent's probes
+/// and metrics.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    fn stream_opened(&self, replica: &str);
+    fn report_sent(&self, replica: &str);
+    fn stream_ended(&self, replica: &str, end: StreamEnd);
+    /// The replica left the resolved set: nothing more will be said of it.
+    fn replica_gone(&self, replica: &str);
+}
 
 /// Longest wait between reconnect attempts to one replica.
 pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
@@ -116,8 +136,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub keepalive: Duration,
     pub max_message_bytes: usize,
-    /// Told of every stream and report, for the agent's probes and metrics.
-    pub health: Option<Arc<Health>>,
+    /// Told of every stream and report.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl Default for Config {
@@ -130,7 +150,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             keepalive: Duration::from_secs(20),
             max_message_bytes: 16 << 20,
-            health: None,
+            observer: None,
         }
     }
 }
@@ -182,8 +202,8 @@ pub async fn run(
                 info!(%uri, "aggregator replica gone");
                 token.cancel();
                 let _ = handle.await;
-                if let Some(health) = &config.health {
-                    health.aggregator_gone(&uri);
+                if let Some(observer) = &config.observer {
+                    observer.replica_gone(&uri);
                 }
             }
         }
@@ -271,8 +291,8 @@ async fn endpoint_loop(
             }
         };
         in_parts = true;
-        if let Some(health) = &config.health {
-            health.stream_ended(&uri, end);
+        if let Some(observer) = &config.observer {
+            observer.stream_ended(&uri, end);
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff.reset();
@@ -330,10 +350,10 @@ async fn stream_once(
     let channel = channel(config, uri).await?;
     let mut client = IngestClient::new(channel).max_encoding_message_size(config.max_message_bytes);
     let sent = {
-        let (health, uri) = (config.health.clone(), uri.to_owned());
+        let (observer, uri) = (config.observer.clone(), uri.to_owned());
         move || {
-            if let Some(health) = &health {
-                health.report_sent(&uri);
+            if let Some(observer) = &observer {
+                observer.report_sent(&uri);
             }
         }
     };
@@ -350,8 +370,8 @@ async fn stream_once(
         request.metadata_mut().insert("authorization", value);
     }
     info!("stream open");
-    if let Some(health) = &config.health {
-        health.stream_opened(uri);
+    if let Some(observer) = &config.observer {
+        observer.stream_opened(uri);
     }
     let call = if in_parts {
         client.report_in_parts(request).await
