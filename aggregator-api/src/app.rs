@@ -74,9 +74,10 @@ pub enum Error {
     /// Only one of the ingest's certificate and key files was given.
     #[error("--ingest-tls-cert-file and --ingest-tls-private-key-file go together")]
     IngestTlsPair,
-    /// `--agent-service-account` is not `namespace:name`.
-    #[error("--agent-service-account: {0}")]
-    AgentAccount(String),
+    /// `--agent-service-account` or `--aggregator-service-account` is not
+    /// `namespace:name` (the message names which).
+    #[error("{0}")]
+    ServiceAccount(String),
     /// The gRPC ingest server failed.
     #[error("ingest server")]
     Ingest(#[source] tonic::transport::Error),
@@ -145,8 +146,11 @@ impl Aggregator {
                 // Agents' tokens are minted for the aggregator's audience.
                 let reviewer = KubeTokenReviewer::new(client.clone())
                     .with_audiences(vec![ingest.ingest_audience.clone()]);
-                let (namespace, name) = ingest.agent_account().map_err(Error::AgentAccount)?;
-                let auth = TokenReviewAuth::new(Arc::new(reviewer), namespace, name);
+                let (namespace, name) = ingest.agent_account().map_err(Error::ServiceAccount)?;
+                let (replica_ns, replica_name) =
+                    ingest.replica_account().map_err(Error::ServiceAccount)?;
+                let auth = TokenReviewAuth::new(Arc::new(reviewer), namespace, name)
+                    .with_replicas(replica_ns, replica_name);
                 let auth = if ingest.ingest_allow_unbound_tokens {
                     auth.allow_unbound()
                 } else {
@@ -214,11 +218,13 @@ impl Aggregator {
         });
 
         let kubelet_stats = Arc::new(ScrapeStats::default());
+        let picked = Arc::new(kubelets::Picked::default());
         let kubelet_task = tokio::spawn(kubelets::run(
             Arc::clone(&store),
             client.clone(),
             kubelets,
             Arc::clone(&kubelet_stats),
+            Arc::clone(&picked),
             cancel.clone(),
         ));
 
@@ -228,7 +234,8 @@ impl Aggregator {
             ingest_auth,
             cancel.clone(),
             ingest.ingest_max_message_bytes,
-        );
+        )
+        .forwarded_for(picked);
         let ingest_stats = service.stats();
         let service = service.into_server();
         let connections = Connections::new("ingest", ingest.settings().connections);

@@ -12,8 +12,9 @@ use std::{
 
 use aggregator_api::{
     api::view::{Lookup, MetricsView},
-    ingest::{Caller, IngestAuth, IngestService, Unauthenticated},
-    store::Store,
+    ingest::{Caller, IngestAuth, IngestService, IngestStats, Unauthenticated},
+    kubelets::Picked,
+    store::{Capacity, Store},
 };
 use export::{self, Outgoing, Targets};
 use prost::Message as _;
@@ -91,6 +92,8 @@ struct SimNode {
     start: SystemTime,
     /// How far ahead of the aggregator this node's clock runs.
     ahead: Duration,
+    /// The origin of its counters.
+    epoch: u64,
 }
 
 impl SimNode {
@@ -120,6 +123,7 @@ impl SimNode {
             seq: 0,
             start: SystemTime::now(),
             ahead: Duration::ZERO,
+            epoch: 1,
         };
         (node, rx)
     }
@@ -153,7 +157,7 @@ impl SimNode {
             metadata: None,
             cpu_source: 1,
             seq: self.seq,
-            agent_epoch: 1,
+            agent_epoch: self.epoch,
             metadata_continues: false,
         };
         self.tx.send_replace(Some(Arc::new(Outgoing {
@@ -303,7 +307,8 @@ async fn every_replica_holds_the_full_view_and_a_restarted_one_recovers() {
     b2.stop().await;
 }
 
-/// Tokens of the form `token-for-<node>` authenticate as that node.
+/// Tokens of the form `token-for-<node>` authenticate as that node;
+/// `replica`, as another replica of the aggregator.
 struct NodeTokens;
 
 #[tonic::async_trait]
@@ -313,12 +318,20 @@ impl IngestAuth for NodeTokens {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
+        if header == "Bearer replica" {
+            return Ok(Caller {
+                user: "system:serviceaccount:kube-system:nodepulse-aggregator".into(),
+                node: None,
+                replica: true,
+            });
+        }
         let node = header
             .strip_prefix("Bearer token-for-")
             .ok_or_else(|| Status::unauthenticated("token not recognised"))?;
         Ok(Caller {
             user: format!("system:serviceaccount:kube-system:agent ({node})"),
             node: Some(node.to_string()),
+            replica: false,
         })
     }
 }
@@ -380,6 +393,111 @@ async fn unauthenticated_and_spoofed_streams_are_refused_others_unaffected() {
     }
     r.stop().await;
     let _ = BTreeMap::<String, String>::new();
+}
+
+/// Another replica forwards the nodes it reads from their kubelets: taken
+/// for the nodes this replica reads from their kubelets too (with their
+/// Node's capacity), refused for any other, and passed over while another
+/// origin of the node's counters (its agent) is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_forwards_only_nodes_read_from_their_kubelets() {
+    let picked = Arc::new(Picked::default());
+    let capacity = Capacity {
+        cpu_nanocores: 64_000_000_000,
+        memory_bytes: 256 << 30,
+    };
+    picked.insert("windows-1".into(), Some(capacity));
+    picked.insert("fallback-1".into(), Some(capacity));
+    let mut stats: Option<Arc<IngestStats>> = None;
+    let r = replica_of(bind().await, |store, stop| {
+        let service = IngestService::new(store, Arc::new(NodeTokens), stop, 16 << 20)
+            .forwarded_for(Arc::clone(&picked));
+        stats = Some(service.stats());
+        service.into_server()
+    })
+    .await;
+    let stats = stats.expect("built");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).expect("token file");
+        Some(p)
+    };
+    let cancel = CancellationToken::new();
+    // fallback-1's agent reports (it came back, say) while the replica still
+    // forwards its kubelet's figures, of another origin.
+    let (agent, agent_rx) = SimNode::new("fallback-1", 2);
+    let agent_export = exporter(
+        export::Config {
+            token_file: token("agent", "token-for-fallback-1"),
+            ..config(&[r.addr])
+        },
+        agent_rx,
+        &cancel,
+    );
+    let agent_ticker = ticking(vec![agent], &cancel);
+    until(&r.store, "the agent's node served", INTERVAL * 10, |s| {
+        full_and_correct(s, &[("fallback-1", 2)])
+    })
+    .await;
+    let mut forwarded = Vec::new();
+    let mut exporters = Vec::new();
+    for name in ["windows-1", "fallback-1", "linux-1"] {
+        let (mut node, rx) = SimNode::new(name, 2);
+        node.epoch = 2;
+        exporters.push(exporter(
+            export::Config {
+                token_file: token(&format!("replica-{name}"), "replica"),
+                ..config(&[r.addr])
+            },
+            rx,
+            &cancel,
+        ));
+        forwarded.push(node);
+    }
+    let ticker = ticking(forwarded, &cancel);
+    until(&r.store, "the forwarded node served", INTERVAL * 10, |s| {
+        full_and_correct(s, &[("windows-1", 2)])
+    })
+    .await;
+    assert!(r.store.has_capacity("windows-1"), "its Node's capacity");
+    let count = |result: &str| {
+        let mut text = String::new();
+        stats.render(&mut text);
+        let line = format!("nodepulse_ingest_forwarded_reports_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("counted")
+    };
+    let mut changes = r.store.subscribe();
+    let counted = async {
+        while count("not_read_here") < 2 || count("superseded") < 3 {
+            changes.changed().await.expect("store alive");
+        }
+    };
+    tokio::time::timeout(INTERVAL * 10, counted)
+        .await
+        .expect("linux-1 refused and fallback-1's forwarded reports passed over, each counted");
+    assert_eq!(r.store.node("linux-1"), Lookup::Unknown, "not read here");
+    assert!(full_and_correct(&r.store, &[("fallback-1", 2)]));
+    assert_eq!(
+        r.store
+            .stats()
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the agent's series stood"
+    );
+    assert!(count("applied") >= 2);
+    cancel.cancel();
+    for task in exporters
+        .into_iter()
+        .chain([agent_export, ticker, agent_ticker])
+    {
+        let _ = task.await;
+    }
+    r.stop().await;
 }
 
 /// A stream's first report carries the node's metadata. When the replica

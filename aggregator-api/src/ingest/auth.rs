@@ -1,6 +1,7 @@
 //! Ingest authentication by TokenReview: the agent presents its projected
 //! ServiceAccount token, minted for the aggregator's audience; kube-apiserver
 //! says whose it is and, for node-bound tokens, which node it is bound to.
+//! Another replica of the aggregator presents its own ServiceAccount's.
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -29,12 +30,15 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
         .ok_or_else(|| Status::unauthenticated("a bearer token is required"))
 }
 
-/// Accepts the agents' ServiceAccount only; binds each stream to the node its
-/// token names.
+/// Accepts the agents' ServiceAccount, binding each stream to the node its
+/// token names, and with [`TokenReviewAuth::with_replicas`] the aggregator's
+/// own, as a replica.
 pub struct TokenReviewAuth {
     reviewer: Arc<dyn TokenReviewer>,
     /// `system:serviceaccount:<namespace>:<name>`.
     agent_user: String,
+    /// The aggregator's own, for its replicas' streams.
+    replica_user: Option<String>,
     /// Refuse tokens that are not bound to a node (they could report any node).
     require_node: bool,
     cache: Mutex<TtlCache<String, Result<Caller, String>>>,
@@ -46,6 +50,7 @@ impl TokenReviewAuth {
         Self {
             reviewer,
             agent_user: format!("system:serviceaccount:{namespace}:{service_account}"),
+            replica_user: None,
             require_node: true,
             cache: Mutex::new(TtlCache::new(16_384)),
             ttl: Duration::from_secs(10),
@@ -55,6 +60,14 @@ impl TokenReviewAuth {
     /// Also accept tokens that name no node (such a stream may report any node).
     pub fn allow_unbound(mut self) -> Self {
         self.require_node = false;
+        self
+    }
+
+    /// Also accept the aggregator's ServiceAccount, as another replica.
+    pub fn with_replicas(mut self, namespace: &str, service_account: &str) -> Self {
+        self.replica_user = Some(format!(
+            "system:serviceaccount:{namespace}:{service_account}"
+        ));
         self
     }
 
@@ -69,6 +82,13 @@ impl TokenReviewAuth {
                 });
             }
         };
+        if self.replica_user.as_ref() == Some(&user.name) {
+            return Ok(Caller {
+                user: user.name,
+                node: None,
+                replica: true,
+            });
+        }
         if user.name != self.agent_user {
             return Err(format!(
                 "{} may not report metrics (only {})",
@@ -86,6 +106,7 @@ impl TokenReviewAuth {
         Ok(Caller {
             user: user.name,
             node,
+            replica: false,
         })
     }
 }
@@ -156,6 +177,12 @@ mod tests {
                 }),
                 "agent-unbound" => TokenVerdict::Authenticated(User {
                     name: "system:serviceaccount:kube-system:nodepulse-agent".into(),
+                    uid: String::new(),
+                    groups: vec![],
+                    extra: BTreeMap::new(),
+                }),
+                "aggregator" => TokenVerdict::Authenticated(User {
+                    name: "system:serviceaccount:kube-system:nodepulse".into(),
                     uid: String::new(),
                     groups: vec![],
                     extra: BTreeMap::new(),
@@ -233,6 +260,28 @@ mod tests {
             .await
             .expect_err("still bad");
         assert_eq!(fake.calls.load(Ordering::Relaxed), before);
+
+        assert_eq!(
+            auth.authenticate(&md("aggregator"))
+                .await
+                .expect_err("replicas not taken")
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        let replicas = TokenReviewAuth::new(fake.clone(), "kube-system", "nodepulse-agent")
+            .with_replicas("kube-system", "nodepulse");
+        let replica = replicas
+            .authenticate(&md("aggregator"))
+            .await
+            .expect("a replica");
+        assert!(replica.replica && replica.node.is_none(), "{replica:?}");
+        assert!(
+            !replicas
+                .authenticate(&md("agent-node-1"))
+                .await
+                .expect("agent")
+                .replica
+        );
 
         let lenient = TokenReviewAuth::new(fake, "kube-system", "nodepulse-agent").allow_unbound();
         assert_eq!(

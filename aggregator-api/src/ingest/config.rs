@@ -42,6 +42,15 @@ pub struct IngestArgs {
         default_value = "kube-system:nodepulse-agent"
     )]
     pub agent_service_account: String,
+    /// This aggregator's own ServiceAccount, `namespace:name`: a stream
+    /// authenticated as it is another replica forwarding nodes it reads
+    /// from their kubelets, taken only for nodes this replica reads too.
+    #[arg(
+        long,
+        env = "NODEPULSE_AGGREGATOR_SERVICE_ACCOUNT",
+        default_value = "kube-system:nodepulse"
+    )]
+    pub aggregator_service_account: String,
     /// Audience the agents' tokens are minted for.
     #[arg(long, env = "NODEPULSE_INGEST_AUDIENCE", default_value = "nodepulse")]
     pub ingest_audience: String,
@@ -116,16 +125,23 @@ impl IngestArgs {
 
     /// `(namespace, name)` of the agents' ServiceAccount.
     pub fn agent_account(&self) -> Result<(&str, &str), String> {
-        self.agent_service_account
-            .split_once(':')
-            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
-            .ok_or_else(|| {
-                format!(
-                    "--agent-service-account {:?}: want namespace:name",
-                    self.agent_service_account
-                )
-            })
+        account("--agent-service-account", &self.agent_service_account)
     }
+
+    /// `(namespace, name)` of the aggregator's own ServiceAccount.
+    pub fn replica_account(&self) -> Result<(&str, &str), String> {
+        account(
+            "--aggregator-service-account",
+            &self.aggregator_service_account,
+        )
+    }
+}
+
+fn account<'a>(flag: &str, value: &'a str) -> Result<(&'a str, &'a str), String> {
+    value
+        .split_once(':')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        .ok_or_else(|| format!("{flag} {value:?}: want namespace:name"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

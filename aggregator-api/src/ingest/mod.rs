@@ -33,7 +33,8 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::{info, warn};
 
 use crate::{
-    store::{Reject, Store, limits},
+    kubelets::Picked,
+    store::{Reject, Source, Store, limits},
     untrusted::shown,
 };
 
@@ -45,6 +46,9 @@ pub struct Caller {
     /// The node the credential is bound to; `None` for credentials that may
     /// report any node (only with authentication switched off).
     pub node: Option<String>,
+    /// Another replica of this aggregator, forwarding nodes it reads from
+    /// their kubelets: taken only for the nodes this replica reads too.
+    pub replica: bool,
 }
 
 /// Authenticates a stream from its request metadata.
@@ -63,6 +67,7 @@ impl IngestAuth for Unauthenticated {
         Ok(Caller {
             user: "anonymous".into(),
             node: None,
+            replica: false,
         })
     }
 }
@@ -75,6 +80,36 @@ pub struct IngestStats {
     pub streams: AtomicU64,
     pub streams_rejected: AtomicU64,
     pub spoofed: AtomicU64,
+    /// Reports forwarded by other replicas, by what became of them.
+    pub forwarded: [AtomicU64; Forwarded::ALL.len()],
+}
+
+/// What became of a report another replica forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    Applied,
+    /// Another origin of the node's counters is fresh (its agent, or
+    /// another replica's read): it stands.
+    Superseded,
+    /// This replica does not serve the node from its kubelet (its agent
+    /// reports, or no selector picks it): not the forwarder's to say.
+    NotReadHere,
+}
+
+impl Forwarded {
+    const ALL: [Forwarded; 3] = [
+        Forwarded::Applied,
+        Forwarded::Superseded,
+        Forwarded::NotReadHere,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Forwarded::Applied => "applied",
+            Forwarded::Superseded => "superseded",
+            Forwarded::NotReadHere => "not_read_here",
+        }
+    }
 }
 
 impl IngestStats {
@@ -110,6 +145,25 @@ impl IngestStats {
             "Reports for a node other than the one the stream's token is bound to.",
         );
         let _ = writeln!(out, "{name} {}", n(&self.spoofed));
+        let name = "nodepulse_ingest_forwarded_reports_total";
+        family(
+            out,
+            name,
+            "counter",
+            "Reports other replicas forwarded (nodes read from their kubelets), by what became of them.",
+        );
+        for what in Forwarded::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{result=\"{}\"}} {}",
+                what.label(),
+                n(&self.forwarded[what as usize])
+            );
+        }
+    }
+
+    fn forwarded(&self, what: Forwarded) {
+        self.forwarded[what as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -142,6 +196,9 @@ pub struct IngestService {
     /// The largest message taken, and so the most one metadata's parts may
     /// add up to.
     max_message_bytes: usize,
+    /// The nodes this replica reads from their kubelets: what other
+    /// replicas may forward. None: nothing is taken from them.
+    picked: Option<Arc<Picked>>,
 }
 
 impl IngestService {
@@ -165,7 +222,15 @@ impl IngestService {
             })),
             shutdown,
             max_message_bytes,
+            picked: None,
         }
+    }
+
+    /// Takes reports from other replicas for the nodes in `picked`, as
+    /// this replica's own reads of their kubelets.
+    pub fn forwarded_for(mut self, picked: Arc<Picked>) -> Self {
+        self.picked = Some(picked);
+        self
     }
 
     pub fn stats(&self) -> Arc<IngestStats> {
@@ -248,7 +313,14 @@ impl IngestService {
                     return Err(Status::invalid_argument(reject.to_string()));
                 }
                 None => {
-                    info!(node = %report.node, user = %shown(&caller.user), "agent stream opened");
+                    if caller.replica && self.read_here(&report.node).is_none() {
+                        self.stats.forwarded(Forwarded::NotReadHere);
+                        return Err(Status::permission_denied(format!(
+                            "a replica may forward only nodes read from their kubelets; this replica does not read \"{}\"'s",
+                            report.node
+                        )));
+                    }
+                    info!(node = %report.node, user = %shown(&caller.user), replica = caller.replica, "stream opened");
                     node = Some(report.node.clone());
                 }
                 Some(n) if n != &report.node => {
@@ -274,8 +346,30 @@ impl IngestService {
                     });
                 }
             };
-            match self.store.apply(&report, SystemTime::now()) {
-                Ok(()) => accepted += 1,
+            let source = if caller.replica {
+                // Checked for every report: the node may since be read
+                // from its agent, or have left the selectors.
+                let Some(capacity) = self.read_here(&report.node) else {
+                    self.stats.forwarded(Forwarded::NotReadHere);
+                    continue;
+                };
+                if self.store.fed_elsewhere(&report.node, report.agent_epoch) {
+                    self.stats.forwarded(Forwarded::Superseded);
+                    continue;
+                }
+                // The forwarder watched the node's pods as this replica
+                // would have: nothing to ask kube-apiserver.
+                Source::Watched(capacity)
+            } else {
+                Source::Agent
+            };
+            match self.store.apply_from(&report, SystemTime::now(), source) {
+                Ok(()) => {
+                    accepted += 1;
+                    if caller.replica {
+                        self.stats.forwarded(Forwarded::Applied);
+                    }
+                }
                 Err(reject @ Reject::NoMetadata(_)) => {
                     // The agent sends full metadata first on a new stream.
                     info!(node = %report.node, "no metadata for this node; asking the agent to reconnect");
@@ -290,6 +384,11 @@ impl IngestService {
         }
         Ok(Response::new(ReportSummary { accepted }))
     }
+
+    /// `Some(capacity)` when this replica reads `node` from its kubelet.
+    fn read_here(&self, node: &str) -> Option<Option<crate::store::Capacity>> {
+        self.picked.as_ref()?.capacity(node)
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +401,7 @@ mod tests {
         stats.streams.fetch_add(3, Ordering::Relaxed);
         stats.streams_rejected.fetch_add(2, Ordering::Relaxed);
         stats.spoofed.fetch_add(1, Ordering::Relaxed);
+        stats.forwarded(Forwarded::Superseded);
         let mut text = String::new();
         stats.render(&mut text);
         for line in [
@@ -309,6 +409,7 @@ mod tests {
             "nodepulse_ingest_streams_total{result=\"accepted\"} 3",
             "nodepulse_ingest_streams_total{result=\"rejected\"} 2",
             "nodepulse_ingest_spoofed_reports_total 1",
+            "nodepulse_ingest_forwarded_reports_total{result=\"superseded\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -143,7 +143,9 @@ impl<'a> Loops<'a> {
         let mut picked_by = vec![false; self.settings.selectors.len()];
         if let Some(r) = self.reading.get_mut(&name) {
             r.picked_by[i] = true;
-            r.update(facts_of(node));
+            let facts = facts_of(node);
+            self.shared.picked.insert(name.clone(), facts.capacity);
+            r.update(facts);
             if r.url == url {
                 // A selector's own loop now, whatever its agent does.
                 r.fallback = false;
@@ -201,6 +203,9 @@ impl<'a> Loops<'a> {
                 // Read again from the new address at the next sweep.
                 self.stop(&name);
             } else {
+                self.shared
+                    .picked
+                    .insert(name.clone(), candidate.facts.capacity);
                 r.update(candidate.facts.clone());
             }
         }
@@ -306,6 +311,7 @@ impl<'a> Loops<'a> {
         } else {
             scrape::offset(&name, self.settings.interval)
         };
+        self.shared.picked.insert(name.clone(), facts.capacity);
         let (labels, given) = watch::channel(facts.labels);
         let (capacity, given_capacity) = watch::channel(facts.capacity);
         self.shared.stats.nodes.fetch_add(1, Ordering::Relaxed);
@@ -340,6 +346,7 @@ impl<'a> Loops<'a> {
 
     fn stop(&mut self, node: &str) {
         if let Some(r) = self.reading.remove(node) {
+            self.shared.picked.remove(node);
             r.cancel.cancel();
             self.shared.stats.nodes.fetch_sub(1, Ordering::Relaxed);
         }

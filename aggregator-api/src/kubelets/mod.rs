@@ -20,6 +20,7 @@
 //! answers a read from its own cache, and these nodes are few.
 pub mod config;
 mod loops;
+pub mod picked;
 pub mod scrape;
 pub mod stats;
 
@@ -38,6 +39,7 @@ use tracing::{debug, info, warn};
 
 pub use config::{KubeletArgs, Settings};
 use loops::Loops;
+pub use picked::Picked;
 use scrape::Shared;
 pub use stats::ScrapeStats;
 
@@ -49,6 +51,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     stats: Arc<ScrapeStats>,
+    picked: Arc<Picked>,
     cancel: CancellationToken,
 ) {
     if settings.selectors.is_empty() && settings.fallback_after.is_none() {
@@ -66,6 +69,7 @@ pub async fn run(
         permits: Semaphore::new(settings.concurrency),
         stats,
         interval: settings.interval,
+        picked,
     });
     let nodes: Api<Node> = Api::all(client);
     // Watch `i` < selectors: selector `i`; the last, with the fallback: all.

@@ -18,7 +18,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::stats::{Outcome, ScrapeStats};
+use super::{
+    picked::Picked,
+    stats::{Outcome, ScrapeStats},
+};
 use crate::store::{Capacity, Reject, Source, Store};
 
 /// What every node's loop shares.
@@ -28,6 +31,8 @@ pub struct Shared {
     pub permits: Semaphore,
     pub stats: Arc<ScrapeStats>,
     pub interval: Duration,
+    /// The nodes being read, for ingest to know what a peer may forward.
+    pub picked: Arc<Picked>,
 }
 
 /// Where in the interval `node` is read, the same on every replica and
