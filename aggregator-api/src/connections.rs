@@ -14,7 +14,6 @@
 //! address can hold only `per_peer` of them.
 use std::{
     collections::{HashMap, VecDeque},
-    fmt::Write as _,
     net::IpAddr,
     sync::{
         Arc, Mutex,
@@ -22,7 +21,7 @@ use std::{
     },
 };
 
-use support::process::family;
+use support::process::family_values;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The limits of one listener.
@@ -164,32 +163,27 @@ impl Connections {
             (s.open, s.pending.len())
         };
         let l = self.name;
-        let name = format!("nodepulse_{l}_connections");
-        family(
+        family_values(
             out,
-            &name,
+            &format!("nodepulse_{l}_connections"),
             "gauge",
             "Connections held now, and those still in their handshake.",
+            [("{state=\"open\"}", open), ("{state=\"pending\"}", pending)],
         );
-        for (state, v) in [("open", open), ("pending", pending)] {
-            let _ = writeln!(out, "{name}{{state=\"{state}\"}} {v}");
-        }
-        let name = format!("nodepulse_{l}_connections_total");
-        family(
+        family_values(
             out,
-            &name,
+            &format!("nodepulse_{l}_connections_total"),
             "counter",
             "Connections by what became of them at the door.",
+            [
+                ("accepted", &self.stats.accepted),
+                ("refused_per_peer", &self.stats.refused_per_peer),
+                ("refused_full", &self.stats.refused_full),
+                ("evicted_pending", &self.stats.evicted),
+                ("handshake_failed", &self.stats.handshake_failed),
+            ]
+            .map(|(result, c)| (format!("{{result=\"{result}\"}}"), n(c))),
         );
-        for (result, c) in [
-            ("accepted", &self.stats.accepted),
-            ("refused_per_peer", &self.stats.refused_per_peer),
-            ("refused_full", &self.stats.refused_full),
-            ("evicted_pending", &self.stats.evicted),
-            ("handshake_failed", &self.stats.handshake_failed),
-        ] {
-            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", n(c));
-        }
     }
 }
 

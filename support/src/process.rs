@@ -106,6 +106,21 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
 
+/// A whole family: its header, then one sample per `(labels, value)`, where
+/// `labels` is written as given (`{result="ok"}`, or empty for none).
+pub fn family_values<L: std::fmt::Display, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, V)>,
+) {
+    family(out, name, kind, help);
+    for (labels, value) in values {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
 /// `<prefix>_build_info{version="…"} 1`.
 pub fn render_build_info(out: &mut String, prefix: &str, version: &str) {
     let name = format!("{prefix}_build_info");
@@ -144,5 +159,23 @@ mod tests {
         assert!(out.contains("nodepulse_test_build_info{version=\"1.2.3\"} 1\n"));
         assert!(out.contains("\nprocess_resident_memory_bytes "));
         assert!(out.contains("# TYPE process_cpu_seconds_total counter\n"));
+    }
+
+    #[test]
+    fn a_family_is_its_header_then_its_samples() {
+        let mut out = String::new();
+        family_values(
+            &mut out,
+            "x_total",
+            "counter",
+            "Xs.",
+            [("{r=\"a\"}", 1), ("{r=\"b\"}", 2)],
+        );
+        family_values(&mut out, "y", "gauge", "Y.", [("", 0.5)]);
+        assert_eq!(
+            out,
+            "# HELP x_total Xs.\n# TYPE x_total counter\nx_total{r=\"a\"} 1\nx_total{r=\"b\"} 2\n\
+             # HELP y Y.\n# TYPE y gauge\ny 0.5\n"
+        );
     }
 }

@@ -14,7 +14,6 @@ pub mod auth;
 pub mod config;
 pub mod listener;
 
-use std::fmt::Write as _;
 use std::{
     sync::{
         Arc,
@@ -22,7 +21,7 @@ use std::{
     },
     time::{Duration, SystemTime},
 };
-use support::{log_gate::LogGate, process::family};
+use support::{log_gate::LogGate, process::family_values};
 
 use proto::{
     parts::{PartError, Parts},
@@ -116,50 +115,42 @@ impl IngestStats {
     /// Prometheus text of these counters (appended to `/metrics`).
     pub fn render(&self, out: &mut String) {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let name = "nodepulse_ingest_open_streams";
-        family(
+        family_values(
             out,
-            name,
+            "nodepulse_ingest_open_streams",
             "gauge",
             "Agent streams open now: one per connected agent.",
+            [("", n(&self.open))],
         );
-        let _ = writeln!(out, "{name} {}", n(&self.open));
-        let name = "nodepulse_ingest_streams_total";
-        family(
+        family_values(
             out,
-            name,
+            "nodepulse_ingest_streams_total",
             "counter",
             "Agent streams by authentication result.",
+            [
+                ("{result=\"accepted\"}", n(&self.streams)),
+                ("{result=\"rejected\"}", n(&self.streams_rejected)),
+            ],
         );
-        let _ = writeln!(out, "{name}{{result=\"accepted\"}} {}", n(&self.streams));
-        let _ = writeln!(
+        family_values(
             out,
-            "{name}{{result=\"rejected\"}} {}",
-            n(&self.streams_rejected)
-        );
-        let name = "nodepulse_ingest_spoofed_reports_total";
-        family(
-            out,
-            name,
+            "nodepulse_ingest_spoofed_reports_total",
             "counter",
             "Reports for a node other than the one the stream's token is bound to.",
+            [("", n(&self.spoofed))],
         );
-        let _ = writeln!(out, "{name} {}", n(&self.spoofed));
-        let name = "nodepulse_ingest_forwarded_reports_total";
-        family(
+        family_values(
             out,
-            name,
+            "nodepulse_ingest_forwarded_reports_total",
             "counter",
             "Reports other replicas forwarded (nodes read from their kubelets), by what became of them.",
+            Forwarded::ALL.map(|what| {
+                (
+                    format!("{{result=\"{}\"}}", what.label()),
+                    n(&self.forwarded[what as usize]),
+                )
+            }),
         );
-        for what in Forwarded::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{result=\"{}\"}} {}",
-                what.label(),
-                n(&self.forwarded[what as usize])
-            );
-        }
     }
 
     fn forwarded(&self, what: Forwarded) {

@@ -1,8 +1,7 @@
 //! `/metrics` of the kubelet side: reads by result, and the nodes read.
-use std::{
-    fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use support::process::family_values;
 
 /// How one read of a kubelet ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,31 +103,20 @@ impl ScrapeStats {
     }
 
     pub fn render(&self, out: &mut String) {
-        support::process::family(
+        family_values(
             out,
             "nodepulse_kubelet_nodes",
             "gauge",
             "Nodes without an agent, read from their kubelet.",
+            [("", self.nodes.load(Ordering::Relaxed))],
         );
-        let _ = writeln!(
-            out,
-            "nodepulse_kubelet_nodes {}",
-            self.nodes.load(Ordering::Relaxed)
-        );
-        support::process::family(
+        family_values(
             out,
             "nodepulse_kubelet_scrapes_total",
             "counter",
             "Reads of a node's kubelet by result (agent_reports: skipped, its agent reports).",
+            ALL.map(|o| (format!("{{result=\"{}\"}}", o.label()), self.get(o))),
         );
-        for o in ALL {
-            let _ = writeln!(
-                out,
-                "nodepulse_kubelet_scrapes_total{{result=\"{}\"}} {}",
-                o.label(),
-                self.get(o)
-            );
-        }
     }
 }
 

@@ -28,7 +28,7 @@ use std::{
 use std::fmt::Write as _;
 
 use proto::v1::{NodeReport, Usage};
-use support::process::family;
+use support::process::family_values;
 use tokio::sync::watch;
 
 use crate::api::{ContainerUsage, NodeUsage, PodUsage, selector::LabelSelector, view};
@@ -228,32 +228,29 @@ impl Stats {
     /// Prometheus text of these counters (appended to `/metrics`).
     pub fn render(&self, out: &mut String) {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counter = |out: &mut String, name: &str, help: &str, values: &[(&str, u64)]| {
-            family(out, name, "counter", help);
-            for (labels, v) in values {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
-        counter(
+        family_values(
             out,
             "nodepulse_store_reports_total",
+            "counter",
             "Agent reports by outcome (a rejected report changes nothing).",
-            &[
+            [
                 ("{outcome=\"applied\"}", n(&self.reports)),
                 ("{outcome=\"rejected\"}", n(&self.rejected)),
             ],
         );
-        counter(
+        family_values(
             out,
             "nodepulse_store_rejected_metadata_total",
+            "counter",
             "Reports rejected for names or labels over the limits.",
-            &[("", n(&self.bad_metadata))],
+            [("", n(&self.bad_metadata))],
         );
-        counter(
+        family_values(
             out,
             "nodepulse_store_samples_total",
+            "counter",
             "Counter samples not taken as a new point, by reason.",
-            &[
+            [
                 ("{reason=\"reset\"}", n(&self.resets)),
                 ("{reason=\"absurd\"}", n(&self.absurd)),
                 ("{reason=\"stale\"}", n(&self.stale)),
@@ -261,49 +258,51 @@ impl Stats {
                 ("{reason=\"duplicate\"}", n(&self.duplicates)),
             ],
         );
-        counter(
+        family_values(
             out,
             "nodepulse_store_evicted_nodes_total",
+            "counter",
             "Nodes forgotten after they stopped reporting.",
-            &[("", n(&self.evicted_nodes))],
+            [("", n(&self.evicted_nodes))],
         );
-        counter(
+        family_values(
             out,
             "nodepulse_store_counter_restarts_total",
+            "counter",
             "Nodes whose series all restarted: a new agent process or CPU source.",
-            &[("", n(&self.restarts))],
+            [("", n(&self.restarts))],
         );
-        counter(
+        family_values(
             out,
             "nodepulse_store_samples_over_node_total",
+            "counter",
             "Container samples dropped for claiming more CPU or memory than their node reported.",
-            &[("", n(&self.over_node))],
+            [("", n(&self.over_node))],
         );
-        counter(
+        family_values(
             out,
             "nodepulse_store_samples_over_capacity_total",
+            "counter",
             "Node and container samples dropped for a CPU rate beyond the node's capacity.",
-            &[("", n(&self.over_capacity))],
+            [("", n(&self.over_capacity))],
         );
-        counter(
+        family_values(
             out,
             "nodepulse_store_refused_pods_total",
+            "counter",
             "Pods an agent reported that kube-apiserver does not bind to that node (never served).",
-            &[("", n(&self.refused_pods))],
+            [("", n(&self.refused_pods))],
         );
-        family(
+        family_values(
             out,
             "nodepulse_store_rejected_reports_total",
             "counter",
             "Refused reports by reason.",
+            Reject::REASONS
+                .iter()
+                .zip(&self.rejected_by)
+                .map(|(reason, c)| (format!("{{reason=\"{reason}\"}}"), n(c))),
         );
-        for (reason, c) in Reject::REASONS.iter().zip(&self.rejected_by) {
-            let _ = writeln!(
-                out,
-                "nodepulse_store_rejected_reports_total{{reason=\"{reason}\"}} {}",
-                n(c)
-            );
-        }
     }
 }
 
