@@ -188,46 +188,42 @@ impl Health {
 
     /// `/metrics` in Prometheus text format.
     pub fn render(&self) -> String {
-        use support::process::family;
+        use support::process::{family, family_values};
         let mut out = String::with_capacity(4096);
         support::process::render_standard(&mut out, "nodepulse_agent", env!("CARGO_PKG_VERSION"));
         // Before the lock, which `ready` takes too.
         let ready = self.ready().is_ok();
         let state = self.state();
         let o = &mut out;
-        family(
+        family_values(
             o,
             "nodepulse_agent_ready",
             "gauge",
             "1 when /readyz passes: a sample was taken and a report went out recently.",
+            [("", u8::from(ready))],
         );
-        let _ = writeln!(o, "nodepulse_agent_ready {}", u8::from(ready));
-        family(
+        family_values(
             o,
             "nodepulse_agent_cpu_source",
             "gauge",
             "The source of CPU time in use (1 for the source named).",
+            state
+                .source
+                .map(|source| (format!("{{source=\"{source}\"}}"), 1)),
         );
-        if let Some(source) = state.source {
-            let _ = writeln!(o, "nodepulse_agent_cpu_source{{source=\"{source}\"}} 1");
-        }
-        family(
+        family_values(
             o,
             "nodepulse_agent_containers",
             "gauge",
             "Container cgroups in the last sample.",
+            [("", state.containers)],
         );
-        let _ = writeln!(o, "nodepulse_agent_containers {}", state.containers);
-        family(
+        family_values(
             o,
             "nodepulse_agent_ebpf_lost_charges_total",
             "counter",
             "Charges the eBPF switch program could not count (its warnings say why; 0 with another source).",
-        );
-        let _ = writeln!(
-            o,
-            "nodepulse_agent_ebpf_lost_charges_total {}",
-            state.lost_charges.unwrap_or(0)
+            [("", state.lost_charges.unwrap_or(0))],
         );
         family(
             o,
@@ -245,31 +241,22 @@ impl Health {
             "nodepulse_agent_collection_duration_seconds_count {}",
             state.collections
         );
-        family(
+        family_values(
             o,
             "nodepulse_agent_kubelet_checks_total",
             "counter",
             "Cross-checks of our figures against the kubelet's, by outcome.",
+            [
+                ("{result=\"agree\"}", state.checks_agree),
+                ("{result=\"disagree\"}", state.checks_disagree),
+            ],
         );
-        for (result, n) in [
-            ("agree", state.checks_agree),
-            ("disagree", state.checks_disagree),
-        ] {
-            let _ = writeln!(
-                o,
-                "nodepulse_agent_kubelet_checks_total{{result=\"{result}\"}} {n}"
-            );
-        }
-        family(
+        family_values(
             o,
             "nodepulse_agent_kubelet_scrape_errors_total",
             "counter",
             "Failed scrapes of the kubelet's /metrics/resource.",
-        );
-        let _ = writeln!(
-            o,
-            "nodepulse_agent_kubelet_scrape_errors_total {}",
-            state.scrape_errors
+            [("", state.scrape_errors)],
         );
 
         // Per aggregator replica: each family's samples right after its
@@ -279,59 +266,48 @@ impl Health {
             .iter()
             .map(|(uri, peer)| (format!("aggregator=\"{}\"", escape(uri)), peer))
             .collect();
-        family(
+        family_values(
             o,
             "nodepulse_agent_aggregator_up",
             "gauge",
             "1 while a stream to the aggregator replica is open.",
+            peers
+                .iter()
+                .map(|(l, peer)| (format!("{{{l}}}"), u8::from(peer.connected))),
         );
-        for (l, peer) in &peers {
-            let _ = writeln!(
-                o,
-                "nodepulse_agent_aggregator_up{{{l}}} {}",
-                u8::from(peer.connected)
-            );
-        }
-        family(
+        family_values(
             o,
             "nodepulse_agent_reports_sent_total",
             "counter",
             "Reports sent to the aggregator replica.",
+            peers
+                .iter()
+                .map(|(l, peer)| (format!("{{{l}}}"), peer.sent)),
         );
-        for (l, peer) in &peers {
-            let _ = writeln!(o, "nodepulse_agent_reports_sent_total{{{l}}} {}", peer.sent);
-        }
-        family(
+        family_values(
             o,
             "nodepulse_agent_streams_ended_total",
             "counter",
             "Streams to the aggregator replica that ended: closed by it, refused by it, or failed.",
+            peers.iter().flat_map(|(l, peer)| {
+                [StreamEnd::Closed, StreamEnd::Refused, StreamEnd::Failed].map(|end| {
+                    (
+                        format!("{{{l},result=\"{}\"}}", label(end)),
+                        peer.ended[end as usize],
+                    )
+                })
+            }),
         );
-        for (l, peer) in &peers {
-            for end in [StreamEnd::Closed, StreamEnd::Refused, StreamEnd::Failed] {
-                let _ = writeln!(
-                    o,
-                    "nodepulse_agent_streams_ended_total{{{l},result=\"{}\"}} {}",
-                    label(end),
-                    peer.ended[end as usize]
-                );
-            }
-        }
-        family(
+        family_values(
             o,
             "nodepulse_agent_last_report_age_seconds",
             "gauge",
             "Seconds since a report last went out to the aggregator replica.",
+            peers.iter().filter_map(|(l, peer)| {
+                let at = peer.last_sent?;
+                Some((format!("{{{l}}}"), at.elapsed().as_secs_f64()))
+            }),
         );
-        for (l, peer) in &peers {
-            if let Some(at) = peer.last_sent {
-                let _ = writeln!(
-                    o,
-                    "nodepulse_agent_last_report_age_seconds{{{l}}} {}",
-                    at.elapsed().as_secs_f64()
-                );
-            }
-        }
         drop(peers);
         drop(state);
         out
