@@ -1,7 +1,7 @@
 //! Benchmarks whose results go into BENCHMARKS.md. Each reports a ratio
 //! against a baseline measured side by side in the same run.
 use std::{
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     time::{Duration, Instant},
 };
 
@@ -441,6 +441,15 @@ fn run_measured(
     let warm_cpu = task_cpu(child.id()).context("the agent's CPU after warm-up")?;
     let warm_at = Instant::now();
     let pid = child.id() as libc::pid_t;
+    // Readable once the child exits: the wait between RSS samples ends
+    // then, so the run's wall time is not over by up to a sample period.
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        bail!("pidfd_open: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened, owned here alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -458,7 +467,13 @@ fn run_measured(
         if let Some(kib) = rss_kib(child.id()) {
             steady_rss_kib = steady_rss_kib.max(Some(kib));
         }
-        std::thread::sleep(RSS_SAMPLE_EVERY);
+        let mut fds = [libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd; an error or EINTR just samples again.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, RSS_SAMPLE_EVERY.as_millis() as i32) };
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -525,12 +540,26 @@ const CONFIGS: [(&str, &str, &str, &str); 4] = [
 
 /// One measured run of the agent.
 struct Row {
-    name: String,
-    /// What `--sources` calls its configuration.
-    config: &'static str,
+    /// The configuration measured: one of [`CONFIGS`].
+    config: &'static (&'static str, &'static str, &'static str, &'static str),
+    /// Run with the `--baseline` binary.
+    baseline: bool,
     mcpu: f64,
     rss_kib: u64,
     steady: Option<Steady>,
+}
+
+impl Row {
+    fn name_of(config: &(&str, &str, &str, &str), baseline: bool) -> String {
+        match baseline {
+            true => format!("{} (baseline)", config.0),
+            false => config.0.to_string(),
+        }
+    }
+
+    fn name(&self) -> String {
+        Row::name_of(self.config, self.baseline)
+    }
 }
 
 fn mib(kib: u64) -> f64 {
@@ -589,9 +618,9 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
             baseline.display()
         );
         eprintln!("baseline: {}", baseline.display());
-        binaries.push(("baseline", baseline.clone()));
+        binaries.push((true, baseline.clone()));
     }
-    binaries.push(("", agent));
+    binaries.push((false, agent));
     let mut tree = CgroupTree::new(&h, "bench");
     let base = tree.base.clone();
     let launcher = Launcher {
@@ -611,13 +640,10 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
         holders.push(tree.spawn(&path, &burn, &launcher));
     }
     let mut rows: Vec<Row> = Vec::new();
-    for &(name, source, stat_age, config) in configs {
-        for (which, binary) in &binaries {
-            let name = if which.is_empty() {
-                name.to_string()
-            } else {
-                format!("{name} ({which})")
-            };
+    for &config in &configs {
+        let &(_, source, stat_age, _) = config;
+        for &(baseline, ref binary) in &binaries {
+            let name = Row::name_of(config, baseline);
             let mut cmd = std::process::Command::new(binary);
             cmd.args(["--cpu-source", source, "--node-cgroup", &base])
                 .args(["--memory-stat-max-age", stat_age])
@@ -633,8 +659,8 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
                 or_dash(u.steady.map(|s| mib(s.rss_kib))),
             );
             rows.push(Row {
-                name,
                 config,
+                baseline,
                 mcpu,
                 rss_kib: u.max_rss_kib,
                 steady: u.steady,
@@ -666,7 +692,7 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
     for r in &rows {
         println!(
             "| {} | {:.2} | {} | {:.1} | {} |",
-            r.name,
+            r.name(),
             r.mcpu,
             or_dash(r.steady.map(|s| s.mcpu)),
             mib(r.rss_kib),
@@ -676,11 +702,11 @@ pub fn agent_cost(root: &std::path::Path, runs: &AgentRuns) -> Result<()> {
     if runs.baseline.is_some() {
         for pair in rows.chunks(2) {
             if let [base, this] = pair {
-                print(&format!("ratio {} / baseline", this.name), this, base);
+                print(&format!("ratio {} / baseline", this.name()), this, base);
             }
         }
     } else {
-        let row = |config: &str| rows.iter().find(|r| r.config == config);
+        let row = |config: &str| rows.iter().find(|r| r.config.3 == config);
         if let (Some(i), Some(e)) = (row("iterator"), row("switch")) {
             print("ratio iterator / switch program", i, e);
         }
