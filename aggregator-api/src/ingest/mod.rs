@@ -6,7 +6,8 @@
 //! counted and logged (rate-limited) and the stream goes on, except when the
 //! store has no metadata for the node: metadata comes on a stream's first
 //! report, so that stream is ended (FAILED_PRECONDITION) for the agent to
-//! start a new one. Both methods take metadata in parts
+//! start a new one. Another replica of the aggregator may forward a node it
+//! reads from its kubelet, and only such a node ([`Picked`]). Both methods take metadata in parts
 //! ([`proto::parts`]); `ReportInParts` only tells an agent that this
 //! aggregator does. A stream that breaks the rules is ended with a clear
 //! status, and no other stream notices. [`listener`] is the port's TLS.
@@ -86,6 +87,7 @@ pub struct IngestStats {
 /// What became of a report another replica forwarded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forwarded {
+    /// Taken as this replica's own read of the node's kubelet.
     Applied,
     /// Another origin of the node's counters is fresh (its agent, or
     /// another replica's read): it stands.
