@@ -12,7 +12,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -136,8 +136,11 @@ impl Running {
 
     /// Waits for a stderr line that `found` accepts.
     fn wait_for(&mut self, what: &str, found: impl Fn(&str) -> bool) -> Result<()> {
+        // One bound for the whole wait: other lines keep coming meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     let done = found(&line);
                     self.stderr.push(line);
@@ -377,13 +380,13 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 
 /// Polls `path` (as the kubelet's probes do) until it answers `status`.
 fn until_status(port: u16, path: &str, status: u16) -> Result<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (got, body) = http_get(port, path)?;
         if got == status {
             return Ok(body);
         }
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             bail!("{path} still answers {got} after 60 s, not {status}: {body}");
         }
         thread::sleep(Duration::from_millis(200));

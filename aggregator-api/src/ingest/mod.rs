@@ -313,7 +313,8 @@ impl IngestService {
                             report.node
                         )));
                     }
-                    info!(node = %report.node, user = %shown(&caller.user), replica = caller.replica, "stream opened");
+                    let who = if caller.replica { "replica" } else { "agent" };
+                    info!(node = %report.node, user = %shown(&caller.user), "{who} stream opened");
                     node = Some(report.node.clone());
                 }
                 Some(n) if n != &report.node => {
