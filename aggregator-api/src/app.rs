@@ -225,6 +225,7 @@ impl Aggregator {
             kubelets,
             Arc::clone(&kubelet_stats),
             Arc::clone(&picked),
+            ingest.ingest_port,
             cancel.clone(),
         ));
 

@@ -1,7 +1,7 @@
 //! Flags of the kubelet side: which nodes are read from their kubelet, and
 //! how a kubelet is reached. The reaching flags are metrics-server's own,
 //! with its defaults, so a metrics-server Deployment's args keep working.
-use std::{path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use k8s_openapi::api::core::v1::Node;
@@ -86,6 +86,30 @@ pub struct KubeletArgs {
     /// Bound on one kubelet read: connect, handshake, request and body.
     #[arg(long, default_value = "10s", value_parser = duration_arg)]
     pub kubelet_request_timeout: Duration,
+    /// Split the kubelet reads across the replicas this Service of the
+    /// aggregator lists ready (its EndpointSlices, in
+    /// --kubelet-replicas-namespace): each kubelet is read by one replica,
+    /// which forwards what it read to the others' ingest port. Unset: every
+    /// replica reads every kubelet.
+    #[arg(long, env = "NODEPULSE_KUBELET_REPLICAS_SERVICE")]
+    pub kubelet_replicas_service: Option<String>,
+    /// The namespace of that Service (the DaemonSet passes the pod's).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub kubelet_replicas_namespace: String,
+    /// This replica's address as the Service lists it (the pod's IP).
+    #[arg(long, env = "POD_IP")]
+    pub kubelet_replica_ip: Option<IpAddr>,
+    /// Token presented to the other replicas: the aggregator's
+    /// ServiceAccount, minted for the ingest audience (re-read per stream).
+    #[arg(long, env = "NODEPULSE_KUBELET_REPLICA_TOKEN_FILE")]
+    pub kubelet_replica_token_file: Option<PathBuf>,
+    /// CA bundle of the replicas' ingest certificates (unset: plain text,
+    /// for development only).
+    #[arg(long, env = "NODEPULSE_KUBELET_REPLICA_CA_FILE")]
+    pub kubelet_replica_ca_file: Option<PathBuf>,
+    /// Name to verify in the replicas' ingest certificates.
+    #[arg(long, env = "NODEPULSE_KUBELET_REPLICA_SERVER_NAME")]
+    pub kubelet_replica_server_name: Option<String>,
 }
 
 /// What is wrong with the kubelet flags.
@@ -105,6 +129,22 @@ pub enum Error {
     Timeout,
     #[error("--kubelet-fallback-after must be positive")]
     Fallback,
+    #[error(
+        "--kubelet-replicas-service needs --kubelet-replica-ip (the pod's IP: env POD_IP from status.podIP)"
+    )]
+    ReplicaIp,
+}
+
+/// Reads split across replicas (`--kubelet-replicas-service`).
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub service: String,
+    pub namespace: String,
+    /// This replica, as the Service lists it.
+    pub me: IpAddr,
+    /// How to reach the others' ingest: their address and port are filled
+    /// in per replica.
+    pub export: export::Config,
 }
 
 /// The flags, checked.
@@ -117,6 +157,7 @@ pub struct Settings {
     pub fallback_after: Option<Duration>,
     pub interval: Duration,
     pub concurrency: usize,
+    pub split: Option<Split>,
     port: u16,
     use_node_status_port: bool,
     address_types: Vec<String>,
@@ -193,6 +234,21 @@ impl KubeletArgs {
         if self.kubelet_insecure_tls {
             kubelet::client::warn_insecure("every node read from its kubelet");
         }
+        let split = match (&self.kubelet_replicas_service, self.kubelet_replica_ip) {
+            (None, _) => None,
+            (Some(_), None) => return Err(Error::ReplicaIp),
+            (Some(service), Some(me)) => Some(Split {
+                service: service.clone(),
+                namespace: self.kubelet_replicas_namespace.clone(),
+                me,
+                export: export::Config {
+                    ca_file: self.kubelet_replica_ca_file.clone(),
+                    tls_server_name: self.kubelet_replica_server_name.clone(),
+                    token_file: self.kubelet_replica_token_file.clone(),
+                    ..export::Config::default()
+                },
+            }),
+        };
         Ok(Settings {
             selectors,
             fallback_after: self.kubelet_fallback_after,
@@ -201,6 +257,7 @@ impl KubeletArgs {
                 .unwrap_or(resolution)
                 .max(MIN_INTERVAL),
             concurrency: self.kubelet_scrape_concurrency,
+            split,
             port: self.kubelet_port,
             use_node_status_port: self.kubelet_use_node_status_port,
             address_types: self.kubelet_preferred_address_types.clone(),
@@ -336,6 +393,31 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn reads_are_split_only_when_asked_and_with_this_replicas_address() {
+        assert!(settings(&[]).expect("valid").split.is_none());
+        assert!(matches!(
+            settings(&["--kubelet-replicas-service=nodepulse"]),
+            Err(Error::ReplicaIp)
+        ));
+        let s = settings(&[
+            "--kubelet-replicas-service=nodepulse",
+            "--kubelet-replica-ip=10.0.0.7",
+            "--kubelet-replica-ca-file=/ca.crt",
+        ])
+        .expect("valid");
+        let split = s.split.expect("split");
+        assert_eq!(split.me.to_string(), "10.0.0.7");
+        assert_eq!(
+            (split.service.as_str(), split.namespace.as_str()),
+            ("nodepulse", "kube-system")
+        );
+        assert_eq!(
+            split.export.ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.crt"))
+        );
     }
 
     #[test]

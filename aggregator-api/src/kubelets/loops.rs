@@ -23,8 +23,6 @@ struct Reading {
     picked_by: Vec<bool>,
     /// Read because its agent is silent (`--kubelet-fallback-after`).
     fallback: bool,
-    /// The origin of the loop's counters.
-    epoch: u64,
     /// The Node's labels, for its pod metadata.
     labels: watch::Sender<BTreeMap<String, String>>,
     capacity: watch::Sender<Option<Capacity>>,
@@ -244,7 +242,8 @@ impl<'a> Loops<'a> {
         let mut silent = Vec::new();
         for (name, candidate) in &self.all {
             match self.reading.get(name) {
-                Some(r) if r.fallback && store.fed_elsewhere(name, r.epoch) => {
+                // Its agent, not another replica forwarding its kubelet.
+                Some(r) if r.fallback && store.agent_reports(name) => {
                     back.push(name.clone());
                 }
                 Some(_) => {}
@@ -336,7 +335,6 @@ impl<'a> Loops<'a> {
                 url,
                 picked_by,
                 fallback,
-                epoch,
                 labels,
                 capacity,
                 cancel,

@@ -15,12 +15,17 @@
 //! (never both figures), and a node that moves between the two starts its
 //! series over rather than joining counters of different origins.
 //!
-//! Every replica reads every such kubelet: each then holds the full view
-//! without asking the others, as it does for agents' pushes. A kubelet
-//! answers a read from its own cache, and these nodes are few.
+//! By default every replica reads every such kubelet, as each replica of
+//! metrics-server's HA deployment does. With `--kubelet-replicas-service`
+//! the reads are split ([`replicas`]: rendezvous hashing over the replicas
+//! the Service lists ready) and the reader forwards each read to the others
+//! ([`forward`]), which take it for the nodes they pick too: each kubelet
+//! is read once per interval and every replica still holds the full view.
 pub mod config;
+pub mod forward;
 mod loops;
 pub mod picked;
+pub mod replicas;
 pub mod scrape;
 pub mod stats;
 
@@ -33,13 +38,14 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use support::backoff::WatchBackoff;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use config::{KubeletArgs, Settings};
 use loops::Loops;
 pub use picked::Picked;
+use replicas::Members;
 use scrape::Shared;
 pub use stats::ScrapeStats;
 
@@ -52,6 +58,7 @@ pub async fn run(
     settings: Settings,
     stats: Arc<ScrapeStats>,
     picked: Arc<Picked>,
+    ingest_port: u16,
     cancel: CancellationToken,
 ) {
     if settings.selectors.is_empty() && settings.fallback_after.is_none() {
@@ -63,6 +70,18 @@ pub async fn run(
         interval = ?settings.interval,
         "reading the kubelets of nodes without an agent"
     );
+    let members = settings.split.as_ref().map(|split| {
+        info!(service = %split.service, me = %split.me, "kubelet reads split across the replicas the Service lists ready");
+        let (tx, rx) = watch::channel(Members::new(split.me, []));
+        tokio::spawn(replicas::watch_members(
+            client.clone(),
+            split.namespace.clone(),
+            split.service.clone(),
+            tx,
+            cancel.child_token(),
+        ));
+        rx
+    });
     let shared = Arc::new(Shared {
         store,
         client: client.clone(),
@@ -70,6 +89,11 @@ pub async fn run(
         stats,
         interval: settings.interval,
         picked,
+        members,
+        forward: settings
+            .split
+            .as_ref()
+            .map(|split| (split.export.clone(), ingest_port)),
     });
     let nodes: Api<Node> = Api::all(client);
     // Watch `i` < selectors: selector `i`; the last, with the fallback: all.

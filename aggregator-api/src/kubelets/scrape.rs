@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
+    forward::Forwarder,
     picked::Picked,
+    replicas::Members,
     stats::{Outcome, ScrapeStats},
 };
 use crate::store::{Capacity, Reject, Source, Store};
@@ -33,6 +35,17 @@ pub struct Shared {
     pub interval: Duration,
     /// The nodes being read, for ingest to know what a peer may forward.
     pub picked: Arc<Picked>,
+    /// With reads split across replicas: which are ready, and how to reach
+    /// their ingest (config, port).
+    pub members: Option<watch::Receiver<Members>>,
+    pub forward: Option<(export::Config, u16)>,
+}
+
+impl Shared {
+    /// Whether this replica reads `node`'s kubelet now.
+    fn reads(&self, node: &str) -> bool {
+        self.members.as_ref().is_none_or(|m| m.borrow().reads(node))
+    }
 }
 
 /// Where in the interval `node` is read, the same on every replica and
@@ -101,6 +114,11 @@ pub async fn run(
         seq: 0,
         sent: None,
         held: None,
+        forward: shared
+            .forward
+            .as_ref()
+            .map(|(config, port)| Forwarder::new(config.clone(), *port)),
+        cancel: &cancel,
     };
     let mut failing: Option<Outcome> = None;
     let mut ticks = tokio::time::interval_at(Instant::now() + start.first, shared.interval);
@@ -109,6 +127,10 @@ pub async fn run(
         tokio::select! {
             _ = ticks.tick() => {}
             () = cancel.cancelled() => break,
+        }
+        if !shared.reads(&node) {
+            node_loop.pass();
+            continue;
         }
         let result = {
             let Ok(_permit) = shared.permits.acquire().await else {
@@ -167,9 +189,22 @@ struct NodeLoop<'a> {
     /// The last read while another origin fed the node: the first point of
     /// the series when this loop takes over, so the node has a rate at once.
     held: Option<join::Joined>,
+    /// With reads split across replicas: what was read goes to the others.
+    forward: Option<Forwarder>,
+    cancel: &'a CancellationToken,
 }
 
 impl NodeLoop<'_> {
+    /// Another replica reads the node: nothing is sent, and metadata goes
+    /// again with the first read once this one does.
+    fn pass(&mut self) {
+        if let Some(forward) = &mut self.forward {
+            forward.stop();
+        }
+        self.sent = None;
+        self.held = None;
+    }
+
     /// One read: into the store, or held while the node's agent reports.
     fn offer(
         &mut self,
@@ -177,9 +212,14 @@ impl NodeLoop<'_> {
         meta: &Arc<NodeMetadata>,
     ) -> Result<Outcome, (Outcome, String)> {
         // Never both: while the node's agent reports, its figures stand.
-        if self.shared.store.fed_elsewhere(self.node, self.epoch) {
+        // Another replica's reads of the kubelet give way: this replica is
+        // the node's reader now.
+        if self.shared.store.agent_reports(self.node) {
             self.held = Some(joined);
             self.sent = None;
+            if let Some(forward) = &mut self.forward {
+                forward.stop();
+            }
             return Ok(Outcome::AgentReports);
         }
         if let Some(held) = self.held.take() {
@@ -206,6 +246,11 @@ impl NodeLoop<'_> {
         {
             Ok(()) => {
                 self.sent = Some(Arc::clone(meta));
+                if let (Some(forward), Some(members)) = (&mut self.forward, &self.shared.members) {
+                    report.metadata = None;
+                    let others: Vec<_> = members.borrow().others().collect();
+                    forward.send(report, meta, others, self.cancel);
+                }
                 Ok(())
             }
             Err(reject) => {

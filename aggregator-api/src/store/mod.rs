@@ -397,6 +397,8 @@ struct NodeState {
     /// The origin of the counters in `usage` and `containers`: the agent's
     /// `(agent_epoch, cpu_source)`; `None` until the first report.
     counters: Option<(u64, i32)>,
+    /// Those counters are its agent's (not a kubelet's, read by any replica).
+    by_agent: bool,
     last_report: Instant,
     /// Counted in [`Store::with_data`].
     counted: bool,
@@ -419,6 +421,7 @@ impl NodeState {
             usage: None,
             containers: Containers::default(),
             counters: None,
+            by_agent: false,
             last_report: Instant::now(),
             counted: false,
             evicted: false,
@@ -711,6 +714,7 @@ impl Store {
             return Ok(());
         }
         let counters = (report.agent_epoch, report.cpu_source);
+        state.by_agent = source == Source::Agent;
         if state
             .counters
             .replace(counters)
@@ -958,6 +962,14 @@ impl Store {
         read(&self.nodes).get(node).is_some_and(|n| {
             let n = lock(n);
             n.counters.is_some_and(|(e, _)| e != epoch) && n.fresh(&self.config.freshness)
+        })
+    }
+
+    /// Whether `node` is served from its agent's counters, still fresh.
+    pub fn agent_reports(&self, node: &str) -> bool {
+        read(&self.nodes).get(node).is_some_and(|n| {
+            let n = lock(n);
+            n.by_agent && n.counters.is_some() && n.fresh(&self.config.freshness)
         })
     }
 

@@ -1344,6 +1344,17 @@ fn another_origin_stands_only_while_it_is_fresh() {
         !store.fed_elsewhere("n1", 1),
         "its own origin is not elsewhere"
     );
+    assert!(store.agent_reports("n1"));
     std::thread::sleep(Duration::from_millis(250));
     assert!(!store.fed_elsewhere("n1", 7), "the agent fell silent");
+    assert!(!store.agent_reports("n1"), "silent");
+    // Read from its kubelet (here or by another replica): fresh, not the agent.
+    let mut read = report("n1", 0, 0, &[("u1", "c1", 0)]);
+    read.agent_epoch = 7;
+    read.metadata = Some(meta(&[("u1", "ns", "p", &[("c1", "a")])]));
+    store
+        .apply_from(&read, now(), Source::Watched(None))
+        .expect("applies");
+    assert!(store.fed_elsewhere("n1", 8));
+    assert!(!store.agent_reports("n1"), "a kubelet's figures");
 }
