@@ -50,6 +50,17 @@ fn cluster_role_binding(name: &str, role: &str, subject: Value) -> Value {
     })
 }
 
+/// A RoleBinding in nodepulse's namespace.
+fn role_binding(name: &str, role: &str, subject: Value) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [subject],
+    })
+}
+
 fn sa_subject(name: &str) -> Value {
     json!({"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE})
 }
@@ -154,14 +165,24 @@ pub fn nodepulse_objects(metrics_reader: &str, service_port: u16) -> Vec<Value> 
             sa_subject(AGGREGATOR_SA),
         ),
         // The extension-apiserver-authentication ConfigMap.
+        role_binding(
+            "nodepulse-auth-reader",
+            "extension-apiserver-authentication-reader",
+            sa_subject(AGGREGATOR_SA),
+        ),
+        // Which replicas are ready, to split kubelet reads among them
+        // (--kubelet-replicas-service): as deploy/components.yaml grants.
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "nodepulse-auth-reader", "namespace": NAMESPACE},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": "extension-apiserver-authentication-reader"},
-            "subjects": [sa_subject(AGGREGATOR_SA)],
+            "kind": "Role",
+            "metadata": {"name": "nodepulse-replicas", "namespace": NAMESPACE},
+            "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}],
         }),
+        role_binding(
+            "nodepulse-replicas",
+            "nodepulse-replicas",
+            sa_subject(AGGREGATOR_SA),
+        ),
         // The agents list and watch their node's pods and GET their node:
         // exactly what deploy/components.yaml grants, so these tests prove it
         // is enough.

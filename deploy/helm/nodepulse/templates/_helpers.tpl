@@ -55,3 +55,26 @@ nothing for an empty one.
 {{- define "nodepulse.image" -}}
 {{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) -}}
 {{- end }}
+
+{{/*
+The ingest CA as a projected volume's source: what the agents check the
+aggregators with, and the replicas each other.
+*/}}
+{{- define "nodepulse.ingest.caSource" -}}
+{{- $ca := .Values.ingest.ca }}
+{{- if eq .Values.ingest.tls.create "certManager" }}
+{{- $ca = dict "kind" "Secret" "name" .Values.ingest.tlsSecretName "key" "ca.crt" }}
+{{- end }}
+{{- if not (has $ca.kind (list "ConfigMap" "Secret")) }}
+{{- fail "ingest.ca.kind must be ConfigMap or Secret" }}
+{{- end }}
+{{- if eq $ca.kind "Secret" -}}
+- secret:
+{{- else -}}
+- configMap:
+{{- end }}
+    name: {{ $ca.name }}
+    items:
+      - key: {{ $ca.key }}
+        path: ca.crt
+{{- end }}
