@@ -235,6 +235,8 @@ pub fn aggregator_command(bin: &Path, a: &AggregatorArgs) -> Command {
         .arg(flag("--ingest-tls-cert-file", &a.cert))
         .arg(flag("--ingest-tls-private-key-file", &a.key))
         .arg(format!("--metric-resolution={}", a.metric_resolution))
+        // As the Deployment passes it (the Downward API's status.podIP).
+        .env("POD_IP", a.ip.to_string())
         .env("RUST_LOG", log_filter());
     if let Some(n) = a.ingest_connections_per_peer {
         cmd.arg(format!("--ingest-max-connections-per-peer={n}"));

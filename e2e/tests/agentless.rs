@@ -15,11 +15,15 @@
 //!   listens on `node-00007`'s address, and `node-00008` answers 401 as a
 //!   kubelet does to a token it cannot authenticate.
 //!
-//! Shown, with two aggregator replicas: the agentless nodes and their pods
-//! appear in `kubectl top` with the stand-ins' values, and each replica,
-//! asked directly, holds them; the agent's node is unaffected; each broken
-//! kubelet is logged once by each replica with its reason while reads of it
-//! keep failing and counting, and the good ones stay on time. Then
+//! Shown, with two aggregator replicas splitting the kubelet reads
+//! (`--kubelet-replicas-service`, over the EndpointSlice this harness
+//! publishes): the agentless nodes and their pods appear in `kubectl top`
+//! with the stand-ins' values, and each replica, asked directly, holds them;
+//! the agent's node is unaffected; each broken kubelet is logged once, by
+//! the replica that reads it, with its reason while reads of it keep failing
+//! and counting, and the good ones stay on time; each good kubelet is read
+//! once per interval across the replicas, the reader forwarding to the
+//! other. Then
 //! `node-00000`'s agent is stopped: with `--kubelet-fallback-after` its
 //! kubelet is read once the agent has been silent that long; the agent is
 //! started again and takes back over, and the kubelet is no longer read.
@@ -27,7 +31,8 @@
 //! both); its agent is stopped, and its kubelet takes over with no gap (the
 //! read held while the agent reported); its agent is started again, and
 //! takes back over. Every value served on the way is within 1 % of the
-//! truth (no spike, nothing negative).
+//! truth (no spike, nothing negative). Last, replica 1 is killed and leaves
+//! the EndpointSlice: replica 0 then reads every good kubelet itself.
 //!
 //! Needs root, cgroup v2 and iproute2; skips with a message elsewhere
 //! (fails instead under NODEPULSE_REQUIRE_PRIVILEGED=1, as in CI).
@@ -58,7 +63,7 @@ use serde_json::Value;
 const INTERVAL: Duration = Duration::from_secs(10);
 /// The agent's report interval.
 const AGENT_INTERVAL: Duration = Duration::from_secs(1);
-/// Aggregator replicas: each reads every picked kubelet itself.
+/// Aggregator replicas: the kubelet reads are split between them.
 const REPLICAS: usize = 2;
 /// The aggregator's `--kubelet-fallback-after`.
 const FALLBACK_AFTER: Duration = Duration::from_secs(5);
@@ -107,6 +112,8 @@ fn run(c: &mut Cluster) -> Result<()> {
         format!("--kubelet-fallback-after={}s", FALLBACK_AFTER.as_secs()),
         "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics".to_owned(),
     ]);
+    let split = c.replica_split_flags()?;
+    c.add_aggregator_flags(split);
     let rt = c.netns().runtime(2)?;
     let admin = c.admin_kubeconfig();
     let client =
@@ -242,10 +249,21 @@ fn run(c: &mut Cluster) -> Result<()> {
         );
     }
 
-    // Broken kubelets: counted at every read, logged once each; the good
-    // ones read on time meanwhile.
-    let metrics_url = format!("https://{}:{}/metrics", replica_ip(0), e2e::AGGREGATOR_PORT);
+    // Broken kubelets: counted at every read, logged once each (by the
+    // replica that reads it); the good ones read on time meanwhile.
+    let metrics_url =
+        |r: usize| format!("https://{}:{}/metrics", replica_ip(r), e2e::AGGREGATOR_PORT);
     let curl = Curl::with_files(&c.pki().nodepulse_ca.cert, None);
+    // A counter summed over the replicas.
+    let total = |c: &mut Cluster, of: &dyn Fn(&str) -> Result<f64>| -> Result<f64> {
+        let mut sum = 0.0;
+        for r in 0..REPLICAS {
+            let (status, text) = curl.get(c, &metrics_url(r))?;
+            ensure!(status == 200, "replica {r} /metrics: {status} {text}");
+            sum += of(&text)?;
+        }
+        Ok(sum)
+    };
     let mut oldest = 0.0f64;
     let mut failures = BTreeMap::new();
     c.wait_for(
@@ -256,11 +274,9 @@ fn run(c: &mut Cluster) -> Result<()> {
             for i in GOOD {
                 oldest = oldest.max(age(&nodes, &name(i))?);
             }
-            let (status, text) = curl.get(c, &metrics_url)?;
-            ensure!(status == 200, "/metrics: {status} {text}");
             failures = BROKEN
                 .iter()
-                .map(|(_, reason)| Ok((*reason, scrapes(&text, reason)?)))
+                .map(|(_, reason)| Ok((*reason, total(c, &|text| scrapes(text, reason))?)))
                 .collect::<Result<_>>()?;
             Ok(failures.values().all(|&n| n >= 3.0).then_some(()))
         },
@@ -270,30 +286,53 @@ fn run(c: &mut Cluster) -> Result<()> {
         oldest <= INTERVAL.as_secs_f64() + 3.0,
         "a good node's reading was {oldest:.1} s old while others failed"
     );
-    for r in 0..REPLICAS {
-        let log = strip_ansi(&std::fs::read_to_string(
-            c.aggregator_log(r).context("aggregator log")?,
-        )?);
-        for (i, reason) in BROKEN {
-            let lines: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("cannot read the node's kubelet") && l.contains(&name(i)))
-                .collect();
-            ensure!(
-                lines.len() == 1 && lines[0].contains(&format!("reason=\"{reason}\"")),
-                "replica {r}, {}: want one line with reason {reason}, got {lines:#?}",
-                name(i)
-            );
-            if r == 0 {
-                eprintln!("agentless: {}", lines[0]);
-            }
-        }
+    let logs = (0..REPLICAS)
+        .map(|r| {
+            let path = c.aggregator_log(r).context("aggregator log")?;
+            Ok(strip_ansi(&std::fs::read_to_string(path)?))
+        })
+        .collect::<Result<Vec<String>>>()?;
+    for (i, reason) in BROKEN {
+        let lines: Vec<&str> = logs
+            .iter()
+            .flat_map(|log| log.lines())
+            .filter(|l| l.contains("cannot read the node's kubelet") && l.contains(&name(i)))
+            .collect();
+        ensure!(
+            lines.len() == 1 && lines[0].contains(&format!("reason=\"{reason}\"")),
+            "{}: want one line, from its reader, with reason {reason}, got {lines:#?}",
+            name(i)
+        );
+        eprintln!("agentless: {}", lines[0]);
     }
+
+    // Each good kubelet is read once per interval across the replicas, and
+    // the reader forwards it to the other.
+    let success = |text: &str| scrapes(text, "success");
+    let forwarded = |text: &str| {
+        metric(
+            text,
+            r#"nodepulse_ingest_forwarded_reports_total{result="applied"}"#,
+        )
+    };
+    let (reads_before, since) = (total(c, &success)?, Instant::now());
+    std::thread::sleep(INTERVAL * 3);
+    let reads = total(c, &success)? - reads_before;
+    let intervals = since.elapsed().as_secs_f64() / INTERVAL.as_secs_f64();
+    let good = GOOD.len() as f64;
+    eprintln!(
+        "agentless: {reads} reads of {good} good kubelets in {intervals:.1} intervals, over {REPLICAS} replicas"
+    );
+    ensure!(
+        reads <= good * (intervals + 1.0) && reads >= good * (intervals - 1.0),
+        "{reads} reads of {good} kubelets in {intervals:.1} intervals: not once per interval"
+    );
+    ensure!(total(c, &forwarded)? > 0.0, "nothing forwarded");
 
     // The agent's node, not picked, falls back to its kubelet while its
     // agent is silent, and only then.
     let gauge = |c: &mut Cluster, name: &str| -> Result<f64> {
-        let (_, text) = curl.get(c, &metrics_url)?;
+        let (_, text) = curl.get(c, &metrics_url(0))?;
         metric(&text, name)
     };
     let picked = (GOOD.len() + BROKEN.len()) as f64;
@@ -312,7 +351,7 @@ fn run(c: &mut Cluster) -> Result<()> {
     c.wait_for(
         "the agent's node read and held",
         Duration::from_secs(45),
-        |c| Ok((gauge(c, held)? >= 2.0).then_some(())),
+        |c| Ok((total(c, &|text| metric(text, held))? >= 2.0).then_some(())),
     )?;
     let nodes = raw(c, "/apis/metrics.k8s.io/v1beta1/nodes")?;
     ensure!(
@@ -320,6 +359,33 @@ fn run(c: &mut Cluster) -> Result<()> {
         "the agent's node is served from its kubelet while its agent reports"
     );
     let _agent = switch_source(c, &rt, &fleet, agent, &start_agent, "picked")?;
+
+    // Replica 1 dies and leaves the EndpointSlice: replica 0 reads every
+    // good kubelet itself, each served from a read after the death.
+    c.kill_aggregator(1);
+    c.set_replica_ready(1, false)?;
+    let killed = Instant::now();
+    let after = INTERVAL + Duration::from_secs(3);
+    let url = format!(
+        "https://{}:{}/apis/metrics.k8s.io/v1beta1/nodes",
+        replica_ip(0),
+        e2e::AGGREGATOR_PORT
+    );
+    c.wait_for("replica 0 reading every good kubelet", INTERVAL * 6, |c| {
+        let (status, body) = front_proxy.get_with(c, &url, &as_admin)?;
+        ensure!(status == 200, "replica 0: {status} {body}");
+        let nodes: Value = serde_json::from_str(&body)?;
+        let mut fresh = killed.elapsed() > after;
+        for i in GOOD {
+            check_node(&fleet, i, &nodes)?;
+            fresh &= age(&nodes, &name(i))? < after.as_secs_f64();
+        }
+        Ok(fresh.then_some(()))
+    })?;
+    eprintln!(
+        "agentless: replica 1 killed; replica 0 serves every good node from its own reads after {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

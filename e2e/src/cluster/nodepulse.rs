@@ -198,6 +198,35 @@ impl Cluster {
         Ok(out.trim().to_string())
     }
 
+    /// The aggregator's flags to split kubelet reads across its replicas
+    /// (the EndpointSlice this harness publishes lists them), with a token
+    /// of its ServiceAccount for the others' ingest (audience `nodepulse`,
+    /// 1 h), written into the work directory.
+    pub fn replica_split_flags(&self) -> Result<Vec<String>> {
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            manifests::AGGREGATOR_SA,
+            "-n",
+            manifests::NAMESPACE,
+            "--audience",
+            AGENT_AUDIENCE,
+            "--duration",
+            "1h",
+        ])?;
+        let path = self.work_dir.join("replica-token");
+        std::fs::write(&path, token.trim()).context("writing the replicas' token")?;
+        Ok(vec![
+            format!("--kubelet-replicas-service={}", manifests::SERVICE),
+            format!("--kubelet-replica-token-file={}", path.display()),
+            format!(
+                "--kubelet-replica-ca-file={}",
+                self.pki.nodepulse_ca.cert.display()
+            ),
+            format!("--kubelet-replica-server-name={SERVER_NAME}"),
+        ])
+    }
+
     /// Every replica's ingest URL, as an agent is given them.
     fn ingest_targets(&self) -> Vec<String> {
         self.replicas
