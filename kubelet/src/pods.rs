@@ -21,16 +21,16 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client,
-    runtime::{
-        WatchStreamExt,
-        watcher::{self, Event},
-    },
+    runtime::{WatchStreamExt, watcher},
 };
 use proto::v1::{ContainerName, NodeMetadata, PodMetadata};
-use support::backoff::WatchBackoff;
+use support::{
+    backoff::WatchBackoff,
+    changes::{Change, changes},
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// A pod as the wire carries it. Container ids lose their runtime scheme
 /// (`containerd://…`): cgroups name containers by the bare id.
@@ -280,11 +280,11 @@ async fn keep_pods(
     }
     .fields(&field_selector(node))
     .any_semantic();
-    let mut events = pin!(
+    let mut events = pin!(changes(
         watcher::watcher(pods, config)
-            .backoff(WatchBackoff::new(timing.backoff_base, timing.backoff_max))
-    );
-    let mut listing: Option<HashMap<String, PodMetadata>> = None;
+            .backoff(WatchBackoff::new(timing.backoff_base, timing.backoff_max)),
+        "pods"
+    ));
     loop {
         let event = tokio::select! {
             event = events.next() => event,
@@ -292,35 +292,26 @@ async fn keep_pods(
         };
         let Some(event) = event else { return };
         match event {
-            Ok(Event::Init) => listing = Some(HashMap::new()),
-            Ok(Event::InitApply(pod)) => {
-                let wire = to_wire(&pod);
-                listing
-                    .get_or_insert_default()
-                    .insert(wire.uid.clone(), wire);
-            }
-            Ok(Event::InitDone) => {
+            Ok(Change::Listed(pods)) => {
+                let pods = pods.iter().map(to_wire).map(|w| (w.uid.clone(), w));
                 let mut state = lock(state);
-                state.pods = listing.take().unwrap_or_default();
+                state.pods = pods.collect();
                 state.listed = true;
                 state.publish(tx);
                 info!(pods = state.pods.len(), "listed this node's pods");
             }
-            Ok(Event::Apply(pod)) => {
+            Ok(Change::Applied(pod)) => {
                 let wire = to_wire(&pod);
                 let mut state = lock(state);
                 state.pods.insert(wire.uid.clone(), wire);
                 state.publish(tx);
             }
-            Ok(Event::Delete(pod)) => {
+            Ok(Change::Deleted(pod)) => {
                 let mut state = lock(state);
                 state
                     .pods
                     .remove(pod.metadata.uid.as_deref().unwrap_or_default());
                 state.publish(tx);
-            }
-            Err(e) if support::kube::is_expired(&e) => {
-                debug!("pod watch expired (410 Gone); listing again");
             }
             Err(e) => warn!(error = %e, "watching this node's pods (trying again after a pause)"),
         }

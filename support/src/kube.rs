@@ -89,12 +89,6 @@ pub fn client_for(mut config: Config) -> Result<Client, Error> {
     ))
 }
 
-/// 410 Gone: the version a watch resumed from was compacted away. The
-/// watcher lists again; this is routine, not a failure worth a warning.
-pub fn is_expired(error: &kube::runtime::watcher::Error) -> bool {
-    matches!(error, kube::runtime::watcher::Error::WatchError(status) if status.code == 410)
-}
-
 /// How watches that end at once are spaced out.
 #[derive(Clone, Copy, Debug)]
 pub struct Pacing {

@@ -22,12 +22,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::{
-    WatchStreamExt,
-    watcher::{self, Event},
-};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use support::backoff::{Backoff, WatchBackoff};
+use support::changes::{Change, changes};
 
 use crate::auth::config::{self as auth_config, AuthConfig, AuthConfigHandle};
 use crate::auth::flags::AuthFlags;
@@ -139,11 +137,12 @@ impl AuthConfigReloader {
         let api = Api::<ConfigMap>::namespaced(client, NAMESPACE);
         let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
         let backoff = WatchBackoff::new(Duration::from_secs(1), self.period);
-        let mut events = pin!(watcher::watcher(api, config).backoff(backoff));
+        let mut events = pin!(changes(
+            watcher::watcher(api, config).backoff(backoff),
+            "configmap"
+        ));
         // What the last complete listing and the events since say.
         let mut latest = None;
-        // A listing in progress: absent until its item arrives.
-        let mut listing = Observed::Missing;
         let mut ticks =
             tokio::time::interval_at(tokio::time::Instant::now() + self.period, self.period);
         loop {
@@ -160,21 +159,14 @@ impl AuthConfigReloader {
             };
             let Some(event) = event else { return };
             let observed = match event {
-                Ok(Event::Init) => {
-                    listing = Observed::Missing;
-                    continue;
+                // The field selector lists one name: none, or that one.
+                Ok(Change::Listed(maps)) => {
+                    maps.into_iter().next().map_or(Observed::Missing, |map| {
+                        Observed::Data(map.data.unwrap_or_default())
+                    })
                 }
-                Ok(Event::InitApply(map)) => {
-                    listing = Observed::Data(map.data.unwrap_or_default());
-                    continue;
-                }
-                Ok(Event::InitDone) => std::mem::replace(&mut listing, Observed::Missing),
-                Ok(Event::Apply(map)) => Observed::Data(map.data.unwrap_or_default()),
-                Ok(Event::Delete(_)) => Observed::Deleted,
-                Err(error) if support::kube::is_expired(&error) => {
-                    tracing::debug!("configmap watch expired (410 Gone); listing again");
-                    continue;
-                }
+                Ok(Change::Applied(map)) => Observed::Data(map.data.unwrap_or_default()),
+                Ok(Change::Deleted(_)) => Observed::Deleted,
                 Err(error) => {
                     self.record(&failures, Err(Error::Watch(error)));
                     continue;

@@ -37,10 +37,13 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
 };
-use support::backoff::WatchBackoff;
+use support::{
+    backoff::WatchBackoff,
+    changes::{Change, changes},
+};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use config::{KubeletArgs, Settings};
 use loops::Loops;
@@ -105,22 +108,21 @@ pub async fn run(
         .chain(settings.fallback_after.map(|_| ""));
     let watches = selectors.enumerate().map(|(i, selector)| {
         let config = watcher::Config::default().labels(selector).any_semantic();
-        watcher::watcher(nodes.clone(), config)
-            .backoff(WatchBackoff::new(
-                Duration::from_millis(500),
-                Duration::from_secs(30),
-            ))
-            .map(move |event| (i, event))
+        let events = watcher::watcher(nodes.clone(), config).backoff(WatchBackoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        ));
+        changes(events, "nodes")
+            .map(move |change| (i, change))
             .boxed()
     });
     let mut events = pin!(select_all(watches));
     let mut loops = Loops::new(&settings, shared, cancel.child_token());
-    let mut listing: Vec<Option<Vec<Node>>> = vec![None; all + 1];
     let mut sweep = tokio::time::interval(settings.interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (i, event) = tokio::select! {
-            event = events.next() => match event { Some(e) => e, None => break },
+        let (i, change) = tokio::select! {
+            change = events.next() => match change { Some(c) => c, None => break },
             _ = sweep.tick() => {
                 loops.sweep();
                 loops.reap();
@@ -128,20 +130,12 @@ pub async fn run(
             }
             () = cancel.cancelled() => break,
         };
-        match event {
-            Ok(watcher::Event::Init) => listing[i] = Some(Vec::new()),
-            Ok(watcher::Event::InitApply(node)) => listing[i].get_or_insert_default().push(node),
-            Ok(watcher::Event::InitDone) => {
-                let listed = listing[i].take().unwrap_or_default();
-                if i == all {
-                    loops.all_listed(listed);
-                } else {
-                    loops.listed(i, listed);
-                }
-            }
-            Ok(watcher::Event::Apply(node)) if i == all => loops.seen(&node),
-            Ok(watcher::Event::Apply(node)) => loops.pick(&node, i),
-            Ok(watcher::Event::Delete(node)) => {
+        match change {
+            Ok(Change::Listed(listed)) if i == all => loops.all_listed(listed),
+            Ok(Change::Listed(listed)) => loops.listed(i, listed),
+            Ok(Change::Applied(node)) if i == all => loops.seen(&node),
+            Ok(Change::Applied(node)) => loops.pick(&node, i),
+            Ok(Change::Deleted(node)) => {
                 if let Some(name) = node.metadata.name.as_deref() {
                     if i == all {
                         loops.forget(name);
@@ -149,9 +143,6 @@ pub async fn run(
                         loops.unpick(name, i);
                     }
                 }
-            }
-            Err(e) if support::kube::is_expired(&e) => {
-                debug!("node watch expired (410 Gone); listing again")
             }
             Err(e) => {
                 warn!(error = %e, "watching nodes without an agent (trying again after a pause)")

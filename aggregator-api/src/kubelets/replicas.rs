@@ -20,7 +20,10 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
 };
-use support::backoff::WatchBackoff;
+use support::{
+    backoff::WatchBackoff,
+    changes::{Change, changes},
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -108,12 +111,14 @@ pub async fn watch_members(
     let slices: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let config =
         watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
-    let mut events = pin!(watcher::watcher(slices, config).backoff(WatchBackoff::new(
-        Duration::from_millis(500),
-        Duration::from_secs(30),
-    )));
+    let mut events = pin!(changes(
+        watcher::watcher(slices, config).backoff(WatchBackoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        )),
+        "endpointslices"
+    ));
     let mut by_slice: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-    let mut listing: Option<BTreeMap<String, Vec<IpAddr>>> = None;
     let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
     loop {
         let event = tokio::select! {
@@ -121,21 +126,15 @@ pub async fn watch_members(
             () = cancel.cancelled() => return,
         };
         match event {
-            Ok(watcher::Event::Init) => listing = Some(BTreeMap::new()),
-            Ok(watcher::Event::InitApply(slice)) => {
-                listing
-                    .get_or_insert_default()
-                    .insert(name(&slice), ready_in(&slice));
-                continue;
+            Ok(Change::Listed(slices)) => {
+                by_slice = slices.iter().map(|s| (name(s), ready_in(s))).collect();
             }
-            Ok(watcher::Event::InitDone) => by_slice = listing.take().unwrap_or_default(),
-            Ok(watcher::Event::Apply(slice)) => {
+            Ok(Change::Applied(slice)) => {
                 by_slice.insert(name(&slice), ready_in(&slice));
             }
-            Ok(watcher::Event::Delete(slice)) => {
+            Ok(Change::Deleted(slice)) => {
                 by_slice.remove(&name(&slice));
             }
-            Err(e) if support::kube::is_expired(&e) => continue,
             Err(e) => {
                 warn!(error = %e, %service, "watching the replicas' EndpointSlices (trying again after a pause)");
                 continue;
