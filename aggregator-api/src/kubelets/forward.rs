@@ -13,16 +13,27 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::replicas::Members;
+
+/// The replicas reads are split across, and how to reach their ingest.
+#[derive(Clone)]
+pub struct Peers {
+    pub members: watch::Receiver<Members>,
+    /// The exporter's settings; the targets go in per replica.
+    pub export: export::Config,
+    /// The others' ingest port (this replica's own).
+    pub port: u16,
+}
+
 /// One node's forwarding, while this replica reads it.
 pub struct Forwarder {
-    /// How to reach the others; their addresses go in per replica.
-    config: export::Config,
-    port: u16,
+    peers: Peers,
     running: Option<Running>,
 }
 
 struct Running {
-    targets: Vec<String>,
+    /// The replicas its streams go to.
+    replicas: Vec<IpAddr>,
     tx: watch::Sender<Option<Arc<Outgoing>>>,
     /// The metadata last sent, and its version.
     metadata: Arc<NodeMetadata>,
@@ -32,50 +43,53 @@ struct Running {
 }
 
 impl Forwarder {
-    /// `port`: the others' ingest port (this replica's own).
-    pub fn new(config: export::Config, port: u16) -> Self {
+    pub fn new(peers: Peers) -> Self {
         Self {
-            config,
-            port,
+            peers,
             running: None,
         }
     }
 
-    /// Sends `report` (applied here; its metadata is `metadata`) to
-    /// `replicas`, restarting the streams when they are others than before.
+    /// Sends `report` (applied here; its metadata is `metadata`) to the
+    /// other ready replicas, restarting the streams when they are others
+    /// than before.
     pub fn send(
         &mut self,
         report: NodeReport,
         metadata: &Arc<NodeMetadata>,
-        replicas: impl IntoIterator<Item = IpAddr>,
         cancel: &CancellationToken,
     ) {
-        let scheme = match self.config.ca_file {
-            Some(_) => "https",
-            None => "http",
-        };
-        let targets: Vec<String> = replicas
-            .into_iter()
-            .map(|ip| format!("{scheme}://{}", SocketAddr::new(ip, self.port)))
-            .collect();
-        if targets.is_empty() {
+        let replicas: Vec<IpAddr> = self.peers.members.borrow().others().collect();
+        if replicas.is_empty() {
             return self.stop();
         }
-        if self.running.as_ref().is_some_and(|r| r.targets != targets) {
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.replicas != replicas)
+        {
             self.stop();
         }
         let running = self.running.get_or_insert_with(|| {
             let (tx, rx) = watch::channel(None);
             let cancel = cancel.child_token();
+            let scheme = match self.peers.export.ca_file {
+                Some(_) => "https",
+                None => "http",
+            };
+            let targets = replicas
+                .iter()
+                .map(|&ip| format!("{scheme}://{}", SocketAddr::new(ip, self.peers.port)))
+                .collect();
             let config = export::Config {
-                targets: Targets::Static(targets.clone()),
-                ..self.config.clone()
+                targets: Targets::Static(targets),
+                ..self.peers.export.clone()
             };
             let task = tokio::spawn(
                 export::run(config, rx, cancel.clone()).instrument(tracing::Span::current()),
             );
             Running {
-                targets,
+                replicas,
                 tx,
                 metadata: Arc::clone(metadata),
                 version: 0,

@@ -13,7 +13,7 @@ use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Settings, scrape};
+use super::{Picked, Settings, scrape};
 use crate::{binding::parse_capacity, store::Capacity};
 
 /// A node being read.
@@ -30,8 +30,10 @@ struct Reading {
 }
 
 impl Reading {
-    /// The Node changed: its loop sees the new labels and capacity.
-    fn update(&self, facts: Facts) {
+    /// The Node changed: its loop sees the new labels and capacity, and so
+    /// does ingest, for the reads other replicas forward.
+    fn update(&self, name: &Arc<str>, facts: Facts, picked: &Picked) {
+        picked.insert(name.clone(), facts.capacity);
         self.labels.send_if_modified(|l| replace(l, facts.labels));
         self.capacity
             .send_if_modified(|c| replace(c, facts.capacity));
@@ -141,9 +143,7 @@ impl<'a> Loops<'a> {
         let mut picked_by = vec![false; self.settings.selectors.len()];
         if let Some(r) = self.reading.get_mut(&name) {
             r.picked_by[i] = true;
-            let facts = facts_of(node);
-            self.shared.picked.insert(name.clone(), facts.capacity);
-            r.update(facts);
+            r.update(&name, facts_of(node), &self.shared.picked);
             if r.url == url {
                 // A selector's own loop now, whatever its agent does.
                 r.fallback = false;
@@ -201,10 +201,7 @@ impl<'a> Loops<'a> {
                 // Read again from the new address at the next sweep.
                 self.stop(&name);
             } else {
-                self.shared
-                    .picked
-                    .insert(name.clone(), candidate.facts.capacity);
-                r.update(candidate.facts.clone());
+                r.update(&name, candidate.facts.clone(), &self.shared.picked);
             }
         }
         self.all.insert(name, candidate);

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::{KubeletArgs, Settings};
+use forward::Peers;
 use loops::Loops;
 pub use picked::Picked;
 use replicas::Members;
@@ -73,7 +74,7 @@ pub async fn run(
         interval = ?settings.interval,
         "reading the kubelets of nodes without an agent"
     );
-    let members = settings.split.as_ref().map(|split| {
+    let peers = settings.split.as_ref().map(|split| {
         info!(service = %split.service, me = %split.me, "kubelet reads split across the replicas the Service lists ready");
         let (tx, rx) = watch::channel(Members::new(split.me, []));
         tokio::spawn(replicas::watch_members(
@@ -83,7 +84,11 @@ pub async fn run(
             tx,
             cancel.child_token(),
         ));
-        rx
+        Peers {
+            members: rx,
+            export: split.export.clone(),
+            port: ingest_port,
+        }
     });
     let shared = Arc::new(Shared {
         store,
@@ -92,11 +97,7 @@ pub async fn run(
         stats,
         interval: settings.interval,
         picked,
-        members,
-        forward: settings
-            .split
-            .as_ref()
-            .map(|split| (split.export.clone(), ingest_port)),
+        peers,
     });
     let nodes: Api<Node> = Api::all(client);
     // Watch `i` < selectors: selector `i`; the last, with the fallback: all.

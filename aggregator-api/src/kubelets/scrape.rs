@@ -19,9 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    forward::Forwarder,
+    forward::{Forwarder, Peers},
     picked::Picked,
-    replicas::Members,
     stats::{Outcome, ScrapeStats},
 };
 use crate::store::{Capacity, Reject, Source, Store};
@@ -35,16 +34,15 @@ pub struct Shared {
     pub interval: Duration,
     /// The nodes being read, for ingest to know what a peer may forward.
     pub picked: Arc<Picked>,
-    /// With reads split across replicas: which are ready, and how to reach
-    /// their ingest (config, port).
-    pub members: Option<watch::Receiver<Members>>,
-    pub forward: Option<(export::Config, u16)>,
+    /// With reads split across replicas: the replicas, to share the reads
+    /// with and forward them to.
+    pub peers: Option<Peers>,
 }
 
 impl Shared {
     /// Whether this replica reads `node`'s kubelet now.
     fn reads(&self, node: &str) -> bool {
-        self.members.as_ref().is_none_or(|m| m.borrow().reads(node))
+        (self.peers.as_ref()).is_none_or(|p| p.members.borrow().reads(node))
     }
 }
 
@@ -114,10 +112,7 @@ pub async fn run(
         seq: 0,
         sent: None,
         held: None,
-        forward: shared
-            .forward
-            .as_ref()
-            .map(|(config, port)| Forwarder::new(config.clone(), *port)),
+        forward: shared.peers.clone().map(Forwarder::new),
         cancel: &cancel,
     };
     let mut failing: Option<Outcome> = None;
@@ -246,10 +241,9 @@ impl NodeLoop<'_> {
         {
             Ok(()) => {
                 self.sent = Some(Arc::clone(meta));
-                if let (Some(forward), Some(members)) = (&mut self.forward, &self.shared.members) {
+                if let Some(forward) = &mut self.forward {
                     report.metadata = None;
-                    let others: Vec<_> = members.borrow().others().collect();
-                    forward.send(report, meta, others, self.cancel);
+                    forward.send(report, meta, self.cancel);
                 }
                 Ok(())
             }
