@@ -145,10 +145,7 @@ impl IngestAuth for TokenReviewAuth {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        collections::BTreeMap,
-        sync::atomic::{AtomicUsize, Ordering},
-    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use futures::future::BoxFuture;
 
@@ -166,40 +163,28 @@ mod tests {
         ) -> BoxFuture<'a, Result<TokenVerdict, ReviewError>> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let verdict = match token {
-                "agent-node-1" => TokenVerdict::Authenticated(User {
-                    name: "system:serviceaccount:kube-system:nodepulse-agent".into(),
-                    uid: String::new(),
-                    groups: vec![],
-                    extra: BTreeMap::from([(
-                        NODE_NAME_EXTRA.to_string(),
-                        vec!["node-1".to_string()],
-                    )]),
-                }),
-                "agent-unbound" => TokenVerdict::Authenticated(User {
-                    name: "system:serviceaccount:kube-system:nodepulse-agent".into(),
-                    uid: String::new(),
-                    groups: vec![],
-                    extra: BTreeMap::new(),
-                }),
-                "aggregator" => TokenVerdict::Authenticated(User {
-                    name: "system:serviceaccount:kube-system:nodepulse".into(),
-                    uid: String::new(),
-                    groups: vec![],
-                    extra: BTreeMap::new(),
-                }),
-                "someone-else" => TokenVerdict::Authenticated(User {
-                    name: "system:serviceaccount:default:default".into(),
-                    uid: String::new(),
-                    groups: vec![],
-                    extra: BTreeMap::from([(
-                        NODE_NAME_EXTRA.to_string(),
-                        vec!["node-1".to_string()],
-                    )]),
-                }),
+                "agent-node-1" => user("kube-system:nodepulse-agent", Some("node-1")),
+                "agent-unbound" => user("kube-system:nodepulse-agent", None),
+                "aggregator" => user("kube-system:nodepulse", None),
+                "someone-else" => user("default:default", Some("node-1")),
                 _ => TokenVerdict::Rejected("invalid bearer token".into()),
             };
             Box::pin(async move { Ok(verdict) })
         }
+    }
+
+    /// ServiceAccount `account` (namespace:name), its token bound to a Pod
+    /// on `node` when there is one.
+    fn user(account: &str, node: Option<&str>) -> TokenVerdict {
+        TokenVerdict::Authenticated(User {
+            name: format!("system:serviceaccount:{account}"),
+            uid: String::new(),
+            groups: vec![],
+            extra: node
+                .map(|n| (NODE_NAME_EXTRA.to_string(), vec![n.to_string()]))
+                .into_iter()
+                .collect(),
+        })
     }
 
     fn md(token: &str) -> MetadataMap {

@@ -1323,8 +1323,10 @@ fn gauges_count_fresh_and_silent_nodes_and_their_pods() {
     }
 }
 
-/// A node read from its kubelet is not read while another origin (its
-/// agent) keeps it fresh, and is once that origin falls silent.
+/// Another origin of a node's figures stands only while it is fresh (what
+/// ingest asks before taking a replica's forwarded read), and only the
+/// agent's reports count as the agent reporting (what a kubelet loop asks
+/// before it holds its reads).
 #[test]
 fn another_origin_stands_only_while_it_is_fresh() {
     let store = Store::new(Config {
