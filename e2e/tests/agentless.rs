@@ -328,6 +328,16 @@ fn run(c: &mut Cluster) -> Result<()> {
         "{reads} reads of {good} kubelets in {intervals:.1} intervals: not once per interval"
     );
     ensure!(total(c, &forwarded)? > 0.0, "nothing forwarded");
+    // The readers' side: what they sent on, and each picked node (broken
+    // ones too) read by exactly one of the replicas.
+    let sent = |text: &str| metric(text, "nodepulse_kubelet_forwarded_reports_total");
+    ensure!(total(c, &sent)? > 0.0, "no reader counted a read sent on");
+    let picked = (GOOD.len() + BROKEN.len()) as f64;
+    let shares = total(c, &|text| metric(text, "nodepulse_kubelet_nodes_read"))?;
+    ensure!(
+        shares == picked,
+        "{shares} nodes read across the replicas, not the {picked} picked"
+    );
 
     // The agent's node, not picked, falls back to its kubelet while its
     // agent is silent, and only then.
@@ -335,7 +345,6 @@ fn run(c: &mut Cluster) -> Result<()> {
         let (_, text) = curl.get(c, &metrics_url(0))?;
         metric(&text, name)
     };
-    let picked = (GOOD.len() + BROKEN.len()) as f64;
     ensure!(
         gauge(c, "nodepulse_kubelet_nodes")? == picked,
         "only the picked nodes are read while the agent reports"

@@ -84,9 +84,13 @@ pub async fn run(
             tx,
             cancel.child_token(),
         ));
+        let observer: Arc<dyn export::Observer> = stats.clone();
         Peers {
             members: rx,
-            export: split.export.clone(),
+            export: export::Config {
+                observer: Some(observer),
+                ..split.export.clone()
+            },
             port: ingest_port,
         }
     });

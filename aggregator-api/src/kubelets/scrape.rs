@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     hash::{Hash, Hasher},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
@@ -110,6 +110,7 @@ pub async fn run(
         epoch: start.epoch,
         capacity: start.capacity,
         seq: 0,
+        reading: false,
         sent: None,
         held: None,
         forward: shared.peers.clone().map(Forwarder::new),
@@ -127,6 +128,7 @@ pub async fn run(
             node_loop.pass();
             continue;
         }
+        node_loop.set_reading(true);
         let result = {
             let Ok(_permit) = shared.permits.acquire().await else {
                 break;
@@ -179,6 +181,8 @@ struct NodeLoop<'a> {
     epoch: u64,
     capacity: watch::Receiver<Option<Capacity>>,
     seq: u64,
+    /// This replica reads the node's kubelet (counted in `nodes_read`).
+    reading: bool,
     /// The metadata the store has from this loop.
     sent: Option<Arc<NodeMetadata>>,
     /// The last read while another origin fed the node: the first point of
@@ -193,11 +197,25 @@ impl NodeLoop<'_> {
     /// Another replica reads the node: nothing is sent, and metadata goes
     /// again with the first read once this one does.
     fn pass(&mut self) {
+        self.set_reading(false);
         if let Some(forward) = &mut self.forward {
             forward.stop();
         }
         self.sent = None;
         self.held = None;
+    }
+
+    fn set_reading(&mut self, now: bool) {
+        if self.reading == now {
+            return;
+        }
+        self.reading = now;
+        let nodes_read = &self.shared.stats.nodes_read;
+        if now {
+            nodes_read.fetch_add(1, Ordering::Relaxed);
+        } else {
+            nodes_read.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// One read: into the store, or held while the node's agent reports.
@@ -254,6 +272,12 @@ impl NodeLoop<'_> {
                 Err(reject)
             }
         }
+    }
+}
+
+impl Drop for NodeLoop<'_> {
+    fn drop(&mut self) {
+        self.set_reading(false);
     }
 }
 

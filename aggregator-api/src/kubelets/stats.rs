@@ -1,6 +1,8 @@
-//! `/metrics` of the kubelet side: reads by result, and the nodes read.
+//! `/metrics` of the kubelet side: reads by result, the nodes read, and,
+//! with the reads split across replicas, what was forwarded to the others.
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use export::StreamEnd;
 use support::process::family_values;
 
 /// How one read of a kubelet ended.
@@ -86,11 +88,48 @@ impl Outcome {
     }
 }
 
+/// How forwarding streams ended, in the order rendered.
+const ENDS: [StreamEnd; 3] = [StreamEnd::Closed, StreamEnd::Refused, StreamEnd::Failed];
+
+fn end_label(end: StreamEnd) -> &'static str {
+    match end {
+        StreamEnd::Closed => "closed",
+        StreamEnd::Refused => "refused",
+        StreamEnd::Failed => "failed",
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ScrapeStats {
     by_outcome: [AtomicU64; ALL.len()],
-    /// Nodes whose kubelet is read.
+    /// Nodes with a loop here (each watches its pods).
     pub nodes: AtomicU64,
+    /// Of those, the nodes whose kubelet this replica reads now: all, or
+    /// its share where the reads are split.
+    pub nodes_read: AtomicU64,
+    /// Reads sent on to another replica (one per replica sent to).
+    forwarded: AtomicU64,
+    forward_opened: AtomicU64,
+    /// Forwarding streams ended, by [`ENDS`].
+    forward_ended: [AtomicU64; ENDS.len()],
+}
+
+/// The forwarding exporters' side of the streams.
+impl export::Observer for ScrapeStats {
+    fn stream_opened(&self, _replica: &str) {
+        self.forward_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report_sent(&self, _replica: &str) {
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stream_ended(&self, _replica: &str, end: StreamEnd) {
+        let i = ENDS.iter().position(|&e| e == end).unwrap_or(0);
+        self.forward_ended[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn replica_gone(&self, _replica: &str) {}
 }
 
 impl ScrapeStats {
@@ -107,8 +146,15 @@ impl ScrapeStats {
             out,
             "nodepulse_kubelet_nodes",
             "gauge",
-            "Nodes without an agent, read from their kubelet.",
+            "Nodes without an agent, served from their kubelet (with the reads split, every replica serves each).",
             [("", self.nodes.load(Ordering::Relaxed))],
+        );
+        family_values(
+            out,
+            "nodepulse_kubelet_nodes_read",
+            "gauge",
+            "Nodes whose kubelet this replica reads itself (with the reads split, its share).",
+            [("", self.nodes_read.load(Ordering::Relaxed))],
         );
         family_values(
             out,
@@ -116,6 +162,30 @@ impl ScrapeStats {
             "counter",
             "Reads of a node's kubelet by result (agent_reports: skipped, its agent reports).",
             ALL.map(|o| (format!("{{result=\"{}\"}}", o.label()), self.get(o))),
+        );
+        family_values(
+            out,
+            "nodepulse_kubelet_forwarded_reports_total",
+            "counter",
+            "Reads of a kubelet sent on to another replica (one per replica sent to).",
+            [("", self.forwarded.load(Ordering::Relaxed))],
+        );
+        family_values(
+            out,
+            "nodepulse_kubelet_forward_streams_opened_total",
+            "counter",
+            "Streams opened to another replica's ingest to forward a node's reads.",
+            [("", self.forward_opened.load(Ordering::Relaxed))],
+        );
+        family_values(
+            out,
+            "nodepulse_kubelet_forward_streams_ended_total",
+            "counter",
+            "Forwarding streams ended, by how (refused: the other replica's ingest refused them).",
+            ENDS.iter().zip(&self.forward_ended).map(|(&end, n)| {
+                let labels = format!("{{end=\"{}\"}}", end_label(end));
+                (labels, n.load(Ordering::Relaxed))
+            }),
         );
     }
 }
@@ -143,5 +213,27 @@ mod tests {
         );
         let labels: std::collections::HashSet<_> = ALL.iter().map(|o| o.label()).collect();
         assert_eq!(labels.len(), ALL.len());
+    }
+
+    #[test]
+    fn forwarding_is_counted_by_what_the_exporter_tells() {
+        use export::Observer;
+        let stats = ScrapeStats::default();
+        stats.stream_opened("https://10.0.0.2:8443");
+        stats.report_sent("https://10.0.0.2:8443");
+        stats.report_sent("https://10.0.0.2:8443");
+        stats.stream_ended("https://10.0.0.2:8443", StreamEnd::Refused);
+        stats.stream_ended("https://10.0.0.3:8443", StreamEnd::Failed);
+        let mut out = String::new();
+        stats.render(&mut out);
+        for line in [
+            "nodepulse_kubelet_forwarded_reports_total 2\n",
+            "nodepulse_kubelet_forward_streams_opened_total 1\n",
+            "nodepulse_kubelet_forward_streams_ended_total{end=\"closed\"} 0\n",
+            "nodepulse_kubelet_forward_streams_ended_total{end=\"refused\"} 1\n",
+            "nodepulse_kubelet_forward_streams_ended_total{end=\"failed\"} 1\n",
+        ] {
+            assert!(out.contains(line), "{line} in {out}");
+        }
     }
 }
