@@ -298,10 +298,7 @@ pub struct Collector {
     walks: u64,
     /// Counter files of the sampled cgroups, kept open.
     files: CounterFiles,
-    source: Box<dyn Source>,
-    /// Why each source before the active one was passed over.
-    passed_over: Vec<String>,
-    fallback_reason: Option<String>,
+    cpu: Chosen,
     /// The walk the source's and `started`'s state was last pruned to
     /// (they change only when the tree does).
     pruned_at_walk: u64,
@@ -339,14 +336,16 @@ impl Collector {
             watch: None,
             walks: 0,
             files,
-            source: Box::new(Cgroupfs),
-            passed_over: Vec::new(),
-            fallback_reason: None,
+            cpu: Chosen {
+                source: Box::new(Cgroupfs),
+                passed_over: Vec::new(),
+                fallback_reason: None,
+            },
             pruned_at_walk: 0,
             started: foldhash::HashMap::default(),
         };
         match source {
-            Some(source) => this.source = source,
+            Some(source) => this.cpu.source = source,
             None => {
                 let reason = passed_over.join("; ");
                 if !choice.allows(CpuSource::Cgroupfs) {
@@ -355,32 +354,23 @@ impl Collector {
                         reason,
                     });
                 }
-                this.fall_back(reason);
+                this.cpu.fall_back(reason);
             }
         }
-        this.passed_over = passed_over;
+        this.cpu.passed_over = passed_over;
         Ok(this)
-    }
-
-    fn fall_back(&mut self, reason: String) {
-        let was_ebpf = self.source.kind() != CpuSource::Cgroupfs;
-        self.source = Box::new(Cgroupfs);
-        if was_ebpf || self.fallback_reason.is_none() {
-            warn!(%reason, "CPU from cgroupfs counters");
-        }
-        self.fallback_reason = Some(reason);
     }
 
     /// The active CPU source.
     pub fn source(&self) -> CpuSource {
-        self.source.kind()
+        self.cpu.source.kind()
     }
 
     /// Where the last collection's container memory usage came from:
     /// `iterator` (the cgroup iterator's walk) or `cgroupfs` (the files;
     /// the inactive file pages and swap always do).
     pub fn memory_source(&self) -> &'static str {
-        if self.source.memory_read() {
+        if self.cpu.source.memory_read() {
             "iterator"
         } else {
             "cgroupfs"
@@ -390,17 +380,17 @@ impl Collector {
     /// Why each CPU source before the active one was passed over, in the
     /// order tried (empty when the first choice is active).
     pub fn passed_over(&self) -> &[String] {
-        &self.passed_over
+        &self.cpu.passed_over
     }
 
     /// Why CPU comes from cgroupfs, when it does.
     pub fn fallback_reason(&self) -> Option<&str> {
-        self.fallback_reason.as_deref()
+        self.cpu.fallback_reason.as_deref()
     }
 
     /// The switch program's accounting, when active (for its statistics).
     pub fn ebpf(&self) -> Option<&CpuAccounting> {
-        self.source.switch_program()
+        self.cpu.source.switch_program()
     }
 
     /// The detected hierarchy.
@@ -418,7 +408,7 @@ impl Collector {
     /// there is no watch), or the source read a cgroup the walk did not see.
     fn tree_changed(&mut self, walked: &Walked) -> bool {
         let watched_change = self.watch.as_mut().is_none_or(TreeWatch::changed);
-        watched_change || self.source.sees_unwalked(walked)
+        watched_change || self.cpu.source.sees_unwalked(walked)
     }
 
     /// Walks the tree, watching every directory walked.
@@ -448,14 +438,14 @@ impl Collector {
                 .retain(|rel, id| by_id.get(&id).is_some_and(|&i| scan.cgroups[i].path == rel));
         }
         let walked = Walked { scan, by_id };
-        self.source.walked(&walked);
+        self.cpu.source.walked(&walked);
         Ok(walked)
     }
 
     /// Reads one snapshot.
     pub fn collect(&mut self) -> Result<Snapshot> {
-        if let Err(reason) = self.source.before_walk() {
-            self.fall_back(reason);
+        if let Err(reason) = self.cpu.source.before_walk() {
+            self.cpu.fall_back(reason);
         }
         let before_walk = SystemTime::now();
         let walked = match self.walked.take() {
@@ -463,8 +453,8 @@ impl Collector {
             _ => self.walk()?,
         };
         let tree = walked.scan.tree.unwrap_or(Tree::V2);
-        if tree != Tree::V2 && self.source.kind() != CpuSource::Cgroupfs {
-            self.fall_back(
+        if tree != Tree::V2 && self.cpu.source.kind() != CpuSource::Cgroupfs {
+            self.cpu.fall_back(
                 "pods are only in v1 cgroups here: v2 cgroup ids do not identify them".into(),
             );
         }
@@ -473,68 +463,22 @@ impl Collector {
         // counters must go on, not restart).
         let prune = self.pruned_at_walk != self.walks && walked.scan.is_complete();
         self.pruned_at_walk = self.walks;
-        let timestamp = if self.source.reads_before_walk() {
+        let timestamp = if self.cpu.source.reads_before_walk() {
             before_walk
         } else {
             SystemTime::now()
         };
-        // Built from the fields, not `self`: the source is borrowed too.
+        // Built from the fields, not `self`: the source and files are
+        // borrowed too.
         let walk = Walk::new(&walked, &self.hierarchy, &self.opts, prune, self.walks);
-        if let Err(reason) = self.source.after_walk(&walk) {
-            self.fall_back(reason);
+        if let Err(reason) = self.cpu.source.after_walk(&walk) {
+            self.cpu.fall_back(reason);
         }
-        let cpu = self.read_cpu(&walked);
-        let walk = Walk::new(&walked, &self.hierarchy, &self.opts, prune, self.walks);
-        self.source.read_memory(&walk);
+        let cpu = read_cpu(&*self.cpu.source, &mut self.files, &walk);
+        self.cpu.source.read_memory(&walk);
         let snapshot = self.sample(timestamp, &walked, prune, cpu);
         self.walked = Some(walked);
         Ok(snapshot)
-    }
-
-    /// Cumulative CPU of each container the walk saw, in the walk's order,
-    /// then the node's: every counter is read before any memory file, so
-    /// that all are read as near the snapshot's time as they can be (a
-    /// counter read after slow memory reads would skew its rate).
-    fn read_cpu(&mut self, walked: &Walked) -> Cpu {
-        let scan = &walked.scan;
-        let tree = scan.tree.unwrap_or(Tree::V2);
-        let containers = containers(scan)
-            .map(|(cg, c)| {
-                // What the source does not give (all, from cgroupfs; a
-                // cgroup the iterator's walk left out: beyond its results'
-                // capacity, counted and warned of, or removed since the
-                // scan, when this fails too) the files hold, the same
-                // counters.
-                match self.source.container_cpu(cg, c.id) {
-                    Some(cpu) => Ok(cpu),
-                    None => self
-                        .files
-                        .cpu_usage_ns(&self.hierarchy, tree, cg.id, &cg.path),
-                }
-            })
-            .collect();
-        let node = match self.source.node_cpu() {
-            Some(cpu) => Ok(cpu),
-            None => {
-                // The whole host's CPU: the v2 root's `cpu.stat` is the
-                // scheduler tick's sampling, the v1 cpuacct root's counter
-                // is exact: that, where the host has one.
-                let node_tree = if self.whole_host() && self.hierarchy.v1_cpuacct.is_some() {
-                    Tree::V1
-                } else {
-                    tree
-                };
-                self.files
-                    .cpu_usage_ns(
-                        &self.hierarchy,
-                        node_tree,
-                        walked.node_id(),
-                        &self.opts.node_cgroup,
-                    )
-                    .map_err(|e| format!("node cpu: {e}"))
-            }
-        };
-        Cpu { containers, node }
     }
 
     /// The snapshot: `cpu` as read, memory read now.
@@ -571,7 +515,7 @@ impl Collector {
                     continue;
                 }
             };
-            let memory = match self.source.container_memory_usage(cg) {
+            let memory = match self.cpu.source.container_memory_usage(cg) {
                 Some(usage) => {
                     self.files
                         .memory_with_usage(&self.hierarchy, tree, cg.id, &cg.path, usage)
@@ -653,6 +597,70 @@ impl Collector {
 
     fn whole_host(&self) -> bool {
         source::whole_host(&self.opts.node_cgroup)
+    }
+}
+
+/// Cumulative CPU of each container the walk saw, in the walk's order,
+/// then the node's: every counter is read before any memory file, so
+/// that all are read as near the snapshot's time as they can be (a
+/// counter read after slow memory reads would skew its rate).
+fn read_cpu(source: &dyn Source, files: &mut CounterFiles, walk: &Walk<'_>) -> Cpu {
+    let scan = &walk.walked.scan;
+    let tree = scan.tree.unwrap_or(Tree::V2);
+    let containers = containers(scan)
+        .map(|(cg, c)| {
+            // What the source does not give (all, from cgroupfs; a
+            // cgroup the iterator's walk left out: beyond its results'
+            // capacity, counted and warned of, or removed since the
+            // scan, when this fails too) the files hold, the same
+            // counters.
+            match source.container_cpu(cg, c.id) {
+                Some(cpu) => Ok(cpu),
+                None => files.cpu_usage_ns(walk.hierarchy, tree, cg.id, &cg.path),
+            }
+        })
+        .collect();
+    let node = match source.node_cpu() {
+        Some(cpu) => Ok(cpu),
+        None => {
+            // The whole host's CPU: the v2 root's `cpu.stat` is the
+            // scheduler tick's sampling, the v1 cpuacct root's counter
+            // is exact: that, where the host has one.
+            let node_tree = if walk.whole_host() && walk.hierarchy.v1_cpuacct.is_some() {
+                Tree::V1
+            } else {
+                tree
+            };
+            files
+                .cpu_usage_ns(
+                    walk.hierarchy,
+                    node_tree,
+                    walk.walked.node_id(),
+                    walk.node_cgroup,
+                )
+                .map_err(|e| format!("node cpu: {e}"))
+        }
+    };
+    Cpu { containers, node }
+}
+
+/// The CPU source in use, and why it is this one.
+struct Chosen {
+    source: Box<dyn Source>,
+    /// Why each source before the active one was passed over.
+    passed_over: Vec<String>,
+    fallback_reason: Option<String>,
+}
+
+impl Chosen {
+    /// Gives the source up for cgroupfs.
+    fn fall_back(&mut self, reason: String) {
+        let was_ebpf = self.source.kind() != CpuSource::Cgroupfs;
+        self.source = Box::new(Cgroupfs);
+        if was_ebpf || self.fallback_reason.is_none() {
+            warn!(%reason, "CPU from cgroupfs counters");
+        }
+        self.fallback_reason = Some(reason);
     }
 }
 
@@ -901,7 +909,7 @@ mod tests {
         f.container("5a4db0c0ffee", 2);
         let mut c = f.collector();
         let calls = std::sync::Arc::default();
-        c.source = Box::new(Recorder(std::sync::Arc::clone(&calls)));
+        c.cpu.source = Box::new(Recorder(std::sync::Arc::clone(&calls)));
         let s = c.collect().expect("collect");
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         let cpu: Vec<u64> = s
