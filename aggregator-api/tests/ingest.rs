@@ -408,15 +408,7 @@ async fn a_replica_forwards_only_nodes_read_from_their_kubelets() {
     };
     picked.insert("windows-1".into(), Some(capacity));
     picked.insert("fallback-1".into(), Some(capacity));
-    let mut stats: Option<Arc<IngestStats>> = None;
-    let r = replica_of(bind().await, |store, stop| {
-        let service = IngestService::new(store, Arc::new(NodeTokens), stop, 16 << 20)
-            .forwarded_for(Arc::clone(&picked));
-        stats = Some(service.stats());
-        service.into_server()
-    })
-    .await;
-    let stats = stats.expect("built");
+    let (r, stats) = forwarded_to(picked).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let token = |name: &str, content: &str| {
         let p = dir.path().join(name);
@@ -461,15 +453,7 @@ async fn a_replica_forwards_only_nodes_read_from_their_kubelets() {
     })
     .await;
     assert!(r.store.has_capacity("windows-1"), "its Node's capacity");
-    let count = |result: &str| {
-        let mut text = String::new();
-        stats.render(&mut text);
-        let line = format!("nodepulse_ingest_forwarded_reports_total{{result=\"{result}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .and_then(|v| v.parse::<u64>().ok())
-            .expect("counted")
-    };
+    let count = |result: &str| forwarded_reports(&stats, result);
     let mut changes = r.store.subscribe();
     let counted = async {
         while count("not_read_here") < 2 || count("superseded") < 3 {
@@ -497,6 +481,103 @@ async fn a_replica_forwards_only_nodes_read_from_their_kubelets() {
     {
         let _ = task.await;
     }
+    r.stop().await;
+}
+
+/// A replica that takes other replicas' reads of the `picked` nodes.
+async fn forwarded_to(picked: Arc<Picked>) -> (Replica, Arc<IngestStats>) {
+    let mut stats: Option<Arc<IngestStats>> = None;
+    let r = replica_of(bind().await, |store, stop| {
+        let service =
+            IngestService::new(store, Arc::new(NodeTokens), stop, 16 << 20).forwarded_for(picked);
+        stats = Some(service.stats());
+        service.into_server()
+    })
+    .await;
+    (r, stats.expect("built"))
+}
+
+/// `nodepulse_ingest_forwarded_reports_total{result}` in `stats`.
+fn forwarded_reports(stats: &IngestStats, result: &str) -> u64 {
+    let mut text = String::new();
+    stats.render(&mut text);
+    let line = format!("nodepulse_ingest_forwarded_reports_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("counted")
+}
+
+/// A node's reader changes (the replicas' membership moved): the new
+/// reader's forwarded reads are passed over while the old reader forwards,
+/// and taken as soon as its stream ends, not once its figures are stale
+/// (the store's default freshness is 10 s, the bound here 3 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_reader_takes_over_when_the_last_one_stops_forwarding() {
+    let picked = Arc::new(Picked::default());
+    picked.insert("windows-1".into(), None);
+    let (r, stats) = forwarded_to(picked).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("replica");
+    std::fs::write(&token, "replica").expect("token file");
+    let forwarder = |epoch: u64, cancel: &CancellationToken| {
+        let (mut node, rx) = SimNode::new("windows-1", 2);
+        node.epoch = epoch;
+        let config = export::Config {
+            token_file: Some(token.clone()),
+            ..config(&[r.addr])
+        };
+        (exporter(config, rx, cancel), ticking(vec![node], cancel))
+    };
+    let (old_reader, new_reader) = (CancellationToken::new(), CancellationToken::new());
+    let old = forwarder(2, &old_reader);
+    until(
+        &r.store,
+        "the old reader's figures served",
+        INTERVAL * 10,
+        |s| full_and_correct(s, &[("windows-1", 2)]),
+    )
+    .await;
+    let new = forwarder(3, &new_reader);
+    let mut changes = r.store.subscribe();
+    tokio::time::timeout(INTERVAL * 10, async {
+        while forwarded_reports(&stats, "superseded") < 2 {
+            changes.changed().await.expect("store alive");
+        }
+    })
+    .await
+    .expect("the new reader's reads passed over while the old one forwards");
+    assert_eq!(
+        r.store
+            .stats()
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    old_reader.cancel();
+    let _ = tokio::join!(old.0, old.1);
+    tokio::time::timeout(INTERVAL * 10, async {
+        while r
+            .store
+            .stats()
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            changes.changed().await.expect("store alive");
+        }
+    })
+    .await
+    .expect("the new reader's series started once the old stream ended");
+    until(
+        &r.store,
+        "the new reader's figures served",
+        INTERVAL * 10,
+        |s| full_and_correct(s, &[("windows-1", 2)]),
+    )
+    .await;
+    new_reader.cancel();
+    let _ = tokio::join!(new.0, new.1);
     r.stop().await;
 }
 

@@ -176,6 +176,31 @@ impl Drop for OpenStream<'_> {
     }
 }
 
+/// What a replica's stream has fed into the store: at its end (the replica
+/// no longer reads the node, or is gone), the store is told, so the node's
+/// next reader need not wait until these figures are stale.
+struct Forwarding<'a> {
+    store: &'a Store,
+    /// The node and the origin (epoch) of the reports applied.
+    fed: Option<(String, u64)>,
+}
+
+impl Forwarding<'_> {
+    fn applied(&mut self, node: &str, epoch: u64) {
+        if self.fed.as_ref().is_none_or(|(_, e)| *e != epoch) {
+            self.fed = Some((node.to_owned(), epoch));
+        }
+    }
+}
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        if let Some((node, epoch)) = &self.fed {
+            self.store.origin_ended(node, *epoch);
+        }
+    }
+}
+
 /// The `nodepulse.v1.Ingest` service.
 pub struct IngestService {
     store: Arc<Store>,
@@ -272,6 +297,10 @@ impl IngestService {
         };
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
         let _open = OpenStream::new(&self.stats);
+        let mut forwarding = Forwarding {
+            store: &self.store,
+            fed: None,
+        };
         let mut stream = request.into_inner();
         let mut node: Option<String> = None;
         let mut parts = Parts::new(self.max_message_bytes);
@@ -362,6 +391,7 @@ impl IngestService {
                     accepted += 1;
                     if caller.replica {
                         self.stats.forwarded(Forwarded::Applied);
+                        forwarding.applied(&report.node, report.agent_epoch);
                     }
                 }
                 Err(reject @ Reject::NoMetadata(_)) => {

@@ -399,6 +399,9 @@ struct NodeState {
     counters: Option<(u64, i32)>,
     /// Those counters are its agent's (not a kubelet's, read by any replica).
     by_agent: bool,
+    /// The stream that brought those counters has ended: they are served
+    /// until stale, but another origin need not wait for that.
+    origin_ended: bool,
     last_report: Instant,
     /// Counted in [`Store::with_data`].
     counted: bool,
@@ -422,6 +425,7 @@ impl NodeState {
             containers: Containers::default(),
             counters: None,
             by_agent: false,
+            origin_ended: false,
             last_report: Instant::now(),
             counted: false,
             evicted: false,
@@ -715,6 +719,7 @@ impl Store {
         }
         let counters = (report.agent_epoch, report.cpu_source);
         state.by_agent = source == Source::Agent;
+        state.origin_ended = false;
         if state
             .counters
             .replace(counters)
@@ -961,8 +966,23 @@ impl Store {
     pub fn fed_elsewhere(&self, node: &str, epoch: u64) -> bool {
         read(&self.nodes).get(node).is_some_and(|n| {
             let n = lock(n);
-            n.counters.is_some_and(|(e, _)| e != epoch) && n.fresh(&self.config.freshness)
+            n.counters.is_some_and(|(e, _)| e != epoch)
+                && !n.origin_ended
+                && n.fresh(&self.config.freshness)
         })
+    }
+
+    /// The stream that brought `node`'s counters of `epoch` has ended (a
+    /// replica that read its kubelet stopped forwarding it): they no longer
+    /// stand in another origin's way ([`Store::fed_elsewhere`]), though they
+    /// are served until the next report or until stale.
+    pub fn origin_ended(&self, node: &str, epoch: u64) {
+        if let Some(n) = read(&self.nodes).get(node) {
+            let mut n = lock(n);
+            if n.counters.is_some_and(|(e, _)| e == epoch) {
+                n.origin_ended = true;
+            }
+        }
     }
 
     /// Whether `node` is served from its agent's counters, still fresh.

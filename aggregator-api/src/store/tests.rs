@@ -1359,4 +1359,16 @@ fn another_origin_stands_only_while_it_is_fresh() {
         .expect("applies");
     assert!(store.fed_elsewhere("n1", 8));
     assert!(!store.agent_reports("n1"), "a kubelet's figures");
+    // The stream that brought them ended: fresh, but in no one's way.
+    store.origin_ended("n1", 6);
+    assert!(
+        store.fed_elsewhere("n1", 8),
+        "another origin's end says nothing"
+    );
+    store.origin_ended("n1", 7);
+    assert!(!store.fed_elsewhere("n1", 8));
+    store
+        .apply_from(&read, now(), Source::Watched(None))
+        .expect("applies");
+    assert!(store.fed_elsewhere("n1", 8), "reported again: it stands");
 }
