@@ -245,7 +245,7 @@ impl Aggregator {
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .max_concurrent_streams(Some(64))
+            .max_concurrent_streams(Some(crate::ingest::MAX_STREAMS_PER_CONNECTION))
             .add_service(service)
             .add_service(watch);
         let ingest_listener = ingest_listener.into_std().map_err(Error::IngestRuntime)?;

@@ -6,17 +6,23 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use aggregator_api::{
     api::view::{Lookup, MetricsView},
-    ingest::{Caller, IngestAuth, IngestService, IngestStats, Unauthenticated},
-    kubelets::Picked,
+    ingest::{
+        Caller, IngestAuth, IngestService, IngestStats, MAX_STREAMS_PER_CONNECTION, Unauthenticated,
+    },
+    kubelets::{Picked, forward::STREAMS_PER_CONNECTION},
     store::{Capacity, Store},
 };
 use export::{self, Outgoing, Targets};
+use futures::StreamExt as _;
 use prost::Message as _;
 use proto::{
     unix_nanos,
@@ -36,6 +42,8 @@ const INTERVAL: Duration = Duration::from_millis(300);
 struct Replica {
     store: Arc<Store>,
     addr: SocketAddr,
+    /// Connections it accepted.
+    accepted: Arc<AtomicUsize>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -56,10 +64,15 @@ async fn replica_of<T: Ingest>(
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
     let service = service(Arc::clone(&store), stop.clone());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).inspect(move |_| {
+        counted.fetch_add(1, Ordering::Relaxed);
+    });
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
@@ -68,6 +81,7 @@ async fn replica_of<T: Ingest>(
     Replica {
         store,
         addr,
+        accepted,
         stop,
         task,
     }
@@ -578,6 +592,60 @@ async fn the_next_reader_takes_over_when_the_last_one_stops_forwarding() {
     .await;
     new_reader.cancel();
     let _ = tokio::join!(new.0, new.1);
+    r.stop().await;
+}
+
+/// A replica forwarding many nodes shares its connections to another: a
+/// hundred nodes' streams arrive over four connections (32 streams each),
+/// not a hundred (the ingest takes 64 from one address by default), and
+/// each closes with its last stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_nodes_share_connections() {
+    const NODES: usize = 100;
+    let names: Vec<String> = (0..NODES).map(|i| format!("windows-{i}")).collect();
+    let picked = Arc::new(Picked::default());
+    for name in &names {
+        picked.insert(name.as_str().into(), None);
+    }
+    let (r, stats) = forwarded_to(picked).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("replica");
+    std::fs::write(&token, "replica").expect("token file");
+    let pool = export::Pool::new(STREAMS_PER_CONNECTION);
+    let cancel = CancellationToken::new();
+    let (mut nodes, mut exporters) = (Vec::new(), Vec::new());
+    for name in &names {
+        let (node, rx) = SimNode::new(name, 1);
+        let config = export::Config {
+            token_file: Some(token.clone()),
+            pool: Some(Arc::clone(&pool)),
+            ..config(&[r.addr])
+        };
+        exporters.push(exporter(config, rx, &cancel));
+        nodes.push(node);
+    }
+    let ticker = ticking(nodes, &cancel);
+    let all: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+    until(
+        &r.store,
+        "every forwarded node served",
+        INTERVAL * 30,
+        |s| full_and_correct(s, &all),
+    )
+    .await;
+    let want = NODES.div_ceil(STREAMS_PER_CONNECTION);
+    assert_eq!(pool.connections(), want, "connections held");
+    assert_eq!(
+        r.accepted.load(Ordering::Relaxed),
+        want,
+        "connections the replica accepted"
+    );
+    assert!(forwarded_reports(&stats, "applied") >= NODES as u64);
+    cancel.cancel();
+    for task in exporters.into_iter().chain([ticker]) {
+        let _ = task.await;
+    }
+    assert_eq!(pool.connections(), 0, "closed with their last stream");
     r.stop().await;
 }
 

@@ -25,6 +25,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use support::{backoff::Backoff, token::TokenFile};
 
+mod pool;
+pub use pool::Pool;
+
 /// How a stream to an aggregator ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -138,6 +141,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Told of every stream and report.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Connections shared with other exporters' streams to the same
+    /// replicas; `None`: each stream opens its own.
+    pub pool: Option<Arc<Pool>>,
 }
 
 impl Default for Config {
@@ -151,6 +157,7 @@ impl Default for Config {
             keepalive: Duration::from_secs(20),
             max_message_bytes: 16 << 20,
             observer: None,
+            pool: None,
         }
     }
 }
@@ -347,7 +354,14 @@ async fn stream_once(
     cancel: CancellationToken,
     in_parts: bool,
 ) -> Result<ReportSummary> {
-    let channel = channel(config, uri).await?;
+    // Held until the stream ends: the pool's count of its connection's streams.
+    let (channel, _lease) = match &config.pool {
+        Some(pool) => {
+            let (channel, lease) = pool.lease(config, uri).await?;
+            (channel, Some(lease))
+        }
+        None => (channel(config, uri).await?, None),
+    };
     let mut client = IngestClient::new(channel).max_encoding_message_size(config.max_message_bytes);
     let sent = {
         let (observer, uri) = (config.observer.clone(), uri.to_owned());

@@ -176,6 +176,11 @@ impl Drop for OpenStream<'_> {
     }
 }
 
+/// Streams the ingest takes at once on one connection: an agent opens one;
+/// a replica forwarding nodes opens several (see
+/// [`crate::kubelets::forward::STREAMS_PER_CONNECTION`]).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// What a replica's stream has fed into the store: at its end (the replica
 /// no longer reads the node, or is gone), the store is told, so the node's
 /// next reader need not wait until these figures are stale.

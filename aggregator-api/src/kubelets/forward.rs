@@ -15,6 +15,12 @@ use tracing::Instrument;
 
 use super::replicas::Members;
 
+/// Forwarded nodes' streams one connection to a replica carries: half of
+/// what the ingest takes at once on one, so a reader of thousands of nodes
+/// holds tens of connections to each other replica, within the ingest's
+/// per-address limit.
+pub const STREAMS_PER_CONNECTION: usize = crate::ingest::MAX_STREAMS_PER_CONNECTION as usize / 2;
+
 /// The replicas reads are split across, and how to reach their ingest.
 #[derive(Clone)]
 pub struct Peers {

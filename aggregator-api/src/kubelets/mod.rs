@@ -89,6 +89,8 @@ pub async fn run(
             members: rx,
             export: export::Config {
                 observer: Some(observer),
+                // Every forwarded node's stream to a replica: few connections.
+                pool: Some(export::Pool::new(forward::STREAMS_PER_CONNECTION)),
                 ..split.export.clone()
             },
             port: ingest_port,
