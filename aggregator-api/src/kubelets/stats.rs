@@ -91,11 +91,12 @@ impl Outcome {
 /// How forwarding streams ended, in the order rendered.
 const ENDS: [StreamEnd; 3] = [StreamEnd::Closed, StreamEnd::Refused, StreamEnd::Failed];
 
-fn end_label(end: StreamEnd) -> &'static str {
+/// `end`'s place in [`ENDS`], and its label.
+fn end_of(end: StreamEnd) -> (usize, &'static str) {
     match end {
-        StreamEnd::Closed => "closed",
-        StreamEnd::Refused => "refused",
-        StreamEnd::Failed => "failed",
+        StreamEnd::Closed => (0, "closed"),
+        StreamEnd::Refused => (1, "refused"),
+        StreamEnd::Failed => (2, "failed"),
     }
 }
 
@@ -125,8 +126,7 @@ impl export::Observer for ScrapeStats {
     }
 
     fn stream_ended(&self, _replica: &str, end: StreamEnd) {
-        let i = ENDS.iter().position(|&e| e == end).unwrap_or(0);
-        self.forward_ended[i].fetch_add(1, Ordering::Relaxed);
+        self.forward_ended[end_of(end).0].fetch_add(1, Ordering::Relaxed);
     }
 
     fn replica_gone(&self, _replica: &str) {}
@@ -183,7 +183,7 @@ impl ScrapeStats {
             "counter",
             "Forwarding streams ended, by how (refused: the other replica's ingest refused them).",
             ENDS.iter().zip(&self.forward_ended).map(|(&end, n)| {
-                let labels = format!("{{end=\"{}\"}}", end_label(end));
+                let labels = format!("{{end=\"{}\"}}", end_of(end).1);
                 (labels, n.load(Ordering::Relaxed))
             }),
         );
