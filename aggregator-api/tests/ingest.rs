@@ -468,15 +468,13 @@ async fn a_replica_forwards_only_nodes_read_from_their_kubelets() {
     .await;
     assert!(r.store.has_capacity("windows-1"), "its Node's capacity");
     let count = |result: &str| forwarded_reports(&stats, result);
-    let mut changes = r.store.subscribe();
-    let counted = async {
-        while count("not_read_here") < 2 || count("superseded") < 3 {
-            changes.changed().await.expect("store alive");
-        }
-    };
-    tokio::time::timeout(INTERVAL * 10, counted)
-        .await
-        .expect("linux-1 refused and fallback-1's forwarded reports passed over, each counted");
+    until(
+        &r.store,
+        "linux-1 refused and fallback-1's forwarded reports passed over, each counted",
+        INTERVAL * 10,
+        |_| count("not_read_here") >= 2 && count("superseded") >= 3,
+    )
+    .await;
     assert_eq!(r.store.node("linux-1"), Lookup::Unknown, "not read here");
     assert!(full_and_correct(&r.store, &[("fallback-1", 2)]));
     assert_eq!(
@@ -553,36 +551,24 @@ async fn the_next_reader_takes_over_when_the_last_one_stops_forwarding() {
     )
     .await;
     let new = forwarder(3, &new_reader);
-    let mut changes = r.store.subscribe();
-    tokio::time::timeout(INTERVAL * 10, async {
-        while forwarded_reports(&stats, "superseded") < 2 {
-            changes.changed().await.expect("store alive");
-        }
-    })
-    .await
-    .expect("the new reader's reads passed over while the old one forwards");
-    assert_eq!(
-        r.store
-            .stats()
-            .restarts
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    until(
+        &r.store,
+        "the new reader's reads passed over while the old one forwards",
+        INTERVAL * 10,
+        |_| forwarded_reports(&stats, "superseded") >= 2,
+    )
+    .await;
+    let restarts = |s: &Store| s.stats().restarts.load(Ordering::Relaxed);
+    assert_eq!(restarts(&r.store), 0);
     old_reader.cancel();
     let _ = tokio::join!(old.0, old.1);
-    tokio::time::timeout(INTERVAL * 10, async {
-        while r
-            .store
-            .stats()
-            .restarts
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
-            changes.changed().await.expect("store alive");
-        }
-    })
-    .await
-    .expect("the new reader's series started once the old stream ended");
+    until(
+        &r.store,
+        "the new reader's series started once the old stream ended",
+        INTERVAL * 10,
+        |s| restarts(s) > 0,
+    )
+    .await;
     until(
         &r.store,
         "the new reader's figures served",
