@@ -253,6 +253,7 @@ impl Aggregator {
         let ingest_task = on_own_runtime(
             "nodepulse-ingest",
             ingest.ingest_threads.into(),
+            ingest.ingest_batch_window,
             move || async move {
                 let listener =
                     TcpListener::from_std(ingest_listener).map_err(Error::IngestRuntime)?;
@@ -331,9 +332,12 @@ impl Aggregator {
 /// on threads named `name`: its wake-ups do not wake the main runtime's
 /// workers, and the main runtime's work (listing every pod) does not delay
 /// it. The future is made on that runtime, so what it binds is bound there.
+/// A non-zero `batch_window` lets I/O gather for that long after each burst
+/// of work (`--ingest-batch-window`).
 fn on_own_runtime<F>(
     name: &str,
     threads: usize,
+    batch_window: Duration,
     make: impl FnOnce() -> F + Send + 'static,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<F::Output>>
 where
@@ -347,6 +351,12 @@ where
         b.worker_threads(threads);
         b
     };
+    if !batch_window.is_zero() {
+        // A worker with nothing to run sleeps before it waits for I/O: what
+        // arrives meanwhile is read after one wake-up, not one each. The
+        // first event after a quiet spell is still read at once.
+        builder.on_thread_park(move || std::thread::sleep(batch_window));
+    }
     let runtime = builder.enable_all().thread_name(name).build()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -504,7 +514,8 @@ mod tests {
         async fn panics() -> Result<(), Error> {
             panic!("the ingest server panics")
         }
-        let ended = on_own_runtime("test-ingest", 1, panics).expect("ingest thread");
+        let ended =
+            on_own_runtime("test-ingest", 1, Duration::ZERO, panics).expect("ingest thread");
         let followed = follow_ingest(ended, cancel.clone());
         let result = followed.await.expect("follower");
         assert!(matches!(result, Err(Error::IngestPanicked)), "{result:?}");
@@ -515,7 +526,7 @@ mod tests {
     async fn shutdown_is_not_an_error() {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
-        let ended = on_own_runtime("test-ingest", 1, move || async move {
+        let ended = on_own_runtime("test-ingest", 1, Duration::ZERO, move || async move {
             stop.cancelled().await;
             Ok(())
         })
@@ -523,5 +534,29 @@ mod tests {
         let followed = follow_ingest(ended, cancel.clone());
         cancel.cancel();
         assert!(followed.await.expect("follower").is_ok());
+    }
+
+    #[test]
+    fn what_arrives_after_a_read_waits_for_the_batch_window() {
+        const WINDOW: Duration = Duration::from_millis(300);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (read, was_read) = std::sync::mpsc::channel();
+        let ended = on_own_runtime("test-ingest", 1, WINDOW, move || async move {
+            rx.recv().await.expect("first");
+            let first = std::time::Instant::now();
+            read.send(()).expect("test");
+            rx.recv().await.expect("second");
+            first.elapsed()
+        })
+        .expect("ingest thread");
+        tx.send(()).expect("first");
+        was_read.recv().expect("first read");
+        // Sent at once: the thread is now asleep in its window, or about to be.
+        tx.send(()).expect("second");
+        let gap = ended.blocking_recv().expect("ingest thread");
+        assert!(
+            gap >= WINDOW,
+            "read {gap:?} after the first, within the window"
+        );
     }
 }

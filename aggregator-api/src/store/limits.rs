@@ -11,8 +11,7 @@
 //! [`Stats::bad_metadata`](super::Stats)), never clamped into something the
 //! metrics API would then serve as if the cluster had it, and never kept in
 //! memory.
-use std::collections::HashSet;
-
+use foldhash::{HashSet, HashSetExt};
 use proto::v1::NodeMetadata;
 
 /// Longest label key prefix (a DNS-1123 subdomain).
@@ -351,8 +350,8 @@ pub fn check_samples(pods: &[proto::v1::PodSample], limits: &Limits) -> Result<(
             limit: limits.max_samples,
         });
     }
-    let mut uids = foldhash::HashSet::with_capacity_and_hasher(pods.len(), Default::default());
-    let mut ids = foldhash::HashSet::with_capacity_and_hasher(count, Default::default());
+    let mut uids = HashSet::with_capacity(pods.len());
+    let mut ids = HashSet::with_capacity(count);
     for pod in pods {
         check_id("pod uid", &pod.uid)?;
         if !uids.insert(pod.uid.as_str()) {
