@@ -538,21 +538,40 @@ mod tests {
 
     #[test]
     fn what_arrives_after_a_read_waits_for_the_batch_window() {
+        use std::io::Write;
+        use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
         const WINDOW: Duration = Duration::from_millis(300);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let (read, was_read) = std::sync::mpsc::channel();
-        let ended = on_own_runtime("test-ingest", 1, WINDOW, move || async move {
-            rx.recv().await.expect("first");
+        // A socket, as the agents' reports come: its readiness reaches the
+        // runtime only when the thread waits for I/O.
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let (waiting, is_waiting) = std::sync::mpsc::channel();
+        let ended = on_own_runtime("test-batch-window", 1, WINDOW, move || async move {
+            let mut ours = tokio::net::UnixStream::from_std(ours).expect("registered");
+            let mut byte = [0; 1];
+            ours.read_exact(&mut byte).await.expect("first");
             let first = std::time::Instant::now();
-            read.send(()).expect("test");
-            rx.recv().await.expect("second");
+            // Told once the socket has nothing more to read, so the second
+            // byte is not there yet: the thread will park, window first.
+            let mut waiting = Some(waiting);
+            std::future::poll_fn(|cx| {
+                let polled =
+                    std::pin::Pin::new(&mut ours).poll_read(cx, &mut ReadBuf::new(&mut byte));
+                if polled.is_pending()
+                    && let Some(waiting) = waiting.take()
+                {
+                    waiting.send(()).expect("test");
+                }
+                polled
+            })
+            .await
+            .expect("second");
             first.elapsed()
         })
         .expect("ingest thread");
-        tx.send(()).expect("first");
-        was_read.recv().expect("first read");
-        // Sent at once: the thread is now asleep in its window, or about to be.
-        tx.send(()).expect("second");
+        theirs.write_all(b"1").expect("first");
+        is_waiting.recv().expect("waiting for the second");
+        theirs.write_all(b"2").expect("second");
         let gap = ended.blocking_recv().expect("ingest thread");
         assert!(
             gap >= WINDOW,

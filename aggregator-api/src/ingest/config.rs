@@ -101,8 +101,9 @@ pub struct IngestArgs {
     /// (Go duration or seconds; 0 reads each as it arrives). Agents report
     /// at independent moments, so without it nearly every report wakes a
     /// thread on its own, and the wake-up costs more than the report (half
-    /// the ingest's CPU at 15 s). It adds at most this much to a sample's age.
-    #[arg(long, env = "NODEPULSE_INGEST_BATCH_WINDOW", default_value = "50ms", value_parser = parse_duration)]
+    /// the ingest's CPU at 15 s). It adds at most this much to a sample's age;
+    /// at most 1s.
+    #[arg(long, env = "NODEPULSE_INGEST_BATCH_WINDOW", default_value = "50ms", value_parser = parse_batch_window)]
     pub ingest_batch_window: Duration,
     /// Forget a node that has not reported for this long (Go duration or seconds).
     #[arg(long, env = "NODEPULSE_NODE_EVICTION", default_value = "60s", value_parser = parse_duration)]
@@ -151,6 +152,18 @@ fn account<'a>(flag: &str, value: &'a str) -> Result<(&'a str, &'a str), String>
         .ok_or_else(|| format!("{flag} {value:?}: want namespace:name"))
 }
 
+/// The agents report every second: a longer window would hold their reports
+/// past the next one, and their keep-alive pings toward its timeout.
+const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
+
+fn parse_batch_window(s: &str) -> Result<Duration, String> {
+    let window = parse_duration(s)?;
+    if window > MAX_BATCH_WINDOW {
+        return Err(format!("{s:?}: at most {MAX_BATCH_WINDOW:?}"));
+    }
+    Ok(window)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::time::parse_go_duration(s)
         .or_else(|_| {
@@ -159,4 +172,42 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
                 .and_then(|secs| Duration::try_from_secs_f64(secs).map_err(|e| e.to_string()))
         })
         .map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ingest: IngestArgs,
+    }
+
+    fn window(args: &[&str]) -> Result<Duration, clap::Error> {
+        let argv = std::iter::once("nodepulse-aggregator").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|c| c.ingest.ingest_batch_window)
+    }
+
+    #[test]
+    fn the_batch_window_is_50ms_unless_set_and_at_most_a_second() {
+        assert_eq!(window(&[]).expect("default"), Duration::from_millis(50));
+        assert_eq!(
+            window(&["--ingest-batch-window=0s"]).expect("off"),
+            Duration::ZERO
+        );
+        assert_eq!(
+            window(&["--ingest-batch-window=0.2"]).expect("seconds"),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            window(&["--ingest-batch-window=1s"]).expect("most"),
+            MAX_BATCH_WINDOW
+        );
+        for bad in ["1001ms", "5m", "-1s", "soon"] {
+            let error = window(&[&format!("--ingest-batch-window={bad}")]).expect_err(bad);
+            assert!(error.to_string().contains(bad), "{bad}: {error}");
+        }
+    }
 }
