@@ -23,7 +23,8 @@ use kube::{
     client::{Body, ClientBuilder},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use tokio::time::Instant;
+use tokio::{runtime::Handle, time::Instant};
+use tokio_util::task::AbortOnDropHandle;
 use tower::{BoxError, Layer, Service, buffer::BufferLayer};
 
 use crate::{backoff::Backoff, token::TokenFile};
@@ -128,6 +129,7 @@ where
     // The pacing layer delays a call, so it needs a service it can clone
     // and call later: a buffer in front of kube's stack.
     builder
+        .with_layer(&OnRuntime(Handle::current()))
         .with_layer(&BufferLayer::<Request<Body>>::new(QUEUE))
         .with_layer(&PaceWatches::new(pacing))
         .with_layer(&tower::util::option_layer(token.map(|token| Bearer {
@@ -135,6 +137,53 @@ where
             token: Arc::new(token),
         })))
         .build()
+}
+
+/// Runs every request on the runtime the client was built on, whichever
+/// runtime awaits it. hyper spawns a new connection's task where the request
+/// that opened it is polled, and every later request from anywhere may reuse
+/// that connection: one opened from a runtime that is slow to wake (the
+/// aggregator's ingest, which gathers I/O over a window before it polls)
+/// would delay the replies of every other caller it is handed to.
+struct OnRuntime(Handle);
+
+impl<S> Layer<S> for OnRuntime {
+    type Service = SpawnOn<S>;
+
+    fn layer(&self, inner: S) -> SpawnOn<S> {
+        SpawnOn {
+            inner,
+            runtime: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SpawnOn<S> {
+    inner: S,
+    runtime: Handle,
+}
+
+impl<S, B> Service<Request<B>> for SpawnOn<S>
+where
+    S: Service<Request<B>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Boxed<S::Response, BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // Dropping the caller's future still cancels the request.
+        let call = AbortOnDropHandle::new(self.runtime.spawn(self.inner.call(request)));
+        Box::pin(async move { call.await?.map_err(Into::into) })
+    }
 }
 
 /// Sets `Authorization` from a token file on every request.
@@ -374,6 +423,48 @@ mod tests {
         for (pause, floor) in pauses.iter().zip([20, 40, 80, 80]) {
             assert!(*pause >= Duration::from_millis(floor), "pauses {pauses:?}");
         }
+    }
+
+    #[test]
+    fn requests_run_on_the_clients_runtime_whoever_awaits_them() {
+        let runtime = |name: &str| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(name)
+                .enable_all()
+                .build()
+                .expect("runtime")
+        };
+        let (home, away) = (runtime("client-home"), runtime("caller"));
+        // Where kube-apiserver's reply is read: hyper's connection is driven
+        // on the thread that polls the request.
+        let (tx, read_on) = std::sync::mpsc::channel();
+        let service = tower::service_fn(move |_: Request<Body>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(std::thread::current().name().map(str::to_owned));
+                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(EMPTY_LIST.as_bytes()),
+                )))
+            }
+        });
+        let client = home.block_on(async {
+            paced(
+                ClientBuilder::new(service, "default"),
+                Pacing::default(),
+                None,
+            )
+        });
+        let listed = away.block_on(away.spawn(async move {
+            Api::<ConfigMap>::namespaced(client, "kube-system")
+                .list(&Default::default())
+                .await
+        }));
+        assert!(listed.expect("task").expect("list").items.is_empty());
+        assert_eq!(
+            read_on.recv().expect("polled").as_deref(),
+            Some("client-home")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -101,7 +101,8 @@ pub struct IngestArgs {
     /// (Go duration or seconds; 0 reads each as it arrives). Agents report
     /// at independent moments, so without it nearly every report wakes a
     /// thread on its own, and the wake-up costs more than the report (half
-    /// the ingest's CPU at 15 s). It adds at most this much to a sample's age;
+    /// the ingest's CPU at 15 s). Everything the ingest port serves waits up
+    /// to this long (reports, watch streams, other replicas' forwarding);
     /// at most 1s.
     #[arg(long, env = "NODEPULSE_INGEST_BATCH_WINDOW", default_value = "50ms", value_parser = parse_batch_window)]
     pub ingest_batch_window: Duration,
