@@ -5,7 +5,9 @@
 //! chunk of up to 32 KiB. The receiver copies each chunk whole into its
 //! decode buffer, so metadata parts sent back to back would grow that buffer
 //! as one large message does, for the stream's life. One chunk per message
-//! keeps a receiver's decode buffer the size of one message. A stream that
+//! keeps a receiver's decode buffer the size of one message (given the patch
+//! carried in `third_party/tonic`: tonic reserved room for a body already
+//! received, twice the message). A stream that
 //! has one message ready at a time (a report per interval, a watch event per
 //! change) is sent as before.
 
