@@ -71,8 +71,8 @@ to_json "$WORK/chart.yaml" "$WORK/chart.json"
 log "aggregator.sizing: requests from the cluster's size"
 "$HELM" template nodepulse "$CHART" -n "$NAMESPACE" --set aggregator.sizing.nodes=1000 \
   --show-only templates/aggregator.yaml >"$WORK/sized.yaml"
-# 1,000 nodes of 30 pods: 10m + 0.08m x 1000; 16 MiB + (30 KiB x 1000 + 2.7 KiB x 30,000) / 1024.
-for want in "cpu: 90m" "memory: 124Mi" "memory: 248Mi"; do
+# 1,000 nodes of 30 pods: 10m + 0.08m x 1000; 16 MiB + (32 KiB x 1000 + 1.9 KiB x 30,000) / 1024.
+for want in "cpu: 90m" "memory: 102Mi" "memory: 204Mi"; do
   grep -q "^ *$want\$" "$WORK/sized.yaml" || { echo "check: sized aggregator lacks $want" >&2; exit 1; }
 done
 
