@@ -117,7 +117,8 @@ const QUEUE: usize = 1024;
 
 /// A client over `builder`'s stack (kube's own from a [`Config`], or a fake
 /// kube-apiserver in tests), with watch requests paced by `pacing` and, with
-/// a `token`, its bearer token on every request.
+/// a `token`, its bearer token on every request. Must be called inside the
+/// Tokio runtime its requests are to run on ([`OnRuntime`]).
 pub fn paced<S, B>(builder: ClientBuilder<S>, pacing: Pacing, token: Option<TokenFile>) -> Client
 where
     S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
