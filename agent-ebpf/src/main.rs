@@ -450,6 +450,8 @@ pub extern "C" fn cgroup_totals(ctx: *const u8) -> i32 {
         walk: meta.read::<u64>(global(&CGROUP_OFFSETS.meta_session_id)),
         flags: 0,
         memory_pages: 0,
+        // SAFETY: a helper every program type may call.
+        read_at_ns: unsafe { bpf_ktime_get_ns() },
     };
     read_memory(cgroup, &mut total);
     // SAFETY: an entry of the array; the reader reads after the walk.

@@ -12,7 +12,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::Path,
     sync::Mutex,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use agent::ebpf::iter::CgroupTotals;
@@ -86,17 +86,25 @@ fn every_cgroup_of_the_subtree_reads_what_cpu_stat_shows() {
     let mut iter = CgroupTotals::load(Path::new("/sys/kernel/btf/vmlinux"), 4096)
         .expect("the cgroup iterator loads on this kernel");
     let start = tree.v2_dir(&base);
-    let read = |iter: &mut CgroupTotals| -> HashMap<u64, u64> {
-        let readings = iter.read(&start).expect("read");
-        readings.into_iter().map(|(id, r)| (id, r.cpu_ns)).collect()
+    let read_at = |iter: &mut CgroupTotals| -> (SystemTime, HashMap<u64, u64>) {
+        let pass = iter.read(&start).expect("read");
+        let totals = pass.cgroups.into_iter().map(|(id, r)| (id, r.cpu_ns));
+        (pass.at, totals.collect())
     };
+    let read = |iter: &mut CgroupTotals| read_at(iter).1;
 
     // Running: each value lies between cpu.stat read just before and just
-    // after (µs, as cpu.stat shows it).
+    // after (µs, as cpu.stat shows it), and so does the walk's time.
     for round in 0..3 {
         let before: Vec<u64> = paths.iter().map(|p| tree.cpu_stat_ns(p)).collect();
-        let totals = read(&mut iter);
+        let called = SystemTime::now();
+        let (at, totals) = read_at(&mut iter);
+        let returned = SystemTime::now();
         let after: Vec<u64> = paths.iter().map(|p| tree.cpu_stat_ns(p)).collect();
+        assert!(
+            called <= at && at <= returned,
+            "round {round}: the walk's time {at:?} is outside its call, {called:?} to {returned:?}"
+        );
         assert_eq!(
             totals
                 .keys()
@@ -148,7 +156,8 @@ fn every_cgroup_of_the_subtree_reads_what_cpu_stat_shows() {
     for _ in 0..2 {
         let totals = small
             .read(&start)
-            .expect("a full array is not a failed read");
+            .expect("a full array is not a failed read")
+            .cgroups;
         assert_eq!(totals.len(), 2);
         assert!(totals.contains_key(&id(&start)), "the start comes first");
     }
@@ -174,7 +183,7 @@ fn a_removed_start_cgroup_is_an_error_and_a_new_one_is_followed() {
     let start = tree.v2_dir(&start_rel);
     let mut iter = CgroupTotals::load(Path::new("/sys/kernel/btf/vmlinux"), 64)
         .expect("the cgroup iterator loads");
-    let first = iter.read(&start).expect("read");
+    let first = iter.read(&start).expect("read").cgroups;
     assert!(
         first.contains_key(&id(&start)) && first.len() == 2,
         "{first:?}"
@@ -190,7 +199,8 @@ fn a_removed_start_cgroup_is_an_error_and_a_new_one_is_followed() {
     tree.mkdir(&start_rel);
     let again = iter
         .read(&start)
-        .expect("read after the start was made again");
+        .expect("read after the start was made again")
+        .cgroups;
     assert_eq!(again.keys().copied().collect::<Vec<_>>(), vec![id(&start)]);
     assert!(
         !first.contains_key(&id(&start)),

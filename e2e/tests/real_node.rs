@@ -354,6 +354,10 @@ type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// Every cumulative CPU counter the test compares with, read every 50 ms:
 /// each container's own cgroup and the node's.
+/// The longest a sample's read may take (s): its counter is then known to
+/// the millisecond.
+const MAX_READ: f64 = 0.002;
+
 struct Sampler {
     counters: Arc<Mutex<BTreeMap<String, Counter>>>,
     /// Keys whose load is not steady (see [`Sampler::rate_range`]).
@@ -389,12 +393,18 @@ impl Sampler {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     for (key, counter) in lock(&counters).iter() {
-                        let at = unix_now();
-                        if let Some(cpu) = counter.read() {
+                        let called = unix_now();
+                        let Some(cpu) = counter.read() else {
+                            continue;
+                        };
+                        let returned = unix_now();
+                        // A read takes microseconds; one preempted for
+                        // longer is of an unknown moment within it.
+                        if returned - called <= MAX_READ {
                             lock(&series)
                                 .entry(key.clone())
                                 .or_insert_with(Vec::new)
-                                .push((at, cpu));
+                                .push(((called + returned) / 2.0, cpu));
                         }
                     }
                     std::thread::sleep(Duration::from_millis(50));

@@ -747,7 +747,7 @@ fn read_cost(start: &std::path::Path) -> Result<String> {
     const ROUNDS: u32 = 200;
     for _ in 0..ROUNDS {
         let t = Instant::now();
-        let totals = iter.read(start)?;
+        let totals = iter.read(start)?.cgroups;
         walked += t.elapsed();
         ensure!(
             totals.len() == dirs.len(),

@@ -202,6 +202,9 @@ pub struct CgroupTotal {
     pub flags: u64,
     /// Pages charged (see [`CgroupOffsets::memcg_usage`]).
     pub memory_pages: u64,
+    /// CLOCK_MONOTONIC ns when the cgroup was read: the time its figures
+    /// are of, to the microsecond, however late the reader gets to them.
+    pub read_at_ns: u64,
 }
 
 /// [`CgroupTotal::flags`]: the cgroup's memory usage was read.

@@ -14,7 +14,7 @@
 //! kernel brings up to date only when a reader of that cgroup's (or an
 //! ancestor's) files asks and enough updates are pending, which a BPF
 //! program on this kernel cannot ask for.
-use std::{os::unix::fs::MetadataExt as _, path::Path};
+use std::{os::unix::fs::MetadataExt as _, path::Path, time::SystemTime};
 
 use foldhash::{HashMap, HashMapExt as _};
 
@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     cgroup::{Cgroup, Identity},
-    ebpf::iter::{CgroupTotals, Readings},
+    ebpf::iter::{CgroupTotals, Pass, Readings},
 };
 
 pub(super) struct CgroupIterator {
@@ -35,6 +35,8 @@ pub(super) struct CgroupIterator {
     failures: u32,
     /// This collection's readings of the v2 tree, by cgroup id.
     cpu: Option<Readings>,
+    /// When they were read.
+    read_at: Option<SystemTime>,
     node_cpu: Option<u64>,
     /// This collection's start of the walks, relative to a hierarchy's
     /// root (see [`Self::start`]).
@@ -49,6 +51,7 @@ impl CgroupIterator {
             totals,
             failures: 0,
             cpu: None,
+            read_at: None,
             node_cpu: None,
             start: None,
             memory,
@@ -85,11 +88,11 @@ impl CgroupIterator {
     /// One read, or after a tolerated failure `None` (this collection's
     /// figures then come from the files): a pods root going away mid-read,
     /// say. Only a failure that persists ends the iterator.
-    fn read_tolerating(&mut self, start: &Path) -> Result<Option<Readings>, String> {
+    fn read_tolerating(&mut self, start: &Path) -> Result<Option<Pass>, String> {
         match self.totals.read(start) {
-            Ok(readings) => {
+            Ok(pass) => {
                 self.failures = 0;
-                Ok(Some(readings))
+                Ok(Some(pass))
             }
             Err(e) if self.failures + 1 < ITERATOR_FAILURES => {
                 self.failures += 1;
@@ -110,6 +113,7 @@ impl Source for CgroupIterator {
 
     fn after_walk(&mut self, walk: &Walk<'_>) -> Result<(), String> {
         self.cpu = None;
+        self.read_at = None;
         self.node_cpu = None;
         self.memory.usage.clear();
         self.start = Self::start(walk);
@@ -122,13 +126,14 @@ impl Source for CgroupIterator {
             return Err("no cgroup v2 hierarchy".into());
         };
         let start = v2.join(rel.trim_start_matches('/'));
-        let Some(readings) = self.read_tolerating(&start)? else {
+        let Some(pass) = self.read_tolerating(&start)? else {
             return Ok(());
         };
         if !walk.whole_host() {
-            self.node_cpu = readings.get(&walk.walked.node_id()).map(|r| r.cpu_ns);
+            self.node_cpu = pass.cgroups.get(&walk.walked.node_id()).map(|r| r.cpu_ns);
         }
-        self.cpu = Some(readings);
+        self.cpu = Some(pass.cgroups);
+        self.read_at = Some(pass.at);
         Ok(())
     }
 
@@ -145,9 +150,9 @@ impl Source for CgroupIterator {
         {
             let start = v1.join(rel.trim_start_matches('/'));
             match self.totals.read(&start) {
-                Ok(readings) => {
+                Ok(pass) => {
                     let ids = self.memory.v1_ids(v1, walk);
-                    Ok(usage_by_id(&readings, |id| ids.get(&id).copied()))
+                    Ok(usage_by_id(&pass.cgroups, |id| ids.get(&id).copied()))
                 }
                 Err(e) => Err(e.to_string()),
             }
@@ -155,6 +160,10 @@ impl Source for CgroupIterator {
             Ok(HashMap::new())
         };
         self.memory.take(usage);
+    }
+
+    fn read_at(&self) -> Option<SystemTime> {
+        self.read_at
     }
 
     fn container_cpu(&self, cg: &Cgroup, _id: &str) -> Option<u64> {

@@ -474,6 +474,7 @@ impl Collector {
         if let Err(reason) = self.cpu.source.after_walk(&walk) {
             self.cpu.fall_back(reason);
         }
+        let timestamp = self.cpu.source.read_at().unwrap_or(timestamp);
         let cpu = read_cpu(&*self.cpu.source, &mut self.files, &walk);
         self.cpu.source.read_memory(&walk);
         let snapshot = self.sample(timestamp, &walked, prune, cpu);

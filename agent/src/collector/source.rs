@@ -6,6 +6,8 @@
 //! the node's figures. What a source does not give, the collector reads
 //! from the cgroup's files.
 
+use std::time::SystemTime;
+
 use super::{CpuSource, Walked};
 use crate::{
     cgroup::{Cgroup, Hierarchy},
@@ -81,6 +83,14 @@ pub(super) trait Source: Send {
 
     /// Reads (or takes in) this collection's CPU figures, the walk in hand.
     fn after_walk(&mut self, walk: &Walk<'_>) -> Result<(), String>;
+
+    /// When this collection's CPU counters were read, where the source
+    /// knows it exactly: the snapshot's time. Else the collector's clock
+    /// is read next to the read (see [`Self::reads_before_walk`]), and a
+    /// preemption between the two skews the rates by its length.
+    fn read_at(&self) -> Option<SystemTime> {
+        None
+    }
 
     /// Reads this collection's memory usage, where the source gives it:
     /// after every CPU counter (the containers' and the node's) was read,

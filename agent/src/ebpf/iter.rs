@@ -20,6 +20,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use agent_common::{
@@ -32,7 +33,7 @@ use tracing::debug;
 use super::{
     Error, OBJECT, Result, Stats,
     btf::{self, CgroupIter, Kernel},
-    kfunc, program, program_error,
+    kfunc, program, program_error, wall_time,
 };
 
 /// One cgroup's figures from one walk.
@@ -48,6 +49,17 @@ pub struct Reading {
 
 /// One walk's readings, by cgroup id in the hierarchy walked.
 pub type Readings = foldhash::HashMap<u64, Reading>;
+
+/// One walk.
+#[derive(Clone, Debug)]
+pub struct Pass {
+    /// When the kernel read the walk's first cgroup, right after flushing
+    /// the statistics: the time the figures are of. Taken by the program,
+    /// so a reader preempted before or after the walk does not skew the
+    /// rates computed from it.
+    pub at: SystemTime,
+    pub cgroups: Readings,
+}
 
 /// Links kept at once: one per hierarchy walked (CPU on v2, memory on a v1
 /// memory hierarchy).
@@ -141,7 +153,7 @@ impl CgroupTotals {
     /// hierarchy, as the kernel counts them now. `start` is a cgroup
     /// directory; CPU is meaningful on the v2 hierarchy only, and there
     /// not for its root, whose time the kernel keeps elsewhere.
-    pub fn read(&mut self, start: &Path) -> Result<Readings> {
+    pub fn read(&mut self, start: &Path) -> Result<Pass> {
         if !self.links.iter().any(|(at, _)| at == start) {
             self.relink(start)?;
         }
@@ -171,7 +183,7 @@ impl CgroupTotals {
     }
 
     /// One walk from `start` and its results; `None` when it recorded nothing.
-    fn walk_once(&mut self, start: &Path) -> Result<Option<Readings>> {
+    fn walk_once(&mut self, start: &Path) -> Result<Option<Pass>> {
         let Some((_, link)) = self.links.iter().find(|(at, _)| at == start) else {
             return Ok(None);
         };
@@ -194,7 +206,10 @@ impl CgroupTotals {
                 .map(|t| (t.cgroup, Reading::new(t, page))),
         );
         self.last_len = out.len();
-        Ok(Some(out))
+        Ok(Some(Pass {
+            at: wall_time(first.read_at_ns),
+            cgroups: out,
+        }))
     }
 
     fn link_to(&self, start: &Path) -> Result<OwnedFd> {

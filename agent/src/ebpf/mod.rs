@@ -12,7 +12,7 @@ mod kfunc;
 
 use std::{
     num::NonZeroU32,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 pub use agent_common::TaskOffsets;
@@ -213,6 +213,13 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// The wall-clock time of `monotonic` (CLOCK_MONOTONIC ns, what programs'
+/// `bpf_ktime_get_ns` gives), a moment in the past: now less the time since.
+fn wall_time(monotonic: u64) -> SystemTime {
+    let since = Duration::from_nanos(monotonic_ns().saturating_sub(monotonic));
+    SystemTime::now() - since
 }
 
 impl CpuAccounting {
