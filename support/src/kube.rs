@@ -118,7 +118,7 @@ const QUEUE: usize = 1024;
 /// A client over `builder`'s stack (kube's own from a [`Config`], or a fake
 /// kube-apiserver in tests), with watch requests paced by `pacing` and, with
 /// a `token`, its bearer token on every request. Must be called inside the
-/// Tokio runtime its requests are to run on ([`OnRuntime`]).
+/// Tokio runtime its requests are to run on ([`SpawnOn`]).
 pub fn paced<S, B>(builder: ClientBuilder<S>, pacing: Pacing, token: Option<TokenFile>) -> Client
 where
     S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
@@ -129,8 +129,12 @@ where
 {
     // The pacing layer delays a call, so it needs a service it can clone
     // and call later: a buffer in front of kube's stack.
+    let runtime = Handle::current();
     builder
-        .with_layer(&OnRuntime(Handle::current()))
+        .with_layer(&tower::layer::layer_fn(move |inner| SpawnOn {
+            inner,
+            runtime: runtime.clone(),
+        }))
         .with_layer(&BufferLayer::<Request<Body>>::new(QUEUE))
         .with_layer(&PaceWatches::new(pacing))
         .with_layer(&tower::util::option_layer(token.map(|token| Bearer {
@@ -146,19 +150,6 @@ where
 /// that connection: one opened from a runtime that is slow to wake (the
 /// aggregator's ingest, which gathers I/O over a window before it polls)
 /// would delay the replies of every other caller it is handed to.
-struct OnRuntime(Handle);
-
-impl<S> Layer<S> for OnRuntime {
-    type Service = SpawnOn<S>;
-
-    fn layer(&self, inner: S) -> SpawnOn<S> {
-        SpawnOn {
-            inner,
-            runtime: self.0.clone(),
-        }
-    }
-}
-
 #[derive(Clone)]
 struct SpawnOn<S> {
     inner: S,
