@@ -56,15 +56,46 @@ impl ContainerId {
 /// One container's series and the last report that listed it.
 #[derive(Debug)]
 pub struct Slot {
+    id: ContainerId,
     pub series: Series,
     pub seen: u32,
 }
 
+/// The series in the order reports list them, with an index by id. An
+/// agent lists its containers in the same order every time, so a report
+/// finds each one where the last left off: the next slot of one array,
+/// read front to back, instead of a probe of a hash table per container,
+/// whose memory a node's report, once a second, always finds cold.
 #[derive(Debug, Default)]
 pub struct Containers {
-    hex: HashMap<[u8; 32], Slot>,
-    other: HashMap<Box<str>, Slot>,
+    slots: Vec<Slot>,
+    /// Each id's position in `slots`.
+    hex: HashMap<[u8; 32], u32>,
+    other: HashMap<Box<str>, u32>,
+    /// Where the report in hand's next container is looked for first.
+    next: usize,
     generation: u32,
+}
+
+/// An id as a report carries it, decoded, without a heap copy.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Hex([u8; 32]),
+    Other(&'a str),
+}
+
+impl<'a> Key<'a> {
+    fn new(id: &'a str) -> Self {
+        hex(id).map_or(Key::Other(id), Key::Hex)
+    }
+
+    fn is(self, id: &ContainerId) -> bool {
+        match (self, id) {
+            (Key::Hex(a), ContainerId::Hex(b)) => a == *b,
+            (Key::Other(a), ContainerId::Other(b)) => a == &**b,
+            _ => false,
+        }
+    }
 }
 
 impl Containers {
@@ -72,50 +103,73 @@ impl Containers {
     /// generation.
     pub fn next_generation(&mut self) -> u32 {
         self.generation = self.generation.wrapping_add(1);
+        self.next = 0;
         self.generation
     }
 
-    /// Looks `id` up without allocating.
+    /// Looks `id` up without allocating: first where the report's order
+    /// says it is, else by the index.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Slot> {
-        match hex(id) {
-            Some(h) => self.hex.get_mut(&h),
-            None => self.other.get_mut(id),
-        }
+        let key = Key::new(id);
+        let at = match self.slots.get(self.next) {
+            Some(slot) if key.is(&slot.id) => self.next,
+            _ => self.position(key)?,
+        };
+        self.next = at + 1;
+        self.slots.get_mut(at)
+    }
+
+    fn position(&self, key: Key<'_>) -> Option<usize> {
+        let at = match key {
+            Key::Hex(h) => self.hex.get(&h),
+            Key::Other(s) => self.other.get(s),
+        };
+        at.map(|&at| at as usize)
     }
 
     pub fn get(&self, id: &ContainerId) -> Option<&Slot> {
-        match id {
+        let at = match id {
             ContainerId::Hex(h) => self.hex.get(h),
             ContainerId::Other(s) => self.other.get(s),
-        }
+        };
+        self.slots.get(*at? as usize)
     }
 
     /// A new container, seen in the current generation.
     pub fn insert(&mut self, id: &str, series: Series) {
-        let slot = Slot {
+        let at = self.slots.len();
+        let id = ContainerId::new(id);
+        index(&mut self.hex, &mut self.other, &id, at);
+        self.slots.push(Slot {
+            id,
             series,
             seen: self.generation,
-        };
-        match ContainerId::new(id) {
-            ContainerId::Hex(h) => self.hex.insert(h, slot),
-            ContainerId::Other(s) => self.other.insert(s, slot),
-        };
+        });
+        self.next = at + 1;
     }
 
     /// Every container's series.
     pub fn series_mut(&mut self) -> impl Iterator<Item = &mut Series> {
-        self.hex
-            .values_mut()
-            .chain(self.other.values_mut())
-            .map(|s| &mut s.series)
+        self.slots.iter_mut().map(|s| &mut s.series)
     }
 
     /// Drops the containers the current report did not list.
     pub fn retain_seen(&mut self) {
         let g = self.generation;
-        self.hex.retain(|_, s| s.seen == g);
-        self.other.retain(|_, s| s.seen == g);
-        // Empty maps give their memory back (a node that lost its pods).
+        let before = self.slots.len();
+        self.slots.retain(|s| s.seen == g);
+        if self.slots.len() != before {
+            self.hex.clear();
+            self.other.clear();
+            for (at, slot) in self.slots.iter().enumerate() {
+                index(&mut self.hex, &mut self.other, &slot.id, at);
+            }
+        }
+        // Memory given back: a node that lost its pods, or the spare
+        // capacity of the growth its first report made.
+        if self.slots.capacity() > self.slots.len() + self.slots.len() / 4 {
+            self.slots.shrink_to_fit();
+        }
         if self.other.is_empty() {
             self.other.shrink_to_fit();
         }
@@ -123,8 +177,24 @@ impl Containers {
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.hex.len() + self.other.len()
+        self.slots.len()
     }
+}
+
+/// Records `id` at position `at`.
+fn index(
+    hex: &mut HashMap<[u8; 32], u32>,
+    other: &mut HashMap<Box<str>, u32>,
+    id: &ContainerId,
+    at: usize,
+) {
+    // Positions fit: a report's samples are limited far below u32
+    // (`limits::Limits::max_samples`).
+    let at = at as u32;
+    match id {
+        ContainerId::Hex(h) => hex.insert(*h, at),
+        ContainerId::Other(s) => other.insert(s.clone(), at),
+    };
 }
 
 #[cfg(test)]
@@ -135,10 +205,15 @@ mod tests {
     use crate::store::rate::Point;
 
     fn series() -> Series {
+        tagged(0)
+    }
+
+    /// A series whose CPU counter is `tag`.
+    fn tagged(tag: u64) -> Series {
         Series::new(
             Point {
                 time: SystemTime::UNIX_EPOCH,
-                cpu_ns: 0,
+                cpu_ns: tag,
                 memory_bytes: 0,
                 swap_bytes: None,
             },
@@ -200,5 +275,66 @@ mod tests {
         c.retain_seen();
         assert_eq!(c.len(), 1);
         assert!(c.get_mut("a").is_some() && c.get_mut("b").is_none());
+    }
+
+    /// Reports in another order, with containers gone from the middle and
+    /// new ones among them, find every container's own series: where the
+    /// last report's order puts it and where only the index knows it.
+    #[test]
+    fn any_order_finds_each_containers_own_series() {
+        let ids: Vec<String> = (0..6u64)
+            .map(|i| {
+                if i % 3 == 2 {
+                    format!("other-{i}")
+                } else {
+                    format!("{i:064x}")
+                }
+            })
+            .collect();
+        let mut c = Containers::default();
+        c.next_generation();
+        for (i, id) in ids.iter().enumerate() {
+            c.insert(id, tagged(i as u64));
+        }
+        let cpu = |c: &mut Containers, id: &str| c.get_mut(id).map(|s| s.series.last.cpu_ns);
+        let orders: [&[usize]; 4] = [
+            &[0, 1, 2, 3, 4, 5],
+            &[5, 3, 1, 0, 2, 4],
+            &[0, 2, 4],
+            &[4, 0, 2],
+        ];
+        for order in orders {
+            let g = c.next_generation();
+            for &i in order {
+                let slot = c
+                    .get_mut(&ids[i])
+                    .unwrap_or_else(|| panic!("{order:?}: {i} not found"));
+                assert_eq!(slot.series.last.cpu_ns, i as u64, "{order:?}: {i}");
+                slot.seen = g;
+            }
+            c.retain_seen();
+            assert_eq!(c.len(), order.len(), "{order:?}");
+            for (i, id) in ids.iter().enumerate() {
+                let listed = order.contains(&i);
+                assert_eq!(
+                    c.get(&ContainerId::new(id)).is_some(),
+                    listed,
+                    "{order:?}: {i}"
+                );
+            }
+        }
+        // New ones after removals, then the same ids in a fresh order.
+        let g = c.next_generation();
+        for &i in &[4, 0, 2] {
+            c.get_mut(&ids[i]).expect("kept").seen = g;
+        }
+        c.insert(&ids[1], tagged(11));
+        c.insert(&ids[5], tagged(15));
+        c.retain_seen();
+        c.next_generation();
+        for (i, want) in [(5, 15), (1, 11), (2, 2), (0, 0), (4, 4)] {
+            assert_eq!(cpu(&mut c, &ids[i]), Some(want), "{i}");
+        }
+        assert_eq!(cpu(&mut c, &ids[3]), None);
     }
 }
