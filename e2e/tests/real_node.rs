@@ -352,12 +352,12 @@ fn parse_top(out: &str) -> Result<(TopPods, usize, Vec<String>)> {
 /// Per key, (unix seconds, cumulative CPU seconds) as read.
 type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
-/// Every cumulative CPU counter the test compares with, read every 50 ms:
-/// each container's own cgroup and the node's.
 /// The longest a sample's read may take (s): its counter is then known to
 /// the millisecond.
 const MAX_READ: f64 = 0.002;
 
+/// Every cumulative CPU counter the test compares with, read every 50 ms:
+/// each container's own cgroup and the node's.
 struct Sampler {
     counters: Arc<Mutex<BTreeMap<String, Counter>>>,
     /// Keys whose load is not steady (see [`Sampler::rate_range`]).

@@ -59,13 +59,17 @@ pub struct Slot {
     id: ContainerId,
     pub series: Series,
     pub seen: u32,
+    /// Its place in the last report that listed it.
+    order: u32,
 }
 
 /// The series in the order reports list them, with an index by id. An
 /// agent lists its containers in the same order every time, so a report
 /// finds each one where the last left off: the next slot of one array,
 /// read front to back, instead of a probe of a hash table per container,
-/// whose memory a node's report, once a second, always finds cold.
+/// whose memory a node's report, once a second, always finds cold. A
+/// report in another order (a new pod among the others) puts the array in
+/// its order.
 #[derive(Debug, Default)]
 pub struct Containers {
     slots: Vec<Slot>,
@@ -74,6 +78,10 @@ pub struct Containers {
     other: HashMap<Box<str>, u32>,
     /// Where the report in hand's next container is looked for first.
     next: usize,
+    /// Containers the report in hand listed so far.
+    listed: u32,
+    /// Whether it listed one out of the array's order.
+    reorder: bool,
     generation: u32,
 }
 
@@ -104,6 +112,8 @@ impl Containers {
     pub fn next_generation(&mut self) -> u32 {
         self.generation = self.generation.wrapping_add(1);
         self.next = 0;
+        self.listed = 0;
+        self.reorder = false;
         self.generation
     }
 
@@ -113,10 +123,17 @@ impl Containers {
         let key = Key::new(id);
         let at = match self.slots.get(self.next) {
             Some(slot) if key.is(&slot.id) => self.next,
-            _ => self.position(key)?,
+            _ => {
+                let at = self.position(key)?;
+                self.reorder = true;
+                at
+            }
         };
         self.next = at + 1;
-        self.slots.get_mut(at)
+        let slot = self.slots.get_mut(at)?;
+        slot.order = self.listed;
+        self.listed += 1;
+        Some(slot)
     }
 
     fn position(&self, key: Key<'_>) -> Option<usize> {
@@ -144,7 +161,9 @@ impl Containers {
             id,
             series,
             seen: self.generation,
+            order: self.listed,
         });
+        self.listed += 1;
         self.next = at + 1;
     }
 
@@ -158,7 +177,10 @@ impl Containers {
         let g = self.generation;
         let before = self.slots.len();
         self.slots.retain(|s| s.seen == g);
-        if self.slots.len() != before {
+        if self.reorder {
+            self.slots.sort_unstable_by_key(|s| s.order);
+        }
+        if self.reorder || self.slots.len() != before {
             self.hex.clear();
             self.other.clear();
             for (at, slot) in self.slots.iter().enumerate() {
@@ -296,7 +318,13 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             c.insert(id, tagged(i as u64));
         }
-        let cpu = |c: &mut Containers, id: &str| c.get_mut(id).map(|s| s.series.last.cpu_ns);
+        let cpu = |c: &mut Containers, id: &str| {
+            let g = c.generation;
+            c.get_mut(id).map(|s| {
+                s.seen = g;
+                s.series.last.cpu_ns
+            })
+        };
         let orders: [&[usize]; 4] = [
             &[0, 1, 2, 3, 4, 5],
             &[5, 3, 1, 0, 2, 4],
@@ -332,9 +360,22 @@ mod tests {
         c.insert(&ids[5], tagged(15));
         c.retain_seen();
         c.next_generation();
-        for (i, want) in [(5, 15), (1, 11), (2, 2), (0, 0), (4, 4)] {
+        let order = [(5, 15), (1, 11), (2, 2), (0, 0), (4, 4)];
+        for (i, want) in order {
             assert_eq!(cpu(&mut c, &ids[i]), Some(want), "{i}");
         }
         assert_eq!(cpu(&mut c, &ids[3]), None);
+        assert!(c.reorder, "that order differs from the array's");
+        // The array takes a report's order: the next report in it finds
+        // each container at the next slot.
+        c.retain_seen();
+        for _ in 0..2 {
+            c.next_generation();
+            for (i, want) in order {
+                assert_eq!(cpu(&mut c, &ids[i]), Some(want), "{i}");
+            }
+            assert!(!c.reorder, "the same order again needs no index");
+            c.retain_seen();
+        }
     }
 }
