@@ -78,6 +78,10 @@ flock 9
 # Scratch space on the cache's own filesystem, so installing is an atomic rename.
 TMP=$(mktemp -d "$TOOLS/upstream/.tmp.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
+# Go's build cache for these builds lives and dies with the run: the binaries
+# are what is kept (by version), and a shared cache would hold ~6 GB of disk
+# through the cargo builds that follow.
+export GOCACHE="$TMP/go-build"
 
 GO_VERSION=$(go env GOVERSION)
 export CGO_ENABLED=0
