@@ -33,10 +33,8 @@ pub(super) struct CgroupIterator {
     totals: CgroupTotals,
     /// Failed CPU reads in a row.
     failures: u32,
-    /// This collection's readings of the v2 tree, by cgroup id.
-    cpu: Option<Readings>,
-    /// When they were read.
-    read_at: Option<SystemTime>,
+    /// This collection's read of the v2 tree.
+    cpu: Option<Pass>,
     node_cpu: Option<u64>,
     /// This collection's start of the walks, relative to a hierarchy's
     /// root (see [`Self::start`]).
@@ -51,7 +49,6 @@ impl CgroupIterator {
             totals,
             failures: 0,
             cpu: None,
-            read_at: None,
             node_cpu: None,
             start: None,
             memory,
@@ -113,13 +110,15 @@ impl Source for CgroupIterator {
 
     fn after_walk(&mut self, walk: &Walk<'_>) -> Result<(), String> {
         self.cpu = None;
-        self.read_at = None;
         self.node_cpu = None;
         self.memory.usage.clear();
         self.start = Self::start(walk);
         let Some(rel) = self.start.as_deref() else {
             // No pods root yet: no pods to read.
-            self.cpu = Some(Readings::new());
+            self.cpu = Some(Pass {
+                at: SystemTime::now(),
+                cgroups: Readings::new(),
+            });
             return Ok(());
         };
         let Some(v2) = walk.hierarchy.v2.as_ref() else {
@@ -132,15 +131,20 @@ impl Source for CgroupIterator {
         if !walk.whole_host() {
             self.node_cpu = pass.cgroups.get(&walk.walked.node_id()).map(|r| r.cpu_ns);
         }
-        self.cpu = Some(pass.cgroups);
-        self.read_at = Some(pass.at);
+        self.cpu = Some(pass);
         Ok(())
     }
 
     fn read_memory(&mut self, walk: &Walk<'_>) {
         // None where this collection's CPU read failed (the files serve
         // both then).
-        let (None, Some(readings)) = (&self.memory.off, &self.cpu) else {
+        let (
+            None,
+            Some(Pass {
+                cgroups: readings, ..
+            }),
+        ) = (&self.memory.off, &self.cpu)
+        else {
             return;
         };
         let usage = if walk.hierarchy.v2_memory {
@@ -163,11 +167,11 @@ impl Source for CgroupIterator {
     }
 
     fn read_at(&self) -> Option<SystemTime> {
-        self.read_at
+        self.cpu.as_ref().map(|p| p.at)
     }
 
     fn container_cpu(&self, cg: &Cgroup, _id: &str) -> Option<u64> {
-        self.cpu.as_ref()?.get(&cg.id).map(|r| r.cpu_ns)
+        self.cpu.as_ref()?.cgroups.get(&cg.id).map(|r| r.cpu_ns)
     }
 
     /// On a whole host the walk starts below the root (whose own figure

@@ -51,6 +51,13 @@ impl ContainerId {
     pub fn new(id: &str) -> Self {
         hex(id).map_or_else(|| Self::Other(id.into()), Self::Hex)
     }
+
+    fn key(&self) -> Key<'_> {
+        match self {
+            Self::Hex(h) => Key::Hex(*h),
+            Self::Other(s) => Key::Other(s),
+        }
+    }
 }
 
 /// One container's series and the last report that listed it.
@@ -86,7 +93,7 @@ pub struct Containers {
 }
 
 /// An id as a report carries it, decoded, without a heap copy.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Key<'a> {
     Hex([u8; 32]),
     Other(&'a str),
@@ -95,14 +102,6 @@ enum Key<'a> {
 impl<'a> Key<'a> {
     fn new(id: &'a str) -> Self {
         hex(id).map_or(Key::Other(id), Key::Hex)
-    }
-
-    fn is(self, id: &ContainerId) -> bool {
-        match (self, id) {
-            (Key::Hex(a), ContainerId::Hex(b)) => a == *b,
-            (Key::Other(a), ContainerId::Other(b)) => a == &**b,
-            _ => false,
-        }
     }
 }
 
@@ -122,7 +121,7 @@ impl Containers {
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Slot> {
         let key = Key::new(id);
         let at = match self.slots.get(self.next) {
-            Some(slot) if key.is(&slot.id) => self.next,
+            Some(slot) if slot.id.key() == key => self.next,
             _ => {
                 let at = self.position(key)?;
                 self.reorder = true;
@@ -145,11 +144,7 @@ impl Containers {
     }
 
     pub fn get(&self, id: &ContainerId) -> Option<&Slot> {
-        let at = match id {
-            ContainerId::Hex(h) => self.hex.get(h),
-            ContainerId::Other(s) => self.other.get(s),
-        };
-        self.slots.get(*at? as usize)
+        self.slots.get(self.position(id.key())?)
     }
 
     /// A new container, seen in the current generation.
