@@ -1,14 +1,16 @@
-//! A stream's decode buffer holds one message. tonic reserves room for a
-//! message's body when it reads its header; a body that arrived in the same
-//! chunk must not be counted twice, or the buffer doubles for the stream's
-//! life (the patch carried in `third_party/tonic`).
+//! A stream's decode buffer holds one message, and only while it is read.
+//! tonic reserves room for a message's body when it reads its header; a body
+//! that arrived in the same chunk must not be counted twice, or the buffer
+//! doubles for the stream's life; and a buffer the message emptied is let
+//! go, or an idle stream holds it (the patches carried in
+//! `third_party/tonic`).
 //!
-//! Alone in its binary: it watches every allocation the process makes.
+//! Alone in its binary: it watches every allocation its test's thread makes.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
     convert::Infallible,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,44 +20,50 @@ use prost::Message;
 use proto::{codec::MessageChunks, v1::NodeReport};
 use tonic::codec::{Codec, Streaming};
 
-/// The largest block asked for while [`WATCHING`].
-struct Largest;
+/// While a thread is [`WATCHING`]: the largest block it asked for, and the
+/// bytes it allocated less those it freed.
+struct Watched;
 
-static WATCHING: AtomicBool = AtomicBool::new(false);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static HELD: Cell<isize> = const { Cell::new(0) };
+}
 
-fn saw(size: usize) {
-    if WATCHING.load(Relaxed) {
-        LARGEST.fetch_max(size, Relaxed);
+fn saw(allocated: usize, freed: usize) {
+    if WATCHING.get() {
+        LARGEST.set(LARGEST.get().max(allocated));
+        HELD.set(HELD.get() + allocated as isize - freed as isize);
     }
 }
 
 // SAFETY: every call is passed on to the system allocator unchanged.
-unsafe impl GlobalAlloc for Largest {
+unsafe impl GlobalAlloc for Watched {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        saw(layout.size());
+        saw(layout.size(), 0);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        saw(0, layout.size());
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        saw(new_size);
+        saw(new_size, layout.size());
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
 #[global_allocator]
-static ALLOCATOR: Largest = Largest;
+static ALLOCATOR: Watched = Watched;
 
 /// tonic's initial decode buffer.
 const BUFFER: usize = 8 * 1024;
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_message_that_arrives_whole_is_read_without_growing_the_buffer() {
-    // 6,000 bytes a message: fits the buffer once, not twice.
+/// A report of about 6,000 bytes (fits the buffer once, not twice) and the
+/// one HTTP/2 data chunk that carries it, as `MessageChunks` sends them.
+fn report_and_chunk() -> (NodeReport, Bytes) {
     let report = NodeReport {
         node: "n".repeat(6_000),
         seq: 1,
@@ -66,9 +74,14 @@ async fn a_message_that_arrives_whole_is_read_without_growing_the_buffer() {
     chunk.put_u8(0);
     chunk.put_u32(u32::try_from(body.len()).expect("length"));
     chunk.put_slice(&body);
-    let chunk: Bytes = chunk.freeze();
+    let chunk = chunk.freeze();
     assert!(chunk.len() < BUFFER && 2 * chunk.len() > BUFFER);
-    // One HTTP/2 data chunk per message, as `MessageChunks` sends them.
+    (report, chunk)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_message_that_arrives_whole_is_read_without_growing_the_buffer() {
+    let (report, chunk) = report_and_chunk();
     let chunks = (0..40).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
     let decoder = MessageChunks::<NodeReport, NodeReport>::default().decoder();
     let mut stream = Streaming::new_request(
@@ -78,18 +91,44 @@ async fn a_message_that_arrives_whole_is_read_without_growing_the_buffer() {
         None,
     );
 
-    WATCHING.store(true, Relaxed);
+    WATCHING.set(true);
     let mut read = 0;
     while let Some(message) = stream.next().await {
         assert_eq!(message.expect("decodes"), report);
         read += 1;
     }
-    WATCHING.store(false, Relaxed);
+    WATCHING.set(false);
 
     assert_eq!(read, 40);
-    let largest = LARGEST.load(Relaxed);
+    let largest = LARGEST.get();
     assert!(
         largest <= BUFFER,
         "a block of {largest} bytes was asked for: the decode buffer grew past {BUFFER}"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn between_messages_a_stream_holds_no_buffer() {
+    let (report, chunk) = report_and_chunk();
+    // A body that stays open after its one message, as an agent's stream
+    // between reports. The chunk stays referenced here, so the stream's
+    // dropping its copy frees nothing that was allocated before watching.
+    let body = futures::stream::iter([Ok::<_, Infallible>(Frame::data(chunk.clone()))])
+        .chain(futures::stream::pending());
+
+    WATCHING.set(true);
+    let decoder = MessageChunks::<NodeReport, NodeReport>::default().decoder();
+    let mut stream =
+        Streaming::new_request(decoder, http_body_util::StreamBody::new(body), None, None);
+    let message = stream.next().await.expect("a message").expect("decodes");
+    assert_eq!(message, report);
+    drop(message);
+    let held = HELD.get();
+    WATCHING.set(false);
+
+    assert!(
+        held < 1024,
+        "the stream holds {held} bytes after its message was read: its decode buffer was kept"
+    );
+    drop((stream, chunk));
 }

@@ -412,6 +412,15 @@ impl<T> Streaming<T> {
             Some(mut decode_buf) => match self.decoder.get_mut().decode(&mut decode_buf)? {
                 Some(msg) => {
                     self.inner.state = State::ReadHeader;
+                    // Patched: a buffer the message emptied is let go, not
+                    // kept for the stream's life. A long-lived stream whose
+                    // messages come seconds apart (one per agent, thousands
+                    // per server) would otherwise hold its largest message's
+                    // size while idle; the next message's data is copied in
+                    // either way, so letting go costs one allocation.
+                    if self.inner.buf.is_empty() {
+                        self.inner.buf = BytesMut::new();
+                    }
                     Ok(Some(msg))
                 }
                 None => Ok(None),
