@@ -138,15 +138,10 @@ impl Source for CgroupIterator {
     fn read_memory(&mut self, walk: &Walk<'_>) {
         // None where this collection's CPU read failed (the files serve
         // both then).
-        let (
-            None,
-            Some(Pass {
-                cgroups: readings, ..
-            }),
-        ) = (&self.memory.off, &self.cpu)
-        else {
+        let (None, Some(pass)) = (&self.memory.off, &self.cpu) else {
             return;
         };
+        let readings = &pass.cgroups;
         let usage = if walk.hierarchy.v2_memory {
             Ok(usage_by_id(readings, Some))
         } else if let Some(v1) = walk.hierarchy.v1_memory.as_ref()

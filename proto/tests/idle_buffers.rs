@@ -1,9 +1,10 @@
-//! A stream's decode buffer holds one message, and only while it is read.
-//! tonic reserves room for a message's body when it reads its header; a body
-//! that arrived in the same chunk must not be counted twice, or the buffer
-//! doubles for the stream's life; and a buffer the message emptied is let
-//! go, or an idle stream holds it (the patches carried in
-//! `third_party/tonic`).
+//! What an agent's stream holds between its messages: nothing to read them
+//! with. tonic's decode buffer holds one message, and only while it is read:
+//! tonic reserves room for a message's body when it reads its header, and a
+//! body that arrived in the same chunk must not be counted twice, or the
+//! buffer doubles for the stream's life; a buffer the message emptied is let
+//! go (the patches carried in `third_party/tonic`). h2's read buffer is let
+//! go when the connection waits for its peer (`third_party/h2`).
 //!
 //! Alone in its binary: it watches every allocation its test's thread makes.
 
@@ -131,4 +132,74 @@ async fn between_messages_a_stream_holds_no_buffer() {
         "the stream holds {held} bytes after its message was read: its decode buffer was kept"
     );
     drop((stream, chunk));
+}
+
+#[test]
+fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
+    // A frame larger than h2's initial 8 KiB read buffer, which a kept buffer
+    // would have to grow for.
+    const FRAME: usize = 12_000;
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let (send, sent) = std::sync::mpsc::channel::<()>();
+    // The client on a thread of its own: only the server's allocations, on
+    // this one, are counted.
+    let client = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let (mut h2, connection) = h2::client::handshake(client_io).await.expect("handshake");
+            tokio::spawn(connection);
+            let request = http::Request::post("http://node/")
+                .body(())
+                .expect("request");
+            let (_response, mut body) = h2.send_request(request, false).expect("sends");
+            tokio::task::spawn_blocking(move || sent.recv())
+                .await
+                .expect("joins")
+                .expect("told to send");
+            body.send_data(Bytes::from(vec![7; FRAME]), false)
+                .expect("sends data");
+            // Kept open, as an agent's stream is, until the server is done.
+            std::future::pending::<()>().await;
+        });
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let held = runtime.block_on(async move {
+        let mut connection = h2::server::handshake(server_io).await.expect("handshake");
+        let (request, _respond) = connection
+            .accept()
+            .await
+            .expect("a request")
+            .expect("accepted");
+        // The connection driven beside the request's body, as hyper does.
+        tokio::spawn(async move { while connection.accept().await.is_some() {} });
+        let mut body = request.into_body();
+        // Both sides idle: the request is in, its data not yet sent.
+        tokio::task::yield_now().await;
+        WATCHING.set(true);
+        send.send(()).expect("client waits");
+        let mut read = 0;
+        while read < FRAME {
+            let data = body.data().await.expect("data").expect("reads");
+            read += data.len();
+            body.flow_control()
+                .release_capacity(data.len())
+                .expect("releases");
+        }
+        // The connection's task read to the end of what came before the
+        // data reached the body; it waits for its peer now.
+        let held = HELD.get();
+        WATCHING.set(false);
+        held
+    });
+    drop(client);
+
+    assert!(
+        held < 2048,
+        "the connection holds {held} bytes more after a {FRAME}-byte frame than before it: its read buffer was kept"
+    );
 }
