@@ -3,8 +3,10 @@
 //! tonic reserves room for a message's body when it reads its header, and a
 //! body that arrived in the same chunk must not be counted twice, or the
 //! buffer doubles for the stream's life; a buffer the message emptied is let
-//! go (the patches carried in `third_party/tonic`). h2's read buffer is let
-//! go when the connection waits for its peer (`third_party/h2`).
+//! go (the patches carried in `third_party/tonic`). A connection waiting for
+//! its peer holds none of h2's buffers: its read and write buffers are let go
+//! when empty, its header decoder's scratch room is what each header needs
+//! (`third_party/h2`).
 //!
 //! Alone in its binary: it watches every allocation its test's thread makes.
 
@@ -22,19 +24,26 @@ use proto::{codec::MessageChunks, v1::NodeReport};
 use tonic::codec::{Codec, Streaming};
 
 /// While a thread is [`WATCHING`]: the largest block it asked for, and the
-/// bytes it allocated less those it freed.
+/// bytes it allocated less those it freed, in all and in blocks of at least
+/// [`LARGE_BLOCK`].
 struct Watched;
 
 thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
     static LARGEST: Cell<usize> = const { Cell::new(0) };
     static HELD: Cell<isize> = const { Cell::new(0) };
+    static LARGE: Cell<isize> = const { Cell::new(0) };
 }
+
+/// A block this large is a buffer, not a connection's or a stream's state.
+const LARGE_BLOCK: usize = 4096;
 
 fn saw(allocated: usize, freed: usize) {
     if WATCHING.get() {
         LARGEST.set(LARGEST.get().max(allocated));
         HELD.set(HELD.get() + allocated as isize - freed as isize);
+        let large = |n: usize| if n >= LARGE_BLOCK { n as isize } else { 0 };
+        LARGE.set(LARGE.get() + large(allocated) - large(freed));
     }
 }
 
@@ -135,12 +144,12 @@ async fn between_messages_a_stream_holds_no_buffer() {
 }
 
 #[test]
-fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
+fn a_connection_waiting_for_its_peer_holds_no_buffer() {
     // A frame larger than h2's initial 8 KiB read buffer, which a kept buffer
     // would have to grow for.
     const FRAME: usize = 12_000;
     let (server_io, client_io) = tokio::io::duplex(64 * 1024);
-    let (send, sent) = std::sync::mpsc::channel::<()>();
+    let (go, go_ahead) = tokio::sync::oneshot::channel::<()>();
     // The client on a thread of its own: only the server's allocations, on
     // this one, are counted.
     let client = std::thread::spawn(move || {
@@ -149,26 +158,24 @@ fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
             .expect("runtime");
         runtime.block_on(async move {
             let (mut h2, connection) = h2::client::handshake(client_io).await.expect("handshake");
-            tokio::spawn(connection);
-            let request = http::Request::post("http://node/")
+            let connection = tokio::spawn(connection);
+            let request = http::Request::post("http://node.example/report")
                 .body(())
                 .expect("request");
             let (_response, mut body) = h2.send_request(request, false).expect("sends");
-            tokio::task::spawn_blocking(move || sent.recv())
-                .await
-                .expect("joins")
-                .expect("told to send");
+            go_ahead.await.expect("told to send");
             body.send_data(Bytes::from(vec![7; FRAME]), false)
                 .expect("sends data");
-            // Kept open, as an agent's stream is, until the server is done.
-            std::future::pending::<()>().await;
+            // Kept open, as an agent's stream is, until the server goes.
+            let _ = connection.await;
         });
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let held = runtime.block_on(async move {
+    let (held, large) = runtime.block_on(async move {
+        WATCHING.set(true);
         let mut connection = h2::server::handshake(server_io).await.expect("handshake");
         let (request, _respond) = connection
             .accept()
@@ -178,10 +185,7 @@ fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
         // The connection driven beside the request's body, as hyper does.
         tokio::spawn(async move { while connection.accept().await.is_some() {} });
         let mut body = request.into_body();
-        // Both sides idle: the request is in, its data not yet sent.
-        tokio::task::yield_now().await;
-        WATCHING.set(true);
-        send.send(()).expect("client waits");
+        go.send(()).expect("client waits");
         let mut read = 0;
         while read < FRAME {
             let data = body.data().await.expect("data").expect("reads");
@@ -191,15 +195,19 @@ fn a_connection_waiting_for_its_peer_holds_no_read_buffer() {
                 .expect("releases");
         }
         // The connection's task read to the end of what came before the
-        // data reached the body; it waits for its peer now.
-        let held = HELD.get();
+        // data reached the body, and wrote what it had to; it waits for its
+        // peer now.
+        let held = (HELD.get(), LARGE.get());
         WATCHING.set(false);
         held
     });
-    drop(client);
+    drop(runtime);
+    client.join().expect("the client ends with the connection");
 
-    assert!(
-        held < 2048,
-        "the connection holds {held} bytes more after a {FRAME}-byte frame than before it: its read buffer was kept"
+    assert_eq!(
+        large, 0,
+        "a connection waiting for its peer holds {large} bytes in blocks of {LARGE_BLOCK} bytes or more \
+         ({held} in all): h2's read buffer (8 KiB, grown to the {FRAME}-byte frame), write \
+         buffer (16 KiB) or header scratch (4 KiB) was kept"
     );
 }

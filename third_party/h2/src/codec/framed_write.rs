@@ -169,6 +169,10 @@ where
             }
         }
 
+        // Everything buffered is written: the buffer is let go until the next
+        // frame, so a connection that waits for its peer holds none.
+        self.encoder.release();
+
         tracing::trace!("flushing buffer");
         // Flush the upstream
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -223,6 +227,9 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +314,18 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // A buffer let go (`release`) is allocated again by `buffer`.
+        let buf = self.buf.get_ref();
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (buf.capacity() == 0 || buf.capacity() - buf.len() >= self.min_buffer_capacity)
+    }
+
+    /// Frees the write buffer; only when nothing in it is left to write.
+    fn release(&mut self) {
+        debug_assert!(self.next.is_none() && !self.buf.has_remaining());
+        if self.buf.get_ref().capacity() != 0 {
+            self.buf = Cursor::new(BytesMut::new());
+        }
     }
 
     fn is_empty(&self) -> bool {

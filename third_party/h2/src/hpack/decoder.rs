@@ -158,7 +158,10 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Grown by each Huffman-coded string as it is decoded (the string
+            // split off keeps what it needs), so a connection whose headers
+            // are all read holds no scratch room.
+            buffer: BytesMut::new(),
         }
     }
 
