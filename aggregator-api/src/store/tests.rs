@@ -656,7 +656,7 @@ fn readiness_follows_nodes_with_metrics_through_eviction() {
 }
 
 #[test]
-fn repeated_strings_are_kept_once_and_forgotten_when_unused() {
+fn repeated_strings_and_label_sets_are_kept_once_and_forgotten_when_unused() {
     let store = Store::default();
     let id = |n: u8| format!("{n:02x}").repeat(32);
     let (c1, c2) = (id(1), id(2));
@@ -675,6 +675,7 @@ fn repeated_strings_are_kept_once_and_forgotten_when_unused() {
             Arc::clone(&p.labels.pairs()[0].0),
             Arc::clone(&p.containers[0].1),
             matches!(p.containers[0].0, ContainerId::Hex(_)),
+            p.labels.clone(),
         )
     };
     let (a, b) = (shared("n1"), shared("n2"));
@@ -682,12 +683,13 @@ fn repeated_strings_are_kept_once_and_forgotten_when_unused() {
     assert!(Arc::ptr_eq(&a.1, &b.1), "label key");
     assert!(Arc::ptr_eq(&a.2, &b.2), "container name");
     assert!(a.3, "runtime ids are kept as bytes");
+    assert!(std::ptr::eq(a.4.pairs(), b.4.pairs()), "label set");
     drop((a, b));
     // zone, a (node label); app, web (pod label); shop; "app" again as
-    // the container name: one copy.
-    assert_eq!(store.strings.len(), 5);
+    // the container name: one copy. Two label sets: the nodes', the pods'.
+    assert_eq!(store.strings.len(), (5, 2));
     store.evict(Duration::ZERO);
-    assert_eq!(store.strings.len(), 0);
+    assert_eq!(store.strings.len(), (0, 0));
 }
 
 /// The kubelet source: each reading carries the time cAdvisor took it, which
