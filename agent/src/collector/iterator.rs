@@ -114,11 +114,7 @@ impl Source for CgroupIterator {
         self.memory.usage.clear();
         self.start = Self::start(walk);
         let Some(rel) = self.start.as_deref() else {
-            // No pods root yet: no pods to read.
-            self.cpu = Some(Pass {
-                at: SystemTime::now(),
-                cgroups: Readings::new(),
-            });
+            // No pods root yet: no pods to read, and no read to time.
             return Ok(());
         };
         let Some(v2) = walk.hierarchy.v2.as_ref() else {
