@@ -21,7 +21,7 @@ type Pairs = Arc<[(Arc<str>, Arc<str>)]>;
 pub struct Interner(Mutex<Sets>);
 
 #[derive(Debug, Default)]
-pub struct Sets {
+struct Sets {
     strings: HashSet<Arc<str>>,
     labels: HashSet<Pairs>,
 }
