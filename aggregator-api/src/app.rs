@@ -250,10 +250,14 @@ impl Aggregator {
             .add_service(watch);
         let ingest_listener = ingest_listener.into_std().map_err(Error::IngestRuntime)?;
         let (settings, ingest_cancel) = (ingest.settings(), cancel.clone());
+        let batch_window = {
+            let (window, store) = (ingest.ingest_batch_window, Arc::clone(&store));
+            move || window.given(store.shortest_interval())
+        };
         let ingest_task = on_own_runtime(
             "nodepulse-ingest",
             ingest.ingest_threads.into(),
-            ingest.ingest_batch_window,
+            batch_window,
             move || async move {
                 let listener =
                     TcpListener::from_std(ingest_listener).map_err(Error::IngestRuntime)?;
@@ -332,12 +336,12 @@ impl Aggregator {
 /// on threads named `name`: its wake-ups do not wake the main runtime's
 /// workers, and the main runtime's work (listing every pod) does not delay
 /// it. The future is made on that runtime, so what it binds is bound there.
-/// A non-zero `batch_window` lets I/O gather for that long after each burst
-/// of work (`--ingest-batch-window`).
+/// While `batch_window` says a non-zero time, I/O gathers for that long
+/// after each burst of work (`--ingest-batch-window`).
 fn on_own_runtime<F>(
     name: &str,
     threads: usize,
-    batch_window: Duration,
+    batch_window: impl Fn() -> Duration + Send + Sync + 'static,
     make: impl FnOnce() -> F + Send + 'static,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<F::Output>>
 where
@@ -351,12 +355,15 @@ where
         b.worker_threads(threads);
         b
     };
-    if !batch_window.is_zero() {
-        // A worker with nothing to run sleeps before it waits for I/O: what
-        // arrives meanwhile is read after one wake-up, not one each. The
-        // first event after a quiet spell is still read at once.
-        builder.on_thread_park(move || std::thread::sleep(batch_window));
-    }
+    // A worker with nothing to run sleeps before it waits for I/O: what
+    // arrives meanwhile is read after one wake-up, not one each. The first
+    // event after a quiet spell is still read at once.
+    builder.on_thread_park(move || {
+        let window = batch_window();
+        if !window.is_zero() {
+            std::thread::sleep(window);
+        }
+    });
     let runtime = builder.enable_all().thread_name(name).build()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -515,7 +522,7 @@ mod tests {
             panic!("the ingest server panics")
         }
         let ended =
-            on_own_runtime("test-ingest", 1, Duration::ZERO, panics).expect("ingest thread");
+            on_own_runtime("test-ingest", 1, || Duration::ZERO, panics).expect("ingest thread");
         let followed = follow_ingest(ended, cancel.clone());
         let result = followed.await.expect("follower");
         assert!(matches!(result, Err(Error::IngestPanicked)), "{result:?}");
@@ -526,10 +533,15 @@ mod tests {
     async fn shutdown_is_not_an_error() {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
-        let ended = on_own_runtime("test-ingest", 1, Duration::ZERO, move || async move {
-            stop.cancelled().await;
-            Ok(())
-        })
+        let ended = on_own_runtime(
+            "test-ingest",
+            1,
+            || Duration::ZERO,
+            move || async move {
+                stop.cancelled().await;
+                Ok(())
+            },
+        )
         .expect("ingest thread");
         let followed = follow_ingest(ended, cancel.clone());
         cancel.cancel();
@@ -546,28 +558,33 @@ mod tests {
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
         ours.set_nonblocking(true).expect("nonblocking");
         let (waiting, is_waiting) = std::sync::mpsc::channel();
-        let ended = on_own_runtime("test-batch-window", 1, WINDOW, move || async move {
-            let mut ours = tokio::net::UnixStream::from_std(ours).expect("registered");
-            let mut byte = [0; 1];
-            ours.read_exact(&mut byte).await.expect("first");
-            let first = std::time::Instant::now();
-            // Told once the socket has nothing more to read, so the second
-            // byte is not there yet: the thread will park, window first.
-            let mut waiting = Some(waiting);
-            std::future::poll_fn(|cx| {
-                let polled =
-                    std::pin::Pin::new(&mut ours).poll_read(cx, &mut ReadBuf::new(&mut byte));
-                if polled.is_pending()
-                    && let Some(waiting) = waiting.take()
-                {
-                    waiting.send(()).expect("test");
-                }
-                polled
-            })
-            .await
-            .expect("second");
-            first.elapsed()
-        })
+        let ended = on_own_runtime(
+            "test-batch-window",
+            1,
+            || WINDOW,
+            move || async move {
+                let mut ours = tokio::net::UnixStream::from_std(ours).expect("registered");
+                let mut byte = [0; 1];
+                ours.read_exact(&mut byte).await.expect("first");
+                let first = std::time::Instant::now();
+                // Told once the socket has nothing more to read, so the second
+                // byte is not there yet: the thread will park, window first.
+                let mut waiting = Some(waiting);
+                std::future::poll_fn(|cx| {
+                    let polled =
+                        std::pin::Pin::new(&mut ours).poll_read(cx, &mut ReadBuf::new(&mut byte));
+                    if polled.is_pending()
+                        && let Some(waiting) = waiting.take()
+                    {
+                        waiting.send(()).expect("test");
+                    }
+                    polled
+                })
+                .await
+                .expect("second");
+                first.elapsed()
+            },
+        )
         .expect("ingest thread");
         theirs.write_all(b"1").expect("first");
         is_waiting.recv().expect("waiting for the second");

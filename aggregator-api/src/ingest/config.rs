@@ -97,15 +97,17 @@ pub struct IngestArgs {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub ingest_threads: u16,
-    /// How long the ingest threads let reports gather before reading them
-    /// (Go duration or seconds; 0 reads each as it arrives). Agents report
-    /// at independent moments, so without it nearly every report wakes a
-    /// thread on its own, and the wake-up costs more than the report (half
-    /// the ingest's CPU at 15 s). Everything the ingest port serves waits up
-    /// to this long (reports, watch streams, other replicas' forwarding);
-    /// at most 1s.
-    #[arg(long, env = "NODEPULSE_INGEST_BATCH_WINDOW", default_value = "50ms", value_parser = parse_batch_window)]
-    pub ingest_batch_window: Duration,
+    /// How long the ingest threads let reports gather before reading them:
+    /// `auto`, or a Go duration or seconds (0 reads each as it arrives), at
+    /// most 1s. Agents report at independent moments, so without it nearly
+    /// every report wakes a thread on its own, and the wake-up costs more
+    /// than the report. `auto` is a twentieth of the shortest interval the
+    /// nodes report at, at least 50ms (50ms for agents at 1 s, 750ms at 15 s),
+    /// and 50ms until nodes have reported twice. Everything the ingest port
+    /// serves waits up to this long (reports, watch streams, other replicas'
+    /// forwarding).
+    #[arg(long, env = "NODEPULSE_INGEST_BATCH_WINDOW", default_value = "auto", value_parser = parse_batch_window)]
+    pub ingest_batch_window: BatchWindow,
     /// Forget a node that has not reported for this long (Go duration or seconds).
     #[arg(long, env = "NODEPULSE_NODE_EVICTION", default_value = "60s", value_parser = parse_duration)]
     pub node_eviction: Duration,
@@ -153,16 +155,47 @@ fn account<'a>(flag: &str, value: &'a str) -> Result<(&'a str, &'a str), String>
         .ok_or_else(|| format!("{flag} {value:?}: want namespace:name"))
 }
 
-/// The agents report every second: a longer window would hold their reports
-/// past the next one, and their keep-alive pings toward its timeout.
+/// How long the ingest threads let reports gather (`--ingest-batch-window`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchWindow {
+    /// A share of the shortest interval the nodes report at: a sample is
+    /// held back by at most a twentieth of its own interval.
+    Auto,
+    Fixed(Duration),
+}
+
+/// `auto`'s window is this share of the shortest interval.
+const AUTO_SHARE: u32 = 20;
+/// `auto`'s least window: before any node has reported twice, and however
+/// often a node reports (one reporting every few milliseconds cannot make
+/// the ingest wake for each report again).
+const AUTO_FLOOR: Duration = Duration::from_millis(50);
+/// Everything on the ingest port waits for the window, watch streams and
+/// keep-alive pings included: a second at most, whatever the interval.
 const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
-fn parse_batch_window(s: &str) -> Result<Duration, String> {
+impl BatchWindow {
+    /// The window while the shortest interval the nodes report at is
+    /// `shortest` (`None`: not known yet).
+    pub fn given(self, shortest: Option<Duration>) -> Duration {
+        match self {
+            Self::Fixed(window) => window,
+            Self::Auto => shortest.map_or(AUTO_FLOOR, |s| {
+                (s / AUTO_SHARE).clamp(AUTO_FLOOR, MAX_BATCH_WINDOW)
+            }),
+        }
+    }
+}
+
+fn parse_batch_window(s: &str) -> Result<BatchWindow, String> {
+    if s == "auto" {
+        return Ok(BatchWindow::Auto);
+    }
     let window = parse_duration(s)?;
     if window > MAX_BATCH_WINDOW {
         return Err(format!("{s:?}: at most {MAX_BATCH_WINDOW:?}"));
     }
-    Ok(window)
+    Ok(BatchWindow::Fixed(window))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -186,29 +219,47 @@ mod tests {
         ingest: IngestArgs,
     }
 
-    fn window(args: &[&str]) -> Result<Duration, clap::Error> {
+    fn window(args: &[&str]) -> Result<BatchWindow, clap::Error> {
         let argv = std::iter::once("nodepulse-aggregator").chain(args.iter().copied());
         Cli::try_parse_from(argv).map(|c| c.ingest.ingest_batch_window)
     }
 
     #[test]
-    fn the_batch_window_is_50ms_unless_set_and_at_most_a_second() {
-        assert_eq!(window(&[]).expect("default"), Duration::from_millis(50));
+    fn the_batch_window_is_auto_unless_set_and_at_most_a_second() {
+        assert_eq!(window(&[]).expect("default"), BatchWindow::Auto);
+        assert_eq!(
+            window(&["--ingest-batch-window=auto"]).expect("auto"),
+            BatchWindow::Auto
+        );
         assert_eq!(
             window(&["--ingest-batch-window=0s"]).expect("off"),
-            Duration::ZERO
+            BatchWindow::Fixed(Duration::ZERO)
         );
         assert_eq!(
             window(&["--ingest-batch-window=0.2"]).expect("seconds"),
-            Duration::from_millis(200)
+            BatchWindow::Fixed(Duration::from_millis(200))
         );
         assert_eq!(
             window(&["--ingest-batch-window=1s"]).expect("most"),
-            MAX_BATCH_WINDOW
+            BatchWindow::Fixed(MAX_BATCH_WINDOW)
         );
-        for bad in ["1001ms", "5m", "-1s", "soon"] {
+        for bad in ["1001ms", "5m", "-1s", "soon", "Auto"] {
             let error = window(&[&format!("--ingest-batch-window={bad}")]).expect_err(bad);
             assert!(error.to_string().contains(bad), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn auto_holds_a_sample_a_twentieth_of_the_shortest_interval_within_bounds() {
+        let auto = |shortest: Option<Duration>| BatchWindow::Auto.given(shortest);
+        let ms = Duration::from_millis;
+        assert_eq!(auto(None), ms(50), "before any node reported twice");
+        assert_eq!(auto(Some(ms(1000))), ms(50));
+        assert_eq!(auto(Some(ms(15_000))), ms(750));
+        assert_eq!(auto(Some(ms(60_000))), ms(1000), "at most a second");
+        assert_eq!(auto(Some(ms(10))), ms(50), "at least 50ms");
+        let fixed = BatchWindow::Fixed(ms(200));
+        assert_eq!(fixed.given(Some(ms(15_000))), ms(200));
+        assert_eq!(fixed.given(None), ms(200));
     }
 }

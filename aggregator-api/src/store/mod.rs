@@ -472,6 +472,9 @@ pub struct Store {
     stats: Stats,
     /// Bumped after every applied report, for watchers.
     changed: watch::Sender<u64>,
+    /// The shortest interval between a node's last two points, as of the
+    /// last sweep ([`Store::evict`]); 0 while no node has two.
+    shortest_interval_nanos: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -518,6 +521,7 @@ impl Store {
             with_data: AtomicUsize::new(0),
             stats: Stats::default(),
             changed: watch::channel(0).0,
+            shortest_interval_nanos: AtomicU64::new(0),
         }
     }
 
@@ -561,6 +565,16 @@ impl Store {
              {ages}",
             nodes.len() as u64 - fresh,
         );
+    }
+
+    /// How often the most frequently reporting node reports: the shortest
+    /// interval between a node's last two points, as of the last sweep.
+    /// `None` until a node has two points.
+    pub fn shortest_interval(&self) -> Option<Duration> {
+        match self.shortest_interval_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
     }
 
     /// A receiver that sees a new value after every applied report.
@@ -1088,11 +1102,13 @@ impl Store {
         }
     }
 
-    /// Removes nodes that have not reported for `older_than`; returns how many.
+    /// Removes nodes that have not reported for `older_than`; returns how
+    /// many. Notes the shortest interval of those kept on the way.
     pub fn evict(&self, older_than: Duration) -> usize {
         let now = Instant::now();
         let mut nodes = write(&self.nodes);
         let mut stale: HashSet<Arc<str>> = HashSet::new();
+        let mut shortest: Option<Duration> = None;
         for (name, n) in nodes.iter() {
             let mut state = lock(n);
             if now.duration_since(state.last_report) > older_than {
@@ -1101,8 +1117,14 @@ impl Store {
                     self.with_data.fetch_sub(1, Ordering::Relaxed);
                 }
                 stale.insert(Arc::clone(name));
+            } else if let Some(window) = state.usage.as_ref().and_then(Series::window)
+                && !window.is_zero()
+            {
+                shortest = Some(shortest.map_or(window, |s| s.min(window)));
             }
         }
+        let nanos = shortest.map_or(0, |s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX));
+        self.shortest_interval_nanos.store(nanos, Ordering::Relaxed);
         nodes.retain(|name, _| !stale.contains(name));
         drop(nodes);
         if !stale.is_empty() {

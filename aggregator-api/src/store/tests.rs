@@ -547,6 +547,45 @@ fn silent_nodes_are_evicted() {
 }
 
 #[test]
+fn the_sweep_notes_the_shortest_interval_of_the_nodes_it_keeps() {
+    let store = Store::default();
+    let with_metadata = |node: &str, ms| {
+        let mut r = report(node, ms, 0, &[]);
+        r.metadata = Some(meta(&[]));
+        r
+    };
+    store
+        .apply(&with_metadata("slow", 0), now())
+        .expect("applies");
+    store
+        .apply(&with_metadata("fast", 0), now())
+        .expect("applies");
+    store.evict(Duration::from_secs(60));
+    assert_eq!(store.shortest_interval(), None, "no node has two points");
+
+    store
+        .apply(&report("slow", 15_000, 10, &[]), now())
+        .expect("applies");
+    store.evict(Duration::from_secs(60));
+    assert_eq!(store.shortest_interval(), Some(Duration::from_secs(15)));
+
+    store
+        .apply(&report("fast", 1_000, 10, &[]), now())
+        .expect("applies");
+    assert_eq!(
+        store.shortest_interval(),
+        Some(Duration::from_secs(15)),
+        "as of the last sweep"
+    );
+    store.evict(Duration::from_secs(60));
+    assert_eq!(store.shortest_interval(), Some(Duration::from_secs(1)));
+
+    // Every node evicted: none left to say.
+    store.evict(Duration::ZERO);
+    assert_eq!(store.shortest_interval(), None);
+}
+
+#[test]
 fn watchers_see_every_applied_report() {
     let store = Store::default();
     let mut rx = store.subscribe();
