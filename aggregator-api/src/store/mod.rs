@@ -1086,9 +1086,12 @@ impl Store {
     }
 
     /// Evicts nodes silent for `after`, checking every quarter of it (at
-    /// least every second), until `cancel`.
+    /// least every second, at most every 15 s, so that the shortest
+    /// interval it notes follows the nodes), until `cancel`.
     pub async fn evict_silent(&self, after: Duration, cancel: tokio_util::sync::CancellationToken) {
-        let mut every = tokio::time::interval((after / 4).max(Duration::from_secs(1)));
+        let mut every = tokio::time::interval(
+            (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+        );
         loop {
             tokio::select! {
                 _ = every.tick() => {
