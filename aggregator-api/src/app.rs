@@ -250,14 +250,10 @@ impl Aggregator {
             .add_service(watch);
         let ingest_listener = ingest_listener.into_std().map_err(Error::IngestRuntime)?;
         let (settings, ingest_cancel) = (ingest.settings(), cancel.clone());
-        let batch_window = {
-            let (window, store) = (ingest.ingest_batch_window, Arc::clone(&store));
-            move || window.given(store.shortest_interval())
-        };
         let ingest_task = on_own_runtime(
             "nodepulse-ingest",
             ingest.ingest_threads.into(),
-            batch_window,
+            ingest::window::following(ingest.ingest_batch_window, Arc::clone(&store)),
             move || async move {
                 let listener =
                     TcpListener::from_std(ingest_listener).map_err(Error::IngestRuntime)?;

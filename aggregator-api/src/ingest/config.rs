@@ -5,6 +5,8 @@ use std::{
     time::Duration,
 };
 
+use super::window::{BatchWindow, MAX_BATCH_WINDOW};
+
 /// How ingest streams are authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
@@ -155,38 +157,6 @@ fn account<'a>(flag: &str, value: &'a str) -> Result<(&'a str, &'a str), String>
         .ok_or_else(|| format!("{flag} {value:?}: want namespace:name"))
 }
 
-/// How long the ingest threads let reports gather (`--ingest-batch-window`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchWindow {
-    /// A share of the shortest interval the nodes report at: a sample is
-    /// held back by at most a twentieth of its own interval.
-    Auto,
-    Fixed(Duration),
-}
-
-/// `auto`'s window is this share of the shortest interval.
-const AUTO_SHARE: u32 = 20;
-/// `auto`'s least window: before any node has reported twice, and however
-/// often a node reports (one reporting every few milliseconds cannot make
-/// the ingest wake for each report again).
-const AUTO_FLOOR: Duration = Duration::from_millis(50);
-/// Everything on the ingest port waits for the window, watch streams and
-/// keep-alive pings included: a second at most, whatever the interval.
-const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
-
-impl BatchWindow {
-    /// The window while the shortest interval the nodes report at is
-    /// `shortest` (`None`: not known yet).
-    pub fn given(self, shortest: Option<Duration>) -> Duration {
-        match self {
-            Self::Fixed(window) => window,
-            Self::Auto => shortest.map_or(AUTO_FLOOR, |s| {
-                (s / AUTO_SHARE).clamp(AUTO_FLOOR, MAX_BATCH_WINDOW)
-            }),
-        }
-    }
-}
-
 fn parse_batch_window(s: &str) -> Result<BatchWindow, String> {
     if s == "auto" {
         return Ok(BatchWindow::Auto);
@@ -247,19 +217,5 @@ mod tests {
             let error = window(&[&format!("--ingest-batch-window={bad}")]).expect_err(bad);
             assert!(error.to_string().contains(bad), "{bad}: {error}");
         }
-    }
-
-    #[test]
-    fn auto_holds_a_sample_a_twentieth_of_the_shortest_interval_within_bounds() {
-        let auto = |shortest: Option<Duration>| BatchWindow::Auto.given(shortest);
-        let ms = Duration::from_millis;
-        assert_eq!(auto(None), ms(50), "before any node reported twice");
-        assert_eq!(auto(Some(ms(1000))), ms(50));
-        assert_eq!(auto(Some(ms(15_000))), ms(750));
-        assert_eq!(auto(Some(ms(60_000))), ms(1000), "at most a second");
-        assert_eq!(auto(Some(ms(10))), ms(50), "at least 50ms");
-        let fixed = BatchWindow::Fixed(ms(200));
-        assert_eq!(fixed.given(Some(ms(15_000))), ms(200));
-        assert_eq!(fixed.given(None), ms(200));
     }
 }

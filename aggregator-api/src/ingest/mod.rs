@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod listener;
+pub mod window;
 
 use std::{
     sync::{
